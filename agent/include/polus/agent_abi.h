@@ -1,0 +1,127 @@
+/*
+ * polus/agent_abi.h — the one header shared by the injector (C++) and libpolus-agent.so (C).
+ *
+ * The agent keeps, inside the target, the registry of every patch applied to it: which
+ * functions were redirected where, the original bytes to put back on rollback, timings.
+ * Keeping it in the target (not in a file of the operator's) means `polusctl status` and
+ * `polusctl rollback` from any later invocation see the truth, and a recycled pid cannot
+ * be confused with the process that was patched.
+ *
+ * The injector reads and writes these structures through /proc/PID/mem; the agent only
+ * owns them. Fixed-width fields, no padding (checked below), versioned by
+ * POLUS_AGENT_ABI_VERSION: an injector refuses a registry whose version it does not know.
+ */
+#ifndef POLUS_AGENT_ABI_H
+#define POLUS_AGENT_ABI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
+#define POLUS_AGENT_ABI_VERSION 1u
+#define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
+#define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
+#define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
+
+#define POLUS_MAX_PATCHES 256u
+#define POLUS_MAX_ARENAS 32u
+#define POLUS_NAME_BYTES 64u
+#define POLUS_PATH_BYTES 256u
+#define POLUS_ERROR_BYTES 512u
+#define POLUS_SAVED_BYTES 16u
+
+enum polus_patch_state {
+    POLUS_STATE_EMPTY = 0,
+    POLUS_STATE_APPLYING = 1,   /* loaded, jumps not yet (all) written */
+    POLUS_STATE_SYNCING = 2,    /* jumps written, old code still active on changed data */
+    POLUS_STATE_COMMITTED = 3,  /* the update is complete */
+    POLUS_STATE_ROLLED_BACK = 4,
+};
+
+/* Flags of struct polus_redirect_record. */
+#define POLUS_REDIRECT_VIA_TRAMPOLINE 0x1u /* the jump goes to `trampoline`, which holds the target */
+#define POLUS_REDIRECT_STACKED 0x2u        /* the function was already redirected by an older patch */
+
+/*
+ * One redirected function. The original function's entry gets a 5-byte `jmp rel32` at
+ * `patch_site` (after an endbr64 if it has one) to `new_function`, or to a 16-byte
+ * trampoline slot `jmp *0(%rip); .quad target` when the new code is beyond ±2 GiB.
+ * A later patch of the same function only rewrites the trampoline's target, so calls
+ * never pass through a chain of jumps.
+ */
+struct polus_redirect_record {
+    uint64_t old_function;     /* entry of the target's function */
+    uint64_t new_function;     /* where calls go while this patch is the newest on it */
+    uint64_t patch_site;       /* first byte the jump occupies */
+    uint64_t trampoline;       /* the slot, 0 if the jump is direct */
+    uint64_t previous_target;  /* STACKED: the version calls went to before this patch */
+    uint8_t saved_bytes[POLUS_SAVED_BYTES]; /* original bytes at patch_site (not STACKED) */
+    uint32_t saved_length;
+    uint32_t flags;            /* POLUS_REDIRECT_* */
+    char old_name[POLUS_NAME_BYTES];
+    char new_name[POLUS_NAME_BYTES];
+};
+
+/* One applied patch; allocated by the injector in the target (anonymous mapping). */
+struct polus_patch_record {
+    uint64_t magic;             /* POLUS_AGENT_MAGIC */
+    uint64_t id;                /* 1, 2, ...: never reused in one process */
+    uint64_t dl_handle;         /* what dlopen returned (a struct link_map *) */
+    uint64_t descriptor;        /* address of the patch's polus_patch_descriptor */
+    uint64_t record_bytes;      /* size of this mapping, for munmap */
+    uint64_t applied_at_unix_ns;
+    uint64_t apply_wall_ns;     /* polusctl start to finish */
+    uint64_t pause_ns;          /* how long every thread of the target was stopped */
+    uint64_t rolled_back_at_unix_ns;
+    uint64_t rollback_pause_ns;
+    uint32_t state;             /* enum polus_patch_state */
+    uint32_t redirect_count;
+    char name[POLUS_NAME_BYTES];
+    char path[POLUS_PATH_BYTES];
+    struct polus_redirect_record redirects[]; /* redirect_count entries */
+};
+
+/* A mapping the injector placed near some code, cut into 16-byte trampoline slots. */
+struct polus_arena {
+    uint64_t base;
+    uint64_t size;
+};
+
+/* The root, a global of the agent found through its .dynsym. */
+struct polus_agent_registry {
+    uint64_t magic;            /* POLUS_AGENT_MAGIC once the agent's constructor ran */
+    uint32_t abi_version;      /* POLUS_AGENT_ABI_VERSION */
+    uint32_t patch_count;      /* entries used in `patches`, oldest first */
+    uint64_t next_patch_id;
+    uint64_t update_in_progress; /* tid of the injector holding the update lock, 0 if none */
+    uint64_t patches[POLUS_MAX_PATCHES];  /* struct polus_patch_record * */
+    struct polus_arena arenas[POLUS_MAX_ARENAS];
+    uint32_t arena_count;
+    uint32_t reserved;
+    char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
+};
+
+#if defined(__cplusplus)
+#define POLUS_ABI_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define POLUS_ABI_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+POLUS_ABI_ASSERT(sizeof(struct polus_redirect_record) == 192, "redirect record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 408, "patch record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_arena) == 16, "arena must have no padding");
+
+/*
+ * Entry points the injector calls inside the target (through a borrowed thread).
+ *   polus_agent_load_patch(path): dlopen(path, RTLD_NOW | RTLD_LOCAL). Returns the handle, or
+ *       0 with registry.last_error set to dlerror()'s text.
+ *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
+ */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* POLUS_AGENT_ABI_H */
