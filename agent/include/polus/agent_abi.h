@@ -44,6 +44,7 @@ enum polus_patch_state {
 /* Flags of struct polus_redirect_record. */
 #define POLUS_REDIRECT_VIA_TRAMPOLINE 0x1u /* the jump goes to `trampoline`, which holds the target */
 #define POLUS_REDIRECT_STACKED 0x2u        /* the function was already redirected by an older patch */
+#define POLUS_REDIRECT_REUSED_TRAMPOLINE 0x4u /* STACKED on the older patch's slot: rollback puts previous_target back */
 
 /*
  * One redirected function. The original function's entry gets a 5-byte `jmp rel32` at
@@ -65,7 +66,8 @@ struct polus_redirect_record {
     char new_name[POLUS_NAME_BYTES];
 };
 
-/* One applied patch; allocated by the injector in the target (anonymous mapping). */
+/* One applied patch; allocated by the injector in the target (anonymous mapping), its
+ * redirect records right after it. */
 struct polus_patch_record {
     uint64_t magic;             /* POLUS_AGENT_MAGIC */
     uint64_t id;                /* 1, 2, ...: never reused in one process */
@@ -81,7 +83,7 @@ struct polus_patch_record {
     uint32_t redirect_count;
     char name[POLUS_NAME_BYTES];
     char path[POLUS_PATH_BYTES];
-    struct polus_redirect_record redirects[]; /* redirect_count entries */
+    /* followed directly by redirect_count struct polus_redirect_record */
 };
 
 /* A mapping the injector placed near some code, cut into 16-byte trampoline slots. */

@@ -89,8 +89,21 @@ class ProcessSymbols {
   const std::vector<MappedRegion>& maps() const { return maps_; }
 
  private:
+  /// One symbol in the address-sorted index symbol_containing binary-searches. Indices, not
+  /// pointers, so a copied or moved ProcessSymbols stays valid. `max_end` is the largest end
+  /// of this and every earlier entry: it bounds the backward scan for overlapping symbols.
+  struct IndexEntry {
+    uint64_t start = 0, end = 0, max_end = 0;
+    uint32_t object = 0, symbol = 0;
+  };
+  void build_index();
+  /// Whether `a` is a better answer than `b` for symbol_containing (innermost, then the
+  /// most readable alias).
+  bool better_containing(const IndexEntry& a, const IndexEntry& b) const;
+
   std::vector<LoadedObject> objects_;
   std::vector<MappedRegion> maps_;
+  std::vector<IndexEntry> by_address_;
 };
 
 /// Reads one ELF file (exposed for tests): symbols at link-time addresses (bias 0), build-id.

@@ -22,6 +22,7 @@
 #ifndef POLUS_PATCH_H
 #define POLUS_PATCH_H
 
+#include <stddef.h> /* NULL, for POLUS_PATCH(...) arguments */
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -174,7 +175,7 @@ POLUS_STATIC_ASSERT(sizeof(struct polus_callback_args) == 24, "polus_callback_ar
 POLUS_STATIC_ASSERT(sizeof(struct polus_callback) == 16, "polus_callback must have no padding");
 POLUS_STATIC_ASSERT(sizeof(struct polus_import) == 16, "polus_import must have no padding");
 POLUS_STATIC_ASSERT(sizeof(struct polus_build_id) == 16, "polus_build_id must have no padding");
-POLUS_STATIC_ASSERT(sizeof(struct polus_patch) == 96, "polus_patch must have no padding");
+POLUS_STATIC_ASSERT(sizeof(struct polus_patch) == 104, "polus_patch must have no padding");
 
 /* ---- Conveniences for patch authors ---------------------------------------------- */
 

@@ -1,0 +1,53 @@
+/*
+ * libpolus-agent.so — the part of Polus that lives inside the patched process.
+ *
+ * It depends on libc alone (no C++ runtime, no exceptions, no logging library) and does
+ * as little as it can: it owns the registry of applied patches (written by the injector
+ * through /proc/PID/mem, see polus/agent_abi.h) and loads/unloads patch libraries with
+ * the process's own dynamic loader, so dlerror()'s text reaches the operator.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "polus/agent_abi.h"
+
+#define POLUS_EXPORT __attribute__((visibility("default")))
+
+/* Initialised statically (in .data): valid the moment the library is mapped, no constructor. */
+POLUS_EXPORT struct polus_agent_registry polus_agent_registry = {
+    .magic = POLUS_AGENT_MAGIC,
+    .abi_version = POLUS_AGENT_ABI_VERSION,
+    .next_patch_id = 1,
+};
+
+static void remember_dlerror(void) {
+    const char *text = dlerror();
+    if (!text) text = "unknown dynamic loader error";
+    size_t n = strlen(text);
+    if (n >= sizeof polus_agent_registry.last_error) n = sizeof polus_agent_registry.last_error - 1;
+    memcpy(polus_agent_registry.last_error, text, n);
+    polus_agent_registry.last_error[n] = '\0';
+}
+
+/* Loads a patch. Returns the dlopen handle, or 0 with registry.last_error set. */
+POLUS_EXPORT uint64_t polus_agent_load_patch(const char *path) {
+    /* RTLD_NOW: every undefined symbol is resolved (or the load fails) before any jump is
+     * written. RTLD_LOCAL: two patches may both define foo_v1 without clashing. */
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        remember_dlerror();
+        return 0;
+    }
+    polus_agent_registry.last_error[0] = '\0';
+    return (uint64_t)(uintptr_t)handle;
+}
+
+/* Unloads a patch no thread runs any more. Returns 0, or -1 with registry.last_error set. */
+POLUS_EXPORT int polus_agent_unload_patch(uint64_t handle) {
+    if (dlclose((void *)(uintptr_t)handle) != 0) {
+        remember_dlerror();
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,110 @@
+// polus/ptrace_session.h — every thread of one target, held through ptrace.
+//
+// Attaching uses PTRACE_SEIZE, never PTRACE_ATTACH: no SIGSTOP is sent, so the target's
+// job-control state and signal counts are untouched. PTRACE_O_TRACECLONE makes the kernel
+// attach threads created while we hold the process (kernel/ptrace.c, ptrace_event clone):
+// they report a PTRACE_EVENT_STOP and join the session.
+//
+// Threads keep running unless the engine asks for them to stop. A thread stops with
+// PTRACE_INTERRUPT (a PTRACE_EVENT_STOP, no signal involved). Signals that reach a thread
+// while the session holds it are kept and delivered when the thread is let go, with their
+// original siginfo when the kernel allows injecting it (from a signal-delivery-stop), or
+// re-raised with tgkill otherwise: no signal is ever lost or swallowed.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/user.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace polus {
+
+using Clock = std::chrono::steady_clock;
+
+/// Why a thread is in a ptrace-stop.
+enum class StopKind {
+  kNone,           // running
+  kInterrupt,      // PTRACE_EVENT_STOP after PTRACE_INTERRUPT or a new thread's first stop
+  kGroupStop,      // PTRACE_EVENT_STOP for a job-control stop signal
+  kSignal,         // signal-delivery-stop (including our own int3 / single-step traps)
+  kEvent,          // another ptrace event (clone, exec, ...)
+};
+
+struct ThreadState {
+  pid_t tid = 0;
+  StopKind stop = StopKind::kNone;
+  int stop_signal = 0;            // WSTOPSIG of the current stop
+  bool held = false;              // the engine wants it stopped
+  bool borrowed = false;          // running injected code: its signals are deferred
+  std::deque<siginfo_t> deferred; // signals to deliver when it is let go
+};
+
+class PtraceSession {
+ public:
+  /// Seizes every thread of `pid` (re-listing /proc/PID/task until no new thread appears).
+  /// Threads keep running. Throws Error: kNoSuchProcess, kPermissionDenied, kAlreadyTraced.
+  static PtraceSession seize(pid_t pid);
+
+  PtraceSession(PtraceSession&&) noexcept;
+  PtraceSession& operator=(PtraceSession&&) = delete;
+  PtraceSession(const PtraceSession&) = delete;
+  /// Detaches from every thread, delivering any signal that was kept for it.
+  ~PtraceSession();
+
+  pid_t pid() const { return pid_; }
+  std::vector<pid_t> thread_ids() const;
+  const ThreadState& thread(pid_t tid) const;
+  bool has_thread(pid_t tid) const { return threads_.count(tid) != 0; }
+
+  /// Interrupts one thread and waits until it is in a ptrace-stop. Returns false if the
+  /// thread exited meanwhile. Throws kTimeout / kTargetDied.
+  bool stop_thread(pid_t tid, Clock::time_point deadline);
+
+  /// Interrupts every thread and waits until all are stopped (threads born meanwhile too).
+  void stop_all(Clock::time_point deadline);
+
+  /// Lets one stopped thread run again, delivering the signals kept for it.
+  void resume_thread(pid_t tid);
+
+  /// Lets every held thread run again.
+  void resume_all();
+
+  /// Registers read/written only while the thread is stopped.
+  user_regs_struct get_regs(pid_t tid) const;
+  void set_regs(pid_t tid, const user_regs_struct& regs);
+
+  /// Marks a stopped thread as running injected code: signals that reach it are deferred.
+  void set_borrowed(pid_t tid, bool borrowed);
+
+  /// Continues a borrowed thread (PTRACE_CONT or PTRACE_SINGLESTEP) without delivering
+  /// anything, and waits for its next stop that is not a deferred signal. Returns the
+  /// signal of that stop (SIGTRAP for our traps). Throws kTargetDied / kTimeout.
+  int run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline);
+
+  /// Handles pending wait events without blocking (new threads, signals to pass on).
+  void poll_events();
+
+ private:
+  explicit PtraceSession(pid_t pid) : pid_(pid) {}
+  void seize_thread(pid_t tid, bool fail_if_traced);
+  /// Waits for one event from any thread (or `only_tid`) until `deadline`; returns its tid or 0.
+  pid_t wait_event(Clock::time_point deadline, pid_t only_tid = -1);
+  void handle_event(pid_t tid, int status);
+  void continue_thread(pid_t tid, int signal);
+  void detach_all() noexcept;
+
+  pid_t pid_;
+  std::map<pid_t, ThreadState> threads_;
+  bool process_exited_ = false;
+  int exit_status_ = 0;
+  bool moved_from_ = false;
+};
+
+}  // namespace polus

@@ -1,0 +1,93 @@
+#include "polus/registry.h"
+
+#include <string>
+
+#include "polus/error.h"
+#include "polus/symbols.h"
+
+namespace polus {
+
+namespace {
+std::string basename_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+uint64_t symbol_value(const LoadedObject& object, const char* name) {
+  for (const Symbol& s : object.symbols) {
+    if (s.name == name && s.is_global) return s.address.address();
+  }
+  throw Error(ErrorCode::kInternal, object.path + " lacks '" + name + "': not a Polus agent of this version");
+}
+}  // namespace
+
+AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
+  LoadedObject object = read_elf_object(path);
+  AgentLocation agent;
+  agent.path = path;
+  agent.load_bias = load_bias;
+  agent.registry = RemotePtr<polus_agent_registry>(load_bias + symbol_value(object, POLUS_AGENT_REGISTRY_SYMBOL));
+  agent.load_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_LOAD_SYMBOL));
+  agent.unload_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_UNLOAD_SYMBOL));
+  return agent;
+}
+
+std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps) {
+  for (const MappedRegion& region : maps) {
+    if (region.file_offset != 0 || basename_of(region.path) != kAgentFileName) continue;
+    // The agent is linked at 0, so the mapping of file offset 0 is its load bias.
+    std::string path = "/proc/" + std::to_string(pid) + "/root" + region.path;
+    try {
+      AgentLocation agent = agent_location_at(path, region.start);
+      agent.path = region.path;
+      return agent;
+    } catch (const Error&) {
+      return agent_location_at(region.path, region.start);
+    }
+  }
+  return std::nullopt;
+}
+
+RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent) {
+  RegistrySnapshot snapshot;
+  snapshot.registry = memory.read(agent.registry);
+  const polus_agent_registry& r = snapshot.registry;
+  if (r.magic != POLUS_AGENT_MAGIC) {
+    throw Error(ErrorCode::kInternal, "the Polus agent in the target has no valid registry (magic mismatch)");
+  }
+  if (r.abi_version != POLUS_AGENT_ABI_VERSION) {
+    throw Error(ErrorCode::kInternal, "the Polus agent in the target speaks ABI version " +
+                                          std::to_string(r.abi_version) + ", this polusctl speaks " +
+                                          std::to_string(POLUS_AGENT_ABI_VERSION) + "; use the matching polusctl");
+  }
+  if (r.patch_count > POLUS_MAX_PATCHES || r.arena_count > POLUS_MAX_ARENAS) {
+    throw Error(ErrorCode::kInternal, "the Polus registry in the target is corrupt (counts out of range)");
+  }
+  for (uint32_t i = 0; i < r.patch_count; ++i) {
+    PatchRecordView view;
+    view.address = RemotePtr<polus_patch_record>(r.patches[i]);
+    view.header = memory.read(view.address);
+    if (view.header.magic != POLUS_AGENT_MAGIC || view.header.redirect_count > 100000) {
+      throw Error(ErrorCode::kInternal, "patch record " + std::to_string(i) + " in the target is corrupt");
+    }
+    view.redirects.resize(view.header.redirect_count);
+    if (!view.redirects.empty()) {
+      memory.read_bytes(RemoteAddr(view.address.address() + sizeof(polus_patch_record)), view.redirects.data(),
+                        view.redirects.size() * sizeof(polus_redirect_record));
+    }
+    snapshot.patches.push_back(std::move(view));
+  }
+  return snapshot;
+}
+
+const char* patch_state_name(uint32_t state) {
+  switch (state) {
+    case POLUS_STATE_APPLYING: return "applying";
+    case POLUS_STATE_SYNCING: return "syncing";
+    case POLUS_STATE_COMMITTED: return "committed";
+    case POLUS_STATE_ROLLED_BACK: return "rolled-back";
+    default: return "empty";
+  }
+}
+
+}  // namespace polus

@@ -1,0 +1,168 @@
+#include "polus/target.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "polus/error.h"
+#include "polus/format.h"
+
+namespace polus {
+
+namespace {
+
+std::string basename_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+
+// Entry points that take locks dlopen also needs (the malloc arenas, the loader's lock,
+// fork's atfork lock). A thread stopped anywhere below them must not be made to dlopen.
+constexpr const char* kLockHoldingFunctions[] = {
+    "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc", "memalign",
+    "valloc", "pvalloc", "malloc_trim", "malloc_stats", "malloc_info", "mallinfo", "mallinfo2",
+    "dl_iterate_phdr", "dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo",
+    "fork", "_Fork", "vfork", "pthread_create", "pthread_exit", "exit", "__libc_malloc", "__libc_free",
+    "__libc_calloc", "__libc_realloc", "__libc_memalign", "__libc_dlopen_mode", "__libc_dlclose",
+};
+
+}  // namespace
+
+TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
+    : pid_(pid), deadline_(deadline), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
+
+void TargetContext::seize() { session_.emplace(PtraceSession::seize(pid_)); }
+
+const LoadedObject& TargetContext::libc() const {
+  for (const LoadedObject& object : symbols_.objects()) {
+    if (basename_of(object.path).rfind("libc.so", 0) == 0) return object;
+  }
+  throw Error(ErrorCode::kLoadFailed, "process " + std::to_string(pid_) +
+                                          " does not use the GNU C library (no libc.so mapped); Polus needs its "
+                                          "dlopen to load code");
+}
+
+RemoteAddr TargetContext::libc_function(const std::string& name) {
+  return symbols_.resolve(basename_of(libc().path) + "!" + name, SymbolKind::kFunction).address;
+}
+
+std::vector<AddressRange> TargetContext::unsafe_to_borrow_ranges() const {
+  std::vector<AddressRange> ranges;
+  for (const LoadedObject& object : symbols_.objects()) {
+    if (basename_of(object.path).rfind("ld-", 0) == 0) {
+      ranges.push_back({object.text_start, object.text_end, "the dynamic loader"});
+    }
+  }
+  const LoadedObject& c = libc();
+  for (const char* name : kLockHoldingFunctions) {
+    for (const Symbol& s : c.symbols) {
+      if (s.name == name && s.is_function && s.size > 0) {
+        ranges.push_back({s.address.address(), s.address.address() + s.size, name});
+      }
+    }
+  }
+  return ranges;
+}
+
+pid_t TargetContext::stop_thread_safe_to_borrow() {
+  const std::vector<AddressRange> unsafe = unsafe_to_borrow_ranges();
+  std::string last_reason;
+  for (;;) {
+    std::vector<pid_t> tids = session_->thread_ids();
+    // Prefer threads other than the main one: the main thread is often the one a
+    // signal-driven or event-loop target needs most.
+    std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
+    for (pid_t tid : tids) {
+      if (!session_->stop_thread(tid, step_deadline())) continue;
+      const ThreadState& state = session_->thread(tid);
+      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop) {
+        session_->resume_thread(tid);
+        continue;
+      }
+      ThreadSnapshot snap = snapshot_thread(memory_, symbols_.maps(), tid, session_->get_regs(tid));
+      const AddressRange* hit = thread_touches(snap, unsafe);
+      if (!hit && snap.stack_complete) {
+        spdlog::debug("borrowing thread {} (pc {})", tid, hex(snap.pc));
+        return tid;
+      }
+      last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
+      session_->resume_thread(tid);
+    }
+    if (Clock::now() >= deadline_) {
+      throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
+                                           " reached a point where it can safely load code (" + last_reason +
+                                           "); the target is unchanged, try again");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+RemoteAddr TargetContext::syscall_instruction() {
+  if (syscall_instruction_) return *syscall_instruction_;
+  const LoadedObject& c = libc();
+  std::vector<uint8_t> chunk(64 * 1024);
+  for (uint64_t at = c.text_start; at < c.text_end; at += chunk.size() - 1) {
+    size_t got = memory_.read_bytes_fallible(RemoteAddr(at), chunk.data(), std::min<uint64_t>(chunk.size(), c.text_end - at));
+    for (size_t i = 0; i + 1 < got; ++i) {
+      if (chunk[i] == 0x0f && chunk[i + 1] == 0x05) {
+        syscall_instruction_ = RemoteAddr(at + i);
+        return *syscall_instruction_;
+      }
+    }
+  }
+  throw Error(ErrorCode::kInternal, "no syscall instruction found in " + c.path);
+}
+
+uint64_t TargetContext::map_memory(BorrowedThread& thread, uint64_t near_start, uint64_t near_end, uint64_t size,
+                                   int prot) {
+  uint64_t hint = 0;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+  if (near_start != 0) {
+    auto found = find_free_range_near(read_process_maps(pid_), near_start, near_end, size);
+    if (!found) {
+      throw Error(ErrorCode::kUnsafeToPatch, "no free address range within 2 GiB of the code at " + hex(near_start) +
+                                                 " for a jump trampoline");
+    }
+    hint = *found;
+    flags |= MAP_FIXED_NOREPLACE;
+  }
+  int64_t result = thread.syscall(SYS_mmap, {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
+                                             static_cast<uint64_t>(-1), 0},
+                                  step_deadline());
+  if (result < 0 && result > -4096) {
+    throw Error(ErrorCode::kInternal, "mmap in the target failed: " + std::string(std::strerror(static_cast<int>(-result))));
+  }
+  return static_cast<uint64_t>(result);
+}
+
+void TargetContext::unmap_memory(BorrowedThread& thread, uint64_t address, uint64_t size) {
+  try {
+    int64_t result = thread.syscall(SYS_munmap, {address, size}, step_deadline());
+    if (result != 0) spdlog::warn("munmap({}, {}) in the target failed: {}", hex(address), size, result);
+  } catch (const std::exception& e) {
+    spdlog::warn("munmap in the target failed: {}", e.what());
+  }
+}
+
+std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {
+  std::vector<ThreadSnapshot> snaps;
+  std::vector<MappedRegion> maps = with_stacks ? read_process_maps(pid_) : std::vector<MappedRegion>{};
+  for (pid_t tid : session_->thread_ids()) {
+    user_regs_struct regs = session_->get_regs(tid);
+    if (with_stacks) {
+      snaps.push_back(snapshot_thread(memory_, maps, tid, regs));
+    } else {
+      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true});
+    }
+  }
+  return snaps;
+}
+
+}  // namespace polus

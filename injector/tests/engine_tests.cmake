@@ -1,0 +1,29 @@
+# --- engine tests: prologue analysis, patch files, end-to-end against real targets ---------
+add_executable(prologue_fixture fixtures/prologue_fixture.c)
+target_compile_options(prologue_fixture PRIVATE -O2 -fomit-frame-pointer ${POLUS_WARNINGS})
+target_link_libraries(prologue_fixture PRIVATE pthread)
+
+set(PROLOGUE_PATCH_DIR ${CMAKE_CURRENT_BINARY_DIR}/prologue-patches)
+foreach(case tiny-padded tiny-tight loop-to-top spin)
+  string(TOUPPER "CASE_${case}" define)
+  string(REPLACE "-" "_" define ${define})
+  add_library(prologue-${case} MODULE fixtures/prologue_patches.c)
+  target_compile_definitions(prologue-${case} PRIVATE ${define})
+  target_link_libraries(prologue-${case} PRIVATE polus_patch_format)
+  set_target_properties(prologue-${case} PROPERTIES PREFIX "" LIBRARY_OUTPUT_DIRECTORY ${PROLOGUE_PATCH_DIR})
+  list(APPEND PROLOGUE_PATCHES prologue-${case})
+endforeach()
+
+set(POLUS_TEST_DEFINITIONS
+  POLUS_AGENT_PATH="$<TARGET_FILE:polus-agent>"
+  POLUS_BUILD_DIR="${CMAKE_BINARY_DIR}"
+  POLUSCTL_PATH="${CMAKE_BINARY_DIR}/tools/polusctl"
+  PROLOGUE_FIXTURE="$<TARGET_FILE:prologue_fixture>"
+  PROLOGUE_PATCH_DIR="${PROLOGUE_PATCH_DIR}")
+
+add_executable(prologue_test prologue_test.cc)
+target_link_libraries(prologue_test PRIVATE polus_injector polus_catch_main)
+target_compile_options(prologue_test PRIVATE ${POLUS_WARNINGS})
+target_compile_definitions(prologue_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(prologue_test polus-agent prologue_fixture ${PROLOGUE_PATCHES})
+add_test(NAME prologue_test COMMAND prologue_test)

@@ -1,0 +1,239 @@
+// polusctl — the operator's command line: apply, rollback, status.
+//
+// Exit statuses (also in tools/README.md): 0 success, 1 internal error, 2 usage,
+// 3 no such process, 4 permission denied, 5 already traced, 6 symbol not found,
+// 7 ambiguous symbol, 8 malformed patch, 9 patch for another build, 10 load failed,
+// 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout.
+#include <limits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "polus/engine.h"
+#include "polus/error.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage:
+  polusctl apply PID PATCH.so [options]   load PATCH.so into process PID and redirect its functions
+  polusctl rollback PID [options]         undo the newest patch applied to PID
+  polusctl status PID [--json]            show the patches applied to PID (does not stop it)
+
+options:
+  --json               machine-readable output on stdout
+  --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
+  --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
+  --timeout MS         how long to wait for a safe moment (default 10000)
+  -v, --verbose        log what the engine does (to stderr)
+)";
+
+struct Args {
+  std::string command;
+  pid_t pid = 0;
+  std::string patch;
+  bool json = false;
+  bool verbose = false;
+  polus::EngineOptions engine;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "polusctl: " << message << "\n" << kUsage;
+  std::exit(2);
+}
+
+std::string default_agent_path() {
+  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = 0;
+    std::string dir(self);
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/../lib/libpolus-agent.so",
+                                         dir + "/libpolus-agent.so"}) {
+      char resolved[PATH_MAX];
+      if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
+    }
+  }
+  return "/usr/local/lib/libpolus-agent.so";
+}
+
+pid_t parse_pid(const std::string& text) {
+  char* end = nullptr;
+  long value = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != 0 || value <= 0 || value > INT_MAX) usage_error("'" + text + "' is not a process id");
+  return static_cast<pid_t>(value);
+}
+
+Args parse(int argc, char** argv) {
+  Args args;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--json") args.json = true;
+    else if (a == "-v" || a == "--verbose") args.verbose = true;
+    else if (a == "--agent") args.engine.agent_path = value();
+    else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
+    else if (a == "--timeout") args.engine.timeout = std::chrono::milliseconds(std::atol(value().c_str()));
+    else if (a == "-h" || a == "--help") { std::cout << kUsage; std::exit(0); }
+    else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
+    else positional.push_back(a);
+  }
+  if (positional.empty()) usage_error("no command");
+  args.command = positional[0];
+  size_t want = args.command == "apply" ? 3 : 2;
+  if (args.command != "apply" && args.command != "rollback" && args.command != "status") {
+    usage_error("unknown command '" + args.command + "'");
+  }
+  if (positional.size() != want) usage_error("wrong number of arguments for " + args.command);
+  args.pid = parse_pid(positional[1]);
+  if (args.command == "apply") args.patch = positional[2];
+  if (args.engine.agent_path.empty()) args.engine.agent_path = default_agent_path();
+  return args;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string hex(uint64_t v) {
+  std::ostringstream out;
+  out << "0x" << std::hex << v;
+  return out.str();
+}
+
+std::string utc_time(uint64_t unix_ns) {
+  if (unix_ns == 0) return "-";
+  time_t seconds = static_cast<time_t>(unix_ns / 1000000000ull);
+  tm t{};
+  gmtime_r(&seconds, &t);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
+  return buf;
+}
+
+std::string duration(uint64_t ns) {
+  char buf[32];
+  if (ns < 1000000) std::snprintf(buf, sizeof buf, "%.0f us", ns / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.1f ms", ns / 1e6);
+  return buf;
+}
+
+std::string patch_json(const polus::PatchInfo& p) {
+  std::ostringstream out;
+  out << "{\"id\":" << p.id << ",\"name\":" << json_string(p.name) << ",\"path\":" << json_string(p.path)
+      << ",\"state\":" << json_string(p.state) << ",\"applied_at\":" << json_string(utc_time(p.applied_at_unix_ns))
+      << ",\"applied_at_unix_ns\":" << p.applied_at_unix_ns << ",\"apply_wall_ns\":" << p.apply_wall_ns
+      << ",\"pause_ns\":" << p.pause_ns << ",\"functions\":[";
+  for (size_t i = 0; i < p.redirects.size(); ++i) {
+    const auto& r = p.redirects[i];
+    out << (i ? "," : "") << "{\"old\":" << json_string(r.old_name) << ",\"old_address\":" << json_string(hex(r.old_function))
+        << ",\"new\":" << json_string(r.new_name) << ",\"new_address\":" << json_string(hex(r.new_function))
+        << ",\"patch_site\":" << json_string(hex(r.patch_site))
+        << ",\"trampoline\":" << (r.trampoline ? json_string(hex(r.trampoline)) : "null")
+        << ",\"stacked\":" << (r.stacked ? "true" : "false") << "}";
+  }
+  out << "]}";
+  return out.str();
+}
+
+void print_patch_human(const polus::PatchInfo& p) {
+  std::printf("%-4llu %-24s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), p.name.c_str(),
+              p.state.c_str(), utc_time(p.applied_at_unix_ns).c_str(), duration(p.apply_wall_ns).c_str(),
+              duration(p.pause_ns).c_str());
+  for (const auto& r : p.redirects) {
+    std::printf("       %s %s -> %s %s%s\n", r.old_name.c_str(), hex(r.old_function).c_str(), r.new_name.c_str(),
+                hex(r.new_function).c_str(),
+                r.trampoline ? (" (via trampoline " + hex(r.trampoline) + ")").c_str() : "");
+  }
+}
+
+void print_header() {
+  std::printf("%-4s %-24s %-12s %-21s %10s %10s\n", "ID", "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE");
+}
+
+int run(const Args& args) {
+  if (args.command == "status") {
+    polus::ProcessStatus status = polus::read_status(args.pid);
+    if (args.json) {
+      std::cout << "{\"pid\":" << status.pid << ",\"agent_loaded\":" << (status.agent_loaded ? "true" : "false")
+                << ",\"patches\":[";
+      for (size_t i = 0; i < status.patches.size(); ++i) std::cout << (i ? "," : "") << patch_json(status.patches[i]);
+      std::cout << "]}\n";
+      return 0;
+    }
+    if (!status.agent_loaded || status.patches.empty()) {
+      std::printf("process %d: no patches applied\n", args.pid);
+      return 0;
+    }
+    std::printf("process %d: %zu patch(es) applied\n", args.pid, status.patches.size());
+    print_header();
+    for (const auto& p : status.patches) print_patch_human(p);
+    return 0;
+  }
+  polus::PatchInfo info = args.command == "apply" ? polus::apply_patch(args.pid, args.patch, args.engine)
+                                                   : polus::rollback_patch(args.pid, args.engine);
+  if (args.json) {
+    std::cout << "{\"result\":\"ok\",\"action\":" << json_string(args.command) << ",\"patch\":" << patch_json(info) << "}\n";
+  } else if (args.command == "apply") {
+    std::printf("applied %s to process %d: %zu function(s) redirected in %s, target paused %s\n", info.name.c_str(),
+                args.pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
+    print_header();
+    print_patch_human(info);
+  } else {
+    std::printf("rolled back %s in process %d in %s, target paused %s\n", info.name.c_str(), args.pid,
+                duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = parse(argc, argv);
+  auto logger = spdlog::stderr_color_mt("polus");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(args.verbose ? spdlog::level::debug : spdlog::level::warn);
+  try {
+    return run(args);
+  } catch (const polus::Error& e) {
+    if (args.json) {
+      std::cout << "{\"result\":\"error\",\"error\":" << json_string(polus::error_code_name(e.code()))
+                << ",\"message\":" << json_string(e.what()) << "}\n";
+    }
+    std::cerr << "polusctl " << args.command << ": " << e.what() << "\n";
+    return polus::error_exit_status(e.code());
+  } catch (const std::exception& e) {
+    std::cerr << "polusctl " << args.command << ": internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

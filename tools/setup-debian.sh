@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what Polus needs to build and test on Debian 12 (bookworm), then configures and
+# builds it into ./build. Safe to run again: packages already present are not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(build-essential cmake pkg-config binutils libelf-dev libdwarf-dev libcapstone-dev libspdlog-dev catch2)
+packages+=("$@")  # extra packages a caller needs (bench adds gnuplot-nox)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "==> installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+werror=OFF
+[ "${CI:-}" = "true" ] && werror=ON
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOLUS_WERROR="$werror" >/dev/null
+cmake --build build -j"$(nproc)"
