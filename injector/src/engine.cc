@@ -239,8 +239,8 @@ class Applier {
     RemoteAddr path = scratch_string(patch_.path);
     patch_handle_ = thread.call(agent_->load_patch, {path.address()}, trap(), TargetContext::step_deadline());
     if (patch_handle_ == 0) {
-      auto error = target_.memory().read(agent_->registry).last_error;
-      error[sizeof error - 1] = 0;
+      polus_agent_registry registry = target_.memory().read(agent_->registry);
+      std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
       throw Error(ErrorCode::kLoadFailed, "dlopen of patch " + patch_.path + " failed in process " +
                                               std::to_string(target_.pid()) + ": " + error);
     }

@@ -57,6 +57,49 @@ bool is_synchronous_fault(int sig) { return sig == SIGSEGV || sig == SIGBUS || s
 
 void tgkill(pid_t tgid, pid_t tid, int sig) { ::syscall(SYS_tgkill, tgid, tid, sig); }
 
+/// System calls the kernel aborts with a plain -EINTR (not -ERESTART*) when their thread
+/// merely enters a ptrace-stop, with no signal handler involved (signal(7), "Interruption
+/// of system calls and library functions by stop signals"; fs/eventpoll.c ep_poll returns
+/// -EINTR on signal_pending). Left alone, the application would see EINTR because we
+/// looked at it.
+bool returns_eintr_on_stop(long syscall_number) {
+  switch (syscall_number) {
+    case SYS_epoll_wait:
+    case SYS_epoll_pwait:
+#ifdef SYS_epoll_pwait2
+    case SYS_epoll_pwait2:
+#endif
+    case SYS_semop:
+    case SYS_semtimedop:
+    case SYS_rt_sigtimedwait:
+    case SYS_io_getevents:
+#ifdef SYS_io_pgetevents
+    case SYS_io_pgetevents:
+#endif
+      return true;
+    default:
+      return false;
+  }
+}
+
+/// If `tid` stopped right after one of those calls returned -EINTR because of our
+/// PTRACE_INTERRUPT, rewind it so the call is made again on resume, exactly as the kernel
+/// does itself for -ERESTARTNOHAND: rax = orig_rax, rip back over the 2-byte `syscall`.
+void restart_call_aborted_by_stop(pid_t tid) {
+  user_regs_struct regs{};
+  if (::ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) return;
+  long number = static_cast<long>(regs.orig_rax);
+  if (number < 0 || static_cast<long>(regs.rax) != -EINTR || !returns_eintr_on_stop(number)) return;
+  errno = 0;
+  long word = ::ptrace(PTRACE_PEEKTEXT, tid, reinterpret_cast<void*>(regs.rip - 2), nullptr);
+  if (errno != 0 || (word & 0xffff) != 0x050f) return;  // not right after a `syscall` instruction
+  regs.rax = regs.orig_rax;
+  regs.rip -= 2;
+  if (::ptrace(PTRACE_SETREGS, tid, nullptr, &regs) == 0) {
+    spdlog::debug("thread {}: system call {} interrupted by our stop will be restarted", tid, number);
+  }
+}
+
 }  // namespace
 
 PtraceSession PtraceSession::seize(pid_t pid) {
@@ -177,6 +220,7 @@ void PtraceSession::handle_event(pid_t tid, int status) {
   }
   if (event == PTRACE_EVENT_STOP) {
     t.stop = is_job_control_stop(sig) ? StopKind::kGroupStop : StopKind::kInterrupt;
+    if (t.stop == StopKind::kInterrupt) restart_call_aborted_by_stop(tid);
     t.stop_signal = sig;
     if (!t.held && !t.borrowed) continue_thread(tid, 0);
     return;

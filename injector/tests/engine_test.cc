@@ -1,0 +1,367 @@
+// End-to-end: the greeter server, a real multithreaded TCP target, patched live through
+// real ptrace while clients talk to it.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "greeter_process.h"
+#include "polus/engine.h"
+#include "polus/error.h"
+
+using namespace std::chrono_literals;
+using polus::Error;
+using polus::ErrorCode;
+using polus::testing::binary_path;
+using polus::testing::GreeterProcess;
+using polus::testing::LoadGenerator;
+using polus::testing::patch_path;
+
+namespace {
+
+polus::EngineOptions options() {
+  polus::EngineOptions o;
+  o.agent_path = POLUS_AGENT_PATH;
+  o.timeout = 10s;
+  return o;
+}
+
+size_t count_lines(const std::string& path) {
+  std::ifstream in(path);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+size_t count_entries(const std::string& dir) {
+  size_t n = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir)) ++n;
+  return n;
+}
+
+std::string proc(pid_t pid, const std::string& what) { return "/proc/" + std::to_string(pid) + "/" + what; }
+
+bool maps_mention(pid_t pid, const std::string& needle) {
+  std::ifstream in(proc(pid, "maps"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+ErrorCode apply_error(pid_t pid, const std::string& patch) {
+  try {
+    polus::apply_patch(pid, patch, options());
+  } catch (const Error& e) {
+    UNSCOPED_INFO("error: " << e.what());
+    return e.code();
+  }
+  FAIL("apply of " << patch << " succeeded");
+  return ErrorCode::kInternal;
+}
+
+/// The target is as Polus found it: v0 replies, no agent, no patch.
+void check_untouched(GreeterProcess& server) {
+  CHECK(server.alive());
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  CHECK_FALSE(maps_mention(server.pid(), "libpolus-agent.so"));
+  CHECK(polus::read_status(server.pid()).patches.empty());
+}
+
+}  // namespace
+
+TEST_CASE("apply and rollback under load: every reply is well formed", "[engine][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 8);
+  LoadGenerator load(server.port(), 4);
+  load.start();
+  REQUIRE(load.wait_for_replies_per_client(20));
+
+  auto applied = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+  CHECK(applied.state == "committed");
+  CHECK(applied.redirects.size() == 1);
+  CHECK(applied.redirects[0].old_name == "format_reply");
+  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
+  long v1_before = load.count_version(1);
+  REQUIRE(load.wait_for_replies(load.ok() + 200));
+  CHECK(load.count_version(1) > v1_before);
+
+  polus::rollback_patch(server.pid(), options());
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  long v0_after = load.count_version(0);
+  REQUIRE(load.wait_for_replies(load.ok() + 200));
+  CHECK(load.count_version(0) > v0_after);
+  load.stop();
+
+  CHECK(load.malformed() == 0);
+  CHECK(load.connection_failures() == 0);
+  CHECK(server.stats().at("eintr") == 0);
+}
+
+TEST_CASE("100 apply/rollback cycles leak no thread, mapping or descriptor", "[engine][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const size_t threads = count_entries(proc(server.pid(), "task"));
+  // The first cycle loads the agent and maps the trampoline arena for good: measure after it.
+  polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+  polus::rollback_patch(server.pid(), options());
+  const size_t maps = count_lines(proc(server.pid(), "maps"));
+  const size_t fds = count_entries(proc(server.pid(), "fd"));
+  for (int i = 0; i < 100; ++i) {
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    REQUIRE(server.request("HELLO cy") == "Hi there, cy! (v1)");
+    polus::rollback_patch(server.pid(), options());
+    REQUIRE(server.request("HELLO cy") == "Hello, cy! (v0)");
+  }
+  CHECK(count_entries(proc(server.pid(), "task")) == threads);
+  CHECK(count_lines(proc(server.pid(), "maps")) == maps);
+  CHECK(count_entries(proc(server.pid(), "fd")) == fds);
+  auto stats = server.stats();
+  CHECK(stats.at("eintr") == 0);
+  CHECK(server.ticks().at("short_sleeps") == 0);
+}
+
+TEST_CASE("signals sent during apply and rollback all arrive", "[engine][live][signals]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  std::atomic<bool> done{false};
+  std::atomic<long> rt_sent{0}, usr1_sent{0};
+  std::thread sender([&] {
+    while (!done) {
+      // Real-time signals queue, so every one must be counted.
+      sigval value{};
+      if (sigqueue(server.pid(), SIGRTMIN, value) == 0) ++rt_sent;
+      std::this_thread::sleep_for(200us);
+    }
+  });
+  std::thread usr1_sender([&] {
+    // Standard signals merge while pending (kernel semantics), so send the next SIGUSR1
+    // only once the previous one was counted.
+    while (!done) {
+      long before = usr1_sent.load();
+      kill(server.pid(), SIGUSR1);
+      ++usr1_sent;
+      for (int i = 0; i < 2000 && !done; ++i) {
+        if (server.stats().at("sigusr1") > before) break;
+        std::this_thread::sleep_for(1ms);
+      }
+    }
+  });
+  for (int i = 0; i < 15; ++i) {
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    polus::rollback_patch(server.pid(), options());
+  }
+  done = true;
+  sender.join();
+  usr1_sender.join();
+  REQUIRE(rt_sent > 0);
+  // Give the last ones a moment to be handled.
+  for (int i = 0; i < 200; ++i) {
+    auto s = server.stats();
+    if (s.at("sigrt") == rt_sent && s.at("sigusr1") == usr1_sent) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  auto stats = server.stats();
+  CHECK(stats.at("sigrt") == rt_sent.load());
+  CHECK(stats.at("sigusr1") == usr1_sent.load());
+  CHECK(stats.at("eintr") == 0);
+}
+
+TEST_CASE("threads blocked in syscalls never see EINTR", "[engine][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  // A persistent connection keeps one worker blocked in read() on the socket.
+  polus::testing::Client idle(server.port());
+  REQUIRE(idle.request("HELLO idle") == "Hello, idle! (v0)");
+  for (int i = 0; i < 20; ++i) {
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    polus::rollback_patch(server.pid(), options());
+  }
+  std::this_thread::sleep_for(250ms);  // a full nanosleep tick after the last rollback
+  CHECK(idle.request("HELLO idle") == "Hello, idle! (v0)");
+  CHECK(server.stats().at("eintr") == 0);
+  CHECK(server.ticks().at("short_sleeps") == 0);
+}
+
+TEST_CASE("a second patch of the same function jumps straight to the newest version", "[engine][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  auto first = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+  auto second = polus::apply_patch(server.pid(), patch_path("greeter-v1-v2.so"), options());
+  CHECK(server.request("HELLO bo") == "Greetings, bo! (v2)");
+  REQUIRE(second.redirects.size() == 1);
+  CHECK(second.redirects[0].stacked);
+  // One hop: the old function's jump (or its one trampoline) now leads to v2 directly.
+  CHECK(second.redirects[0].patch_site == first.redirects[0].patch_site);
+  CHECK(second.redirects[0].trampoline == first.redirects[0].trampoline);
+  auto status = polus::read_status(server.pid());
+  REQUIRE(status.patches.size() == 2);
+  CHECK(status.patches[1].name == "greeter-v2");
+  polus::rollback_patch(server.pid(), options());
+  CHECK(server.request("HELLO bo") == "Hi there, bo! (v1)");
+  polus::rollback_patch(server.pid(), options());
+  CHECK(server.request("HELLO bo") == "Hello, bo! (v0)");
+  CHECK(apply_error(server.pid(), patch_path("bad-missing-symbol.so")) == ErrorCode::kSymbolNotFound);
+}
+
+TEST_CASE("stripped, static, ambiguous and endbr64 targets", "[engine][live]") {
+  SECTION("stripped: symbols from .dynsym only") {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0-stripped"), 4);
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    CHECK(server.request("HELLO st") == "Hi there, st! (v1)");
+    polus::rollback_patch(server.pid(), options());
+    CHECK(server.request("HELLO st") == "Hello, st! (v0)");
+  }
+  SECTION("a static function") {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0-static"), 4);
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    CHECK(server.request("HELLO st") == "Hi there, st! (v1)");
+  }
+  SECTION("two static functions of one name: refused with candidates, or named by file") {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0-ambiguous"), 4);
+    try {
+      polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+      FAIL("ambiguous name accepted");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kSymbolAmbiguous);
+      CHECK_THAT(e.what(), Catch::Contains("greeter.c:format_reply"));
+    }
+    check_untouched(server);
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1-static.so"), options());
+    CHECK(server.request("HELLO am") == "Hi there, am! (v1)");
+  }
+  SECTION("endbr64 entries") {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0-cet"), 4);
+    auto info = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    CHECK(info.redirects[0].patch_site == info.redirects[0].old_function + 4);
+    CHECK(server.request("HELLO ce") == "Hi there, ce! (v1)");
+    polus::rollback_patch(server.pid(), options());
+    CHECK(server.request("HELLO ce") == "Hello, ce! (v0)");
+  }
+  SECTION("a patch written in C++") {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+    polus::apply_patch(server.pid(), patch_path("greeter-v0-v1-cxx.so"), options());
+    CHECK(server.request("HELLO cx") == "Hi there, cx! (v1)");
+  }
+}
+
+TEST_CASE("bad input is refused precisely and the target is left as it was", "[engine][live][errors]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+
+  SECTION("malformed patches") {
+    for (const char* bad : {"bad-no-descriptor.so", "bad-magic.so", "bad-index.so", "bad-truncated.so", "not-an-elf.so"}) {
+      INFO(bad);
+      CHECK(apply_error(server.pid(), patch_path(bad)) == ErrorCode::kPatchMalformed);
+    }
+    CHECK(apply_error(server.pid(), patch_path("no-such-file.so")) == ErrorCode::kPatchMalformed);
+    check_untouched(server);
+  }
+  SECTION("a missing symbol is named") {
+    try {
+      polus::apply_patch(server.pid(), patch_path("bad-missing-symbol.so"), options());
+      FAIL("applied");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kSymbolNotFound);
+      CHECK_THAT(e.what(), Catch::Contains("no_such_function_anywhere"));
+    }
+    check_untouched(server);
+  }
+  SECTION("a patch for another build") {
+    CHECK(apply_error(server.pid(), patch_path("bad-build-id.so")) == ErrorCode::kBuildMismatch);
+    check_untouched(server);
+  }
+  SECTION("dlopen fails in the target: dlerror's text, agent unloaded again") {
+    try {
+      polus::apply_patch(server.pid(), patch_path("bad-undefined.so"), options());
+      FAIL("applied");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kLoadFailed);
+      CHECK_THAT(e.what(), Catch::Contains("undefined symbol"));
+    }
+    check_untouched(server);
+  }
+  SECTION("no such process") {
+    CHECK(apply_error(999999, patch_path("greeter-v0-v1.so")) == ErrorCode::kNoSuchProcess);
+    try {
+      polus::read_status(999999);
+      FAIL("status of a missing process");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kNoSuchProcess);
+    }
+  }
+  SECTION("nothing to roll back") {
+    try {
+      polus::rollback_patch(server.pid(), options());
+      FAIL("rolled back nothing");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kNothingToRollBack);
+    }
+    check_untouched(server);
+  }
+  SECTION("already traced by another debugger") {
+    int ready[2];
+    REQUIRE(pipe(ready) == 0);
+    pid_t tracer = fork();
+    if (tracer == 0) {
+      char ok = ptrace(PTRACE_SEIZE, server.pid(), nullptr, nullptr) == 0 ? 'y' : 'n';
+      (void)!write(ready[1], &ok, 1);
+      pause();
+      _exit(0);
+    }
+    char ok = 0;
+    REQUIRE(read(ready[0], &ok, 1) == 1);
+    REQUIRE(ok == 'y');
+    try {
+      polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+      FAIL("applied under another tracer");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kAlreadyTraced);
+      CHECK_THAT(e.what(), Catch::Contains(std::to_string(tracer)));
+    }
+    kill(tracer, SIGKILL);
+    waitpid(tracer, nullptr, 0);
+    close(ready[0]);
+    close(ready[1]);
+    check_untouched(server);
+  }
+  SECTION("permission denied for an unprivileged user") {
+    if (geteuid() != 0) {
+      WARN("skipped: needs root to switch to an unprivileged user");
+      return;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(100);
+      try {
+        polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+        _exit(101);
+      } catch (const Error& e) {
+        _exit(e.code() == ErrorCode::kPermissionDenied ? 0 : 102);
+      }
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    check_untouched(server);
+  }
+}
+
+TEST_CASE("a target that dies during apply gives a clear error, not a hang", "[engine][live][errors]") {
+  for (int delay_us : {0, 500, 2000, 5000}) {
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+    std::thread killer([&] {
+      std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+      kill(server.pid(), SIGKILL);
+    });
+    try {
+      polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK((e.code() == ErrorCode::kTargetDied || e.code() == ErrorCode::kNoSuchProcess));
+    }
+    killer.join();
+  }
+}
