@@ -92,6 +92,34 @@ struct polus_arena {
     uint64_t size;
 };
 
+/*
+ * One global (or heap object) tracked during a data update: both versions of every changed
+ * item are write-protected; a write to either side runs the item's sync function towards
+ * its counterpart (the POLUS paper's bidirectional write-through, §2.2 and §4.1.2).
+ */
+struct polus_tracked_item {
+    uint64_t address;     /* first byte of the item */
+    uint64_t size;        /* bytes */
+    uint64_t post_sync;   /* polus_sync_fn run after a write to this item, 0 = none */
+    uint64_t pre_sync;    /* polus_sync_fn run before the write is let through, 0 = none */
+    uint32_t counterpart; /* index (in the same table) of the mapped item on the other side */
+    uint32_t side;        /* POLUS_OLD (1) / POLUS_NEW (2) */
+    uint64_t sync_calls;  /* written by the agent: post_sync runs caused by writes to this item */
+    uint64_t shadow;      /* agent-private: address of its copy of the item's last synced bytes */
+};
+
+/* The write-through machinery's state, part of the registry (read by status). */
+struct polus_sync_state {
+    uint64_t items;          /* struct polus_tracked_item[item_capacity] (agent-owned mapping) */
+    uint32_t item_count;
+    uint32_t item_capacity;
+    uint32_t active;         /* 1 while pages are protected and the SIGSEGV handler tracks writes */
+    uint32_t reserved;
+    uint64_t faults;         /* write faults on tracked pages */
+    uint64_t false_sharing;  /* of those, writes that touched no tracked item */
+    uint64_t chained_faults; /* faults passed on to the target's own SIGSEGV handler */
+};
+
 /* The root, a global of the agent found through its .dynsym. */
 struct polus_agent_registry {
     uint64_t magic;            /* POLUS_AGENT_MAGIC once the agent's constructor ran */
@@ -103,6 +131,7 @@ struct polus_agent_registry {
     struct polus_arena arenas[POLUS_MAX_ARENAS];
     uint32_t arena_count;
     uint32_t reserved;
+    struct polus_sync_state sync;
     char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
 };
 
@@ -114,6 +143,8 @@ struct polus_agent_registry {
 POLUS_ABI_ASSERT(sizeof(struct polus_redirect_record) == 192, "redirect record must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 408, "patch record must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_arena) == 16, "arena must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_tracked_item) == 56, "tracked item must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 48, "sync state must have no padding");
 
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).

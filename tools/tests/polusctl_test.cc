@@ -1,0 +1,123 @@
+// polusctl as an operator runs it: real binary, real target, exit statuses and output.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "greeter_process.h"
+
+using polus::testing::binary_path;
+using polus::testing::GreeterProcess;
+using polus::testing::patch_path;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+/// Runs polusctl with `args`, capturing stdout and stderr separately.
+Run polusctl(const std::vector<std::string>& args) {
+  int out_pipe[2], err_pipe[2];
+  REQUIRE(pipe(out_pipe) == 0);
+  REQUIRE(pipe(err_pipe) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    dup2(out_pipe[1], 1);
+    dup2(err_pipe[1], 2);
+    close(out_pipe[0]);
+    close(err_pipe[0]);
+    std::vector<char*> argv{const_cast<char*>(POLUSCTL_PATH)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    setenv("POLUS_AGENT", POLUS_AGENT_PATH, 1);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  Run run;
+  std::array<char, 4096> buf;
+  for (ssize_t n; (n = read(out_pipe[0], buf.data(), buf.size())) > 0;) run.out.append(buf.data(), n);
+  for (ssize_t n; (n = read(err_pipe[0], buf.data(), buf.size())) > 0;) run.err.append(buf.data(), n);
+  close(out_pipe[0]);
+  close(err_pipe[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("polusctl apply, status, rollback", "[polusctl][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const std::string pid = std::to_string(server.pid());
+
+  Run empty = polusctl({"status", pid});
+  CHECK(empty.status == 0);
+  CHECK_THAT(empty.out, Catch::Contains("no patches applied"));
+
+  Run apply = polusctl({"apply", pid, patch_path("greeter-v0-v1.so")});
+  INFO(apply.err);
+  REQUIRE(apply.status == 0);
+  CHECK_THAT(apply.out, Catch::Contains("applied greeter-v1"));
+  CHECK_THAT(apply.out, Catch::Contains("format_reply"));
+  CHECK(server.request("HELLO op") == "Hi there, op! (v1)");
+
+  Run table = polusctl({"status", pid});
+  CHECK(table.status == 0);
+  CHECK_THAT(table.out, Catch::Contains("greeter-v1") && Catch::Contains("committed") &&
+                            Catch::Contains("format_reply_v1") && Catch::Contains("PAUSE"));
+
+  Run json = polusctl({"status", pid, "--json"});
+  CHECK(json.status == 0);
+  CHECK_THAT(json.out, Catch::StartsWith("{\"pid\":" + pid + ",\"agent_loaded\":true"));
+  CHECK_THAT(json.out, Catch::Contains("\"name\":\"greeter-v1\"") && Catch::Contains("\"state\":\"committed\"") &&
+                           Catch::Contains("\"old\":\"format_reply\"") && Catch::Contains("\"new\":\"format_reply_v1\"") &&
+                           Catch::Contains("\"pause_ns\":") && Catch::Contains("\"applied_at\":\""));
+
+  Run rollback = polusctl({"rollback", pid, "--json"});
+  CHECK(rollback.status == 0);
+  CHECK_THAT(rollback.out, Catch::Contains("\"result\":\"ok\"") && Catch::Contains("\"action\":\"rollback\""));
+  CHECK(server.request("HELLO op") == "Hello, op! (v0)");
+}
+
+TEST_CASE("polusctl errors: documented exit statuses and specific messages", "[polusctl][live][errors]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const std::string pid = std::to_string(server.pid());
+
+  Run usage = polusctl({"apply", pid});
+  CHECK(usage.status == 2);
+  CHECK_THAT(usage.err, Catch::Contains("usage"));
+  CHECK(polusctl({"frobnicate", pid}).status == 2);
+  CHECK(polusctl({"status", "12abc"}).status == 2);
+
+  Run missing_pid = polusctl({"apply", "999999", patch_path("greeter-v0-v1.so")});
+  CHECK(missing_pid.status == 3);
+  CHECK_THAT(missing_pid.err, Catch::Contains("999999") && Catch::Contains("does not exist"));
+
+  Run missing_symbol = polusctl({"apply", pid, patch_path("bad-missing-symbol.so"), "--json"});
+  CHECK(missing_symbol.status == 6);
+  CHECK_THAT(missing_symbol.out, Catch::Contains("\"error\":\"symbol-not-found\""));
+  CHECK_THAT(missing_symbol.err, Catch::Contains("no_such_function_anywhere"));
+
+  CHECK(polusctl({"apply", pid, patch_path("not-an-elf.so")}).status == 8);
+  CHECK(polusctl({"apply", pid, patch_path("bad-build-id.so")}).status == 9);
+  Run load = polusctl({"apply", pid, patch_path("bad-undefined.so")});
+  CHECK(load.status == 10);
+  CHECK_THAT(load.err, Catch::Contains("undefined symbol"));
+  Run nothing = polusctl({"rollback", pid});
+  CHECK(nothing.status == 12);
+  CHECK_THAT(nothing.err, Catch::Contains("no applied Polus patch"));
+
+  // After all of that, the target serves v0, unpatched.
+  CHECK(server.request("HELLO op") == "Hello, op! (v0)");
+  CHECK_THAT(polusctl({"status", pid}).out, Catch::Contains("no patches applied"));
+}
