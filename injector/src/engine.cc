@@ -169,6 +169,10 @@ class Applier {
     resolve_imports();
     agent_ = locate_agent(target_.pid(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
+    if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
+      throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
+                                                 std::to_string(POLUS_MAX_PATCHES) + " patches; roll some back first");
+    }
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
 
@@ -401,7 +405,6 @@ class Applier {
     apply_wall_ns_ = elapsed_ns(started_);
     write_record(POLUS_STATE_COMMITTED);
     polus_agent_registry& reg = registry_.registry;
-    if (reg.patch_count >= POLUS_MAX_PATCHES) throw Error(ErrorCode::kInternal, "too many patches in one process");
     reg.patches[reg.patch_count++] = record_;
     reg.next_patch_id++;
     for (uint64_t arena : new_arenas_) {

@@ -7,11 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <sstream>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
+#include "child_process.h"
 #include "greeter_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
@@ -364,4 +367,27 @@ TEST_CASE("a target that dies during apply gives a clear error, not a hang", "[e
     }
     killer.join();
   }
+}
+
+TEST_CASE("a target living in malloc, dlopen and thread creation is patched without deadlock", "[engine][live]") {
+  polus::testing::ChildProcess target({BUSY_FIXTURE});
+  REQUIRE(target.read_line() == "READY");
+  CHECK(target.ask("value 5") == "15");
+  for (int i = 0; i < 20; ++i) {
+    polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-busy.so", options());
+    REQUIRE(target.ask("value 5") == "4205");
+    polus::rollback_patch(target.pid(), options());
+    REQUIRE(target.ask("value 5") == "15");
+  }
+  // Every storm is still making progress: nothing was left holding a lock.
+  auto progress = [&] {
+    std::istringstream in(target.ask("progress"));
+    long m = 0, d = 0, t = 0;
+    in >> m >> d >> t;
+    return std::array<long, 3>{m, d, t};
+  };
+  auto before = progress();
+  std::this_thread::sleep_for(200ms);
+  auto after = progress();
+  for (int i = 0; i < 3; ++i) CHECK(after[i] > before[i]);
 }

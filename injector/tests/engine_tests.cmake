@@ -3,8 +3,12 @@ add_executable(prologue_fixture fixtures/prologue_fixture.c)
 target_compile_options(prologue_fixture PRIVATE -O2 -fomit-frame-pointer ${POLUS_WARNINGS})
 target_link_libraries(prologue_fixture PRIVATE pthread)
 
+add_executable(busy_fixture fixtures/busy_fixture.c)
+target_compile_options(busy_fixture PRIVATE -O2 -fomit-frame-pointer ${POLUS_WARNINGS})
+target_link_libraries(busy_fixture PRIVATE pthread dl)
+
 set(PROLOGUE_PATCH_DIR ${CMAKE_CURRENT_BINARY_DIR}/prologue-patches)
-foreach(case tiny-padded tiny-tight loop-to-top spin)
+foreach(case tiny-padded tiny-tight loop-to-top spin busy)
   string(TOUPPER "CASE_${case}" define)
   string(REPLACE "-" "_" define ${define})
   add_library(prologue-${case} MODULE fixtures/prologue_patches.c)
@@ -19,6 +23,7 @@ set(POLUS_TEST_DEFINITIONS
   POLUS_BUILD_DIR="${CMAKE_BINARY_DIR}"
   POLUSCTL_PATH="${CMAKE_BINARY_DIR}/tools/polusctl"
   PROLOGUE_FIXTURE="$<TARGET_FILE:prologue_fixture>"
+  BUSY_FIXTURE="$<TARGET_FILE:busy_fixture>"
   PROLOGUE_PATCH_DIR="${PROLOGUE_PATCH_DIR}")
 
 add_executable(prologue_test prologue_test.cc)
@@ -32,5 +37,5 @@ add_executable(engine_test engine_test.cc)
 target_link_libraries(engine_test PRIVATE polus_injector polus_catch_main polus_greeter_harness)
 target_compile_options(engine_test PRIVATE ${POLUS_WARNINGS})
 target_compile_definitions(engine_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(engine_test polus-agent polusctl)
+add_dependencies(engine_test polus-agent polusctl busy_fixture ${PROLOGUE_PATCHES})
 add_test(NAME engine_test COMMAND engine_test)
