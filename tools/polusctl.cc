@@ -27,12 +27,15 @@ constexpr const char* kUsage = R"(usage:
   polusctl apply PID PATCH.so [options]   load PATCH.so into process PID and redirect its functions
   polusctl rollback PID [options]         undo the newest patch applied to PID
   polusctl status PID [--json]            show the patches applied to PID (does not stop it)
+  polusctl finish PID [options]           wait for a data update left syncing to end, and complete it
 
 options:
   --json               machine-readable output on stdout
   --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
   --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
   --timeout MS         how long to wait for a safe moment (default 10000)
+  --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000);
+                       past it the update stays syncing and `polusctl finish` completes it
   -v, --verbose        log what the engine does (to stderr)
 )";
 
@@ -88,6 +91,7 @@ Args parse(int argc, char** argv) {
     else if (a == "--agent") args.engine.agent_path = value();
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
     else if (a == "--timeout") args.engine.timeout = std::chrono::milliseconds(std::atol(value().c_str()));
+    else if (a == "--sync-timeout") args.engine.sync_timeout = std::chrono::milliseconds(std::atol(value().c_str()));
     else if (a == "-h" || a == "--help") { std::cout << kUsage; std::exit(0); }
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
     else positional.push_back(a);
@@ -95,7 +99,7 @@ Args parse(int argc, char** argv) {
   if (positional.empty()) usage_error("no command");
   args.command = positional[0];
   size_t want = args.command == "apply" ? 3 : 2;
-  if (args.command != "apply" && args.command != "rollback" && args.command != "status") {
+  if (args.command != "apply" && args.command != "rollback" && args.command != "status" && args.command != "finish") {
     usage_error("unknown command '" + args.command + "'");
   }
   if (positional.size() != want) usage_error("wrong number of arguments for " + args.command);
@@ -151,9 +155,24 @@ std::string duration(uint64_t ns) {
 std::string patch_json(const polus::PatchInfo& p) {
   std::ostringstream out;
   out << "{\"id\":" << p.id << ",\"name\":" << json_string(p.name) << ",\"path\":" << json_string(p.path)
-      << ",\"state\":" << json_string(p.state) << ",\"applied_at\":" << json_string(utc_time(p.applied_at_unix_ns))
-      << ",\"applied_at_unix_ns\":" << p.applied_at_unix_ns << ",\"apply_wall_ns\":" << p.apply_wall_ns
-      << ",\"pause_ns\":" << p.pause_ns << ",\"functions\":[";
+      << ",\"state\":" << json_string(p.state) << ",\"direction\":" << json_string(p.direction)
+      << ",\"applied_at\":" << json_string(utc_time(p.applied_at_unix_ns))
+      << ",\"applied_at_unix_ns\":" << p.applied_at_unix_ns << ",\"committed_at_unix_ns\":" << p.committed_at_unix_ns
+      << ",\"apply_wall_ns\":" << p.apply_wall_ns << ",\"pause_ns\":" << p.pause_ns
+      << ",\"inspections\":" << p.inspections << ",\"unwind_fallbacks\":" << p.unwind_fallbacks << ",\"watched\":[";
+  for (size_t i = 0; i < p.watched.size(); ++i) out << (i ? "," : "") << json_string(p.watched[i]);
+  out << "],\"holders\":[";
+  for (size_t i = 0; i < p.holders.size(); ++i) {
+    out << (i ? "," : "") << "{\"tid\":" << p.holders[i].tid << ",\"function\":" << json_string(p.holders[i].function) << "}";
+  }
+  out << "],\"items\":[";
+  for (size_t i = 0; i < p.items.size(); ++i) {
+    const auto& item = p.items[i];
+    out << (i ? "," : "") << "{\"name\":" << json_string(item.name) << ",\"side\":" << json_string(item.side)
+        << ",\"address\":" << json_string(hex(item.address)) << ",\"size\":" << item.size
+        << ",\"sync_calls\":" << item.sync_calls << "}";
+  }
+  out << "],\"functions\":[";
   for (size_t i = 0; i < p.redirects.size(); ++i) {
     const auto& r = p.redirects[i];
     out << (i ? "," : "") << "{\"old\":" << json_string(r.old_name) << ",\"old_address\":" << json_string(hex(r.old_function))
@@ -175,6 +194,19 @@ void print_patch_human(const polus::PatchInfo& p) {
                 hex(r.new_function).c_str(),
                 r.trampoline ? (" (via trampoline " + hex(r.trampoline) + ")").c_str() : "");
   }
+  if (p.state != "syncing") return;
+  std::printf("       data update (%s) syncing: %llu inspections%s\n", p.direction.c_str(),
+              static_cast<unsigned long long>(p.inspections),
+              p.unwind_fallbacks ? (", " + std::to_string(p.unwind_fallbacks) + " frames found by stack scan (no CFI)").c_str() : "");
+  for (const auto& item : p.items) {
+    std::printf("       protected %-4s %-24s %s (%llu bytes): %llu sync calls\n", item.side.c_str(), item.name.c_str(),
+                hex(item.address).c_str(), static_cast<unsigned long long>(item.size),
+                static_cast<unsigned long long>(item.sync_calls));
+  }
+  if (p.holders.empty()) std::printf("       no thread runs a watched function at the last inspection\n");
+  for (const auto& h : p.holders) {
+    std::printf("       held by thread %d in %s\n", h.tid, h.function.c_str());
+  }
 }
 
 void print_header() {
@@ -186,6 +218,8 @@ int run(const Args& args) {
     polus::ProcessStatus status = polus::read_status(args.pid);
     if (args.json) {
       std::cout << "{\"pid\":" << status.pid << ",\"agent_loaded\":" << (status.agent_loaded ? "true" : "false")
+                << ",\"sync_active\":" << (status.sync_active ? "true" : "false") << ",\"write_faults\":" << status.write_faults
+                << ",\"false_sharing\":" << status.false_sharing << ",\"chained_faults\":" << status.chained_faults
                 << ",\"patches\":[";
       for (size_t i = 0; i < status.patches.size(); ++i) std::cout << (i ? "," : "") << patch_json(status.patches[i]);
       std::cout << "]}\n";
@@ -196,12 +230,18 @@ int run(const Args& args) {
       return 0;
     }
     std::printf("process %d: %zu patch(es) applied\n", args.pid, status.patches.size());
+    if (status.sync_active) {
+      std::printf("write tracking on: %llu write faults, %llu false sharing, %llu passed to the target's handler\n",
+                  static_cast<unsigned long long>(status.write_faults), static_cast<unsigned long long>(status.false_sharing),
+                  static_cast<unsigned long long>(status.chained_faults));
+    }
     print_header();
     for (const auto& p : status.patches) print_patch_human(p);
     return 0;
   }
-  polus::PatchInfo info = args.command == "apply" ? polus::apply_patch(args.pid, args.patch, args.engine)
-                                                   : polus::rollback_patch(args.pid, args.engine);
+  polus::PatchInfo info = args.command == "apply"      ? polus::apply_patch(args.pid, args.patch, args.engine)
+                         : args.command == "rollback" ? polus::rollback_patch(args.pid, args.engine)
+                                                      : polus::finish_update(args.pid, args.engine);
   if (args.json) {
     std::cout << "{\"result\":\"ok\",\"action\":" << json_string(args.command) << ",\"patch\":" << patch_json(info) << "}\n";
   } else if (args.command == "apply") {
@@ -209,9 +249,16 @@ int run(const Args& args) {
                 args.pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
     print_header();
     print_patch_human(info);
-  } else {
+  } else if (info.state == "rolled-back") {
     std::printf("rolled back %s in process %d in %s, target paused %s\n", info.name.c_str(), args.pid,
                 duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
+  } else {
+    print_header();
+    print_patch_human(info);
+  }
+  if (info.state == "syncing" && !args.json) {
+    std::printf("the %s of %s is still syncing (threads above still run code it retires); it completes with "
+                "`polusctl finish %d`\n", info.direction.c_str(), info.name.c_str(), args.pid);
   }
   return 0;
 }

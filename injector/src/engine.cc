@@ -1,5 +1,7 @@
-// The update state machine for code patches: plan (no ptrace) -> load (one borrowed
-// thread) -> commit (all threads stopped, jumps written) -> record.
+// Applying a patch: plan (files only, target untouched) -> load (one borrowed thread, the
+// others keep running) -> commit (every thread stopped: pre-update callbacks, data
+// initialised and protected, jumps written) -> record -> for data patches, sync until no
+// thread runs old code that uses changed data.
 #include "polus/engine.h"
 
 #include <dlfcn.h>
@@ -22,21 +24,13 @@
 #include "polus/prologue.h"
 #include "polus/registry.h"
 #include "polus/target.h"
+#include "data_update.h"
+#include "engine_internal.h"
 
 namespace polus {
 
 namespace {
 
-
-uint64_t unix_now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-uint64_t elapsed_ns(Clock::time_point since) {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
-}
 
 /// One function to redirect, as planned before the target is touched.
 struct PlannedRedirect {
@@ -47,22 +41,6 @@ struct PlannedRedirect {
   const polus_redirect_record* stacked_on = nullptr;  // the active redirect of an older patch
   polus_redirect_record record{};  // filled while loading
 };
-
-PatchInfo info_from_record(const polus_patch_record& header, const std::vector<polus_redirect_record>& redirects) {
-  PatchInfo info;
-  info.id = header.id;
-  info.name = header.name;
-  info.path = header.path;
-  info.state = patch_state_name(header.state);
-  info.applied_at_unix_ns = header.applied_at_unix_ns;
-  info.apply_wall_ns = header.apply_wall_ns;
-  info.pause_ns = header.pause_ns;
-  for (const polus_redirect_record& r : redirects) {
-    info.redirects.push_back(RedirectInfo{r.old_name, r.new_name, r.old_function, r.new_function, r.patch_site,
-                                          r.trampoline, (r.flags & POLUS_REDIRECT_STACKED) != 0});
-  }
-  return info;
-}
 
 void check_build_ids(const PatchDescription& patch, const ProcessSymbols& symbols) {
   for (const PatchBuildId& want : patch.build_ids) {
@@ -162,17 +140,12 @@ class Applier {
 
   PatchInfo run() {
     check_build_ids(patch_, target_.symbols());
-    if (!patch_.data.empty()) {
-      throw Error(ErrorCode::kUnsafeToPatch, "patch " + patch_.name + " changes data (" + std::to_string(patch_.data.size()) +
-                                                 " items); this Polus applies code-only patches so far");
-    }
     resolve_imports();
+    // Resolve the old data now, so a missing global is reported before anything changes.
+    has_data_ = !plan_data_update(patch_, target_.symbols(), 0, POLUS_UPDATE_APPLY).empty();
     agent_ = locate_agent(target_.pid(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
-    if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
-      throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
-                                                 std::to_string(POLUS_MAX_PATCHES) + " patches; roll some back first");
-    }
+    check_registry_has_room();
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
 
@@ -184,14 +157,36 @@ class Applier {
       undo_load();
       throw;
     }
-    return record_commit();
+    record_commit();
+    if (has_data_) finish_sync();
+    return info_from_record(record_view_);
   }
 
  private:
+  void check_registry_has_room() {
+    if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
+      throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
+                                                 std::to_string(POLUS_MAX_PATCHES) + " patches; roll some back first");
+    }
+    for (const PatchRecordView& p : registry_.patches) {
+      if (p.header.state == POLUS_STATE_SYNCING) {
+        throw Error(ErrorCode::kUnsafeToPatch, "patch " + std::string(p.header.name) + " (id " +
+                                                   std::to_string(p.header.id) +
+                                                   ") is still syncing its data update; run `polusctl finish " +
+                                                   std::to_string(target_.pid()) + "` or roll it back first");
+      }
+    }
+  }
+
   void resolve_imports() {
     for (const PatchFunction& f : patch_.functions) {
       if (f.side == POLUS_OLD && f.resolved_slot) {
         slot_values_.emplace_back(f.resolved_slot, target_.symbols().resolve(f.name, SymbolKind::kFunction).address.address());
+      }
+    }
+    for (const PatchData& d : patch_.data) {
+      if (d.side == POLUS_OLD && d.resolved_slot) {
+        slot_values_.emplace_back(d.resolved_slot, target_.symbols().resolve(d.name, SymbolKind::kData).address.address());
       }
     }
     for (const PatchImport& imp : patch_.imports) {
@@ -199,38 +194,37 @@ class Applier {
     }
   }
 
-  RemoteAddr trap() const { return RemoteAddr(scratch_arena_); }
   RemoteAddr scratch_string(const std::string& text) {
-    if (text.size() + 1 > kArenaScratchBytes - kArenaStringOffset) {
+    if (text.size() + 1 > kArenaScratchBytes - kArenaStringOffset - 64) {
       throw Error(ErrorCode::kPatchMalformed, "path too long: " + text);
     }
-    RemoteAddr at(scratch_arena_ + kArenaStringOffset);
+    RemoteAddr at(target_.scratch_arena + kArenaStringOffset);
     target_.memory().write_bytes(at, text.c_str(), text.size() + 1);
     return at;
   }
+  /// Where callback and sync arguments are passed: the end of the scratch page.
+  RemoteAddr scratch_args() const { return RemoteAddr(target_.scratch_arena + kArenaScratchBytes - 64); }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
   void load() {
-    pid_t tid = target_.stop_thread_safe_to_borrow();
-    BorrowedThread thread(target_.session(), target_.memory(), tid, target_.syscall_instruction());
+    borrower_ = target_.stop_thread_safe_to_borrow();
+    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
     const uint64_t main_text_start = target_.symbols().main_executable().text_start;
     const uint64_t main_text_end = target_.symbols().main_executable().text_end;
 
-    if (agent_) {
-      scratch_arena_ = registry_.registry.arena_count > 0 ? registry_.registry.arenas[0].base : 0;
-    }
-    if (scratch_arena_ == 0) {
-      scratch_arena_ = target_.map_memory(thread, main_text_start, main_text_end, kArenaSize, PROT_READ | PROT_EXEC);
-      new_arenas_.push_back(scratch_arena_);
+    if (agent_ && registry_.registry.arena_count > 0) target_.scratch_arena = registry_.registry.arenas[0].base;
+    if (target_.scratch_arena == 0) {
+      target_.scratch_arena = target_.map_memory(thread, main_text_start, main_text_end, kArenaSize, PROT_READ | PROT_EXEC);
+      new_arenas_.push_back(target_.scratch_arena);
       std::vector<uint8_t> traps(16, 0xcc);
-      target_.memory().write_bytes(RemoteAddr(scratch_arena_), traps.data(), traps.size());
+      target_.memory().write_bytes(target_.trap(), traps.data(), traps.size());
     }
     if (!agent_) {
       RemoteAddr path = scratch_string(options_.agent_path);
-      uint64_t handle = thread.call(target_.libc_function("dlopen"), {path.address(), RTLD_NOW | RTLD_GLOBAL}, trap(),
-                                    TargetContext::step_deadline());
+      uint64_t handle = thread.call(target_.libc_function("dlopen"), {path.address(), RTLD_NOW | RTLD_GLOBAL},
+                                    target_.trap(), TargetContext::step_deadline());
       if (handle == 0) {
-        uint64_t message = thread.call(target_.libc_function("dlerror"), {}, trap(), TargetContext::step_deadline());
+        uint64_t message = thread.call(target_.libc_function("dlerror"), {}, target_.trap(), TargetContext::step_deadline());
         throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + options_.agent_path + " into process " +
                                                 std::to_string(target_.pid()) + ": " +
                                                 target_.memory().read_c_string(RemoteAddr(message), 1024));
@@ -241,7 +235,7 @@ class Applier {
     }
 
     RemoteAddr path = scratch_string(patch_.path);
-    patch_handle_ = thread.call(agent_->load_patch, {path.address()}, trap(), TargetContext::step_deadline());
+    patch_handle_ = thread.call(agent_->load_patch, {path.address()}, target_.trap(), TargetContext::step_deadline());
     if (patch_handle_ == 0) {
       polus_agent_registry registry = target_.memory().read(agent_->registry);
       std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
@@ -259,27 +253,30 @@ class Applier {
       target_.memory().write(RemotePtr<uint64_t>(patch_bias_ + slot), value);
     }
     for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
-
-    record_bytes_ = (sizeof(polus_patch_record) + plans_.size() * sizeof(polus_redirect_record) + 4095) & ~4095ull;
-    record_ = target_.map_memory(thread, 0, 0, record_bytes_, PROT_READ | PROT_WRITE);
-    write_record(POLUS_STATE_APPLYING);
-    run_callbacks(thread, POLUS_CB_PRE_UPDATE);
-  }
-
-  void run_callbacks(BorrowedThread& thread, uint32_t kind) {
-    for (size_t i = 0; i < patch_.callbacks.size(); ++i) {
-      if (patch_.callbacks[i].kind != kind) continue;
-      // The arguments live in the scratch page, after the strings.
-      polus_callback_args args{kind, ~0u, static_cast<uint64_t>(thread.tid()), 0, 0};
-      RemoteAddr at(scratch_arena_ + kArenaScratchBytes - sizeof args);
-      target_.memory().write_bytes(at, &args, sizeof args);
-      uint64_t fn = patch_bias_ + reinterpret_cast<uint64_t>(patch_.callbacks[i].fn);
-      int64_t result = static_cast<int32_t>(thread.call(RemoteAddr(fn), {at.address()}, trap(), TargetContext::step_deadline()));
-      if (result != 0 && kind == POLUS_CB_PRE_UPDATE) {
-        throw Error(ErrorCode::kUnsafeToPatch, "the patch's pre-update callback refused the update (returned " +
-                                                   std::to_string(result) + "); the target is unchanged");
-      }
+    if (has_data_) {
+      data_ = plan_data_update(patch_, target_.symbols(), patch_bias_, POLUS_UPDATE_APPLY);
+      install_tracked_items(thread, target_.memory(), *agent_, data_, target_.trap());
     }
+
+    // Room for the watched functions of either direction: at most every function of the patch.
+    uint64_t bytes = PatchRecordView::bytes_for(static_cast<uint32_t>(plans_.size()),
+                                                static_cast<uint32_t>(patch_.functions.size()));
+    record_view_.address = RemotePtr<polus_patch_record>(target_.map_memory(thread, 0, 0, bytes, PROT_READ | PROT_WRITE));
+    polus_patch_record& h = record_view_.header;
+    h.magic = POLUS_AGENT_MAGIC;
+    h.id = registry_.registry.next_patch_id;
+    h.dl_handle = patch_handle_;
+    h.descriptor = patch_bias_ + patch_.descriptor;
+    h.record_bytes = bytes;
+    h.state = POLUS_STATE_APPLYING;
+    h.direction = POLUS_UPDATE_APPLY;
+    copy_name(h.name, patch_.name);
+    copy_name(h.path, patch_.path);
+    for (const PlannedRedirect& plan : plans_) record_view_.redirects.push_back(plan.record);
+    record_view_.watched = data_.watched;
+    h.redirect_count = static_cast<uint32_t>(record_view_.redirects.size());
+    h.watch_count = static_cast<uint32_t>(record_view_.watched.size());
+    write_record();
   }
 
   /// A trampoline slot within reach of `site`: a free one of an existing arena, or a new arena.
@@ -333,31 +330,26 @@ class Applier {
     }
   }
 
-  void write_record(uint32_t state) {
-    polus_patch_record header{};
-    header.magic = POLUS_AGENT_MAGIC;
-    header.id = registry_.registry.next_patch_id;
-    header.dl_handle = patch_handle_;
-    header.descriptor = patch_bias_ + patch_.descriptor;
-    header.record_bytes = record_bytes_;
-    header.applied_at_unix_ns = applied_at_unix_ns_;
-    header.apply_wall_ns = apply_wall_ns_;
-    header.pause_ns = pause_ns_;
-    header.state = state;
-    header.redirect_count = static_cast<uint32_t>(plans_.size());
-    copy_name(header.name, patch_.name);
-    copy_name(header.path, patch_.path);
-    target_.memory().write(RemotePtr<polus_patch_record>(record_), header);
-    for (size_t i = 0; i < plans_.size(); ++i) {
-      target_.memory().write(RemotePtr<polus_redirect_record>(record_ + sizeof header) + static_cast<int64_t>(i),
-                             plans_[i].record);
+  void write_record() {
+    target_.memory().write(record_view_.address, record_view_.header);
+    if (!record_view_.redirects.empty()) {
+      target_.memory().write_bytes(record_view_.redirects_at(), record_view_.redirects.data(),
+                                   record_view_.redirects.size() * sizeof(polus_redirect_record));
+    }
+    if (!record_view_.watched.empty()) {
+      target_.memory().write_bytes(record_view_.watched_at(), record_view_.watched.data(),
+                                   record_view_.watched.size() * sizeof(polus_watched_function));
     }
   }
 
-  /// Stops every thread, writes the jumps when no thread is in the way, resumes. The only
-  /// time the whole target is stopped; it holds no file I/O and no symbol work.
+  /// Stops every thread, and when no thread is in the way: runs pre-update callbacks,
+  /// initialises and protects the new data, writes the jumps; then resumes. The only time
+  /// the whole target is stopped; it holds no file I/O and no symbol work.
   void commit() {
-    bool need_stacks = std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
+    const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {
+      return c.kind == POLUS_CB_PRE_UPDATE;
+    });
+    bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
       return !p.stacked_on && (p.analysis.call_in_overwritten || p.analysis.requires_inactive_function);
     });
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
@@ -371,29 +363,21 @@ class Applier {
         writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
       }
     }
-    std::string reason;
     for (;;) {
       auto pause_start = Clock::now();
       target_.session().stop_all(TargetContext::step_deadline());
-      reason.clear();
-      for (const ThreadSnapshot& thread : target_.snapshot_threads(need_stacks)) {
-        for (const PlannedRedirect& plan : plans_) {
-          reason = busy_reason(plan, thread);
-          if (!reason.empty()) break;
-        }
-        if (!reason.empty()) break;
-      }
+      std::string reason = busy_reason_now(need_stacks, run_code);
       if (reason.empty()) {
+        if (run_code) run_code_in_pause();
         for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
         committed_ = true;
         target_.session().resume_all();
         pause_ns_ = elapsed_ns(pause_start);
-        applied_at_unix_ns_ = unix_now_ns();
         return;
       }
       target_.session().resume_all();
       if (Clock::now() >= target_.deadline()) {
-        throw Error(ErrorCode::kUnsafeToPatch, "cannot redirect now: " + reason + "; gave up after " +
+        throw Error(ErrorCode::kUnsafeToPatch, "cannot commit now: " + reason + "; gave up after " +
                                                    std::to_string(options_.timeout.count()) + " ms, target unchanged");
       }
       spdlog::debug("commit postponed: {}", reason);
@@ -401,36 +385,86 @@ class Applier {
     }
   }
 
-  PatchInfo record_commit() {
-    apply_wall_ns_ = elapsed_ns(started_);
-    write_record(POLUS_STATE_COMMITTED);
+  /// Why the commit must wait: a thread in the bytes a jump replaces, or — when code runs in
+  /// the pause — a stopped thread that may hold a lock that code could need.
+  std::string busy_reason_now(bool need_stacks, bool run_code) {
+    for (const ThreadSnapshot& thread : target_.snapshot_threads(need_stacks)) {
+      for (const PlannedRedirect& plan : plans_) {
+        std::string reason = busy_reason(plan, thread);
+        if (!reason.empty()) return reason;
+      }
+      if (run_code && thread.tid != borrower_) {
+        if (const AddressRange* hit = thread_touches(thread, target_.lock_holding_ranges())) {
+          return "thread " + std::to_string(thread.tid) + " is inside " + hit->what;
+        }
+      }
+    }
+    return "";
+  }
+
+  /// With every other thread stopped: pre-update callbacks, then the new data starts as a
+  /// copy of the old and both are protected — atomically with respect to the application.
+  void run_code_in_pause() {
+    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
+    int refused = run_callbacks(thread, target_.memory(), patch_, patch_bias_, POLUS_CB_PRE_UPDATE, ~0u, 0,
+                                POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+    if (refused != 0) {
+      throw Error(ErrorCode::kUnsafeToPatch, "the patch's pre-update callback refused the update (returned " +
+                                                 std::to_string(refused) + "); the target is unchanged");
+    }
+    if (has_data_) {
+      initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+      begin_sync(thread, *agent_, target_.trap());
+    }
+  }
+
+  void record_commit() {
+    polus_patch_record& h = record_view_.header;
+    h.applied_at_unix_ns = unix_now_ns();
+    h.pause_ns = pause_ns_;
+    h.apply_wall_ns = elapsed_ns(started_);
+    h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
+    if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
+    write_record();
     polus_agent_registry& reg = registry_.registry;
-    reg.patches[reg.patch_count++] = record_;
+    reg.patches[reg.patch_count++] = record_view_.address.address();
     reg.next_patch_id++;
     for (uint64_t arena : new_arenas_) {
       if (reg.arena_count < POLUS_MAX_ARENAS) reg.arenas[reg.arena_count++] = polus_arena{arena, kArenaSize};
     }
-    target_.memory().write(agent_->registry, reg);
-    std::vector<polus_redirect_record> redirects;
-    for (const PlannedRedirect& plan : plans_) redirects.push_back(plan.record);
-    polus_patch_record header = target_.memory().read(RemotePtr<polus_patch_record>(record_));
-    spdlog::info("applied patch {} to process {}: {} functions, pause {} us, total {} ms", patch_.name, target_.pid(),
-                 plans_.size(), pause_ns_ / 1000, apply_wall_ns_ / 1000000);
-    return info_from_record(header, redirects);
+    write_registry_bookkeeping(target_.memory(), *agent_, reg);
+    spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
+                 target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+  }
+
+  /// Waits for old code using changed data to drain, then commits the data update.
+  void finish_sync() {
+    uint64_t max_pause = record_view_.header.pause_ns;
+    bool done = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
+                                  Clock::now() + options_.sync_timeout, max_pause);
+    polus_patch_record& h = record_view_.header;
+    h.pause_ns = max_pause;
+    h.apply_wall_ns = elapsed_ns(started_);
+    if (done) {
+      h.state = POLUS_STATE_COMMITTED;
+      h.committed_at_unix_ns = unix_now_ns();
+    }
+    target_.memory().write(record_view_.address, h);
   }
 
   /// Puts the target back as it was after a failure between load and commit.
   void undo_load() noexcept {
     if (committed_) return;
     try {
-      if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas_.empty() && record_ == 0) return;
+      if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas_.empty() && !record_view_.address) return;
       target_.extend_deadline(std::chrono::seconds(5));
       target_.session().resume_all();
       pid_t tid = target_.stop_thread_safe_to_borrow();
       BorrowedThread thread(target_.session(), target_.memory(), tid, target_.syscall_instruction());
-      if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_}, trap(), TargetContext::step_deadline());
-      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_}, trap(), TargetContext::step_deadline());
-      if (record_) target_.unmap_memory(thread, record_, record_bytes_);
+      auto deadline = TargetContext::step_deadline();
+      if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_}, target_.trap(), deadline);
+      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_}, target_.trap(), deadline);
+      if (record_view_.address) target_.unmap_memory(thread, record_view_.address.address(), record_view_.header.record_bytes);
       for (uint64_t arena : new_arenas_) target_.unmap_memory(thread, arena, kArenaSize);
     } catch (const std::exception& e) {
       spdlog::error("could not fully clean up after a failed apply: {}", e.what());
@@ -445,82 +479,54 @@ class Applier {
   RegistrySnapshot registry_;
   std::map<uint64_t, const polus_redirect_record*> active_;
   std::vector<PlannedRedirect> plans_;
+  DataPlan data_;
+  bool has_data_ = false;
+  PatchRecordView record_view_;
   std::vector<std::pair<uint64_t, uint64_t>> slot_values_;  // (link-time slot, value)
   std::vector<uint64_t> new_arenas_;
-  uint64_t scratch_arena_ = 0;
+  pid_t borrower_ = 0;
   uint64_t agent_handle_ = 0;
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
-  uint64_t record_ = 0;
-  uint64_t record_bytes_ = 0;
   uint64_t pause_ns_ = 0;
-  uint64_t apply_wall_ns_ = 0;
-  uint64_t applied_at_unix_ns_ = 0;
   bool committed_ = false;
 };
 
 }  // namespace
 
-PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
-  return Applier(pid, patch_path, options).run();
+PatchInfo info_from_record(const PatchRecordView& record) {
+  const polus_patch_record& header = record.header;
+  PatchInfo info;
+  info.id = header.id;
+  info.name = header.name;
+  info.path = header.path;
+  info.state = patch_state_name(header.state);
+  info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
+  info.applied_at_unix_ns = header.applied_at_unix_ns;
+  info.committed_at_unix_ns = header.committed_at_unix_ns;
+  info.apply_wall_ns = header.apply_wall_ns;
+  info.pause_ns = header.pause_ns;
+  info.inspections = header.inspections;
+  info.unwind_fallbacks = header.unwind_fallbacks;
+  for (const polus_redirect_record& r : record.redirects) {
+    info.redirects.push_back(RedirectInfo{r.old_name, r.new_name, r.old_function, r.new_function, r.patch_site,
+                                          r.trampoline, (r.flags & POLUS_REDIRECT_STACKED) != 0});
+  }
+  for (const polus_watched_function& w : record.watched) info.watched.emplace_back(w.name);
+  for (const polus_holder& h : record.holders) {
+    auto w = std::find_if(record.watched.begin(), record.watched.end(),
+                          [&](const polus_watched_function& x) { return x.start == h.function; });
+    info.holders.push_back({static_cast<pid_t>(h.tid), w != record.watched.end() ? w->name : hex(h.function)});
+  }
+  return info;
 }
 
-PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
-  auto started = Clock::now();
-  TargetContext target(pid, options.symbols, started + options.timeout);
-  std::optional<AgentLocation> agent = locate_agent(pid, target.symbols().maps());
-  RegistrySnapshot registry;
-  if (agent) registry = read_registry(target.memory(), *agent);
-  if (registry.patches.empty()) {
-    throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no applied Polus patch to roll back");
-  }
-  const PatchRecordView& top = registry.patches.back();
+uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header) {
+  return memory.read(RemotePtr<uint64_t>(header.dl_handle));  // struct link_map's l_addr
+}
 
-  target.seize();
-  // Commit of the rollback: put back the bytes (or trampoline targets) in reverse order.
-  auto pause_start = Clock::now();
-  target.session().stop_all(TargetContext::step_deadline());
-  for (auto r = top.redirects.rbegin(); r != top.redirects.rend(); ++r) {
-    target.memory().write_bytes(RemoteAddr(r->patch_site), r->saved_bytes, r->saved_length);
-    if (r->flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
-      target.memory().write(RemotePtr<uint64_t>(r->trampoline + 6), r->previous_target);
-    }
-  }
-  // No jump leads into the patch any more; if no thread is inside its code right now,
-  // none ever will be again and it can be unloaded.
-  std::vector<AddressRange> patch_code;
-  for (const MappedRegion& region : target.symbols().maps()) {
-    if (region.executable && region.path == top.header.path) patch_code.push_back({region.start, region.end, top.header.name});
-  }
-  std::string still_running;
-  for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
-    if (thread_touches(thread, patch_code)) still_running = "thread " + std::to_string(thread.tid);
-  }
-  target.session().resume_all();
-  uint64_t pause_ns = elapsed_ns(pause_start);
-
-  polus_agent_registry reg = registry.registry;
-  reg.patches[--reg.patch_count] = 0;
-  target.memory().write(agent->registry, reg);
-  {
-    pid_t tid = target.stop_thread_safe_to_borrow();
-    BorrowedThread thread(target.session(), target.memory(), tid, target.syscall_instruction());
-    RemoteAddr trap(reg.arena_count > 0 ? reg.arenas[0].base : 0);
-    if (still_running.empty() && trap) {
-      if (thread.call(agent->unload_patch, {top.header.dl_handle}, trap, TargetContext::step_deadline()) != 0) {
-        spdlog::warn("dlclose of patch {} failed in the target; it stays loaded", top.header.name);
-      }
-    } else {
-      spdlog::warn("patch {} stays loaded: {} was still running its code", top.header.name, still_running);
-    }
-    target.unmap_memory(thread, top.address.address(), top.header.record_bytes);
-  }
-  PatchInfo info = info_from_record(top.header, top.redirects);
-  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
-  info.pause_ns = pause_ns;
-  info.apply_wall_ns = elapsed_ns(started);
-  spdlog::info("rolled back patch {} in process {}: pause {} us", info.name, pid, pause_ns / 1000);
-  return info;
+PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
+  return Applier(pid, patch_path, options).run();
 }
 
 ProcessStatus read_status(pid_t pid) {
@@ -533,7 +539,25 @@ ProcessStatus read_status(pid_t pid) {
   status.agent_path = agent->path;
   ProcMemory memory(pid);
   RegistrySnapshot registry = read_registry(memory, *agent);
-  for (const PatchRecordView& p : registry.patches) status.patches.push_back(info_from_record(p.header, p.redirects));
+  const polus_sync_state& sync = registry.registry.sync;
+  status.sync_active = sync.active != 0;
+  status.write_faults = sync.faults;
+  status.false_sharing = sync.false_sharing;
+  status.chained_faults = sync.chained_faults;
+  std::optional<ProcessSymbols> symbols;
+  for (const PatchRecordView& p : registry.patches) {
+    PatchInfo info = info_from_record(p);
+    if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
+      if (!symbols) symbols = ProcessSymbols::load(pid);
+      for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {
+        auto symbol = symbols->symbol_containing(RemoteAddr(item.address));
+        std::string name = symbol && symbol->address.address() == item.address ? symbol->qualified_name()
+                                                                                : "heap " + hex(item.address);
+        info.items.push_back({name, item.side == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
+      }
+    }
+    status.patches.push_back(std::move(info));
+  }
   return status;
 }
 

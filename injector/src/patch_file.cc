@@ -108,6 +108,11 @@ class PatchImage {
     return false;
   }
   uint64_t text_start() const { return text_start_; }
+  /// Size of the dynamic symbol at `vaddr`, 0 if none.
+  uint64_t symbol_size(uint64_t vaddr) const {
+    auto it = sizes_.find(vaddr);
+    return it == sizes_.end() ? 0 : it->second;
+  }
   uint64_t text_end() const { return text_end_; }
 
  private:
@@ -151,6 +156,7 @@ class PatchImage {
         dynsyms.push_back(sym);
         dynsym_names.emplace_back(name ? name : "");
         if (name && sym.st_shndx != SHN_UNDEF) symbols_[name] = sym.st_value;
+        if (sym.st_shndx != SHN_UNDEF && sym.st_size > 0) sizes_[sym.st_value] = sym.st_size;
       }
     }
     if (dynsyms.empty()) malformed(path_, "it has no dynamic symbol table (truncated or not a shared object?)");
@@ -186,6 +192,7 @@ class PatchImage {
   std::map<uint64_t, uint64_t> relocated_;
   std::map<uint64_t, std::string> external_;
   std::map<std::string, uint64_t> symbols_;
+  std::map<uint64_t, uint64_t> sizes_;
   uint64_t text_start_ = 0, text_end_ = 0;
 };
 
@@ -203,12 +210,16 @@ std::vector<T> read_array(const PatchImage& image, const std::string& path, uint
 
 }  // namespace
 
-std::vector<std::pair<uint32_t, uint32_t>> PatchDescription::function_replacements() const {
+std::vector<std::pair<uint32_t, uint32_t>> PatchDescription::mappings_of(uint32_t kind) const {
   std::vector<std::pair<uint32_t, uint32_t>> pairs;
   for (const auto& m : mappings) {
-    if (m.kind == POLUS_MAP_FUNCTION) pairs.emplace_back(m.from, m.to);
+    if (m.kind == kind) pairs.emplace_back(m.from, m.to);
   }
   return pairs;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> PatchDescription::function_replacements() const {
+  return mappings_of(POLUS_MAP_FUNCTION);
 }
 
 PatchDescription read_patch_file(const std::string& given_path) {
@@ -256,6 +267,7 @@ PatchDescription read_patch_file(const std::string& given_path) {
     if (f.side == POLUS_NEW && !image.is_executable(f.address)) {
       malformed(path, where + " ('" + f.name + "') does not point to code in the patch");
     }
+    if (f.side == POLUS_NEW) f.size = image.symbol_size(f.address);
     if (f.resolved_slot && !image.is_writable(f.resolved_slot, 8)) malformed(path, where + ".resolved is not writable data");
     out.functions.push_back(f);
   }

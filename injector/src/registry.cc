@@ -13,10 +13,15 @@ std::string basename_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-uint64_t symbol_value(const LoadedObject& object, const char* name) {
+uint64_t symbol_value_or_zero(const LoadedObject& object, const char* name) {
   for (const Symbol& s : object.symbols) {
     if (s.name == name && s.is_global) return s.address.address();
   }
+  return 0;
+}
+
+uint64_t symbol_value(const LoadedObject& object, const char* name) {
+  if (uint64_t value = symbol_value_or_zero(object, name)) return value;
   throw Error(ErrorCode::kInternal, object.path + " lacks '" + name + "': not a Polus agent of this version");
 }
 }  // namespace
@@ -29,6 +34,12 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
   agent.registry = RemotePtr<polus_agent_registry>(load_bias + symbol_value(object, POLUS_AGENT_REGISTRY_SYMBOL));
   agent.load_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_LOAD_SYMBOL));
   agent.unload_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_UNLOAD_SYMBOL));
+  // Write tracking is optional: an agent without it still serves code-only patches.
+  if (symbol_value_or_zero(object, "polus_agent_sync_begin")) {
+    agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_reserve"));
+    agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_begin"));
+    agent.sync_end = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_end"));
+  }
   return agent;
 }
 
@@ -70,14 +81,38 @@ RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent
     if (view.header.magic != POLUS_AGENT_MAGIC || view.header.redirect_count > 100000) {
       throw Error(ErrorCode::kInternal, "patch record " + std::to_string(i) + " in the target is corrupt");
     }
-    view.redirects.resize(view.header.redirect_count);
-    if (!view.redirects.empty()) {
-      memory.read_bytes(RemoteAddr(view.address.address() + sizeof(polus_patch_record)), view.redirects.data(),
-                        view.redirects.size() * sizeof(polus_redirect_record));
+    if (view.header.watch_count > 100000 || view.header.holder_count > POLUS_MAX_HOLDERS) {
+      throw Error(ErrorCode::kInternal, "patch record " + std::to_string(i) + " in the target is corrupt");
     }
+    view.redirects.resize(view.header.redirect_count);
+    view.watched.resize(view.header.watch_count);
+    view.holders.resize(view.header.holder_count);
+    auto read_array = [&](RemoteAddr at, auto& vec) {
+      if (!vec.empty()) memory.read_bytes(at, vec.data(), vec.size() * sizeof(vec[0]));
+    };
+    read_array(view.redirects_at(), view.redirects);
+    read_array(view.watched_at(), view.watched);
+    read_array(view.holders_at(), view.holders);
     snapshot.patches.push_back(std::move(view));
   }
   return snapshot;
+}
+
+void write_registry_bookkeeping(ProcessMemory& memory, const AgentLocation& agent, const polus_agent_registry& r) {
+  auto put = [&](size_t offset, const void* from, size_t size) {
+    memory.write_bytes(RemoteAddr(agent.registry.address() + offset), static_cast<const char*>(from), size);
+  };
+  put(offsetof(polus_agent_registry, patch_count), &r.patch_count, sizeof r.patch_count);
+  put(offsetof(polus_agent_registry, next_patch_id), &r.next_patch_id, sizeof r.next_patch_id);
+  put(offsetof(polus_agent_registry, patches), r.patches, sizeof r.patches);
+  put(offsetof(polus_agent_registry, arenas), r.arenas, sizeof r.arenas);
+  put(offsetof(polus_agent_registry, arena_count), &r.arena_count, sizeof r.arena_count);
+}
+
+std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const polus_sync_state& sync) {
+  std::vector<polus_tracked_item> items(std::min(sync.item_count, sync.item_capacity));
+  if (!items.empty()) memory.read_bytes(RemoteAddr(sync.items), items.data(), items.size() * sizeof(polus_tracked_item));
+  return items;
 }
 
 const char* patch_state_name(uint32_t state) {

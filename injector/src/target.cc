@@ -53,8 +53,9 @@ RemoteAddr TargetContext::libc_function(const std::string& name) {
   return symbols_.resolve(basename_of(libc().path) + "!" + name, SymbolKind::kFunction).address;
 }
 
-std::vector<AddressRange> TargetContext::unsafe_to_borrow_ranges() const {
-  std::vector<AddressRange> ranges;
+const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
+  if (!lock_holding_ranges_.empty()) return lock_holding_ranges_;
+  std::vector<AddressRange>& ranges = lock_holding_ranges_;
   for (const LoadedObject& object : symbols_.objects()) {
     if (basename_of(object.path).rfind("ld-", 0) == 0) {
       ranges.push_back({object.text_start, object.text_end, "the dynamic loader"});
@@ -68,11 +69,11 @@ std::vector<AddressRange> TargetContext::unsafe_to_borrow_ranges() const {
       }
     }
   }
-  return ranges;
+  return lock_holding_ranges_;
 }
 
 pid_t TargetContext::stop_thread_safe_to_borrow() {
-  const std::vector<AddressRange> unsafe = unsafe_to_borrow_ranges();
+  const std::vector<AddressRange> unsafe = lock_holding_ranges();
   std::string last_reason;
   for (;;) {
     std::vector<pid_t> tids = session_->thread_ids();

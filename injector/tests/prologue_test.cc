@@ -129,11 +129,11 @@ TEST_CASE("prologue shapes in a live process", "[prologue][live]") {
     }
     CHECK(polus::read_status(target.pid()).patches.empty());
     // Release the spin from another thread while apply is retrying.
-    std::thread releaser([&] {
+    std::jthread releaser([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
       target.send("release");
     });
-    auto info = polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-spin.so", options(5000));
+    auto info = polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-spin.so", options(10000));
     releaser.join();
     CHECK(target.read_line() == "RELEASED");
     CHECK(info.state == "committed");

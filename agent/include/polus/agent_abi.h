@@ -66,8 +66,19 @@ struct polus_redirect_record {
     char new_name[POLUS_NAME_BYTES];
 };
 
-/* One applied patch; allocated by the injector in the target (anonymous mapping), its
- * redirect records right after it. */
+/* Which way a data update runs: apply (old -> new) or rollback (new -> old). */
+enum polus_update_direction {
+    POLUS_UPDATE_APPLY = 0,
+    POLUS_UPDATE_ROLLBACK = 1,
+};
+
+#define POLUS_MAX_HOLDERS 64u
+
+/*
+ * One applied patch; allocated by the injector in the target (anonymous mapping). After the
+ * header come, in order: redirect_count struct polus_redirect_record, watch_count struct
+ * polus_watched_function, and POLUS_MAX_HOLDERS struct polus_holder (holder_count used).
+ */
 struct polus_patch_record {
     uint64_t magic;             /* POLUS_AGENT_MAGIC */
     uint64_t id;                /* 1, 2, ...: never reused in one process */
@@ -76,14 +87,33 @@ struct polus_patch_record {
     uint64_t record_bytes;      /* size of this mapping, for munmap */
     uint64_t applied_at_unix_ns;
     uint64_t apply_wall_ns;     /* polusctl start to finish */
-    uint64_t pause_ns;          /* how long every thread of the target was stopped */
-    uint64_t rolled_back_at_unix_ns;
-    uint64_t rollback_pause_ns;
+    uint64_t pause_ns;          /* how long every thread of the target was stopped (longest pause) */
+    uint64_t committed_at_unix_ns; /* when the update left `syncing`, 0 while it syncs */
+    uint64_t inspections;       /* stack inspections run while syncing */
     uint32_t state;             /* enum polus_patch_state */
     uint32_t redirect_count;
+    uint32_t watch_count;       /* functions whose activity holds a data update open */
+    uint32_t holder_count;      /* (thread, function) pairs seen at the last inspection */
+    uint32_t direction;         /* enum polus_update_direction of the in-flight update */
+    uint32_t unwind_fallbacks;  /* frames found by stack scanning (no CFI) at the last inspection */
     char name[POLUS_NAME_BYTES];
     char path[POLUS_PATH_BYTES];
-    /* followed directly by redirect_count struct polus_redirect_record */
+};
+
+/* A function whose active frames keep a data update in `syncing`. */
+struct polus_watched_function {
+    uint64_t start;
+    uint64_t end;            /* exclusive */
+    uint32_t function_index; /* in the patch's functions[] */
+    uint32_t flags;          /* POLUS_WATCH_* */
+    char name[POLUS_NAME_BYTES];
+};
+#define POLUS_WATCH_LEFT 0x1u /* no thread ran it at some inspection: its function callback ran */
+
+/* A thread found running a watched function at the last inspection. */
+struct polus_holder {
+    uint64_t tid;
+    uint64_t function; /* start of the watched function */
 };
 
 /* A mapping the injector placed near some code, cut into 16-byte trampoline slots. */
@@ -141,7 +171,9 @@ struct polus_agent_registry {
 #define POLUS_ABI_ASSERT(cond, msg) _Static_assert(cond, msg)
 #endif
 POLUS_ABI_ASSERT(sizeof(struct polus_redirect_record) == 192, "redirect record must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 408, "patch record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 424, "patch record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_watched_function) == 88, "watched function must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_holder) == 16, "holder must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_arena) == 16, "arena must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_tracked_item) == 56, "tracked item must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 48, "sync state must have no padding");

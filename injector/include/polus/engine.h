@@ -27,6 +27,9 @@ struct EngineOptions {
   std::string agent_path;
   /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
   std::chrono::milliseconds timeout{10000};
+  /// How long apply/rollback/finish wait for a data update's sync phase to end before
+  /// returning with the update still `syncing` (finish it later with finish_update).
+  std::chrono::milliseconds sync_timeout{10000};
 };
 
 struct RedirectInfo {
@@ -39,15 +42,37 @@ struct RedirectInfo {
   bool stacked = false;     // the function was already patched by an older patch
 };
 
+/// A changed global (or heap object) protected while a data update syncs.
+struct TrackedItemInfo {
+  std::string name;        // "ab", "ab_v1", or "heap 0x..." for registered heap objects
+  std::string side;        // "old" / "new"
+  uint64_t address = 0;
+  uint64_t size = 0;
+  uint64_t sync_calls = 0; // post_sync runs caused by writes to this item
+};
+
+/// A thread found running a function that holds a data update open.
+struct HolderInfo {
+  pid_t tid = 0;
+  std::string function;
+};
+
 struct PatchInfo {
   uint64_t id = 0;
   std::string name;
   std::string path;
-  std::string state;
+  std::string state;        // "applying", "syncing", "committed", "rolled-back"
+  std::string direction;    // of the in-flight or last data update: "apply" / "rollback"
   uint64_t applied_at_unix_ns = 0;
+  uint64_t committed_at_unix_ns = 0;
   uint64_t apply_wall_ns = 0;
-  uint64_t pause_ns = 0;
+  uint64_t pause_ns = 0;    // the longest time every thread was stopped at once
+  uint64_t inspections = 0; // stack inspections while syncing
+  uint32_t unwind_fallbacks = 0;  // frames found by stack scanning (no CFI) at the last inspection
   std::vector<RedirectInfo> redirects;
+  std::vector<std::string> watched;   // functions whose activity holds the data update open
+  std::vector<HolderInfo> holders;    // who holds it now
+  std::vector<TrackedItemInfo> items; // while syncing: the protected items and their sync counts
 };
 
 struct ProcessStatus {
@@ -55,13 +80,24 @@ struct ProcessStatus {
   bool agent_loaded = false;
   std::string agent_path;
   std::vector<PatchInfo> patches;  // oldest first
+  bool sync_active = false;        // write tracking is on (a data update is syncing)
+  uint64_t write_faults = 0;       // writes to protected pages since tracking began
+  uint64_t false_sharing = 0;      // of those, writes that touched no tracked item
+  uint64_t chained_faults = 0;     // faults handed to the target's own SIGSEGV handler
 };
 
 /// Applies the patch at `patch_path` to process `pid`. Returns what was applied.
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options);
 
-/// Rolls back the newest applied patch of `pid`. Returns what was rolled back.
+/// Rolls back the newest applied patch of `pid`. Returns what was rolled back: state
+/// "rolled-back", or "syncing" when a data patch's new code is still active after
+/// options.sync_timeout (finish_update completes it later).
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options);
+
+/// Waits (up to options.sync_timeout) for the in-flight data update of `pid` (an apply or a
+/// rollback left `syncing`) to end, and completes it. Returns the patch as it is afterwards.
+/// Throws Error(kNothingToRollBack) when no update is in flight.
+PatchInfo finish_update(pid_t pid, const EngineOptions& options);
 
 /// Reads the patch registry of `pid` without stopping it.
 ProcessStatus read_status(pid_t pid);

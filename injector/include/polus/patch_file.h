@@ -19,6 +19,7 @@ struct PatchFunction {
   std::string name;
   uint32_t side = 0;          // POLUS_OLD / POLUS_NEW
   uint64_t address = 0;       // NEW: link-time address in the patch
+  uint64_t size = 0;          // NEW: its symbol's size (0 if the patch has no symbol for it)
   uint64_t resolved_slot = 0; // link-time address of the slot to fill, 0 if none
 };
 
@@ -58,6 +59,8 @@ struct PatchDescription {
 
   /// Pairs (old function index, new function index) from the POLUS_MAP_FUNCTION mappings.
   std::vector<std::pair<uint32_t, uint32_t>> function_replacements() const;
+  /// Pairs (from, to) of all mappings of one kind.
+  std::vector<std::pair<uint32_t, uint32_t>> mappings_of(uint32_t kind) const;
 };
 
 /// Reads and validates a patch. Throws Error(kPatchMalformed) saying exactly what is wrong.

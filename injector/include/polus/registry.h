@@ -26,7 +26,17 @@ struct AgentLocation {
   RemotePtr<polus_agent_registry> registry;
   RemoteAddr load_patch;
   RemoteAddr unload_patch;
+  RemoteAddr sync_reserve;  // uint64_t polus_agent_sync_reserve(uint32_t capacity)
+  RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
+  RemoteAddr sync_end;      // int polus_agent_sync_end(void)
 };
+
+/// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the
+/// parts the agent updates on its own while threads run (sync counters).
+void write_registry_bookkeeping(ProcessMemory& memory, const AgentLocation& agent, const polus_agent_registry& registry);
+
+/// The agent's tracked items (read by status while a data update syncs).
+std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const polus_sync_state& sync);
 
 /// Finds the agent in the target's maps; nullopt if it was never loaded there.
 std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps);
@@ -39,6 +49,22 @@ struct PatchRecordView {
   RemotePtr<polus_patch_record> address;
   polus_patch_record header{};
   std::vector<polus_redirect_record> redirects;
+  std::vector<polus_watched_function> watched;
+  std::vector<polus_holder> holders;
+
+  RemoteAddr redirects_at() const { return RemoteAddr(address.address() + sizeof(polus_patch_record)); }
+  RemoteAddr watched_at() const {
+    return RemoteAddr(redirects_at().address() + header.redirect_count * sizeof(polus_redirect_record));
+  }
+  RemoteAddr holders_at() const {
+    return RemoteAddr(watched_at().address() + header.watch_count * sizeof(polus_watched_function));
+  }
+  /// Bytes a record with these counts needs, rounded up to whole pages.
+  static uint64_t bytes_for(uint32_t redirects, uint32_t watched) {
+    uint64_t bytes = sizeof(polus_patch_record) + redirects * sizeof(polus_redirect_record) +
+                     watched * sizeof(polus_watched_function) + POLUS_MAX_HOLDERS * sizeof(polus_holder);
+    return (bytes + 4095) & ~4095ull;
+  }
 };
 
 struct RegistrySnapshot {

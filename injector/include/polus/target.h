@@ -63,8 +63,16 @@ class TargetContext {
   /// Snapshots of every (stopped) thread; stacks only when `with_stacks`.
   std::vector<ThreadSnapshot> snapshot_threads(bool with_stacks);
 
+  /// Code that may hold a lock injected code could need (malloc & co., the dynamic
+  /// loader, dl_iterate_phdr, fork): a thread stopped below it is not safe to run code in,
+  /// and while any thread is stopped there, no injected code may run during a pause.
+  const std::vector<AddressRange>& lock_holding_ranges();
+
+  /// The mapping for trap and scratch strings, 0 until the engine sets it.
+  uint64_t scratch_arena = 0;
+  RemoteAddr trap() const { return RemoteAddr(scratch_arena); }
+
  private:
-  std::vector<AddressRange> unsafe_to_borrow_ranges() const;
   const LoadedObject& libc() const;
 
   pid_t pid_;
@@ -73,6 +81,7 @@ class TargetContext {
   ProcMemory memory_;
   std::optional<PtraceSession> session_;
   std::optional<RemoteAddr> syscall_instruction_;
+  std::vector<AddressRange> lock_holding_ranges_;
 };
 
 }  // namespace polus

@@ -1,0 +1,72 @@
+// data_update.h — the data side of an update (internal to the engine).
+//
+// Both versions of every changed global are write-protected while old and new code run side
+// by side; the agent's SIGSEGV handler runs the patch's sync functions (bidirectional
+// write-through, POLUS paper §2.2). The update stays `syncing` until a stack inspection finds
+// no thread in a watched function — one that uses changed data on the side being retired
+// (old functions when applying, new ones when rolling back, paper §4.2.1) — then the
+// protection is lifted and the update commits.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "polus/agent_abi.h"
+#include "polus/borrowed_thread.h"
+#include "polus/patch_file.h"
+#include "polus/registry.h"
+#include "polus/symbols.h"
+#include "polus/target.h"
+
+namespace polus {
+
+/// One old/new pair of a data update, at runtime addresses.
+struct TrackedPair {
+  uint32_t old_index = 0, new_index = 0;  // in the patch's data[]
+  std::string old_name, new_name;
+  uint64_t old_address = 0, old_size = 0, new_address = 0, new_size = 0;
+  uint64_t old_post_sync = 0, old_pre_sync = 0, new_post_sync = 0, new_pre_sync = 0;  // 0 = none
+};
+
+struct DataPlan {
+  std::vector<TrackedPair> pairs;                // read-only pairs are left out (paper §4.1.2)
+  std::vector<polus_watched_function> watched;  // the retiring side's functions that use them
+  bool empty() const { return pairs.empty(); }
+};
+
+/// Plans a patch's data update. Old items are resolved in the target; new items and new
+/// functions sit at `patch_bias` + their link-time address. Throws kSymbolNotFound.
+DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& symbols, uint64_t patch_bias,
+                          uint32_t direction);
+
+/// Fills the agent's tracked-item table: pair k becomes items 2k (old) and 2k+1 (new).
+void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const AgentLocation& agent,
+                           const DataPlan& plan, RemoteAddr trap);
+
+/// Runs the source side's post_sync once per pair (old -> new when applying, new -> old when
+/// rolling back) so both sides start equal. Call with every other thread stopped.
+void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan,
+                             uint32_t direction, RemoteAddr scratch, RemoteAddr trap);
+
+/// Protects every tracked item and starts write tracking. Call with every other thread stopped.
+void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap);
+
+/// Lifts the protection and stops tracking.
+void end_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap);
+
+/// Calls every callback of `kind` with `index` and `thread_id`; returns the first non-zero result.
+int run_callbacks(BorrowedThread& thread, ProcessMemory& memory, const PatchDescription& patch, uint64_t patch_bias,
+                  uint32_t kind, uint32_t index, uint64_t thread_id, uint32_t direction, RemoteAddr scratch,
+                  RemoteAddr trap);
+
+/// Inspects every thread's stack (CFI unwinding, scanning only where no CFI exists) until no
+/// thread runs a watched function or `until` passes, pausing the target briefly for each
+/// inspection and firing thread, function, data and post-update callbacks as the paper
+/// describes. Records holders and progress in `record`. On success ends the sync and returns
+/// true; the caller then commits (apply) or unloads (rollback).
+bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
+                       const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
+                       uint64_t& max_pause_ns);
+
+}  // namespace polus

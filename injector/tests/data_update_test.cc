@@ -1,0 +1,151 @@
+// Data updates end to end: the POLUS paper's Fig. 2 evolution (test-servers/fig2) patched
+// live while eight threads increment through the changed global.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "child_process.h"
+#include "greeter_process.h"
+#include "polus/engine.h"
+#include "polus/error.h"
+
+using namespace std::chrono_literals;
+using polus::testing::binary_path;
+using polus::testing::ChildProcess;
+using polus::testing::patch_path;
+
+namespace {
+
+polus::EngineOptions options(std::chrono::milliseconds sync_timeout = 10s) {
+  polus::EngineOptions o;
+  o.agent_path = POLUS_AGENT_PATH;
+  o.timeout = 10s;
+  o.sync_timeout = sync_timeout;
+  return o;
+}
+
+/// "a=1 b=2" -> {a: 1, b: 2}
+std::map<std::string, long> fields(const std::string& line) {
+  std::map<std::string, long> out;
+  std::istringstream in(line);
+  for (std::string word; in >> word;) {
+    auto eq = word.find('=');
+    if (eq != std::string::npos) out[word.substr(0, eq)] = std::stol(word.substr(eq + 1));
+  }
+  return out;
+}
+
+/// Pauses the workers and reads the final figures: report() (old or new code) and counts.
+std::pair<std::map<std::string, long>, std::map<std::string, long>> quiesced_figures(ChildProcess& target) {
+  REQUIRE(target.ask("pause") == "PAUSED");
+  auto report = fields(target.ask("report"));
+  auto counts = fields(target.ask("counts"));
+  REQUIRE(target.ask("resume") == "RESUMED");
+  return {report, counts};
+}
+
+}  // namespace
+
+TEST_CASE("a data update applied while eight threads run foo loses no increment", "[data][live]") {
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  std::this_thread::sleep_for(100ms);  // threads are deep in bar/foo
+
+  auto info = polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options());
+  CHECK(info.state == "committed");
+  CHECK(info.inspections >= 1);
+  std::this_thread::sleep_for(200ms);  // new code runs for a while
+
+  auto [report, counts] = quiesced_figures(target);
+  CHECK(report["version"] == 1);
+  // Every increment, made by old code before and during the update or by new code after,
+  // is in ab_v1.a.i; j counts only the calls new code made.
+  CHECK(report["i"] == counts["calls"]);
+  CHECK(report["j"] == report["v1_calls"]);
+  CHECK(counts["v0_calls"] + report["v1_calls"] == counts["calls"]);
+  CHECK(report["v1_calls"] > 0);
+  CHECK(counts["violations"] == 0);
+
+  auto status = polus::read_status(target.pid());
+  REQUIRE(status.patches.size() == 1);
+  CHECK(status.patches[0].state == "committed");
+  CHECK_FALSE(status.sync_active);
+}
+
+TEST_CASE("rolling a data update back runs the sync functions in reverse", "[data][live]") {
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options()).state == "committed");
+  std::this_thread::sleep_for(200ms);
+  auto back = polus::rollback_patch(target.pid(), options());
+  CHECK(back.state == "rolled-back");
+  std::this_thread::sleep_for(200ms);
+
+  auto [report, counts] = quiesced_figures(target);
+  CHECK(report["version"] == 0);
+  CHECK(report["i"] == counts["calls"]);  // the increments new code made came back to ab
+  CHECK(counts["violations"] == 0);
+  CHECK(polus::read_status(target.pid()).patches.empty());
+
+  // And forward again: new data starts from the old state.
+  REQUIRE(polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options()).state == "committed");
+  auto [report2, counts2] = quiesced_figures(target);
+  CHECK(report2["version"] == 1);
+  CHECK(report2["i"] == counts2["calls"]);
+}
+
+TEST_CASE("a thread looping in an old function holds the update open, visibly, until it leaves",
+          "[data][live][stress]") {
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");
+
+  auto info = polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options(300ms));
+  CHECK(info.state == "syncing");
+  REQUIRE(info.holders.size() == 1);
+  CHECK(info.holders[0].function == "hold");
+
+  // For several seconds: old code (hold) writes ab.b while eight threads of new code write
+  // ab_v1 on the same page; the program also uses SIGSEGV for itself meanwhile.
+  long own_faults = 0;
+  auto until = std::chrono::steady_clock::now() + 3s;
+  while (std::chrono::steady_clock::now() < until) {
+    std::string probe = target.ask("probe");
+    REQUIRE(probe.rfind("probe ok", 0) == 0);
+    own_faults = std::stol(probe.substr(9));
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(own_faults > 10);
+
+  auto status = polus::read_status(target.pid());
+  REQUIRE(status.patches.size() == 1);
+  const polus::PatchInfo& p = status.patches[0];
+  CHECK(p.state == "syncing");
+  CHECK(status.sync_active);
+  CHECK(status.write_faults > 0);
+  CHECK(status.chained_faults >= static_cast<uint64_t>(own_faults));
+  REQUIRE(p.holders.size() == 1);
+  CHECK(p.holders[0].function == "hold");
+  CHECK(p.holders[0].tid > 0);
+  REQUIRE(p.items.size() == 2);
+  CHECK(p.items[0].name == "ab");
+  CHECK(p.items[1].name == "ab_v1");
+  CHECK(p.items[0].sync_calls > 0);  // old code's writes synced to the new side
+  CHECK(p.items[1].sync_calls > 0);  // and new code's to the old side
+
+  REQUIRE(target.ask("release") == "RELEASED");
+  auto finished = polus::finish_update(target.pid(), options());
+  CHECK(finished.state == "committed");
+  CHECK(finished.holders.empty());
+  CHECK_FALSE(polus::read_status(target.pid()).sync_active);
+
+  auto [report, counts] = quiesced_figures(target);
+  CHECK(report["version"] == 1);
+  CHECK(report["i"] == counts["calls"]);        // no increment lost on either side
+  CHECK(report["b"] == counts["hold_writes"]);  // nor any of old code's writes
+  CHECK(report["j"] == report["v1_calls"]);
+  CHECK(counts["violations"] == 0);
+  CHECK(target.ask("probe").rfind("probe ok", 0) == 0);  // its own handler is back on its own
+}
