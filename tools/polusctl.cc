@@ -28,6 +28,7 @@ constexpr const char* kUsage = R"(usage:
   polusctl rollback PID [options]         undo the newest patch applied to PID
   polusctl status PID [--json]            show the patches applied to PID (does not stop it)
   polusctl finish PID [options]           wait for a data update left syncing to end, and complete it
+  polusctl stacks PID                     print every thread's call stack (CFI unwinding; stops PID briefly)
 
 options:
   --json               machine-readable output on stdout
@@ -99,7 +100,8 @@ Args parse(int argc, char** argv) {
   if (positional.empty()) usage_error("no command");
   args.command = positional[0];
   size_t want = args.command == "apply" ? 3 : 2;
-  if (args.command != "apply" && args.command != "rollback" && args.command != "status" && args.command != "finish") {
+  if (args.command != "apply" && args.command != "rollback" && args.command != "status" && args.command != "finish" &&
+      args.command != "stacks") {
     usage_error("unknown command '" + args.command + "'");
   }
   if (positional.size() != want) usage_error("wrong number of arguments for " + args.command);
@@ -213,7 +215,17 @@ void print_header() {
   std::printf("%-4s %-24s %-12s %-21s %10s %10s\n", "ID", "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE");
 }
 
+int print_stacks(pid_t pid) {
+  auto stacks = polus::inspect_stacks(pid);
+  for (const auto& thread : stacks) {
+    std::printf("thread %d%s\n", thread.tid, thread.note.empty() ? "" : (" (" + thread.note + ")").c_str());
+    for (const auto& frame : thread.frames) std::printf("  %s\n", frame.c_str());
+  }
+  return 0;
+}
+
 int run(const Args& args) {
+  if (args.command == "stacks") return print_stacks(args.pid);
   if (args.command == "status") {
     polus::ProcessStatus status = polus::read_status(args.pid);
     if (args.json) {

@@ -194,6 +194,7 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
   const uint32_t direction = record.header.direction;
   const RemoteAddr scratch(target.scratch_arena + kArenaScratchBytes - 64);
   for (;;) {
+    target.seize();
     auto pause_start = Clock::now();
     target.session().stop_all(TargetContext::step_deadline());
     Inspection inspection = inspect_stacks(target, unwinder, record.watched);
@@ -261,12 +262,16 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
       for (uint32_t d : data_done) fire(POLUS_CB_DATA, d, 0);
       if (done) {
         fire(POLUS_CB_POST_UPDATE, ~0u, 0);
+        // The agent puts the target's own SIGSEGV handler back once no fault is pending; a
+        // fault held in one of our signal-delivery-stops would not look pending, so let go
+        // of every other thread first.
+        target.session().detach_all_except(tid);
         end_sync(thread, agent, target.trap());
       }
     }
+    target.release();
     if (done) return true;
     if (Clock::now() >= until) return false;
-    target.session().resume_all();
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }

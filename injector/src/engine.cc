@@ -24,6 +24,7 @@
 #include "polus/prologue.h"
 #include "polus/registry.h"
 #include "polus/target.h"
+#include "polus/unwinder.h"
 #include "data_update.h"
 #include "engine_internal.h"
 
@@ -158,7 +159,10 @@ class Applier {
       throw;
     }
     record_commit();
-    if (has_data_) finish_sync();
+    if (has_data_) {
+      target_.release();  // write tracking is on: never hold the target between inspections
+      finish_sync();
+    }
     return info_from_record(record_view_);
   }
 
@@ -527,6 +531,30 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
 
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
   return Applier(pid, patch_path, options).run();
+}
+
+std::vector<ThreadStack> inspect_stacks(pid_t pid) {
+  TargetContext target(pid, SymbolOptions{}, Clock::now() + std::chrono::seconds(5));
+  Unwinder unwinder(target.symbols(), pid);
+  target.seize();
+  target.session().stop_all(TargetContext::step_deadline());
+  std::vector<ThreadStack> stacks;
+  for (pid_t tid : target.session().thread_ids()) {
+    UnwindResult result = unwinder.unwind(target.memory(), target.session().get_regs(tid));
+    ThreadStack stack{tid, {}, result.note};
+    for (size_t i = 0; i < result.frames.size(); ++i) {
+      const StackFrame& f = result.frames[i];
+      auto symbol = target.symbols().symbol_containing(RemoteAddr(i == 0 ? f.pc : f.pc - 1));
+      std::string line = hex(f.pc) + " " +
+                         (symbol ? symbol->qualified_name() + "+" + hex(f.pc - symbol->address.address()) : "??");
+      if (symbol) line += " [" + symbol->object_path.substr(symbol->object_path.rfind('/') + 1) + "]";
+      if (f.from_scan) line += " (scanned)";
+      stack.frames.push_back(line);
+    }
+    stacks.push_back(std::move(stack));
+  }
+  target.session().resume_all();
+  return stacks;
 }
 
 ProcessStatus read_status(pid_t pid) {

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -293,7 +294,7 @@ bool PtraceSession::stop_thread(pid_t tid, Clock::time_point deadline) {
       throw Error(ErrorCode::kTimeout, "thread " + std::to_string(tid) + " of process " + std::to_string(pid_) +
                                            " did not stop in time (uninterruptible sleep?); try again");
     }
-    wait_event(deadline, tid);
+    wait_event(deadline);
   }
 }
 
@@ -397,7 +398,7 @@ int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::t
       if (Clock::now() >= deadline) {
         throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) + " did not finish in time");
       }
-      wait_event(deadline, tid);
+      wait_event(deadline);  // all threads: others' signals must not wait for our code to finish
     }
     if (t->stop != StopKind::kSignal) continue;  // a stale interrupt or event stop: go on
     int sig = t->stop_signal;
@@ -412,21 +413,31 @@ int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::t
   }
 }
 
-void PtraceSession::detach_all() noexcept {
+void PtraceSession::detach_all_except(pid_t keep) {
+  detach_where([keep](pid_t tid) { return tid != keep; });
+}
+
+void PtraceSession::detach_where(const std::function<bool(pid_t)>& which) noexcept {
   try {
     // PTRACE_DETACH needs a stopped tracee; stop the running ones briefly.
     auto deadline = Clock::now() + std::chrono::seconds(2);
     for (auto& [tid, t] : threads_) {
+      if (!which(tid)) continue;
       if (t.stop == StopKind::kNone) ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
       t.held = true;
     }
     while (!process_exited_ && Clock::now() < deadline) {
       bool all = true;
-      for (auto& [tid, t] : threads_) all = all && t.stop != StopKind::kNone;
+      for (auto& [tid, t] : threads_) all = all && (!which(tid) || t.stop != StopKind::kNone);
       if (all) break;
       wait_event(deadline);
     }
-    for (auto& [tid, t] : threads_) {
+    for (auto it = threads_.begin(); it != threads_.end();) {
+      auto& [tid, t] = *it;
+      if (!which(tid)) {
+        ++it;
+        continue;
+      }
       int inject = 0;
       std::deque<siginfo_t> rest = std::move(t.deferred);
       if (t.stop == StopKind::kSignal) {
@@ -443,8 +454,8 @@ void PtraceSession::detach_all() noexcept {
         spdlog::warn("cannot detach from thread {}: {}", tid, std::strerror(errno));
       }
       for (const siginfo_t& info : rest) tgkill(pid_, tid, info.si_signo);
+      it = threads_.erase(it);
     }
-    threads_.clear();
   } catch (...) {
     // Destructors must not throw; the kernel detaches every tracee when we exit anyway.
   }

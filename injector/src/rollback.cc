@@ -89,6 +89,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
       restore_jumps(target.memory(), record);
       target.session().resume_all();
       pause_ns = elapsed_ns(pause_start);
+      target.release();  // write tracking is on: never hold the target between inspections
       break;
     }
     target.session().resume_all();
@@ -122,6 +123,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
 }  // namespace
 
 void retire_patch(TargetContext& target, const AgentLocation& agent, const PatchRecordView& record) {
+  target.seize();
   // No jump leads into the patch any more; if no thread is inside its code right now, none
   // ever will be again and it can be unloaded.
   std::vector<AddressRange> patch_code;

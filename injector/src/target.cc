@@ -38,7 +38,9 @@ constexpr const char* kLockHoldingFunctions[] = {
 TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
     : pid_(pid), deadline_(deadline), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
 
-void TargetContext::seize() { session_.emplace(PtraceSession::seize(pid_)); }
+void TargetContext::seize() {
+  if (!session_) session_.emplace(PtraceSession::seize(pid_));
+}
 
 const LoadedObject& TargetContext::libc() const {
   for (const LoadedObject& object : symbols_.objects()) {
@@ -83,7 +85,10 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
     for (pid_t tid : tids) {
       if (!session_->stop_thread(tid, step_deadline())) continue;
       const ThreadState& state = session_->thread(tid);
-      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop) {
+      // A thread stopped with a signal of its own gets it now rather than after our code ran:
+      // a fault signal handled late could meet a handler that changed meanwhile.
+      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop ||
+          (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
         session_->resume_thread(tid);
         continue;
       }

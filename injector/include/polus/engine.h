@@ -99,6 +99,16 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options);
 /// Throws Error(kNothingToRollBack) when no update is in flight.
 PatchInfo finish_update(pid_t pid, const EngineOptions& options);
 
+/// One thread's call stack, innermost first, as "0x... name+0xoff [object]" lines.
+struct ThreadStack {
+  pid_t tid = 0;
+  std::vector<std::string> frames;
+  std::string note;  // where CFI was missing and the stack was scanned instead
+};
+
+/// Stops `pid` briefly and unwinds every thread (the same unwinding the sync phase uses).
+std::vector<ThreadStack> inspect_stacks(pid_t pid);
+
 /// Reads the patch registry of `pid` without stopping it.
 ProcessStatus read_status(pid_t pid);
 

@@ -91,6 +91,11 @@ class PtraceSession {
   /// Handles pending wait events without blocking (new threads, signals to pass on).
   void poll_events();
 
+  /// Lets go of every thread but `keep`, delivering what was kept for them. Used before
+  /// injected code changes signal dispositions: a fault signal must never sit in one of our
+  /// signal-delivery-stops while its handler is swapped.
+  void detach_all_except(pid_t keep);
+
  private:
   explicit PtraceSession(pid_t pid) : pid_(pid) {}
   void seize_thread(pid_t tid, bool fail_if_traced);
@@ -98,7 +103,8 @@ class PtraceSession {
   pid_t wait_event(Clock::time_point deadline, pid_t only_tid = -1);
   void handle_event(pid_t tid, int status);
   void continue_thread(pid_t tid, int signal);
-  void detach_all() noexcept;
+  void detach_all() noexcept { detach_where([](pid_t) { return true; }); }
+  void detach_where(const std::function<bool(pid_t)>& which) noexcept;
 
   pid_t pid_;
   std::map<pid_t, ThreadState> threads_;

@@ -39,8 +39,15 @@ class TargetContext {
   /// Until when one step that must finish quickly (stopping threads, injected code) may take.
   static Clock::time_point step_deadline() { return Clock::now() + std::chrono::seconds(5); }
 
-  /// Seizes every thread (they keep running).
+  /// Seizes every thread (they keep running). Does nothing if already attached.
   void seize();
+
+  /// Detaches from every thread (stopped ones resume). While a data update syncs, each
+  /// tracked write raises SIGSEGV and SIGTRAP in the target; attached, every one of those
+  /// would stop the writer until we looked (ptrace(2), signal-delivery-stop), so between
+  /// inspections we let go.
+  void release() { session_.reset(); }
+  bool attached() const { return session_.has_value(); }
 
   /// Stops one thread that is provably not inside malloc & co., the dynamic loader or
   /// dl_iterate_phdr (pc and live stack checked), so it may call dlopen without deadlock.
