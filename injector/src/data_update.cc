@@ -37,7 +37,12 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
   for (const auto& [old_index, new_index] : patch.mappings_of(POLUS_MAP_DATA)) {
     const PatchData& old_item = patch.data[old_index];
     const PatchData& new_item = patch.data[new_index];
-    if ((old_item.flags | new_item.flags) & POLUS_DATA_READ_ONLY) continue;
+    const uint32_t flags = old_item.flags | new_item.flags;
+    if (flags & POLUS_DATA_READ_ONLY) continue;
+    uint32_t retiring = direction == POLUS_UPDATE_APPLY ? old_index : new_index;
+    for (uint32_t fn : functions_using(patch, retiring)) watched_functions.insert(fn);
+    plan.has_heap_roots = plan.has_heap_roots || (flags & POLUS_DATA_HEAP_ROOT);
+    if (flags & POLUS_DATA_HEAP_ROOT) continue;  // its nodes are registered by a callback
     Symbol symbol = symbols.resolve(old_item.name, SymbolKind::kData);
     TrackedPair pair;
     pair.old_index = old_index;
@@ -57,8 +62,6 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
     pair.new_post_sync = runtime(new_item.post_sync, patch_bias);
     pair.new_pre_sync = runtime(new_item.pre_sync, patch_bias);
     plan.pairs.push_back(pair);
-    uint32_t retiring = direction == POLUS_UPDATE_APPLY ? old_index : new_index;
-    for (uint32_t fn : functions_using(patch, retiring)) watched_functions.insert(fn);
   }
   for (uint32_t index : watched_functions) {
     const PatchFunction& f = patch.functions[index];
@@ -86,7 +89,9 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
                                             ") cannot track data writes; it predates data updates");
   }
   uint32_t count = static_cast<uint32_t>(plan.pairs.size() * 2);
-  uint64_t table = thread.call(agent.sync_reserve, {count}, trap, TargetContext::step_deadline());
+  // Room for heap pairs a pre-update callback registers too (the agent grows it if needed).
+  uint32_t capacity = std::max<uint32_t>(count, 64);
+  uint64_t table = thread.call(agent.sync_reserve, {capacity}, trap, TargetContext::step_deadline());
   if (table == 0 || static_cast<int64_t>(table) < 0) {
     throw Error(ErrorCode::kLoadFailed, "the agent could not allocate its table of tracked data");
   }

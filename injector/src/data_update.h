@@ -32,7 +32,8 @@ struct TrackedPair {
 struct DataPlan {
   std::vector<TrackedPair> pairs;                // read-only pairs are left out (paper §4.1.2)
   std::vector<polus_watched_function> watched;  // the retiring side's functions that use them
-  bool empty() const { return pairs.empty(); }
+  bool has_heap_roots = false;                   // heap pairs come from a pre-update callback
+  bool empty() const { return pairs.empty() && !has_heap_roots; }
 };
 
 /// Plans a patch's data update. Old items are resolved in the target; new items and new

@@ -149,3 +149,29 @@ TEST_CASE("a thread looping in an old function holds the update open, visibly, u
   CHECK(counts["violations"] == 0);
   CHECK(target.ask("probe").rfind("probe ok", 0) == 0);  // its own handler is back on its own
 }
+
+TEST_CASE("heap data of a changed type is converted by a pre-update callback and synced", "[data][live][heap]") {
+  ChildProcess target({binary_path("inventory-v0")});
+  REQUIRE(target.read_line() == "READY");
+  std::this_thread::sleep_for(100ms);
+
+  auto info = polus::apply_patch(target.pid(), patch_path("inventory-v0-v1.so"), options());
+  CHECK(info.state == "committed");
+  std::this_thread::sleep_for(200ms);
+  REQUIRE(target.ask("pause") == "PAUSED");
+  auto after_apply = fields(target.ask("total"));
+  auto bumps = fields(target.ask("counts"))["bumps"];
+  REQUIRE(target.ask("resume") == "RESUMED");
+  CHECK(after_apply["version"] == 1);
+  CHECK(after_apply["items"] == 16);
+  CHECK(after_apply["total"] == bumps);  // every bump, before, during and after, is counted
+
+  auto back = polus::rollback_patch(target.pid(), options());
+  CHECK(back.state == "rolled-back");
+  std::this_thread::sleep_for(200ms);
+  REQUIRE(target.ask("pause") == "PAUSED");
+  auto after_rollback = fields(target.ask("total"));
+  auto bumps2 = fields(target.ask("counts"))["bumps"];
+  CHECK(after_rollback["version"] == 0);
+  CHECK(after_rollback["total"] == bumps2);
+}

@@ -69,6 +69,9 @@ typedef void (*polus_sync_fn)(const struct polus_sync_args *args);
 
 /* Flags of struct polus_data. */
 #define POLUS_DATA_READ_ONLY 0x1u /* never written during the update: no protection, no sync (paper §4.1.2) */
+#define POLUS_DATA_HEAP_ROOT 0x2u /* roots heap data a pre-update callback converts and registers with
+                                     polus_register_heap_data: the item itself is not protected, but
+                                     the functions using it (F2D) hold the update open */
 
 /*
  * A global of the old or the new version.
@@ -176,6 +179,18 @@ POLUS_STATIC_ASSERT(sizeof(struct polus_callback) == 16, "polus_callback must ha
 POLUS_STATIC_ASSERT(sizeof(struct polus_import) == 16, "polus_import must have no padding");
 POLUS_STATIC_ASSERT(sizeof(struct polus_build_id) == 16, "polus_build_id must have no padding");
 POLUS_STATIC_ASSERT(sizeof(struct polus_patch) == 104, "polus_patch must have no padding");
+
+/*
+ * Provided by libpolus-agent.so inside the target (resolved when the patch is loaded; weak,
+ * so a patch still links with -z defs). For pre-update callbacks that convert heap data
+ * whose type changed: registers one old object and its new counterpart so both are
+ * write-protected and synced like globals while the update syncs. Returns 0 or -errno.
+ */
+#ifndef POLUS_AGENT_BUILD /* the agent defines it */
+__attribute__((weak)) int polus_register_heap_data(void *old_item, void *new_item, uint64_t old_size,
+                                                   uint64_t new_size, polus_sync_fn old_post_sync,
+                                                   polus_sync_fn new_post_sync);
+#endif
 
 /* ---- Conveniences for patch authors ---------------------------------------------- */
 
