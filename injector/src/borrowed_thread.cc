@@ -74,10 +74,16 @@ uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_
   regs.rip = function.address();
   regs.rax = 0;  // variadic callees read al as the vector register count
   session_.set_regs(tid_, regs);
+  int inject = 0;
   for (;;) {
-    int sig = session_.run_borrowed_until_trap(tid_, /*single_step=*/false, deadline);
+    int sig = session_.run_borrowed_until_trap(tid_, /*single_step=*/false, deadline, inject);
+    inject = 0;
     user_regs_struct after = session_.get_regs(tid_);
     if (sig == SIGTRAP && after.rip == return_trap.address() + 1) return after.rax;
+    if (pass_faults_ && (sig == SIGSEGV || sig == SIGTRAP || sig == SIGBUS)) {
+      inject = sig;  // the agent's write tracking at work
+      continue;
+    }
     if (sig != SIGTRAP) {
       // The injected code crashed. Put the thread back as it was and report; the signal is
       // not delivered, so the target survives (the callee may have left a lock held).

@@ -129,7 +129,12 @@ void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr t
 
 void end_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap) {
   int64_t result = static_cast<int32_t>(thread.call(agent.sync_end, {}, trap, TargetContext::step_deadline()));
-  if (result != 0) spdlog::warn("the agent reported error {} ending write tracking", -result);
+  if (result == 1) {
+    spdlog::info("write tracking ended; the agent keeps its SIGSEGV handler in front (passing through) because "
+                 "faults kept arriving");
+  } else if (result != 0) {
+    throw Error(ErrorCode::kInternal, "the agent could not end write tracking (error " + std::to_string(-result) + ")");
+  }
 }
 
 int run_callbacks(BorrowedThread& thread, ProcessMemory& memory, const PatchDescription& patch, uint64_t patch_bias,
@@ -193,9 +198,10 @@ void write_progress(ProcessMemory& memory, const PatchRecordView& record) {
 bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
                        const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
                        uint64_t& max_pause_ns) {
-  // Fresh symbols: the patch (and its CFI) was loaded after this operation began.
-  ProcessSymbols symbols = ProcessSymbols::load(target.pid());
-  Unwinder unwinder(symbols, target.pid());
+  // Fresh symbols: the agent and the patch (and their CFI) may have been loaded after this
+  // operation began.
+  target.reload_symbols();
+  Unwinder unwinder(target.symbols(), target.pid());
   const uint32_t direction = record.header.direction;
   const RemoteAddr scratch(target.scratch_arena + kArenaScratchBytes - 64);
   for (;;) {
@@ -254,6 +260,7 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
     if (done || (has_callbacks && (!threads_left.empty() || !functions_left.empty() || !data_done.empty()))) {
       pid_t tid = target.stop_thread_safe_to_borrow();
       BorrowedThread thread(target.session(), target.memory(), tid, target.syscall_instruction());
+      thread.set_pass_faults(true);
       auto fire = [&](uint32_t kind, uint32_t index, uint64_t about_thread) {
         run_callbacks(thread, target.memory(), patch, patch_bias, kind, index, about_thread, direction, scratch,
                       target.trap());

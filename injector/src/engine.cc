@@ -370,13 +370,18 @@ class Applier {
     for (;;) {
       auto pause_start = Clock::now();
       target_.session().stop_all(TargetContext::step_deadline());
+      uint64_t stopped_ns = elapsed_ns(pause_start);
       std::string reason = busy_reason_now(need_stacks, run_code);
       if (reason.empty()) {
+        uint64_t checked_ns = elapsed_ns(pause_start);
         if (run_code) run_code_in_pause();
+        uint64_t code_ns = elapsed_ns(pause_start);
         for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
         committed_ = true;
         target_.session().resume_all();
         pause_ns_ = elapsed_ns(pause_start);
+        spdlog::debug("commit pause {} us: all stopped at {} us, checked at {} us, code run at {} us", pause_ns_ / 1000,
+                      stopped_ns / 1000, checked_ns / 1000, code_ns / 1000);
         return;
       }
       target_.session().resume_all();

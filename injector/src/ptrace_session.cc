@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <functional>
 #include <set>
 #include <string>
@@ -50,6 +51,16 @@ std::string process_name(pid_t pid) {
   std::string name;
   std::getline(comm, name);
   return name.empty() ? "?" : name;
+}
+
+/// A zombie (or dying) process: state Z or X in /proc/PID/stat. ptrace refuses it with EPERM.
+bool has_exited(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
+  char state = text[paren + 2];
+  return state == 'Z' || state == 'X';
 }
 
 bool is_job_control_stop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
@@ -138,6 +149,9 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   int err = errno;
   if (err == ESRCH && !first) return;  // the thread exited between listing and seizing
   if (err == ESRCH) throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " does not exist");
+  if (err == EPERM && has_exited(pid_)) {
+    throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " has exited (its parent has not reaped it yet)");
+  }
   if (err == EPERM) {
     if (pid_t tracer = tracer_of(pid_); tracer != 0 && tracer != ::getpid()) {
       throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid_) + " is already traced by process " +
@@ -380,11 +394,14 @@ void PtraceSession::set_borrowed(pid_t tid, bool borrowed) {
   }
 }
 
-int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline) {
+int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject) {
   ThreadState* t = &threads_.at(tid);
   for (;;) {
     __ptrace_request request = single_step ? PTRACE_SINGLESTEP : PTRACE_CONT;
-    if (::ptrace(request, tid, nullptr, nullptr) != 0) throw_errno("resuming borrowed thread", errno);
+    if (::ptrace(request, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+      throw_errno("resuming borrowed thread", errno);
+    }
+    inject = 0;
     t->stop = StopKind::kNone;
     t->stop_signal = 0;
     for (;;) {

@@ -79,6 +79,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     if (busy.empty()) {
       {
         BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
+        thread.set_pass_faults(sync_active);
         run_callbacks(thread, target.memory(), patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK,
                       scratch_args(target), target.trap());
         if (!sync_active) {

@@ -3,7 +3,10 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
+#include <signal.h>
+
 #include <algorithm>
+#include <fstream>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -33,10 +36,29 @@ constexpr const char* kLockHoldingFunctions[] = {
     "__libc_calloc", "__libc_realloc", "__libc_memalign", "__libc_dlopen_mode", "__libc_dlclose",
 };
 
+/// Whether a synchronous fault signal (SIGSEGV, SIGTRAP, SIGBUS) is pending for `tid`
+/// (SigPnd of /proc/PID/task/TID/status).
+bool has_pending_fault(pid_t pid, pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("SigPnd:", 0) != 0) continue;
+    uint64_t mask = std::stoull(line.substr(7), nullptr, 16);
+    auto bit = [](int sig) { return 1ull << (sig - 1); };
+    return mask & (bit(SIGSEGV) | bit(SIGTRAP) | bit(SIGBUS));
+  }
+  return false;
+}
+
 }  // namespace
 
 TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
-    : pid_(pid), deadline_(deadline), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
+    : pid_(pid), deadline_(deadline), symbol_options_(options), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
+
+void TargetContext::reload_symbols() {
+  symbols_ = ProcessSymbols::load(pid_, symbol_options_);
+  lock_holding_ranges_.clear();
+}
 
 void TargetContext::seize() {
   if (!session_) session_.emplace(PtraceSession::seize(pid_));
@@ -62,6 +84,10 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
     if (basename_of(object.path).rfind("ld-", 0) == 0) {
       ranges.push_back({object.text_start, object.text_end, "the dynamic loader"});
     }
+    // A thread inside the agent's fault handler holds its sync lock.
+    if (basename_of(object.path) == "libpolus-agent.so") {
+      ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
+    }
   }
   const LoadedObject& c = libc();
   for (const char* name : kLockHoldingFunctions) {
@@ -78,7 +104,11 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
   const std::vector<AddressRange> unsafe = lock_holding_ranges();
   std::string last_reason;
   for (;;) {
+    session_->poll_events();
     std::vector<pid_t> tids = session_->thread_ids();
+    if (tids.empty() || ::kill(pid_, 0) != 0) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
     // Prefer threads other than the main one: the main thread is often the one a
     // signal-driven or event-loop target needs most.
     std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
@@ -89,6 +119,12 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       // a fault signal handled late could meet a handler that changed meanwhile.
       if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop ||
           (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
+        session_->resume_thread(tid);
+        continue;
+      }
+      // A fault already queued for it would be delivered inside our code.
+      if (has_pending_fault(pid_, tid)) {
+        last_reason = "thread " + std::to_string(tid) + " has a fault signal pending";
         session_->resume_thread(tid);
         continue;
       }
@@ -103,7 +139,8 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
     }
     if (Clock::now() >= deadline_) {
       throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
-                                           " reached a point where it can safely load code (" + last_reason +
+                                           " reached a point where it can safely run code (" +
+                                           (last_reason.empty() ? "threads kept exiting or had signals pending" : last_reason) +
                                            "); the target is unchanged, try again");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));

@@ -44,6 +44,11 @@ class BorrowedThread {
   uint64_t call(RemoteAddr function, std::initializer_list<uint64_t> args, RemoteAddr return_trap,
                 Clock::time_point deadline);
 
+  /// While the agent tracks writes, code we run (callbacks, the agent itself) may write a
+  /// protected page: its SIGSEGV and the agent's SIGTRAPs must reach the agent's handlers
+  /// instead of counting as a crash of our code.
+  void set_pass_faults(bool pass) { pass_faults_ = pass; }
+
  private:
   user_regs_struct prepared_regs() const;
   PtraceSession& session_;
@@ -51,6 +56,7 @@ class BorrowedThread {
   pid_t tid_;
   RemoteAddr syscall_instruction_;
   user_regs_struct saved_{};
+  bool pass_faults_ = false;
 };
 
 }  // namespace polus

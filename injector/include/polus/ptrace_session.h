@@ -86,7 +86,8 @@ class PtraceSession {
   /// Continues a borrowed thread (PTRACE_CONT or PTRACE_SINGLESTEP) without delivering
   /// anything, and waits for its next stop that is not a deferred signal. Returns the
   /// signal of that stop (SIGTRAP for our traps). Throws kTargetDied / kTimeout.
-  int run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline);
+  /// `inject` is a signal to deliver as it resumes (a fault passed on to the target's handler).
+  int run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject = 0);
 
   /// Handles pending wait events without blocking (new threads, signals to pass on).
   void poll_events();

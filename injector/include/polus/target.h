@@ -39,6 +39,9 @@ class TargetContext {
   /// Until when one step that must finish quickly (stopping threads, injected code) may take.
   static Clock::time_point step_deadline() { return Clock::now() + std::chrono::seconds(5); }
 
+  /// Reads the target's symbols again (after the agent or a patch was loaded into it).
+  void reload_symbols();
+
   /// Seizes every thread (they keep running). Does nothing if already attached.
   void seize();
 
@@ -84,6 +87,7 @@ class TargetContext {
 
   pid_t pid_;
   Clock::time_point deadline_;
+  SymbolOptions symbol_options_;
   ProcessSymbols symbols_;
   ProcMemory memory_;
   std::optional<PtraceSession> session_;

@@ -1,0 +1,1818 @@
+/*
+ * sync.c — bidirectional write-through between the old and the new version of changed data
+ * (POLUS §2.2, §2.3, §3.1.5, §4.1.2), inside libpolus-agent.so.
+ *
+ * ======================================================================================
+ * WHAT IT DOES
+ *
+ * registry.sync.items lists tracked items (globals, heap objects); each names its
+ * counterpart on the other side and a post_sync (optionally a pre_sync) function. While
+ * sync is active every page holding a tracked item is read-only (original protection minus
+ * PROT_WRITE), so every write to a tracked page raises SIGSEGV (SEGV_ACCERR, write bit in
+ * the page-fault error code). The handler, under one global lock:
+ *   1. runs the pre_sync of the item(s) about to be written;
+ *   2. carries out the write WITHOUT making the page writable (see MECHANISM);
+ *   3. compares the written bytes with the item's shadow (its last synced image): if they
+ *      changed, runs the item's post_sync, which brings the counterpart up to date; if no
+ *      tracked item changed, the fault was false sharing (counted, no sync call);
+ *   4. returns; the thread continues after the write, the counterpart already updated.
+ *
+ * MECHANISM: out-of-line execution ("emulation"), single-step as the fallback
+ *
+ * The classic way (and the paper's) is: make the page writable, let the instruction run
+ * with the trap flag, re-protect at the SIGTRAP. We do NOT do that for ordinary stores,
+ * for two reasons found while building this:
+ *
+ *  a) Correctness. mprotect is process-wide: while the page is open for thread A's one
+ *     instruction, thread B can write any other tracked item on that page without faulting.
+ *     The close-time shadow comparison does catch B's write and syncs it — but late: B may
+ *     already have released its mutex, and thread C (other side, same mutex) may have read
+ *     the still-stale counterpart and written a value computed from it (a load/add/store
+ *     increment). The sync of B's write then overwrites C's, or C's overwrites B's: a lost
+ *     update, although no write was ever "missed". The same holds for a counterpart page
+ *     opened for a sync function. Fencing the counterparts (PROT_NONE) does not close it,
+ *     because the sync function itself must read one side and write the other. The only
+ *     airtight rule with page protections is: a tracked page is NEVER writable while
+ *     sync is active. Measured (agent_sync_test threads_step: the test of 8 threads with
+ *     per-pair mutexes, forced to single-step): ~1% of the increments lost, identically on
+ *     both sides, and ~5% of the writes never faulted; with emulation: none, over
+ *     ~300 000 writes per run.
+ *  b) Cost. A TF trap is a #DB exception; under a hypervisor it is a VM exit: ~24 µs per
+ *     trap measured on the CI VM, against ~1.3-1.9 µs for a whole SIGSEGV round trip. And
+ *     mprotect in a multithreaded process pays TLB shootdowns: an RO+RW pair costs ~5 µs
+ *     alone, ~21 µs with 3 other threads running (same VM). The emulation path makes no
+ *     mprotect call at all.
+ *
+ * So for the instructions compilers emit for stores (mov, the read-modify-write ALU group,
+ * inc/dec/neg/not, shifts, xchg/xadd/cmpxchg/cmpxchg8b/16b, setcc, bts/btr/btc imm, shld/
+ * shrd, movnti, SSE/AVX/AVX-512 vector stores incl. masked ones, pextr*, vextract*, and
+ * stos/movs with or without rep), the handler:
+ *   - decodes the instruction at the faulting rip and computes its effective address;
+ *   - copies the instruction into an XOL slot with its memory operand rewritten to a
+ *     rip-relative reference to a 64-byte scratch buffer holding the target bytes;
+ *   - runs it there with the thread's registers (GPRs and flags from the ucontext; vector
+ *     state via xrstor of the signal frame), so flags, atomics' results, masks and every
+ *     corner of x86 semantics are the CPU's own;
+ *   - writes the changed bytes back with pwrite(/proc/self/mem), which the kernel allows on
+ *     a read-only private mapping (FOLL_FORCE) without making the page writable for anyone;
+ *   - copies registers back and advances rip past the instruction.
+ * stos/movs are carried out directly (chunked, rep count honoured, DF=1 not emulated).
+ * Anything else (x87 stores, fxsave/xsave, segment overrides, 32-bit addressing, an
+ * operand straddling a page that is not ours) falls back to open-page + single-step, with
+ * the window of (a): rare, counted in polus_sync_stats.single_stepped.
+ *
+ * Sync functions write their counterparts by name (paper style) or through args: those
+ * writes hit protected pages too; the nested fault (same thread, lock re-entered) is
+ * emulated the same way, and the bytes it wrote are absorbed into the shadows (a sync
+ * function's writes are never propagated back: no ping-pong).
+ *
+ * INVARIANT (emulation path)
+ *   While sync is active and no single-step is in flight, every tracked page is mapped
+ *   without PROT_WRITE, and for every tracked item X: either shadow(X) == X, or X is on
+ *   the work list of the thread holding the sync lock, which will run X's post_sync
+ *   before it releases the lock.
+ * Why it holds:
+ *   - User-space stores to a page without PROT_WRITE fault; the faulting thread takes the
+ *     global lock before the store takes effect, and the store is performed only by the
+ *     lock holder (pwrite), followed, before the lock is released and before the thread
+ *     resumes, by the shadow comparison of exactly the bytes written and the post_sync of
+ *     every item they changed. So no write to a tracked item becomes visible without its
+ *     counterpart being updated before the writer executes its next instruction — in
+ *     particular before it can release the application's own lock protecting the item.
+ *   - Stores by sync functions are the only other writes; they are made by the lock
+ *     holder, are to counterparts (whose shadows absorb them) and happen inside the
+ *     writer's critical section (the paper's model: old and new code take the same lock).
+ *   - Shadows are only read/written by the lock holder.
+ *   - Readers are never blocked. A reader of X' sees it stale only between the write to X
+ *     and the end of X's post_sync, i.e. while the writer is still inside its critical
+ *     section: a reader that takes the same lock cannot observe it.
+ * With a single-step fallback in flight, one page is writable for one instruction of the
+ * lock holder; the close-time comparison of every item on that page (after mprotect has
+ * returned, i.e. after the TLB shootdown has made every earlier store of every CPU visible
+ * and every later one fault) catches other threads' writes, with the lateness described
+ * in (a).
+ *
+ * LOCK: one process-wide futex lock (0 free, 1 held, 2 held with waiters), recursive for
+ * its owner (a sync function's own faults re-enter it), timed for entry points. It is
+ * held from the fault until the write and its syncs are done (for a single-step: until the
+ * SIGTRAP). Our handlers block every asynchronous signal (sa_mask; and during a single
+ * step, the stepped instruction's uc_sigmask), so no application handler can run on a
+ * thread holding it. After fork, a lock inherited from a thread that does not exist in the
+ * child is reset (the lock records the holder's pid); /proc/self/mem is reopened likewise.
+ *
+ * CHAINING: a SIGSEGV that is not a write to a page we protected goes to the previous
+ * disposition as the kernel would have delivered it (SA_SIGINFO or not, its sa_mask, its
+ * SA_NODEFER and SA_RESETHAND); SIG_DFL/SIG_IGN: SIG_DFL is restored and the faulting
+ * instruction re-executes, so the process dies of that SIGSEGV exactly as without us.
+ * A write fault at an address we do not (or no longer) track is retried once first: a
+ * thread that faulted just before sync_end made the page writable again would otherwise
+ * be handed to the application's handler for a fault that is gone.
+ *
+ * END: sync_end makes the pages writable at once, but puts the previous dispositions back
+ * only after a quiet period (no SIGSEGV pending, no write fault entering our handler, for
+ * 50 ms): a fault raised while the pages were read-only can reach a handler later (kernel
+ * queueing after the VMA lock is dropped; a tracer re-injecting a signal it held). Without
+ * it, the fig2 counter under the injector died ~5% of the time (its own handler re-arms
+ * SIG_DFL on a fault it does not recognise). See sigsegv_pending_somewhere.
+ *
+ * LIMITATIONS (documented for the injector / patch authors)
+ *   - Sync functions run inside a signal handler on the writing thread, with the sync lock
+ *     held: they must be async-signal-safe (no malloc, no application locks).
+ *   - System calls writing into tracked pages (read(2) into a tracked buffer) fail with
+ *     EFAULT while sync is active: the kernel honours the protection.
+ *   - Bytes stored on the application's behalf by the agent are copied by the kernel: a
+ *     lock-free reader racing with a tracked write could see a multi-byte value torn.
+ *     Data protected by locks (the paper's model) are unaffected.
+ *   - A sync function that faults for real (a bug) while we hold the lock is chained like
+ *     any fault; if the application's handler then longjmps away, the lock stays held.
+ *   - Under ptrace, the SIGSEGV/SIGTRAP of every tracked write is a signal-delivery-stop:
+ *     the tracer must pass them on. A thread stopped inside our handler holds the sync
+ *     lock: entry points called on it return -EDEADLK, on another thread they wait ~2 s
+ *     and return -ETIMEDOUT. Entry points never fault on the calling thread themselves
+ *     (polus_agent_sync_initialize and register_heap_data open the counterpart's pages
+ *     around the sync function instead), provided sync functions write only their
+ *     counterparts' pages.
+ *   - Instructions the agent does not emulate are single-stepped with the window of (a);
+ *     stores through a MAP_SHARED mapping too (/proc/self/mem cannot write them).
+ * ======================================================================================
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "polus/agent_abi.h"
+#include "polus/patch.h"
+#include "sync.h"
+
+#define POLUS_EXPORT __attribute__((visibility("default")))
+#define HIDDEN __attribute__((visibility("hidden")))
+
+extern struct polus_agent_registry polus_agent_registry; /* agent.c */
+#define REG polus_agent_registry
+
+#define PAGE 4096ull
+#define PAGE_OF(a) ((uint64_t)(a) & ~(PAGE - 1))
+#define NO_ITEM UINT32_MAX
+#define TF_FLAG 0x100ull
+#define DF_FLAG 0x400ull
+#define STATUS_FLAGS 0x8d5ull /* CF PF AF ZF SF OF */
+
+/* ---- raw system calls: no errno, usable from the handlers -------------------------- */
+
+static long raw6(long n, long a, long b, long c, long d, long e, long f) {
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#define RAW(n, a, b, c) raw6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+static int sys_gettid(void) { return (int)RAW(SYS_gettid, 0, 0, 0); }
+static int sys_getpid(void) { return (int)RAW(SYS_getpid, 0, 0, 0); }
+static long sys_mprotect(uint64_t addr, uint64_t len, int prot) { return RAW(SYS_mprotect, addr, len, prot); }
+static void *sys_mmap(uint64_t len) {
+    long r = raw6(SYS_mmap, 0, (long)len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return (unsigned long)r > -4096ul ? NULL : (void *)r;
+}
+static void sys_munmap(void *p, uint64_t len) {
+    if (p && len) RAW(SYS_munmap, p, len, 0);
+}
+static void *sys_mremap(void *p, uint64_t old_len, uint64_t new_len) {
+    long r = raw6(SYS_mremap, (long)p, (long)old_len, (long)new_len, MREMAP_MAYMOVE, 0, 0);
+    return (unsigned long)r > -4096ul ? NULL : (void *)r;
+}
+static long sys_pwrite(int fd, const void *buf, uint64_t n, uint64_t off) {
+    return raw6(SYS_pwrite64, fd, (long)buf, (long)n, (long)off, 0, 0);
+}
+static long sys_read_self(void *dst, const void *src, uint64_t n) {
+    /* process_vm_readv on ourselves honours protections (no FOLL_FORCE): a PROT_NONE source
+     * fails as the native instruction would. */
+    struct iovec local = {dst, n}, remote = {(void *)src, n};
+    return raw6(SYS_process_vm_readv, sys_getpid(), (long)&local, 1, (long)&remote, 1, 0);
+}
+static void futex_wait(int *word, int val, const struct timespec *timeout) {
+    raw6(SYS_futex, (long)word, FUTEX_WAIT_PRIVATE, val, (long)timeout, 0, 0);
+}
+static void futex_wake(int *word) { raw6(SYS_futex, (long)word, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0); }
+static uint64_t mono_ns(void) {
+    struct timespec ts = {0, 0};
+    RAW(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+static void set_sigmask(uint64_t mask) { raw6(SYS_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8, 0, 0); }
+static uint64_t sigbit(int sig) { return 1ull << (sig - 1); }
+static uint64_t *uc_mask_word(ucontext_t *uc) { return (uint64_t *)(void *)&uc->uc_sigmask; }
+
+/* Signals that stay deliverable while we hold the lock: the synchronous ones. */
+#define SYNCHRONOUS_SIGNALS \
+    (sigbit(SIGSEGV) | sigbit(SIGTRAP) | sigbit(SIGBUS) | sigbit(SIGILL) | sigbit(SIGFPE) | sigbit(SIGSYS))
+#define ASYNC_BLOCK (~SYNCHRONOUS_SIGNALS & ~(sigbit(SIGKILL) | sigbit(SIGSTOP)))
+
+/* ---- state --------------------------------------------------------------------------- */
+
+struct page_info {
+    uint64_t addr;
+    uint32_t first_ref; /* refs[first_ref .. first_ref + ref_count): items on this page */
+    uint32_t ref_count;
+    int32_t prot;       /* protection before sync_begin */
+    uint8_t tracked;    /* originally writable: read-only while active */
+    uint8_t open;       /* opened (writable) by the lock holder: single-step / sync window */
+    uint8_t fresh;      /* added by the last table rebuild */
+    uint8_t reserved;
+};
+
+#define MAX_STEP_PAGES 8
+struct step {
+    uint32_t active;
+    uint32_t in_sync;    /* the stepped instruction belongs to a sync function */
+    uint32_t tf_was_set; /* the application had TF set itself */
+    uint32_t page_count;
+    uint32_t pages[MAX_STEP_PAGES];
+    uint64_t fault_addr;
+    uint64_t saved_mask;
+};
+
+#define F_DIRTY 0x1u
+#define F_PRE 0x2u
+
+struct shadow_chunk {
+    uint8_t *base;
+    uint64_t size;
+    uint64_t used;
+};
+
+static struct {
+    /* the lock */
+    int lock_word;
+    int lock_owner;
+    int lock_depth;
+    int lock_pid;
+    int holder_pid; /* getpid() of the current holder, computed once per acquisition */
+
+    uint32_t active;
+    uint32_t count; /* items covered by the page table / shadows */
+    uint32_t config;
+    uint32_t in_sync;        /* depth of sync functions running on the lock holder */
+    uint32_t sync_item;      /* item whose sync function runs (innermost) */
+    uint32_t sync_counterpart;
+    uint32_t draining;
+    uint32_t handlers_installed;
+    uint64_t write_fault_entries; /* SEGV_ACCERR write faults that entered our handler (atomic) */
+
+    struct page_info *pages;
+    uint32_t page_count;
+    uint32_t *refs;
+    uint64_t table_bytes;
+
+    uint8_t *item_flags;
+    uint64_t *item_offset;
+    uint32_t *work;
+    uint32_t work_count;
+    uint32_t aux_capacity;
+    uint64_t aux_bytes;
+
+    struct shadow_chunk chunks[64];
+    uint32_t chunk_count;
+
+    struct step step;
+
+    struct sigaction prev_segv;
+    struct sigaction prev_trap;
+
+    int mem_fd;
+    int mem_pid;
+    uint64_t mem_dev, mem_ino;
+
+    uint8_t *xol; /* page 0: code slots (r-x), page 1: scratch, page 2: string buffer */
+    uint8_t xol_keys[64][16]; /* [0] = length, then the original instruction bytes */
+
+    struct {
+        int tid;
+        uint64_t rip, addr;
+    } retry[64];
+
+    struct polus_sync_stats stats;
+} G = {.mem_fd = -1, .sync_item = NO_ITEM, .sync_counterpart = NO_ITEM};
+
+static struct polus_tracked_item *items(void) { return (struct polus_tracked_item *)(uintptr_t)REG.sync.items; }
+
+struct page_info;
+static int closed_prot(const struct page_info *p);
+
+/* ---- the lock ------------------------------------------------------------------------ */
+
+static void reset_inherited_state(void) {
+    /* We are a fork child and the lock was held by a thread of the parent. */
+    G.lock_owner = 0;
+    G.lock_depth = 0;
+    G.in_sync = 0;
+    G.draining = 0;
+    G.work_count = 0;
+    G.step.active = 0;
+    /* A page the parent's thread had open for a single step is writable here: close it. */
+    for (uint32_t k = 0; G.active && k < G.page_count; k++)
+        if (G.pages[k].open) {
+            G.pages[k].open = 0;
+            sys_mprotect(G.pages[k].addr, PAGE, closed_prot(&G.pages[k]));
+        }
+    __atomic_store_n(&G.lock_word, 0, __ATOMIC_RELEASE);
+}
+
+/* timed: give up after ~2 s (entry points); handlers wait for ever. */
+static int lock_acquire(int tid, int pid, int timed) {
+    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid) {
+        G.lock_depth++;
+        return 0;
+    }
+    int c = 0;
+    if (!__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        int holder_pid = __atomic_load_n(&G.lock_pid, __ATOMIC_RELAXED);
+        if (holder_pid != 0 && holder_pid != pid) {
+            reset_inherited_state();
+            c = 0;
+            if (__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) goto got;
+        }
+        uint64_t deadline = timed ? mono_ns() + 2000000000ull : 0;
+        struct timespec slice = {0, 10 * 1000 * 1000};
+        if (c != 2) c = __atomic_exchange_n(&G.lock_word, 2, __ATOMIC_ACQUIRE);
+        while (c != 0) {
+            futex_wait(&G.lock_word, 2, timed ? &slice : NULL);
+            if (timed && mono_ns() > deadline) return -ETIMEDOUT;
+            c = __atomic_exchange_n(&G.lock_word, 2, __ATOMIC_ACQUIRE);
+        }
+    }
+got:
+    __atomic_store_n(&G.lock_owner, tid, __ATOMIC_RELAXED);
+    G.lock_depth = 1;
+    __atomic_store_n(&G.lock_pid, pid, __ATOMIC_RELAXED);
+    G.holder_pid = pid;
+    return 0;
+}
+
+static void lock_release(void) {
+    if (--G.lock_depth > 0) return;
+    __atomic_store_n(&G.lock_owner, 0, __ATOMIC_RELAXED);
+    if (__atomic_exchange_n(&G.lock_word, 0, __ATOMIC_RELEASE) == 2) futex_wake(&G.lock_word);
+}
+
+/* ---- /proc/self/mem ------------------------------------------------------------------ */
+
+static int mem_fd(void) {
+    int pid = G.holder_pid; /* set by lock_acquire: we always hold the lock here */
+    struct stat st;
+    if (G.mem_fd >= 0) {
+        if (G.mem_pid == pid && RAW(SYS_fstat, G.mem_fd, &st, 0) == 0 && (uint64_t)st.st_dev == G.mem_dev &&
+            (uint64_t)st.st_ino == G.mem_ino)
+            return G.mem_fd;
+        /* A fork child (the inherited fd writes the parent's memory), or the application
+         * closed our descriptor and the number now means something else: never use it. */
+        if (G.mem_pid != pid) RAW(SYS_close, G.mem_fd, 0, 0);
+        G.mem_fd = -1;
+    }
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/mem", O_RDWR | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return (int)fd;
+    /* Out of the way of applications that assume low descriptor numbers. */
+    long high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 600);
+    if (high >= 0) {
+        RAW(SYS_close, fd, 0, 0);
+        fd = high;
+    }
+    if (RAW(SYS_fstat, fd, &st, 0) != 0) {
+        RAW(SYS_close, fd, 0, 0);
+        return -EIO;
+    }
+    G.mem_fd = (int)fd;
+    G.mem_pid = pid;
+    G.mem_dev = (uint64_t)st.st_dev;
+    G.mem_ino = (uint64_t)st.st_ino;
+    return G.mem_fd;
+}
+
+/* Writes bytes to tracked pages without making them writable. */
+static int poke(uint64_t addr, const void *src, uint64_t n) {
+    int fd = mem_fd();
+    if (fd < 0) return -1;
+    return sys_pwrite(fd, src, n, addr) == (long)n ? 0 : -1;
+}
+
+/* ---- per-item auxiliary arrays, shadows ----------------------------------------------- */
+
+static int ensure_aux(uint32_t capacity) {
+    if (capacity <= G.aux_capacity) return 0;
+    uint64_t cap = capacity;
+    uint64_t bytes = (cap * (8 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
+    uint8_t *m = sys_mmap(bytes);
+    if (!m) return -ENOMEM;
+    uint64_t *off = (uint64_t *)(void *)m;
+    uint32_t *work = (uint32_t *)(void *)(m + cap * 8);
+    uint8_t *flags = m + cap * 12;
+    if (G.aux_capacity) {
+        memcpy(off, G.item_offset, G.aux_capacity * 8ull);
+        memcpy(work, G.work, G.aux_capacity * 4ull);
+        memcpy(flags, G.item_flags, G.aux_capacity);
+        sys_munmap(G.item_offset, G.aux_bytes);
+    }
+    G.item_offset = off;
+    G.work = work;
+    G.item_flags = flags;
+    G.aux_capacity = capacity;
+    G.aux_bytes = bytes;
+    return 0;
+}
+
+static void *shadow_alloc(uint64_t size) {
+    size = (size + 15) & ~15ull;
+    for (uint32_t k = 0; k < G.chunk_count; k++) {
+        struct shadow_chunk *c = &G.chunks[k];
+        if (c->size - c->used >= size) {
+            void *p = c->base + c->used;
+            c->used += size;
+            return p;
+        }
+    }
+    if (G.chunk_count == sizeof G.chunks / sizeof G.chunks[0]) return NULL;
+    uint64_t bytes = size > (1ull << 20) ? (size + PAGE - 1) & ~(PAGE - 1) : (1ull << 20);
+    uint8_t *m = sys_mmap(bytes);
+    if (!m) return NULL;
+    G.chunks[G.chunk_count++] = (struct shadow_chunk){m, bytes, size};
+    return m;
+}
+
+static void shadows_free(void) {
+    for (uint32_t k = 0; k < G.chunk_count; k++) sys_munmap(G.chunks[k].base, G.chunks[k].size);
+    G.chunk_count = 0;
+}
+
+/* ---- the page table -------------------------------------------------------------------- */
+
+static int32_t find_page(uint64_t addr) {
+    uint64_t p = PAGE_OF(addr);
+    int64_t lo = 0, hi = (int64_t)G.page_count - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        uint64_t a = G.pages[mid].addr;
+        if (a == p) return (int32_t)mid;
+        if (a < p) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+static void sort_u64(uint64_t *a, uint64_t n) { /* heapsort: no recursion, no malloc */
+    if (n < 2) return;
+    for (uint64_t start = n / 2; start-- > 0;) {
+        for (uint64_t root = start;;) {
+            uint64_t child = 2 * root + 1;
+            if (child >= n) break;
+            if (child + 1 < n && a[child] < a[child + 1]) child++;
+            if (a[root] >= a[child]) break;
+            uint64_t t = a[root]; a[root] = a[child]; a[child] = t;
+            root = child;
+        }
+    }
+    for (uint64_t end = n - 1; end > 0; end--) {
+        uint64_t t = a[0]; a[0] = a[end]; a[end] = t;
+        for (uint64_t root = 0;;) {
+            uint64_t child = 2 * root + 1;
+            if (child >= end) break;
+            if (child + 1 < end && a[child] < a[child + 1]) child++;
+            if (a[root] >= a[child]) break;
+            t = a[root]; a[root] = a[child]; a[child] = t;
+            root = child;
+        }
+    }
+}
+
+/* Original protections of the sorted page addresses `addr[0..n)` from /proc/self/maps, for
+ * the entries with want[k] set. -EFAULT if one is not mapped. */
+static int read_protections(struct page_info *pages, uint32_t n) {
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/maps", O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return (int)fd;
+    char buf[1024]; /* may run on a small alternate signal stack (register from a sync function) */
+    uint64_t start = 0, end = 0;
+    int field = 0, prot = 0, perm_index = 0;
+    uint32_t k = 0;
+    while (k < n && !pages[k].fresh) k++;
+    int rc = 0;
+    for (;;) {
+        long got = RAW(SYS_read, fd, buf, sizeof buf);
+        if (got <= 0) break;
+        for (long j = 0; j < got; j++) {
+            char ch = buf[j];
+            if (ch == '\n') {
+                while (k < n && pages[k].addr < end) {
+                    if (pages[k].fresh) {
+                        if (pages[k].addr < start) { rc = -EFAULT; goto done; }
+                        pages[k].prot = prot;
+                    }
+                    k++;
+                }
+                start = end = 0;
+                field = prot = perm_index = 0;
+                continue;
+            }
+            if (field == 0) {
+                if (ch == '-') field = 1;
+                else start = start * 16 + (uint64_t)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            } else if (field == 1) {
+                if (ch == ' ') field = 2;
+                else end = end * 16 + (uint64_t)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            } else if (field == 2) {
+                if (ch == ' ') { field = 3; continue; }
+                if (perm_index == 0 && ch == 'r') prot |= PROT_READ;
+                if (perm_index == 1 && ch == 'w') prot |= PROT_WRITE;
+                if (perm_index == 2 && ch == 'x') prot |= PROT_EXEC;
+                perm_index++;
+            }
+        }
+    }
+    while (k < n && !pages[k].fresh) k++;
+    if (k < n) rc = -EFAULT;
+done:
+    RAW(SYS_close, fd, 0, 0);
+    return rc;
+}
+
+/* (Re)builds the table for items [0, n). Pages already in the old table keep their state. */
+static int build_table(uint32_t n) {
+    struct polus_tracked_item *it = items();
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) total += (PAGE_OF(it[i].address + it[i].size - 1) - PAGE_OF(it[i].address)) / PAGE + 1;
+    if (total > (1ull << 26)) return -E2BIG;
+    uint64_t tmp_bytes = ((total ? total : 1) * 8 + PAGE - 1) & ~(PAGE - 1);
+    uint64_t *tmp = sys_mmap(tmp_bytes);
+    if (!tmp) return -ENOMEM;
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE) tmp[t++] = p;
+    sort_u64(tmp, total);
+    uint64_t m = 0;
+    for (uint64_t j = 0; j < total; j++)
+        if (m == 0 || tmp[m - 1] != tmp[j]) tmp[m++] = tmp[j];
+
+    uint64_t bytes = (m * sizeof(struct page_info) + total * 4 + PAGE - 1) & ~(PAGE - 1);
+    if (!bytes) bytes = PAGE;
+    struct page_info *pages = sys_mmap(bytes);
+    if (!pages) { sys_munmap(tmp, tmp_bytes); return -ENOMEM; }
+    uint32_t *refs = (uint32_t *)(void *)(pages + m);
+    for (uint64_t j = 0; j < m; j++) {
+        pages[j].addr = tmp[j];
+        int32_t old = G.pages ? find_page(tmp[j]) : -1;
+        if (old >= 0) {
+            pages[j].prot = G.pages[old].prot;
+            pages[j].tracked = G.pages[old].tracked;
+            pages[j].open = G.pages[old].open;
+        } else {
+            pages[j].fresh = 1;
+        }
+    }
+    int rc = read_protections(pages, (uint32_t)m);
+    if (rc) { sys_munmap(pages, bytes); sys_munmap(tmp, tmp_bytes); return rc; }
+    for (uint64_t j = 0; j < m; j++)
+        if (pages[j].fresh) pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0;
+
+    /* refs, grouped by page: count, prefix sums, fill (ref_count is the fill cursor). */
+    struct page_info *old_pages = G.pages;
+    uint32_t old_count = G.page_count;
+    G.pages = pages;
+    G.page_count = (uint32_t)m;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE)
+            pages[find_page(p)].first_ref++;
+    uint32_t sum = 0;
+    for (uint64_t j = 0; j < m; j++) {
+        uint32_t c = pages[j].first_ref;
+        pages[j].first_ref = sum;
+        pages[j].ref_count = 0;
+        sum += c;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE) {
+            struct page_info *pg = &pages[find_page(p)];
+            refs[pg->first_ref + pg->ref_count++] = i;
+        }
+    (void)old_count;
+    if (old_pages) sys_munmap(old_pages, G.table_bytes);
+    G.refs = refs;
+    G.table_bytes = bytes;
+    sys_munmap(tmp, tmp_bytes);
+    return 0;
+}
+
+static void table_free(void) {
+    if (G.pages) sys_munmap(G.pages, G.table_bytes);
+    G.pages = NULL;
+    G.refs = NULL;
+    G.page_count = 0;
+    G.table_bytes = 0;
+}
+
+/* ---- page protection ------------------------------------------------------------------- */
+
+static int closed_prot(const struct page_info *p) { return p->prot & ~PROT_WRITE; }
+
+/* Every tracked page (only the fresh ones if fresh_only) to its closed or original
+ * protection, in runs of adjacent pages. */
+static int protect_pages(int closed, int fresh_only) {
+    uint32_t j = 0;
+    while (j < G.page_count) {
+        struct page_info *p = &G.pages[j];
+        if (!p->tracked || (fresh_only && !p->fresh)) { j++; continue; }
+        uint32_t k = j + 1;
+        while (k < G.page_count && G.pages[k].tracked && (!fresh_only || G.pages[k].fresh) &&
+               G.pages[k].addr == G.pages[k - 1].addr + PAGE && G.pages[k].prot == p->prot)
+            k++;
+        long r = sys_mprotect(p->addr, (uint64_t)(k - j) * PAGE, closed ? closed_prot(p) : p->prot);
+        if (r < 0) return (int)r;
+        j = k;
+    }
+    return 0;
+}
+
+static void open_page(uint32_t idx) {
+    struct page_info *p = &G.pages[idx];
+    if (p->open++ == 0) sys_mprotect(p->addr, PAGE, p->prot);
+}
+
+static void close_page(uint32_t idx) {
+    struct page_info *p = &G.pages[idx];
+    if (p->open && --p->open == 0) sys_mprotect(p->addr, PAGE, closed_prot(p));
+}
+
+/* Every byte of [lo, lo+n) on a page we protect (and that is closed). */
+static int range_tracked(uint64_t lo, uint64_t n) {
+    for (uint64_t p = PAGE_OF(lo); p <= PAGE_OF(lo + n - 1); p += PAGE) {
+        int32_t k = find_page(p);
+        if (k < 0 || !G.pages[k].tracked || G.pages[k].open) return 0;
+    }
+    return 1;
+}
+
+/* ---- change detection and the work list ----------------------------------------------- */
+
+static uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n) {
+    for (uint64_t k = 0; k < n; k++)
+        if (a[k] != b[k]) return k;
+    return n;
+}
+
+static void note_change(uint32_t i, uint64_t offset) {
+    if (G.item_flags[i] & F_DIRTY) return;
+    G.item_flags[i] |= F_DIRTY;
+    G.item_offset[i] = offset;
+    G.work[G.work_count++] = i;
+}
+
+/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
+#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
+    do {                                                                                        \
+        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
+            int32_t pk_ = find_page(pg_);                                                       \
+            if (pk_ < 0) continue;                                                              \
+            struct page_info *pp_ = &G.pages[pk_];                                              \
+            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
+                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
+                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
+                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
+                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
+                body                                                                            \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+
+/* After bytes [lo, hi) were written: compare them with the shadows of the items they
+ * overlap. A sync function's writes are absorbed; others put the item on the work list.
+ * Returns how many items changed. */
+static uint32_t scan_written(uint64_t lo, uint64_t hi, int by_sync) {
+    uint32_t changed = 0;
+    FOR_ITEMS_IN_RANGE(lo, hi, i, {
+        struct polus_tracked_item *it = &items()[i];
+        uint64_t a = it->address > lo ? it->address : lo;
+        uint64_t b = it->address + it->size < hi ? it->address + it->size : hi;
+        uint8_t *shadow = (uint8_t *)(uintptr_t)it->shadow + (a - it->address);
+        uint64_t d = first_diff((const uint8_t *)(uintptr_t)a, shadow, b - a);
+        if (d == b - a) continue;
+        changed++;
+        if (by_sync) memcpy(shadow, (const void *)(uintptr_t)a, b - a);
+        else note_change(i, a - it->address + d);
+    });
+    return changed;
+}
+
+/* After page `idx` was open: compare every item on it. Items written by the sync function
+ * that opened it (absorb_item, or containing absorb_addr) are absorbed. */
+static uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int absorb_at_addr) {
+    uint32_t changed = 0;
+    struct page_info *p = &G.pages[idx];
+    for (uint32_t r = 0; r < p->ref_count; r++) {
+        uint32_t i = G.refs[p->first_ref + r];
+        struct polus_tracked_item *it = &items()[i];
+        uint8_t *shadow = (uint8_t *)(uintptr_t)it->shadow;
+        uint64_t d = first_diff((const uint8_t *)(uintptr_t)it->address, shadow, it->size);
+        if (d == it->size) continue;
+        changed++;
+        int absorb = i == absorb_item ||
+                     (absorb_at_addr && absorb_addr >= it->address && absorb_addr < it->address + it->size);
+        if (absorb) memcpy(shadow, (const void *)(uintptr_t)it->address, it->size);
+        else note_change(i, d);
+    }
+    return changed;
+}
+
+static void drain(int windowed, int tid);
+
+/* Runs a sync function for item i. windowed (entry points only, never in a handler): the
+ * counterpart's pages are opened around the call so that it does not fault (the injector's
+ * borrowed thread must not take signals); in a handler its writes fault and are emulated. */
+static void run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, int windowed, int tid) {
+    struct polus_tracked_item *it = &items()[i];
+    uint32_t c = it->counterpart;
+    int has_cp = c != NO_ITEM && c < G.count;
+    struct polus_sync_args args = {(void *)(uintptr_t)it->address,
+                                   has_cp ? (void *)(uintptr_t)items()[c].address : NULL, offset, (uint64_t)tid};
+    uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
+    G.sync_item = i;
+    G.sync_counterpart = has_cp ? c : NO_ITEM;
+    G.in_sync++;
+    uint64_t lo = 0, hi = 0;
+    if (windowed && has_cp) {
+        lo = PAGE_OF(items()[c].address);
+        hi = PAGE_OF(items()[c].address + items()[c].size - 1);
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) open_page((uint32_t)k);
+        }
+    }
+    fn(&args);
+    if (windowed && has_cp) {
+        /* Close first (mprotect returns after the TLB shootdown: every store made through
+         * the window is visible, every later one faults), then compare. */
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) close_page((uint32_t)k);
+        }
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) scan_page((uint32_t)k, c, 0, 0);
+        }
+    }
+    G.in_sync--;
+    G.sync_item = saved_item;
+    G.sync_counterpart = saved_cp;
+}
+
+/* Runs the post_sync of every item on the work list (and of what that changes). */
+static void drain(int windowed, int tid) {
+    if (G.draining) return; /* the outer drain picks the new work up */
+    G.draining = 1;
+    while (G.work_count) {
+        uint32_t i = G.work[--G.work_count];
+        G.item_flags[i] &= ~F_DIRTY;
+        struct polus_tracked_item *it = &items()[i];
+        memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
+        if (it->post_sync) {
+            run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, G.item_offset[i], windowed, tid);
+            items()[i].sync_calls++;
+        }
+    }
+    G.draining = 0;
+}
+
+/* pre_sync of every item overlapping [lo, hi), before the write is let through. */
+static void run_pre_syncs(uint64_t lo, uint64_t hi, int tid) {
+    for (;;) {
+        uint32_t found = NO_ITEM;
+        uint64_t off = 0;
+        FOR_ITEMS_IN_RANGE(lo, hi, i, {
+            if (found == NO_ITEM && items()[i].pre_sync && !(G.item_flags[i] & F_PRE)) {
+                found = i;
+                off = lo > items()[i].address ? lo - items()[i].address : 0;
+            }
+        });
+        if (found == NO_ITEM) break;
+        G.item_flags[found] |= F_PRE;
+        run_sync((polus_sync_fn)(uintptr_t)items()[found].pre_sync, found, off, 0, tid);
+    }
+    FOR_ITEMS_IN_RANGE(lo, hi, i, { G.item_flags[i] &= (uint8_t)~F_PRE; });
+}
+
+/* ---- x86-64 decoding of the store instructions we execute out of line ------------------ */
+
+enum { K_NONE, K_GPR, K_VEC, K_STOS, K_MOVS };
+
+struct insn {
+    uint8_t bytes[16];
+    uint8_t len;
+    uint8_t kind;
+    uint8_t size;      /* bytes stored (GPR/VEC), element size (STOS/MOVS) */
+    uint8_t rep;
+    uint8_t seg;       /* fs/gs override seen */
+    uint8_t addr32;
+    uint8_t pfx_len;   /* legacy prefixes */
+    uint8_t head_len;  /* everything before ModRM */
+    uint8_t modrm;
+    uint8_t imm_at;
+    uint8_t imm_len;
+    uint8_t rip_relative;
+    int8_t base, index;
+    uint8_t scale;
+    int64_t disp;
+};
+
+/* What a whitelisted opcode is: kind, bytes written, immediate length, ModRM.reg use.
+ * reg_use: 0 = opcode extension (allowed set in ext_mask), 1 = GPR operand, 2 = vector. */
+struct op_class {
+    uint8_t kind, size, imm, reg_use, ext_mask, byte_op;
+};
+
+static int classify(struct op_class *oc, int vex, int map, int op, int pp, int W, int L, int opsz16) {
+    int v = W ? 8 : opsz16 ? 2 : 4; /* operand size "v" */
+    int z = opsz16 ? 2 : 4;         /* immediate size "z" */
+    memset(oc, 0, sizeof *oc);
+    if (vex == 0 && map == 0) {
+        switch (op) {
+        case 0x00: case 0x08: case 0x10: case 0x18: case 0x20: case 0x28: case 0x30:
+        case 0x86: case 0x88:
+            *oc = (struct op_class){K_GPR, 1, 0, 1, 0, 1}; return 0;
+        case 0x01: case 0x09: case 0x11: case 0x19: case 0x21: case 0x29: case 0x31:
+        case 0x87: case 0x89:
+            *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 1, 0, 0}; return 0;
+        case 0x80: *oc = (struct op_class){K_GPR, 1, 1, 0, 0x7f, 1}; return 0;
+        case 0x81: *oc = (struct op_class){K_GPR, (uint8_t)v, (uint8_t)z, 0, 0x7f, 0}; return 0;
+        case 0x83: *oc = (struct op_class){K_GPR, (uint8_t)v, 1, 0, 0x7f, 0}; return 0;
+        case 0xc0: *oc = (struct op_class){K_GPR, 1, 1, 0, 0xff, 1}; return 0;
+        case 0xc1: *oc = (struct op_class){K_GPR, (uint8_t)v, 1, 0, 0xff, 0}; return 0;
+        case 0xd0: case 0xd2: *oc = (struct op_class){K_GPR, 1, 0, 0, 0xff, 1}; return 0;
+        case 0xd1: case 0xd3: *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 0, 0xff, 0}; return 0;
+        case 0xc6: *oc = (struct op_class){K_GPR, 1, 1, 0, 0x01, 1}; return 0;
+        case 0xc7: *oc = (struct op_class){K_GPR, (uint8_t)v, (uint8_t)z, 0, 0x01, 0}; return 0;
+        case 0xf6: *oc = (struct op_class){K_GPR, 1, 0, 0, 0x0c, 1}; return 0;
+        case 0xf7: *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 0, 0x0c, 0}; return 0;
+        case 0xfe: *oc = (struct op_class){K_GPR, 1, 0, 0, 0x03, 1}; return 0;
+        case 0xff: *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 0, 0x03, 0}; return 0;
+        default: return -1;
+        }
+    }
+    if (vex == 0 && map == 1) {
+        if (op >= 0x90 && op <= 0x9f) { *oc = (struct op_class){K_GPR, 1, 0, 0, 0xff, 1}; return 0; }
+        switch (op) {
+        case 0xa4: case 0xac: *oc = (struct op_class){K_GPR, (uint8_t)v, 1, 1, 0, 0}; return 0;
+        case 0xa5: case 0xad: *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 1, 0, 0}; return 0;
+        case 0xb0: case 0xc0: *oc = (struct op_class){K_GPR, 1, 0, 1, 0, 1}; return 0;
+        case 0xb1: case 0xc1: *oc = (struct op_class){K_GPR, (uint8_t)v, 0, 1, 0, 0}; return 0;
+        case 0xba: *oc = (struct op_class){K_GPR, (uint8_t)v, 1, 0, 0xe0, 0}; return 0;
+        case 0xc3: if (pp) return -1; *oc = (struct op_class){K_GPR, (uint8_t)(W ? 8 : 4), 0, 1, 0, 0}; return 0;
+        case 0xc7: if (pp) return -1; *oc = (struct op_class){K_GPR, (uint8_t)(W ? 16 : 8), 0, 0, 0x02, 0}; return 0;
+        case 0x11: *oc = (struct op_class){K_VEC, (uint8_t)(pp == 2 ? 4 : pp == 3 ? 8 : 16), 0, 2, 0, 0}; return 0;
+        case 0x13: case 0x17: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, 8, 0, 2, 0, 0}; return 0;
+        case 0x29: case 0x2b: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, 16, 0, 2, 0, 0}; return 0;
+        case 0x7e: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, (uint8_t)(W ? 8 : 4), 0, 2, 0, 0}; return 0;
+        case 0x7f: if (pp == 3) return -1; *oc = (struct op_class){K_VEC, (uint8_t)(pp ? 16 : 8), 0, 2, 0, 0}; return 0;
+        case 0xd6: if (pp != 1) return -1; *oc = (struct op_class){K_VEC, 8, 0, 2, 0, 0}; return 0;
+        case 0xe7: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, (uint8_t)(pp ? 16 : 8), 0, 2, 0, 0}; return 0;
+        default: return -1;
+        }
+    }
+    if (vex == 0 && map == 3) {
+        if (pp != 1) return -1;
+        switch (op) {
+        case 0x14: *oc = (struct op_class){K_VEC, 1, 1, 2, 0, 0}; return 0;
+        case 0x15: *oc = (struct op_class){K_VEC, 2, 1, 2, 0, 0}; return 0;
+        case 0x16: *oc = (struct op_class){K_VEC, (uint8_t)(W ? 8 : 4), 1, 2, 0, 0}; return 0;
+        case 0x17: *oc = (struct op_class){K_VEC, 4, 1, 2, 0, 0}; return 0;
+        default: return -1;
+        }
+    }
+    if (vex == 0) return -1;
+    /* VEX (vex == 2, L = 0/1) and EVEX (vex == 3, L = L'L = 0/1/2) */
+    int vl = 16 << L;
+    if (L > 2) return -1;
+    if (map == 1) {
+        switch (op) {
+        case 0x11: *oc = (struct op_class){K_VEC, (uint8_t)(pp == 2 ? 4 : pp == 3 ? 8 : vl), 0, 2, 0, 0}; return 0;
+        case 0x13: case 0x17: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, 8, 0, 2, 0, 0}; return 0;
+        case 0x29: case 0x2b: if (pp > 1) return -1; *oc = (struct op_class){K_VEC, (uint8_t)vl, 0, 2, 0, 0}; return 0;
+        case 0x7e: if (pp != 1) return -1; *oc = (struct op_class){K_VEC, (uint8_t)(W ? 8 : 4), 0, 2, 0, 0}; return 0;
+        case 0x7f:
+            if (pp == 0 || (pp == 3 && vex == 2)) return -1;
+            *oc = (struct op_class){K_VEC, (uint8_t)vl, 0, 2, 0, 0}; return 0;
+        case 0xd6: if (pp != 1) return -1; *oc = (struct op_class){K_VEC, 8, 0, 2, 0, 0}; return 0;
+        case 0xe7: if (pp != 1) return -1; *oc = (struct op_class){K_VEC, (uint8_t)vl, 0, 2, 0, 0}; return 0;
+        default: return -1;
+        }
+    }
+    if (map == 2 && vex == 2) {
+        if (pp != 1) return -1;
+        if (op == 0x2e || op == 0x2f || op == 0x8e) { *oc = (struct op_class){K_VEC, (uint8_t)vl, 0, 2, 0, 0}; return 0; }
+        return -1;
+    }
+    if (map == 3) {
+        if (pp != 1) return -1;
+        switch (op) {
+        case 0x14: *oc = (struct op_class){K_VEC, 1, 1, 2, 0, 0}; return 0;
+        case 0x15: *oc = (struct op_class){K_VEC, 2, 1, 2, 0, 0}; return 0;
+        case 0x16: *oc = (struct op_class){K_VEC, (uint8_t)(W ? 8 : 4), 1, 2, 0, 0}; return 0;
+        case 0x17: *oc = (struct op_class){K_VEC, 4, 1, 2, 0, 0}; return 0;
+        case 0x19: case 0x39: *oc = (struct op_class){K_VEC, 16, 1, 2, 0, 0}; return 0;
+        case 0x1b: case 0x3b: if (vex != 3) return -1; *oc = (struct op_class){K_VEC, 32, 1, 2, 0, 0}; return 0;
+        case 0x1d: if (vex != 2) return -1; *oc = (struct op_class){K_VEC, (uint8_t)(8 << L), 1, 2, 0, 0}; return 0;
+        default: return -1;
+        }
+    }
+    return -1;
+}
+
+/* Decodes the instruction at ip. Bytes are read one at a time and only as far as the
+ * encoding requires, so nothing past the instruction (which the CPU fetched) is touched. */
+static int decode(const uint8_t *ip, struct insn *d) {
+    memset(d, 0, sizeof *d);
+    d->base = d->index = -1;
+    unsigned i = 0;
+    int opsz16 = 0, lock = 0, last_rep = 0;
+    for (;; i++) {
+        if (i >= 14) return -1;
+        uint8_t b = ip[i];
+        if (b == 0x66) opsz16 = 1;
+        else if (b == 0x67) d->addr32 = 1;
+        else if (b == 0xf0) lock = 1;
+        else if (b == 0xf2 || b == 0xf3) last_rep = b;
+        else if (b == 0x2e || b == 0x36 || b == 0x3e || b == 0x26) { /* no-ops in 64-bit mode */ }
+        else if (b == 0x64 || b == 0x65) d->seg = b;
+        else break;
+        d->bytes[i] = b;
+    }
+    d->pfx_len = (uint8_t)i;
+    uint8_t rex = 0;
+    if ((ip[i] & 0xf0) == 0x40) { rex = ip[i]; d->bytes[i++] = rex; }
+    int vex = 0, map, pp, L = 0, W = (rex >> 3) & 1, R = (rex >> 2) & 1, X = (rex >> 1) & 1, B = rex & 1, op;
+    uint8_t b = ip[i];
+    if (b == 0xc5 || b == 0xc4 || b == 0x62) {
+        if (rex || opsz16 || last_rep || lock) return -1;
+        if (b == 0xc5) {
+            uint8_t p1 = ip[i + 1];
+            R = !(p1 & 0x80); X = B = 0; W = 0; L = (p1 >> 2) & 1; pp = p1 & 3; map = 1;
+            d->bytes[i] = b; d->bytes[i + 1] = p1; i += 2; vex = 2;
+        } else if (b == 0xc4) {
+            uint8_t p1 = ip[i + 1], p2 = ip[i + 2];
+            R = !(p1 & 0x80); X = !(p1 & 0x40); B = !(p1 & 0x20); map = p1 & 0x1f;
+            W = p2 >> 7; L = (p2 >> 2) & 1; pp = p2 & 3;
+            d->bytes[i] = b; d->bytes[i + 1] = p1; d->bytes[i + 2] = p2; i += 3; vex = 2;
+        } else {
+            uint8_t p0 = ip[i + 1], p1 = ip[i + 2], p2 = ip[i + 3];
+            if ((p0 & 0x08) || !(p1 & 0x04) || (p2 & 0x10) || (p2 & 0x80)) return -1; /* reserved, b, z */
+            R = !(p0 & 0x80); X = !(p0 & 0x40); B = !(p0 & 0x20); map = p0 & 7;
+            W = p1 >> 7; pp = p1 & 3; L = (p2 >> 5) & 3;
+            d->bytes[i] = b; d->bytes[i + 1] = p0; d->bytes[i + 2] = p1; d->bytes[i + 3] = p2; i += 4; vex = 3;
+        }
+        if (map < 1 || map > 3) return -1;
+        op = ip[i]; d->bytes[i++] = (uint8_t)op;
+    } else if (b == 0x0f) {
+        d->bytes[i++] = b;
+        uint8_t b2 = ip[i]; d->bytes[i++] = b2;
+        if (b2 == 0x38 || b2 == 0x3a) { map = b2 == 0x38 ? 2 : 3; op = ip[i]; d->bytes[i++] = (uint8_t)op; }
+        else { map = 1; op = b2; }
+        pp = last_rep == 0xf3 ? 2 : last_rep == 0xf2 ? 3 : opsz16 ? 1 : 0;
+    } else {
+        map = 0; op = b; d->bytes[i++] = b;
+        pp = last_rep == 0xf3 ? 2 : last_rep == 0xf2 ? 3 : opsz16 ? 1 : 0;
+    }
+    (void)R;
+
+    if (vex == 0 && map == 0 && (op == 0xa4 || op == 0xa5 || op == 0xaa || op == 0xab)) {
+        d->kind = (op == 0xa4 || op == 0xa5) ? K_MOVS : K_STOS;
+        d->size = (uint8_t)((op & 1) ? (W ? 8 : opsz16 ? 2 : 4) : 1);
+        d->rep = last_rep != 0;
+        d->len = (uint8_t)i;
+        return 0;
+    }
+    struct op_class oc;
+    if (classify(&oc, vex, map, op, pp, W, L, opsz16) < 0) return -1;
+    if (i >= 15) return -1;
+    uint8_t modrm = ip[i];
+    d->head_len = (uint8_t)i;
+    d->modrm = modrm;
+    d->bytes[i++] = modrm;
+    int mod = modrm >> 6, reg = (modrm >> 3) & 7, rm = modrm & 7;
+    if (mod == 3) return -1;
+    if (oc.reg_use == 0 && !(oc.ext_mask & (1u << reg))) return -1;
+    if (oc.reg_use == 1) { /* rsp as a register operand cannot be given to the thunk */
+        int full = reg | (((rex >> 2) & 1) << 3);
+        if (full == 4 && (!oc.byte_op || rex)) return -1;
+    }
+    int disp_len = 0;
+    if (rm == 4) {
+        if (i >= 15) return -1;
+        uint8_t sib = ip[i]; d->bytes[i++] = sib;
+        int idx = ((sib >> 3) & 7) | (X << 3);
+        if (idx != 4) { d->index = (int8_t)idx; d->scale = (uint8_t)(1u << (sib >> 6)); }
+        if (mod == 0 && (sib & 7) == 5) disp_len = 4;
+        else d->base = (int8_t)((sib & 7) | (B << 3));
+    } else if (mod == 0 && rm == 5) {
+        d->rip_relative = 1;
+        disp_len = 4;
+    } else {
+        d->base = (int8_t)(rm | (B << 3));
+    }
+    if (mod == 1) disp_len = 1;
+    if (mod == 2) disp_len = 4;
+    if (i + (unsigned)disp_len + oc.imm > 15) return -1;
+    if (disp_len == 1) {
+        int8_t d8 = (int8_t)ip[i]; d->bytes[i++] = (uint8_t)d8;
+        d->disp = (int64_t)d8 * (vex == 3 ? oc.size : 1); /* EVEX disp8*N: N is the operand size here */
+    } else if (disp_len == 4) {
+        uint32_t d32 = 0;
+        for (int k = 0; k < 4; k++, i++) {
+            d32 |= (uint32_t)ip[i] << (8 * k);
+            d->bytes[i] = ip[i];
+        }
+        d->disp = (int32_t)d32;
+    }
+    d->imm_at = (uint8_t)i;
+    d->imm_len = oc.imm;
+    for (int k = 0; k < oc.imm; k++) { d->bytes[i] = ip[i]; i++; }
+    d->len = (uint8_t)i;
+    d->kind = oc.kind;
+    d->size = oc.size;
+    return 0;
+}
+
+/* ---- out-of-line execution ------------------------------------------------------------ */
+
+struct xol_ctx {
+    uint64_t gpr[16];   /*   0: rax rcx rdx rbx rsp rbp rsi rdi r8..r15 (x86 numbering) */
+    uint64_t rflags;    /* 128 */
+    uint64_t fpstate;   /* 136: signal frame FPU state to xrstor/fxrstor, 0 = none */
+    uint64_t xmask;     /* 144 */
+    uint64_t use_xsave; /* 152 */
+    uint64_t saved_rsp; /* 160 */
+    uint64_t slot;      /* 168 */
+};
+HIDDEN struct xol_ctx polus_xol_ctx;
+HIDDEN void polus_xol_run(void);
+HIDDEN extern const char polus_xol_back[];
+
+/* polus_xol_run: load the thread's registers from polus_xol_ctx, jump to the slot; the slot
+ * ends with an absolute jump to polus_xol_back, which stores them back and returns. */
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl polus_xol_run\n"
+        ".hidden polus_xol_run\n"
+        ".type polus_xol_run,@function\n"
+        "polus_xol_run:\n"
+        "  endbr64\n"
+        "  push %rbp\n  push %rbx\n  push %r12\n  push %r13\n  push %r14\n  push %r15\n"
+        "  lea polus_xol_ctx(%rip), %rdi\n"
+        "  mov %rsp, 160(%rdi)\n"
+        "  mov 136(%rdi), %rsi\n"
+        "  test %rsi, %rsi\n"
+        "  jz 2f\n"
+        "  mov 144(%rdi), %eax\n"
+        "  mov 148(%rdi), %edx\n"
+        "  cmpq $0, 152(%rdi)\n"
+        "  je 1f\n"
+        "  xrstor64 (%rsi)\n"
+        "  jmp 2f\n"
+        "1:\n"
+        "  fxrstor64 (%rsi)\n"
+        "2:\n"
+        "  mov 128(%rdi), %rax\n"
+        "  and $0x8d5, %eax\n"
+        "  or $0x2, %eax\n"
+        "  push %rax\n"
+        "  popfq\n"
+        "  mov 0(%rdi), %rax\n  mov 8(%rdi), %rcx\n  mov 16(%rdi), %rdx\n  mov 24(%rdi), %rbx\n"
+        "  mov 40(%rdi), %rbp\n  mov 48(%rdi), %rsi\n"
+        "  mov 64(%rdi), %r8\n  mov 72(%rdi), %r9\n  mov 80(%rdi), %r10\n  mov 88(%rdi), %r11\n"
+        "  mov 96(%rdi), %r12\n  mov 104(%rdi), %r13\n  mov 112(%rdi), %r14\n  mov 120(%rdi), %r15\n"
+        "  mov 56(%rdi), %rdi\n"
+        "  jmp *polus_xol_ctx+168(%rip)\n"
+        ".globl polus_xol_back\n"
+        ".hidden polus_xol_back\n"
+        "polus_xol_back:\n"
+        "  endbr64\n"
+        "  pushfq\n"
+        "  mov %rax, polus_xol_ctx+0(%rip)\n"
+        "  pop %rax\n"
+        "  mov %rax, polus_xol_ctx+128(%rip)\n"
+        "  mov %rcx, polus_xol_ctx+8(%rip)\n  mov %rdx, polus_xol_ctx+16(%rip)\n"
+        "  mov %rbx, polus_xol_ctx+24(%rip)\n  mov %rbp, polus_xol_ctx+40(%rip)\n"
+        "  mov %rsi, polus_xol_ctx+48(%rip)\n  mov %rdi, polus_xol_ctx+56(%rip)\n"
+        "  mov %r8, polus_xol_ctx+64(%rip)\n  mov %r9, polus_xol_ctx+72(%rip)\n"
+        "  mov %r10, polus_xol_ctx+80(%rip)\n  mov %r11, polus_xol_ctx+88(%rip)\n"
+        "  mov %r12, polus_xol_ctx+96(%rip)\n  mov %r13, polus_xol_ctx+104(%rip)\n"
+        "  mov %r14, polus_xol_ctx+112(%rip)\n  mov %r15, polus_xol_ctx+120(%rip)\n"
+        "  mov polus_xol_ctx+160(%rip), %rsp\n"
+        "  pop %r15\n  pop %r14\n  pop %r13\n  pop %r12\n  pop %rbx\n  pop %rbp\n"
+        "  ret\n"
+        ".size polus_xol_run, .-polus_xol_run\n");
+
+#define XOL_SLOTS 64
+#define XOL_SLOT_BYTES 64
+#define XOL_SCRATCH(x) ((x) + PAGE)       /* 128 bytes, 64-aligned */
+#define XOL_BUFFER(x) ((x) + 2 * PAGE)    /* string instructions' chunk buffer */
+#define XOL_BYTES (3 * PAGE)
+
+static int xol_ensure(void) {
+    if (G.xol) return 0;
+    uint8_t *m = sys_mmap(XOL_BYTES);
+    if (!m) return -ENOMEM;
+    /* The code page is never writable: slots are written through /proc/self/mem. */
+    if (sys_mprotect((uint64_t)(uintptr_t)m, PAGE, PROT_READ | PROT_EXEC) < 0) {
+        sys_munmap(m, XOL_BYTES);
+        return -EACCES;
+    }
+    G.xol = m;
+    return 0;
+}
+
+static void serialize_instructions(void) {
+    uint32_t a = 0, b, c = 0, d;
+    __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d)::"memory");
+}
+
+/* The slot running `d` with its memory operand on the scratch buffer; 0 on failure. */
+static uint64_t xol_slot(const struct insn *d) {
+    uint32_t h = 2166136261u;
+    for (unsigned k = 0; k < d->len; k++) h = (h ^ d->bytes[k]) * 16777619u;
+    unsigned idx = (h ^ (h >> 16)) % XOL_SLOTS;
+    uint64_t slot = (uint64_t)(uintptr_t)G.xol + idx * XOL_SLOT_BYTES;
+    uint8_t *key = G.xol_keys[idx];
+    if (key[0] == d->len && memcmp(key + 1, d->bytes, d->len) == 0) return slot;
+
+    uint8_t out[XOL_SLOT_BYTES];
+    unsigned n = 0;
+    out[n++] = 0xf3; out[n++] = 0x0f; out[n++] = 0x1e; out[n++] = 0xfa; /* endbr64: reached by jmp * */
+    for (unsigned k = 0; k < d->pfx_len; k++) {
+        uint8_t b = d->bytes[k];
+        if (b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e || b == 0x64 || b == 0x65) continue;
+        out[n++] = b;
+    }
+    for (unsigned k = d->pfx_len; k < d->head_len; k++) out[n++] = d->bytes[k];
+    out[n++] = (uint8_t)((d->modrm & 0x38) | 0x05); /* mod 00, rm 101: [rip + disp32] */
+    unsigned disp_at = n;
+    n += 4;
+    for (unsigned k = 0; k < d->imm_len; k++) out[n++] = d->bytes[d->imm_at + k];
+    if (n - 4 > 15) return 0; /* the rewritten instruction would be too long */
+    int64_t disp = (int64_t)(uintptr_t)XOL_SCRATCH(G.xol) - (int64_t)(slot + n);
+    for (int k = 0; k < 4; k++) out[disp_at + k] = (uint8_t)((uint64_t)disp >> (8 * k));
+    out[n++] = 0xff; out[n++] = 0x25; /* jmp *0(%rip) */
+    for (int k = 0; k < 4; k++) out[n++] = 0;
+    uint64_t back = (uint64_t)(uintptr_t)polus_xol_back;
+    for (int k = 0; k < 8; k++) out[n++] = (uint8_t)(back >> (8 * k));
+    key[0] = 0;
+    if (poke(slot, out, n) < 0) return 0;
+    serialize_instructions(); /* cross-modified code: serialise before executing it */
+    key[0] = d->len;
+    memcpy(key + 1, d->bytes, d->len);
+    G.stats.xol_slots_built++;
+    return slot;
+}
+
+static const int greg_of_x86[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
+                                    REG_R8,  REG_R9,  REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15};
+
+static uint64_t gpr(const ucontext_t *uc, int x86) { return (uint64_t)uc->uc_mcontext.gregs[greg_of_x86[x86]]; }
+
+/* What an emulation attempt did. */
+struct emu_result {
+    int done;       /* the write was carried out (rip advanced) */
+    int pre_done;   /* pre_syncs were run (do not run them again on fallback) */
+    uint32_t changed; /* tracked items whose bytes changed */
+};
+
+static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_addr, int in_sync, int tid,
+                           struct emu_result *res) {
+    greg_t *gr = uc->uc_mcontext.gregs;
+    if (d->addr32 || d->seg || ((uint64_t)gr[REG_EFL] & DF_FLAG)) return;
+    uint64_t size = d->size;
+    uint64_t count = d->rep ? (uint64_t)gr[REG_RCX] : 1;
+    uint64_t dst = (uint64_t)gr[REG_RDI], src = (uint64_t)gr[REG_RSI];
+    if (count == 0 || fault_addr < dst || fault_addr >= dst + size) return;
+    /* The run of whole elements lying on our pages (at most 1 MiB per fault). */
+    uint64_t limit = count < (1ull << 20) / size ? count : (1ull << 20) / size, n = 0;
+    while (n < limit) {
+        uint64_t a = dst + n * size;
+        if (!range_tracked(a, size)) break;
+        n++;
+        uint64_t page_end = PAGE_OF(a) + PAGE;
+        if (a + size <= page_end) { /* the following elements wholly on this page are ours too */
+            uint64_t more = (page_end - (a + size)) / size;
+            n += more < limit - n ? more : limit - n;
+        }
+    }
+    if (n == 0) return;
+    if (d->kind == K_MOVS && dst > src && dst < src + n * size && dst - src < size) return;
+    if (!in_sync) run_pre_syncs(dst, dst + n * size, tid);
+    res->pre_done = 1;
+    uint8_t *buf = XOL_BUFFER(G.xol);
+    uint64_t done = 0, start = dst;
+    while (done < n) {
+        uint64_t elems = n - done;
+        if (elems * size > PAGE) elems = PAGE / size;
+        if (d->kind == K_MOVS && dst > src && dst < src + elems * size) elems = (dst - src) / size;
+        uint64_t bytes = elems * size;
+        if (d->kind == K_STOS) {
+            uint64_t rax = (uint64_t)gr[REG_RAX];
+            for (uint64_t k = 0; k < bytes; k++) buf[k] = (uint8_t)(rax >> (8 * (k % size)));
+        } else if (sys_read_self(buf, (const void *)(uintptr_t)src, bytes) != (long)bytes) {
+            break; /* unreadable source: the re-executed instruction faults on it natively */
+        }
+        if (poke(dst, buf, bytes) < 0) break;
+        dst += bytes;
+        src += bytes;
+        done += elems;
+    }
+    if (done == 0) return;
+    gr[REG_RDI] = (greg_t)dst;
+    if (d->kind == K_MOVS) gr[REG_RSI] = (greg_t)src;
+    if (d->rep) gr[REG_RCX] = (greg_t)(count - done);
+    if (!d->rep || count == done) gr[REG_RIP] += d->len;
+    res->done = 1;
+    res->changed = scan_written(start, dst, in_sync);
+}
+
+/* Carries out the faulting store without opening its page (see the top of the file). */
+static void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct emu_result *res) {
+    memset(res, 0, sizeof *res);
+    if (!G.xol || (G.config & POLUS_SYNC_FORCE_SINGLE_STEP) || mem_fd() < 0) return;
+    greg_t *gr = uc->uc_mcontext.gregs;
+    uint64_t rip = (uint64_t)gr[REG_RIP];
+    struct insn d;
+    if (decode((const uint8_t *)(uintptr_t)rip, &d) < 0) return;
+    if (d.kind == K_STOS || d.kind == K_MOVS) {
+        emulate_string(uc, &d, fault_addr, in_sync, tid, res);
+        if (res->done) G.stats.emulated += !in_sync;
+        return;
+    }
+    if (d.seg || d.addr32) return;
+    uint64_t ea = (uint64_t)d.disp;
+    if (d.rip_relative) ea += rip + d.len;
+    if (d.base >= 0) ea += gpr(uc, d.base);
+    if (d.index >= 0) ea += gpr(uc, d.index) * d.scale;
+    uint64_t size = d.size;
+    if (fault_addr < ea || fault_addr >= ea + size || !range_tracked(ea, size)) return;
+    if (!in_sync) run_pre_syncs(ea, ea + size, tid);
+    res->pre_done = 1;
+    uint64_t slot = xol_slot(&d); /* after the pre_syncs: they may have used the slots */
+    if (!slot) return;
+    uint8_t before[64];
+    memcpy(before, (const void *)(uintptr_t)ea, size);
+    uint8_t *scratch = XOL_SCRATCH(G.xol);
+    memcpy(scratch, before, size);
+    struct xol_ctx *c = &polus_xol_ctx;
+    for (int k = 0; k < 16; k++) c->gpr[k] = gpr(uc, k);
+    c->rflags = (uint64_t)gr[REG_EFL];
+    c->fpstate = 0;
+    if (d.kind == K_VEC) {
+        const uint8_t *fp = (const uint8_t *)uc->uc_mcontext.fpregs;
+        if (!fp) return;
+        uint32_t magic;
+        uint64_t features;
+        memcpy(&magic, fp + 464, 4);
+        memcpy(&features, fp + 472, 8);
+        c->fpstate = (uint64_t)(uintptr_t)fp;
+        c->use_xsave = magic == 0x46505853u; /* FP_XSTATE_MAGIC1: an XSAVE frame */
+        c->xmask = c->use_xsave ? features & ~(1ull << 9) /* never PKRU */ : 0;
+    }
+    c->slot = slot;
+    polus_xol_run();
+    uint64_t first = first_diff(before, scratch, size);
+    if (first < size) {
+        uint64_t last = size - 1;
+        while (last > first && before[last] == scratch[last]) last--;
+        if (poke(ea + first, scratch + first, last - first + 1) < 0) return;
+    }
+    if (d.kind == K_GPR) {
+        for (int k = 0; k < 16; k++)
+            if (k != 4) gr[greg_of_x86[k]] = (greg_t)c->gpr[k];
+        gr[REG_EFL] = (greg_t)(((uint64_t)gr[REG_EFL] & ~STATUS_FLAGS) | (c->rflags & STATUS_FLAGS));
+    }
+    gr[REG_RIP] = (greg_t)(rip + d.len);
+    res->done = 1;
+    if (!in_sync) G.stats.emulated++;
+    res->changed = first < size ? scan_written(ea, ea + size, in_sync) : 0;
+}
+
+/* ---- single-step fallback ------------------------------------------------------------ */
+
+static void start_step(ucontext_t *uc, uint32_t page, uint64_t fault_addr, int in_sync) {
+    greg_t *gr = uc->uc_mcontext.gregs;
+    G.step.active = 1;
+    G.step.in_sync = (uint32_t)in_sync;
+    G.step.tf_was_set = ((uint64_t)gr[REG_EFL] & TF_FLAG) != 0;
+    G.step.page_count = 1;
+    G.step.pages[0] = page;
+    G.step.fault_addr = fault_addr;
+    G.step.saved_mask = *uc_mask_word(uc);
+    /* No application handler may run on this thread while it holds the lock. */
+    *uc_mask_word(uc) = (G.step.saved_mask | ASYNC_BLOCK) & ~SYNCHRONOUS_SIGNALS;
+    gr[REG_EFL] |= (greg_t)TF_FLAG;
+    open_page(page);
+    if (!in_sync) G.stats.single_stepped++;
+}
+
+/* Closes the step's pages and compares what is on them. Returns the items that changed. */
+static uint32_t finish_step(ucontext_t *uc) {
+    greg_t *gr = uc->uc_mcontext.gregs;
+    if (!G.step.tf_was_set) gr[REG_EFL] &= ~(greg_t)TF_FLAG;
+    *uc_mask_word(uc) = G.step.saved_mask;
+    for (uint32_t k = 0; k < G.step.page_count; k++) close_page(G.step.pages[k]);
+    uint32_t changed = 0;
+    for (uint32_t k = 0; k < G.step.page_count; k++) {
+        if (G.step.in_sync) changed += scan_page(G.step.pages[k], G.sync_counterpart, G.step.fault_addr, 1);
+        else changed += scan_page(G.step.pages[k], NO_ITEM, 0, 0);
+    }
+    G.step.active = 0;
+    return changed;
+}
+
+/* ---- signal handlers ------------------------------------------------------------------ */
+
+static void on_segv(int sig, siginfo_t *si, void *ctx);
+static void on_trap(int sig, siginfo_t *si, void *ctx);
+
+/* Delivers the signal to the disposition that was there before ours, as the kernel would. */
+static void chain(int sig, siginfo_t *si, ucontext_t *uc, struct sigaction *slot, int tid) {
+    struct sigaction prev = *slot;
+    if ((uintptr_t)prev.sa_handler <= 1) { /* SIG_DFL or SIG_IGN */
+        int kernel_generated = si->si_code > 0;
+        if (prev.sa_handler == SIG_IGN && !kernel_generated) return;
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigaction(sig, &dfl, NULL);
+        /* A fault re-executes and kills the process with the same SIGSEGV as without us;
+         * a trap (already past) or a sent signal is raised again. */
+        if (sig == SIGSEGV && kernel_generated) return;
+        RAW(SYS_tgkill, sys_getpid(), tid, sig);
+        return;
+    }
+    if (prev.sa_flags & SA_RESETHAND) {
+        memset(&slot->sa_mask, 0, sizeof slot->sa_mask);
+        slot->sa_handler = SIG_DFL;
+        slot->sa_flags = 0;
+    }
+    uint64_t mask = *uc_mask_word(uc) | *(uint64_t *)(void *)&prev.sa_mask;
+    if (!(prev.sa_flags & SA_NODEFER)) mask |= sigbit(sig);
+    set_sigmask(mask);
+    if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, si, uc);
+    else prev.sa_handler(sig);
+}
+
+static int retry_once(int tid, uint64_t rip, uint64_t addr) {
+    __typeof__(&G.retry[0]) r = &G.retry[(unsigned)tid % 64];
+    if (r->tid == tid && r->rip == rip && r->addr == addr) {
+        r->tid = 0;
+        return 0;
+    }
+    r->tid = tid;
+    r->rip = rip;
+    r->addr = addr;
+    G.stats.retried_faults++;
+    return 1;
+}
+
+/* A write fault on tracked page `page`, lock held (one level, taken by the caller). */
+static void handle_tracked_write(ucontext_t *uc, uint32_t page, uint64_t addr, int tid) {
+    struct emu_result res;
+    if (G.step.active) { /* the stepped instruction also writes another of our pages */
+        if (G.step.page_count < MAX_STEP_PAGES) {
+            G.step.pages[G.step.page_count++] = page;
+            open_page(page);
+        }
+        lock_release();
+        return;
+    }
+    if (G.in_sync) { /* a sync function writing (usually its counterpart) */
+        G.stats.sync_writes++;
+        emulate(uc, addr, 1, tid, &res);
+        if (res.done) {
+            lock_release();
+            return;
+        }
+        int32_t k = find_page(addr);
+        start_step(uc, k >= 0 ? (uint32_t)k : page, addr, 1); /* keeps this lock level until the SIGTRAP */
+        return;
+    }
+    REG.sync.faults++;
+    emulate(uc, addr, 0, tid, &res);
+    if (res.done) {
+        if (!res.changed) REG.sync.false_sharing++;
+        drain(0, tid);
+        lock_release();
+        return;
+    }
+    if (!res.pre_done) run_pre_syncs(addr, addr + 1, tid);
+    int32_t k = find_page(addr); /* a pre_sync may have registered data: table rebuilt */
+    if (k < 0 || !G.pages[k].tracked) { /* cannot happen: pages are never dropped while active */
+        lock_release();
+        return;
+    }
+    start_step(uc, (uint32_t)k, addr, 0);
+}
+
+static void handle_segv(siginfo_t *si, ucontext_t *uc) {
+    int tid = sys_gettid();
+    greg_t *gr = uc->uc_mcontext.gregs;
+    uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
+    if (si->si_code == SEGV_ACCERR && ((uint64_t)gr[REG_ERR] & 2)) {
+        __atomic_fetch_add(&G.write_fault_entries, 1, __ATOMIC_RELAXED); /* before the lock: see sync_end */
+        lock_acquire(tid, sys_getpid(), 0);
+        if (G.active) {
+            int32_t k = find_page(addr);
+            if (k >= 0 && G.pages[k].tracked) {
+                handle_tracked_write(uc, (uint32_t)k, addr, tid);
+                return;
+            }
+        }
+        int retry = retry_once(tid, (uint64_t)gr[REG_RIP], addr);
+        lock_release();
+        if (retry) return;
+    }
+    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid && G.step.active) {
+        /* The stepped instruction faulted for a reason of its own: close the step first. */
+        int in_sync = G.step.in_sync;
+        finish_step(uc);
+        if (!in_sync) drain(0, tid);
+        lock_release();
+    }
+    __atomic_fetch_add(&REG.sync.chained_faults, 1, __ATOMIC_RELAXED);
+    chain(SIGSEGV, si, uc, &G.prev_segv, tid);
+}
+
+static void on_segv(int sig, siginfo_t *si, void *ctx) {
+    (void)sig;
+    int saved_errno = errno;
+    handle_segv(si, (ucontext_t *)ctx);
+    errno = saved_errno;
+}
+
+static void on_trap(int sig, siginfo_t *si, void *ctx) {
+    (void)sig;
+    int saved_errno = errno;
+    ucontext_t *uc = (ucontext_t *)ctx;
+    int tid = sys_gettid();
+    if (si->si_code == TRAP_TRACE && __atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid && G.step.active) {
+        int tf_was_set = (int)G.step.tf_was_set, in_sync = (int)G.step.in_sync;
+        uint32_t changed = finish_step(uc);
+        if (!in_sync) {
+            if (!changed) REG.sync.false_sharing++;
+            drain(0, tid);
+        }
+        lock_release();
+        if (tf_was_set) chain(SIGTRAP, si, uc, &G.prev_trap, tid); /* the application's own step */
+    } else {
+        chain(SIGTRAP, si, uc, &G.prev_trap, tid);
+    }
+    errno = saved_errno;
+}
+
+static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *prev) {
+    struct sigaction cur;
+    if (sigaction(sig, NULL, &cur) != 0) return -errno;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn) return 0; /* still ours */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fn;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    sigdelset(&sa.sa_mask, SIGSEGV);
+    sigdelset(&sa.sa_mask, SIGTRAP);
+    sigdelset(&sa.sa_mask, SIGBUS);
+    sigdelset(&sa.sa_mask, SIGILL);
+    sigdelset(&sa.sa_mask, SIGFPE);
+    sigdelset(&sa.sa_mask, SIGSYS);
+    *prev = cur;
+    if (sigaction(sig, &sa, NULL) != 0) return -errno;
+    return 0;
+}
+
+/* 1 if ours was still installed and the previous disposition is back. */
+static int restore_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *prev) {
+    struct sigaction cur;
+    if (sigaction(sig, NULL, &cur) != 0) return 0;
+    if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn)) return 0;
+    return sigaction(sig, prev, NULL) == 0;
+}
+
+/* ---- end of sync: no SIGSEGV of ours may still be on its way ------------------------- */
+
+/* After sync_end has made the pages writable again, a write fault raised while they were
+ * read-only can still be on its way to a handler:
+ *  - the kernel queues the signal only after it has dropped the VMA lock that mprotect
+ *    serialises with (arch/x86/mm/fault.c: __bad_area unlocks, then force_sig_fault): a
+ *    thread delayed there (preempted, vCPU stalled) queues it after mprotect returned;
+ *  - a tracer (the injector) holding the signal in a signal-delivery-stop re-injects it when
+ *    it lets the thread go; the signal is then no longer pending anywhere, and the thread
+ *    may not run until later.
+ * Delivery picks the disposition at that moment. If the application's were back already,
+ * its handler would get a fault that is not its own (the fig2 counter then reinstalls
+ * SIG_DFL, and the next such fault kills the process: seen in testing). So the previous
+ * disposition is put back only after a quiet period: no SIGSEGV pending in any thread and
+ * no write fault entering our handler for QUIET_MS; faults that do arrive meanwhile find
+ * sync inactive and are retried. If it never gets quiet (~2 s), ours stays, as a
+ * pass-through, and sync_end returns 1. Not a proof (a thread could stay descheduled
+ * longer than the quiet period), hence POLUS_SYNC_KEEP_HANDLERS for the strictly safe
+ * choice: ours stays installed for good, delivering everything else as the kernel would.
+ *
+ * sigsegv_pending_somewhere: 1 if some thread has SIGSEGV in its private pending set (SigPnd
+ * in /proc/self/task/T/status). */
+#define QUIET_MS 50
+static int sigsegv_pending_somewhere(void) {
+    long dir = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, 0, 0);
+    if (dir < 0) return 1;
+    char ents[2048];
+    int pending = 0;
+    for (;;) {
+        long got = RAW(SYS_getdents64, dir, ents, sizeof ents);
+        if (got <= 0) break;
+        for (long off = 0; off < got;) {
+            const char *name = ents + off + 19; /* struct linux_dirent64: ino 8, off 8, reclen 2, type 1 */
+            unsigned short reclen;
+            memcpy(&reclen, ents + off + 16, 2);
+            off += reclen;
+            if (name[0] < '0' || name[0] > '9') continue;
+            char path[64] = "/proc/self/task/";
+            size_t n = strlen(path), k = 0;
+            while (name[k] && n < sizeof path - 8) path[n++] = name[k++];
+            memcpy(path + n, "/status", 8);
+            long fd = raw6(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC, 0, 0, 0);
+            if (fd < 0) continue; /* the thread exited */
+            char buf[2048];
+            long len = RAW(SYS_read, fd, buf, sizeof buf - 1);
+            RAW(SYS_close, fd, 0, 0);
+            if (len <= 0) continue;
+            buf[len] = 0;
+            const char *line = strstr(buf, "\nSigPnd:");
+            if (!line) continue;
+            line += 8;
+            while (*line == ' ' || *line == '\t') line++;
+            uint64_t mask = 0;
+            for (; (*line >= '0' && *line <= '9') || (*line >= 'a' && *line <= 'f'); line++)
+                mask = mask * 16 + (uint64_t)(*line <= '9' ? *line - '0' : *line - 'a' + 10);
+            if (mask & sigbit(SIGSEGV)) pending = 1;
+        }
+    }
+    RAW(SYS_close, dir, 0, 0);
+    return pending;
+}
+
+/* ---- entry points --------------------------------------------------------------------- */
+
+static int enter(int *tid) {
+    *tid = sys_gettid();
+    int rc = lock_acquire(*tid, sys_getpid(), 1);
+    if (rc) return rc;
+    if (G.lock_depth > 1) { /* from a sync function, or a thread stopped mid-step */
+        lock_release();
+        return -EDEADLK;
+    }
+    return 0;
+}
+
+static int overlaps_agent_state(uint64_t a, uint64_t size) {
+    uint64_t lo = PAGE_OF(a), hi = PAGE_OF(a + size - 1) + PAGE;
+    uint64_t g_lo = PAGE_OF((uintptr_t)&G), g_hi = PAGE_OF((uintptr_t)&G + sizeof G - 1) + PAGE;
+    uint64_t r_lo = PAGE_OF((uintptr_t)&REG), r_hi = PAGE_OF((uintptr_t)&REG + sizeof REG - 1) + PAGE;
+    uint64_t x_lo = PAGE_OF((uintptr_t)&polus_xol_ctx), x_hi = x_lo + PAGE;
+    return (lo < g_hi && g_lo < hi) || (lo < r_hi && r_lo < hi) || (lo < x_hi && x_lo < hi);
+}
+
+static int validate_item(const struct polus_tracked_item *it, uint32_t i, uint32_t n) {
+    if (!it->address || !it->size || it->size > (1ull << 40) || it->address + it->size < it->address) return -EINVAL;
+    if (it->side != POLUS_OLD && it->side != POLUS_NEW) return -EINVAL;
+    if (it->counterpart != NO_ITEM && (it->counterpart >= n || it->counterpart == i)) return -EINVAL;
+    if (overlaps_agent_state(it->address, it->size)) return -EINVAL;
+    return 0;
+}
+
+POLUS_EXPORT uint64_t polus_agent_sync_reserve(uint32_t capacity) {
+    int tid;
+    if (enter(&tid) != 0) return 0;
+    uint64_t result = 0;
+    if (capacity > REG.sync.item_capacity) {
+        uint64_t old_bytes = ((uint64_t)REG.sync.item_capacity * sizeof(struct polus_tracked_item) + PAGE - 1) & ~(PAGE - 1);
+        uint64_t new_bytes = ((uint64_t)capacity * sizeof(struct polus_tracked_item) + PAGE - 1) & ~(PAGE - 1);
+        void *m = REG.sync.items ? sys_mremap(items(), old_bytes, new_bytes) : sys_mmap(new_bytes);
+        if (!m || ensure_aux(capacity) < 0) goto out;
+        REG.sync.items = (uint64_t)(uintptr_t)m;
+        REG.sync.item_capacity = (uint32_t)(new_bytes / sizeof(struct polus_tracked_item));
+    } else if (ensure_aux(REG.sync.item_capacity) < 0) {
+        goto out;
+    }
+    result = REG.sync.items;
+out:
+    lock_release();
+    return result;
+}
+
+POLUS_EXPORT int polus_agent_sync_begin(void) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    int installed_segv = 0, installed_trap = 0;
+    uint32_t n = REG.sync.item_count;
+    if (G.active) { rc = -EBUSY; goto out; }
+    if (n > REG.sync.item_capacity || (n && !REG.sync.items)) { rc = -EINVAL; goto out; }
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = validate_item(&items()[i], i, n)) != 0) goto out;
+    if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) goto out;
+    G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
+    table_free();
+    G.count = n;
+    if ((rc = build_table(n)) != 0) goto fail;
+    shadows_free();
+    for (uint32_t i = 0; i < n; i++) {
+        void *s = shadow_alloc(items()[i].size);
+        if (!s) { rc = -ENOMEM; goto fail; }
+        items()[i].shadow = (uint64_t)(uintptr_t)s;
+        G.item_flags[i] = 0;
+    }
+    G.work_count = 0;
+    if ((rc = install_handler(SIGSEGV, on_segv, &G.prev_segv)) != 0) goto fail;
+    installed_segv = 1;
+    if ((rc = install_handler(SIGTRAP, on_trap, &G.prev_trap)) != 0) goto fail;
+    installed_trap = 1;
+    /* Protect, then snapshot: every write that completed before the protection is in the
+     * snapshot, every later one faults (and waits for this lock). */
+    if ((rc = protect_pages(1, 0)) != 0) goto fail;
+    for (uint32_t i = 0; i < n; i++) {
+        struct polus_tracked_item *it = &items()[i];
+        memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
+        it->sync_calls = 0;
+    }
+    for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
+    REG.sync.faults = REG.sync.false_sharing = 0;
+    __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
+    G.active = 1;
+    REG.sync.active = 1;
+    rc = 0;
+    goto out;
+fail:
+    if (G.pages) protect_pages(0, 0);
+    if (installed_trap) restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+    if (installed_segv) restore_handler(SIGSEGV, on_segv, &G.prev_segv);
+    shadows_free();
+    for (uint32_t i = 0; i < n && REG.sync.items; i++) items()[i].shadow = 0;
+    table_free();
+    G.count = 0;
+out:
+    lock_release();
+    return rc;
+}
+
+POLUS_EXPORT int polus_agent_sync_initialize(uint32_t from_side) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    if (!G.active) { rc = -EINVAL; goto out; }
+    int ran = 0;
+    for (uint32_t i = 0; i < G.count; i++) {
+        struct polus_tracked_item *it = &items()[i];
+        if (it->side != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
+        run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, 0, 1, tid);
+        ran++;
+    }
+    drain(1, tid);
+    rc = ran;
+out:
+    lock_release();
+    return rc;
+}
+
+POLUS_EXPORT int polus_agent_sync_end(void) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    if (!G.active) { rc = 0; goto out; }
+    G.active = 0;
+    REG.sync.active = 0;
+    protect_pages(0, 0);
+    /* Threads that faulted just before this and wait for the lock find sync inactive and
+     * retry their write, which now succeeds. Faults still on their way must reach our
+     * handler too: the previous disposition comes back only after a quiet period (see
+     * sigsegv_pending_somewhere); otherwise ours stays, as a pass-through. */
+    int restored = 0;
+    if (!(G.config & POLUS_SYNC_KEEP_HANDLERS)) {
+        uint64_t seen = __atomic_load_n(&G.write_fault_entries, __ATOMIC_RELAXED);
+        int quiet_ms = 0;
+        for (int waited_ms = 0; waited_ms < 2000; waited_ms++) {
+            struct timespec ms = {0, 1000 * 1000};
+            RAW(SYS_nanosleep, &ms, NULL, 0);
+            uint64_t now = __atomic_load_n(&G.write_fault_entries, __ATOMIC_RELAXED);
+            if (now != seen || sigsegv_pending_somewhere()) {
+                seen = now;
+                quiet_ms = 0;
+                continue;
+            }
+            if (++quiet_ms >= QUIET_MS) {
+                restored = restore_handler(SIGSEGV, on_segv, &G.prev_segv);
+                restored &= restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+                break;
+            }
+        }
+    }
+    shadows_free();
+    for (uint32_t i = 0; i < G.count; i++) items()[i].shadow = 0;
+    table_free();
+    G.count = 0;
+    G.work_count = 0;
+    rc = restored ? 0 : 1;
+out:
+    lock_release();
+    return rc;
+}
+
+POLUS_EXPORT int polus_agent_sync_clear(void) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    if (G.active) { rc = -EBUSY; goto out; }
+    REG.sync.item_count = 0;
+    REG.sync.faults = REG.sync.false_sharing = 0;
+    __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
+    memset(&G.stats, 0, sizeof G.stats);
+out:
+    lock_release();
+    return rc;
+}
+
+POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64_t size_old, uint64_t size_new,
+                                          polus_sync_fn old_post_sync, polus_sync_fn new_post_sync) {
+    if (!old_item || !new_item || !size_old || !size_new) return -EINVAL;
+    int tid = sys_gettid();
+    int rc = lock_acquire(tid, sys_getpid(), 1);
+    if (rc) return rc;
+    /* Allowed from a sync function (lock re-entered by its owner), not mid-step. */
+    int from_sync = G.lock_depth > 1 && G.in_sync;
+    if (G.lock_depth > 1 && (!from_sync || G.step.active)) { rc = -EDEADLK; goto out; }
+    uint32_t n = REG.sync.item_count;
+    if (overlaps_agent_state((uint64_t)(uintptr_t)old_item, size_old) ||
+        overlaps_agent_state((uint64_t)(uintptr_t)new_item, size_new)) { rc = -EINVAL; goto out; }
+    if (n + 2 > REG.sync.item_capacity) {
+        uint32_t cap = REG.sync.item_capacity ? REG.sync.item_capacity * 2 : 64;
+        while (cap < n + 2) cap *= 2;
+        uint64_t old_bytes = ((uint64_t)REG.sync.item_capacity * sizeof(struct polus_tracked_item) + PAGE - 1) & ~(PAGE - 1);
+        uint64_t new_bytes = ((uint64_t)cap * sizeof(struct polus_tracked_item) + PAGE - 1) & ~(PAGE - 1);
+        void *m = REG.sync.items ? sys_mremap(items(), old_bytes, new_bytes) : sys_mmap(new_bytes);
+        if (!m) { rc = -ENOMEM; goto out; }
+        REG.sync.items = (uint64_t)(uintptr_t)m;
+        REG.sync.item_capacity = (uint32_t)(new_bytes / sizeof(struct polus_tracked_item));
+    }
+    if ((rc = ensure_aux(REG.sync.item_capacity)) != 0) goto out;
+    struct polus_tracked_item *it = items();
+    it[n] = (struct polus_tracked_item){(uint64_t)(uintptr_t)old_item, size_old, (uint64_t)(uintptr_t)old_post_sync, 0,
+                                        n + 1, POLUS_OLD, 0, 0};
+    it[n + 1] = (struct polus_tracked_item){(uint64_t)(uintptr_t)new_item, size_new, (uint64_t)(uintptr_t)new_post_sync,
+                                            0, n, POLUS_NEW, 0, 0};
+    G.item_flags[n] = G.item_flags[n + 1] = 0;
+    if (!G.active) {
+        REG.sync.item_count = n + 2;
+        goto out;
+    }
+    void *s0 = shadow_alloc(size_old), *s1 = shadow_alloc(size_new);
+    if (!s0 || !s1) { rc = -ENOMEM; goto out; }
+    it[n].shadow = (uint64_t)(uintptr_t)s0;
+    it[n + 1].shadow = (uint64_t)(uintptr_t)s1;
+    if ((rc = build_table(n + 2)) != 0) goto out;
+    if ((rc = protect_pages(1, 1)) != 0) {
+        protect_pages(0, 1);
+        build_table(n); /* forget the pair */
+        goto out;
+    }
+    for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
+    memcpy(s0, old_item, size_old);
+    memcpy(s1, new_item, size_new);
+    G.count = n + 2;
+    REG.sync.item_count = n + 2;
+    /* Writes to old_item between the caller's conversion and the protection above did not
+     * fault: bring new_item up to date once (a sync function calling us made it so). */
+    if (!from_sync && old_post_sync) {
+        run_sync(old_post_sync, n, 0, 1, tid);
+        drain(1, tid);
+    }
+out:
+    lock_release();
+    return rc;
+}
+
+POLUS_EXPORT void polus_agent_sync_get_stats(struct polus_sync_stats *out) {
+    if (!out) return;
+    *out = G.stats;
+    out->emulation = G.xol && !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP) ? 1 : 0;
+}
+
+POLUS_EXPORT void polus_agent_sync_configure(uint32_t flags) { G.config = flags; }
