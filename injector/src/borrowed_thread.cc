@@ -1,6 +1,9 @@
 #include "polus/borrowed_thread.h"
 
+#include <elf.h>
 #include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
 
 #include <sstream>
 #include <string>
@@ -16,13 +19,33 @@ BorrowedThread::BorrowedThread(PtraceSession& session, ProcessMemory& memory, pi
                                RemoteAddr syscall_instruction)
     : session_(session), memory_(memory), tid_(tid), syscall_instruction_(syscall_instruction) {
   saved_ = session_.get_regs(tid_);
+  // The FPU/SSE/AVX/AVX-512 state too: dlopen and libc's string functions clobber vector
+  // registers the interrupted code may still be using (NT_X86_XSTATE covers all of it).
+  saved_xstate_.resize(16384);
+  iovec io{saved_xstate_.data(), saved_xstate_.size()};
+  if (::ptrace(PTRACE_GETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) == 0) {
+    saved_xstate_.resize(io.iov_len);
+  } else {
+    saved_xstate_.clear();
+    spdlog::warn("cannot save the vector registers of thread {}", tid_);
+  }
   session_.set_borrowed(tid_, true);
 }
 
 BorrowedThread::~BorrowedThread() {
   try {
     if (session_.has_thread(tid_)) {
+      // A call that timed out leaves the thread running our code: stop it before restoring.
+      if (session_.thread(tid_).stop == StopKind::kNone) {
+        session_.stop_thread(tid_, Clock::now() + std::chrono::seconds(5));
+      }
       session_.set_regs(tid_, saved_);
+      if (!saved_xstate_.empty()) {
+        iovec io{saved_xstate_.data(), saved_xstate_.size()};
+        if (::ptrace(PTRACE_SETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) != 0) {
+          spdlog::error("could not restore the vector registers of thread {}", tid_);
+        }
+      }
       session_.set_borrowed(tid_, false);
     }
   } catch (const std::exception& e) {
@@ -36,7 +59,7 @@ user_regs_struct BorrowedThread::prepared_regs() const {
   regs.orig_rax = static_cast<unsigned long long>(-1);
   // Leave the red zone (128 bytes below rsp) and some slack untouched; keep 16-byte alignment.
   regs.rsp = ((saved_.rsp - 512) & ~0xfull);
-  regs.eflags &= ~0x100ull;  // no trap flag
+  regs.eflags &= ~(0x100ull | 0x400ull);  // no trap flag; direction flag clear, as the ABI requires
   return regs;
 }
 

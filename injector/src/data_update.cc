@@ -28,6 +28,14 @@ std::set<uint32_t> functions_using(const PatchDescription& patch, uint32_t data_
   return result;
 }
 
+/// The size of a patch function without a dynamic symbol (a static one), from .symtab.
+uint64_t new_function_size(const PatchDescription& patch, uint64_t link_address) {
+  for (const Symbol& s : read_elf_object(patch.path).symbols) {
+    if (s.address.address() == link_address && s.size) return s.size;
+  }
+  return 0;
+}
+
 }  // namespace
 
 DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& symbols, uint64_t patch_bias,
@@ -73,8 +81,13 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
       w.end = w.start + std::max<uint64_t>(symbol.size, 1);
       copy_name(w.name, symbol.qualified_name());
     } else {
+      uint64_t size = f.size ? f.size : new_function_size(patch, f.address);
+      if (size == 0) {
+        throw Error(ErrorCode::kPatchMalformed, "patch " + patch.name + ": the size of new function '" + f.name +
+                                                    "' is unknown (no symbol); build the patch with its symbol table");
+      }
       w.start = f.address + patch_bias;
-      w.end = w.start + std::max<uint64_t>(f.size, 1);
+      w.end = w.start + size;
       copy_name(w.name, f.name);
     }
     plan.watched.push_back(w);
@@ -161,9 +174,24 @@ struct Inspection {
 /// With every thread stopped: which threads have a frame in a watched function.
 Inspection inspect_stacks(TargetContext& target, Unwinder& unwinder, const std::vector<polus_watched_function>& watched) {
   Inspection result;
+  std::vector<AddressRange> watched_ranges;
+  for (const polus_watched_function& w : watched) watched_ranges.push_back({w.start, w.end, w.name});
+  std::vector<MappedRegion> maps;
   for (pid_t tid : target.session().thread_ids()) {
-    UnwindResult stack = unwinder.unwind(target.memory(), target.session().get_regs(tid));
+    user_regs_struct regs = target.session().get_regs(tid);
+    UnwindResult stack = unwinder.unwind(target.memory(), regs);
     std::set<uint64_t> seen;
+    if (!stack.complete) {
+      // The walk stopped early: what it did not see may still run a watched function. Fall
+      // back to the conservative answer, every word of the live stack.
+      if (maps.empty()) maps = read_process_maps(target.pid());
+      ThreadSnapshot snap = snapshot_thread(target.memory(), maps, tid, regs);
+      if (const AddressRange* hit = thread_touches(snap, watched_ranges); hit && result.holders.size() < POLUS_MAX_HOLDERS) {
+        result.holders.push_back({static_cast<uint64_t>(tid), hit->start});
+        seen.insert(hit->start);
+      }
+      ++result.scanned_frames;
+    }
     for (size_t i = 0; i < stack.frames.size(); ++i) {
       const StackFrame& frame = stack.frames[i];
       if (frame.from_scan) ++result.scanned_frames;
@@ -201,6 +229,8 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
   // Fresh symbols: the agent and the patch (and their CFI) may have been loaded after this
   // operation began.
   target.reload_symbols();
+  // The sync phase has its own time budget, whatever the apply or rollback already used.
+  target.extend_deadline(until - Clock::now());
   Unwinder unwinder(target.symbols(), target.pid());
   const uint32_t direction = record.header.direction;
   const RemoteAddr scratch(target.scratch_arena + kArenaScratchBytes - 64);

@@ -121,8 +121,8 @@ std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& threa
   if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
     return who + " is executing the first bytes of " + name;
   }
-  if (a.call_in_overwritten && thread_has_address(thread, a.interior_boundaries)) {
-    return who + " will return into the first bytes of " + name;
+  if (thread_has_address(thread, a.interior_boundaries)) {
+    return who + " has the first bytes of " + name + " on its stack (a return address or an interrupted pc)";
   }
   if (a.requires_inactive_function) {
     AddressRange whole{a.function, a.function + std::max<uint64_t>(a.function_size, 1), name};
@@ -140,6 +140,10 @@ class Applier {
         target_(pid, options.symbols, started_ + options.timeout) {}
 
   PatchInfo run() {
+    if (patch_.path.size() >= POLUS_PATH_BYTES) {
+      throw Error(ErrorCode::kPatchMalformed, "patch path " + patch_.path + " is longer than " +
+                                                  std::to_string(POLUS_PATH_BYTES - 1) + " bytes; move the patch to a shorter path");
+    }
     check_build_ids(patch_, target_.symbols());
     resolve_imports();
     // Resolve the old data now, so a missing global is reported before anything changes.
@@ -353,8 +357,10 @@ class Applier {
     const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {
       return c.kind == POLUS_CB_PRE_UPDATE;
     });
+    // Stacks are read whenever a jump goes over live code: a signal frame on a stack can hold
+    // any interrupted pc, including one inside the bytes the jump replaces.
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
-      return !p.stacked_on && (p.analysis.call_in_overwritten || p.analysis.requires_inactive_function);
+      return !p.stacked_on;
     });
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
     for (const PlannedRedirect& plan : plans_) {
@@ -384,7 +390,8 @@ class Applier {
                       stopped_ns / 1000, checked_ns / 1000, code_ns / 1000);
         return;
       }
-      target_.session().resume_all();
+      // Retry later; the borrowed thread stays stopped where it was found safe.
+      target_.session().resume_all_except(run_code ? borrower_ : 0);
       if (Clock::now() >= target_.deadline()) {
         throw Error(ErrorCode::kUnsafeToPatch, "cannot commit now: " + reason + "; gave up after " +
                                                    std::to_string(options_.timeout.count()) + " ms, target unchanged");

@@ -97,6 +97,19 @@ bool returns_eintr_on_stop(long syscall_number) {
 /// If `tid` stopped right after one of those calls returned -EINTR because of our
 /// PTRACE_INTERRUPT, rewind it so the call is made again on resume, exactly as the kernel
 /// does itself for -ERESTARTNOHAND: rax = orig_rax, rip back over the 2-byte `syscall`.
+/// Whether a signal the thread does not block is pending for it (thread or process queue):
+/// then EINTR is the call's true outcome, after that signal's handler.
+bool unblocked_signal_pending(pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(tid) + "/status");
+  uint64_t pending = 0, blocked = 0;
+  for (std::string line; std::getline(status, line);) {
+    auto value = [&] { return std::stoull(line.substr(line.find(':') + 1), nullptr, 16); };
+    if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) pending |= value();
+    if (line.rfind("SigBlk:", 0) == 0) blocked = value();
+  }
+  return (pending & ~blocked) != 0;
+}
+
 void restart_call_aborted_by_stop(pid_t tid) {
   user_regs_struct regs{};
   if (::ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) return;
@@ -105,6 +118,7 @@ void restart_call_aborted_by_stop(pid_t tid) {
   errno = 0;
   long word = ::ptrace(PTRACE_PEEKTEXT, tid, reinterpret_cast<void*>(regs.rip - 2), nullptr);
   if (errno != 0 || (word & 0xffff) != 0x050f) return;  // not right after a `syscall` instruction
+  if (unblocked_signal_pending(tid)) return;               // a real signal interrupted it too
   regs.rax = regs.orig_rax;
   regs.rip -= 2;
   if (::ptrace(PTRACE_SETREGS, tid, nullptr, &regs) == 0) {
@@ -367,6 +381,12 @@ void PtraceSession::resume_thread(pid_t tid) {
 
 void PtraceSession::resume_all() {
   for (pid_t tid : thread_ids()) resume_thread(tid);
+}
+
+void PtraceSession::resume_all_except(pid_t keep) {
+  for (pid_t tid : thread_ids()) {
+    if (tid != keep) resume_thread(tid);
+  }
 }
 
 user_regs_struct PtraceSession::get_regs(pid_t tid) const {

@@ -23,6 +23,9 @@ struct RegistryContext {
   RegistrySnapshot registry;
 };
 
+/// Drives the update of `record` (left syncing) to its end within this operation.
+PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options);
+
 RegistryContext open_registry(TargetContext& target, const char* nothing_message) {
   std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
   RegistryContext ctx;
@@ -93,7 +96,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
       target.release();  // write tracking is on: never hold the target between inspections
       break;
     }
-    target.session().resume_all();
+    target.session().resume_all_except(borrower);
     if (Clock::now() >= target.deadline()) {
       throw Error(ErrorCode::kUnsafeToPatch, "cannot start the rollback: " + busy + "; target unchanged");
     }
@@ -163,7 +166,7 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
   PatchRecordView record = ctx.registry.patches.back();
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
-    return finish_update(pid, options);  // a rollback already under way: see it through
+    return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
   }
   std::optional<PatchDescription> patch = read_recorded_patch(record);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
@@ -191,8 +194,7 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
 }
 
 PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
-  auto started = Clock::now();
-  TargetContext target(pid, options.symbols, started + options.timeout);
+  TargetContext target(pid, options.symbols, Clock::now() + options.timeout);
   RegistryContext ctx = open_registry(target, "has no Polus update in flight");
   auto syncing = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
@@ -200,6 +202,12 @@ PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
     throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no Polus update in flight");
   }
   PatchRecordView record = *syncing;
+  return finish_in(target, ctx, record, options);
+}
+
+namespace {
+
+PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options) {
   std::optional<PatchDescription> patch = read_recorded_patch(record);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "the file of patch " + std::string(record.header.name) + " (" +
@@ -221,5 +229,7 @@ PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
   }
   return info;
 }
+
+}  // namespace
 
 }  // namespace polus

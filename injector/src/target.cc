@@ -1,6 +1,10 @@
 #include "polus/target.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <sys/syscall.h>
 
 #include <signal.h>
@@ -52,8 +56,33 @@ bool has_pending_fault(pid_t pid, pid_t tid) {
 
 }  // namespace
 
+OperationLock::OperationLock(pid_t pid, Clock::time_point deadline) {
+  std::string dir = "/run/polus";
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) dir = "/tmp";
+  std::string path = dir + "/polus-" + std::to_string(pid) + ".lock";
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd_ < 0) {
+    spdlog::warn("cannot open {}: {}; going on without the operation lock", path, std::strerror(errno));
+    return;
+  }
+  while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) break;
+    if (Clock::now() >= deadline) {
+      ::close(fd_);
+      fd_ = -1;
+      throw Error(ErrorCode::kTimeout, "another Polus operation on process " + std::to_string(pid) +
+                                           " (polusctl or polusd) is in progress; try again when it ends");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+OperationLock::~OperationLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing drops the flock
+}
+
 TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
-    : pid_(pid), deadline_(deadline), symbol_options_(options), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
+    : pid_(pid), deadline_(deadline), lock_(pid, deadline), symbol_options_(options), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
 
 void TargetContext::reload_symbols() {
   symbols_ = ProcessSymbols::load(pid_, symbol_options_);
@@ -113,7 +142,13 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
     // signal-driven or event-loop target needs most.
     std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
     for (pid_t tid : tids) {
-      if (!session_->stop_thread(tid, step_deadline())) continue;
+      try {
+        if (!session_->stop_thread(tid, Clock::now() + std::chrono::milliseconds(200))) continue;
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::kTimeout) throw;
+        last_reason = "thread " + std::to_string(tid) + " did not stop (uninterruptible sleep?)";
+        continue;  // try the others; it stops (and is let go) whenever it can
+      }
       const ThreadState& state = session_->thread(tid);
       // A thread stopped with a signal of its own gets it now rather than after our code ran:
       // a fault signal handled late could meet a handler that changed meanwhile.

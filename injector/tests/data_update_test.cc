@@ -59,14 +59,14 @@ TEST_CASE("a data update applied while eight threads run foo loses no increment"
   std::this_thread::sleep_for(200ms);  // new code runs for a while
 
   auto [report, counts] = quiesced_figures(target);
-  CHECK(report["version"] == 1);
+  CHECK(report.at("version") == 1);
   // Every increment, made by old code before and during the update or by new code after,
   // is in ab_v1.a.i; j counts only the calls new code made.
-  CHECK(report["i"] == counts["calls"]);
-  CHECK(report["j"] == report["v1_calls"]);
-  CHECK(counts["v0_calls"] + report["v1_calls"] == counts["calls"]);
-  CHECK(report["v1_calls"] > 0);
-  CHECK(counts["violations"] == 0);
+  CHECK(report.at("i") == counts.at("calls"));
+  CHECK(report.at("j") == report.at("v1_calls"));
+  CHECK(counts.at("v0_calls") + report.at("v1_calls") == counts.at("calls"));
+  CHECK(report.at("v1_calls") > 0);
+  CHECK(counts.at("violations") == 0);
 
   auto status = polus::read_status(target.pid());
   REQUIRE(status.patches.size() == 1);
@@ -84,16 +84,16 @@ TEST_CASE("rolling a data update back runs the sync functions in reverse", "[dat
   std::this_thread::sleep_for(200ms);
 
   auto [report, counts] = quiesced_figures(target);
-  CHECK(report["version"] == 0);
-  CHECK(report["i"] == counts["calls"]);  // the increments new code made came back to ab
-  CHECK(counts["violations"] == 0);
+  CHECK(report.at("version") == 0);
+  CHECK(report.at("i") == counts.at("calls"));  // the increments new code made came back to ab
+  CHECK(counts.at("violations") == 0);
   CHECK(polus::read_status(target.pid()).patches.empty());
 
   // And forward again: new data starts from the old state.
   REQUIRE(polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options()).state == "committed");
   auto [report2, counts2] = quiesced_figures(target);
-  CHECK(report2["version"] == 1);
-  CHECK(report2["i"] == counts2["calls"]);
+  CHECK(report2.at("version") == 1);
+  CHECK(report2.at("i") == counts2.at("calls"));
 }
 
 TEST_CASE("a thread looping in an old function holds the update open, visibly, until it leaves",
@@ -142,11 +142,11 @@ TEST_CASE("a thread looping in an old function holds the update open, visibly, u
   CHECK_FALSE(polus::read_status(target.pid()).sync_active);
 
   auto [report, counts] = quiesced_figures(target);
-  CHECK(report["version"] == 1);
-  CHECK(report["i"] == counts["calls"]);        // no increment lost on either side
-  CHECK(report["b"] == counts["hold_writes"]);  // nor any of old code's writes
-  CHECK(report["j"] == report["v1_calls"]);
-  CHECK(counts["violations"] == 0);
+  CHECK(report.at("version") == 1);
+  CHECK(report.at("i") == counts.at("calls"));        // no increment lost on either side
+  CHECK(report.at("b") == counts.at("hold_writes"));  // nor any of old code's writes
+  CHECK(report.at("j") == report.at("v1_calls"));
+  CHECK(counts.at("violations") == 0);
   CHECK(target.ask("probe").rfind("probe ok", 0) == 0);  // its own handler is back on its own
 }
 
@@ -160,18 +160,18 @@ TEST_CASE("heap data of a changed type is converted by a pre-update callback and
   std::this_thread::sleep_for(200ms);
   REQUIRE(target.ask("pause") == "PAUSED");
   auto after_apply = fields(target.ask("total"));
-  auto bumps = fields(target.ask("counts"))["bumps"];
+  auto bumps = fields(target.ask("counts")).at("bumps");
   REQUIRE(target.ask("resume") == "RESUMED");
-  CHECK(after_apply["version"] == 1);
-  CHECK(after_apply["items"] == 16);
-  CHECK(after_apply["total"] == bumps);  // every bump, before, during and after, is counted
+  CHECK(after_apply.at("version") == 1);
+  CHECK(after_apply.at("items") == 16);
+  CHECK(after_apply.at("total") == bumps);  // every bump, before, during and after, is counted
 
   auto back = polus::rollback_patch(target.pid(), options());
   CHECK(back.state == "rolled-back");
   std::this_thread::sleep_for(200ms);
   REQUIRE(target.ask("pause") == "PAUSED");
   auto after_rollback = fields(target.ask("total"));
-  auto bumps2 = fields(target.ask("counts"))["bumps"];
-  CHECK(after_rollback["version"] == 0);
-  CHECK(after_rollback["total"] == bumps2);
+  auto bumps2 = fields(target.ask("counts")).at("bumps");
+  CHECK(after_rollback.at("version") == 0);
+  CHECK(after_rollback.at("total") == bumps2);
 }

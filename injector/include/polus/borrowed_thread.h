@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <vector>
 
 #include "polus/process_memory.h"
 #include "polus/ptrace_session.h"
@@ -56,6 +57,7 @@ class BorrowedThread {
   pid_t tid_;
   RemoteAddr syscall_instruction_;
   user_regs_struct saved_{};
+  std::vector<uint8_t> saved_xstate_;  // NT_X86_XSTATE: x87, SSE, AVX, AVX-512 and MXCSR
   bool pass_faults_ = false;
 };
 

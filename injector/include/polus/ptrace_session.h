@@ -76,6 +76,9 @@ class PtraceSession {
   /// Lets every held thread run again.
   void resume_all();
 
+  /// Lets every held thread but `keep` run again (a borrowed thread stays ours, checked).
+  void resume_all_except(pid_t keep);
+
   /// Registers read/written only while the thread is stopped.
   user_regs_struct get_regs(pid_t tid) const;
   void set_regs(pid_t tid, const user_regs_struct& regs);

@@ -23,6 +23,21 @@ inline constexpr uint64_t kArenaScratchBytes = 4096;  // int3 return trap + stri
 inline constexpr uint64_t kArenaStringOffset = 64;
 inline constexpr uint64_t kTrampolineSlotSize = 16;
 
+/// One Polus operation at a time per target: polusd's rounds, polusctl commands and tests
+/// all take an flock(2) on /run/polus/PID.lock (released by the kernel if we die). ptrace
+/// alone does not serialize them, since the sync phase detaches between inspections.
+class OperationLock {
+ public:
+  /// Waits until `deadline` for the lock; throws Error(kTimeout) naming the holder's kind.
+  OperationLock(pid_t pid, Clock::time_point deadline);
+  ~OperationLock();
+  OperationLock(const OperationLock&) = delete;
+  OperationLock& operator=(const OperationLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 class TargetContext {
  public:
   /// Reads the target's symbols (no ptrace yet). Throws kNoSuchProcess.
@@ -87,6 +102,7 @@ class TargetContext {
 
   pid_t pid_;
   Clock::time_point deadline_;
+  OperationLock lock_;
   SymbolOptions symbol_options_;
   ProcessSymbols symbols_;
   ProcMemory memory_;
