@@ -1053,6 +1053,10 @@ POLUS_EXPORT uint64_t polus_agent_sync_reserve(uint32_t capacity) {
     } else if (ensure_aux(REG.sync.item_capacity) < 0) {
         goto out;
     }
+    /* Open /proc/self/mem and map the out-of-line page now, while the target runs, so
+     * sync_begin (called with every thread stopped) has less to do. */
+    (void)mem_fd();
+    (void)xol_ensure();
     result = REG.sync.items;
 out:
     lock_release();

@@ -429,8 +429,12 @@ class Applier {
                                                  std::to_string(refused) + "); the target is unchanged");
     }
     if (has_data_) {
+      auto start = Clock::now();
       initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+      uint64_t init_ns = elapsed_ns(start);
       begin_sync(thread, *agent_, target_.trap());
+      spdlog::debug("in the pause: sync functions {} us, write tracking started {} us", init_ns / 1000,
+                    (elapsed_ns(start) - init_ns) / 1000);
     }
   }
 
