@@ -46,6 +46,15 @@ pid_t tracer_of(pid_t pid) {
   return 0;
 }
 
+pid_t tracer_of_task(pid_t pid, pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("TracerPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(10)));
+  }
+  return 0;
+}
+
 std::string process_name(pid_t pid) {
   std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
   std::string name;
@@ -56,6 +65,17 @@ std::string process_name(pid_t pid) {
 /// A zombie (or dying) process: state Z or X in /proc/PID/stat. ptrace refuses it with EPERM.
 bool has_exited(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
+  char state = text[paren + 2];
+  return state == 'Z' || state == 'X';
+}
+
+/// A thread gone or dying (state Z/X, or no /proc entry any more).
+bool thread_exiting(pid_t pid, pid_t tid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
+  if (!stat) return true;
   std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   auto paren = text.rfind(')');
   if (paren == std::string::npos || paren + 2 >= text.size()) return true;
@@ -163,6 +183,13 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   int err = errno;
   if (err == ESRCH && !first) return;  // the thread exited between listing and seizing
   if (err == ESRCH) throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " does not exist");
+  // A thread that is exiting refuses to be seized with EPERM (kernel/ptrace.c): skip it.
+  if (err == EPERM && !first && thread_exiting(pid_, tid)) return;
+  // Born from a thread we already hold: PTRACE_O_TRACECLONE attached it to us already.
+  if (err == EPERM && !first && tracer_of_task(pid_, tid) == ::getpid()) {
+    threads_[tid].tid = tid;
+    return;
+  }
   if (err == EPERM && has_exited(pid_)) {
     throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " has exited (its parent has not reaped it yet)");
   }

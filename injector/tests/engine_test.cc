@@ -365,8 +365,8 @@ TEST_CASE("a target that dies during apply gives a clear error, not a hang", "[e
       kill(server.pid(), SIGKILL);
     });
     try {
-      // The apply won the race: it must then have been a complete one.
-      CHECK(polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options()).state == "committed");
+      auto info = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+      CHECK(info.state == "committed");  // the apply won the race: then it was a complete one
     } catch (const Error& e) {
       INFO(e.what());
       CHECK((e.code() == ErrorCode::kTargetDied || e.code() == ErrorCode::kNoSuchProcess));
