@@ -165,9 +165,15 @@ PtraceSession PtraceSession::seize(pid_t pid) {
     if (tids.empty() && session.threads_.empty()) {
       throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid) + " does not exist; check the pid");
     }
+    // The leader first: only its failure means the process is gone (other tids come and
+    // go, and after pid wrap-around may sort before it).
+    if (session.threads_.empty()) {
+      session.seize_thread(pid, true);
+      added = true;
+    }
     for (pid_t tid : tids) {
       if (session.threads_.count(tid)) continue;
-      session.seize_thread(tid, session.threads_.empty());
+      session.seize_thread(tid, false);
       added = true;
     }
   }
