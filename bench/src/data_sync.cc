@@ -1,41 +1,147 @@
 // Disruption during a data update: throughput while the sync phase is active, as a fraction
-// of steady state, and the cost of one tracked write.
+// of steady state (D1), and the cost of one tracked write (D2).
 //
-// NOT MEASURED YET: data sync is issue 3, and these rows stay "pending" until the measurement
-// below is written. Every run offers the engine a patch with a data item
-// (greeter-data-probe.so) and reports what it said — refused (code-only engine) or applied —
-// so the report shows when the rows can be filled in. It never invents numbers.
-//
-// When data sync lands, fill in run_data_sync() and set `measured`:
-//   - throughput_fraction: run LoadClient against a greeter (as throughput.cc does), measure a
-//     steady phase, apply greeter-data-probe.so and measure while `polusctl status --json`
-//     reports the patch's state as "syncing"; add (syncing rps / steady rps) per cycle.
-//   - tracked_write_us: give bench_target a tracked global and a WRITE <n> command that times
-//     n writes to it (as TIME does for calls); add (tracked - untracked) / n in µs.
-// report.cc prints numbers instead of the pending text as soon as `measured` is true.
+// D1 uses the Fig. 2 counter (test-servers/fig2/counter.c): eight threads increment ab.a.i
+// through bar()/foo() in a tight loop, every increment a write to the changed global. A thread
+// kept in hold() holds the update in `syncing`; the completed-call rate is measured for 1 s
+// before the apply (steady) and for 1 s while syncing, in the same process, then the hold is
+// released and the update finished. This is the worst case: every iteration writes tracked data.
+// D2 runs the agent's own micro-benchmark (agent_sync_test perf) in this run and takes its
+// "tracked write + post_sync, emulated" figure (the write and the sync function's store).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
 #include <spdlog/spdlog.h>
 
-#include "greeter.h"
+#include "polus/engine.h"
 #include "sections.h"
 
 namespace bench {
 
+namespace {
+
+/// The counter target on pipes.
+class Counter {
+ public:
+  Counter() {
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0) throw std::runtime_error("pipe");
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(in[0], 0);
+      dup2(out[1], 1);
+      close(in[1]);
+      close(out[0]);
+      execl(POLUS_BENCH_COUNTER, POLUS_BENCH_COUNTER, nullptr);
+      _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    to_ = fdopen(in[1], "w");
+    from_ = fdopen(out[0], "r");
+    if (line() != "READY") throw std::runtime_error("counter did not start");
+  }
+  ~Counter() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    fclose(to_);
+    fclose(from_);
+  }
+  pid_t pid() const { return pid_; }
+  std::string ask(const std::string& command) {
+    std::fprintf(to_, "%s\n", command.c_str());
+    std::fflush(to_);
+    return line();
+  }
+  long calls() {
+    std::string counts = ask("counts");
+    auto at = counts.find("calls=");
+    return at == std::string::npos ? -1 : std::stol(counts.substr(at + 6));
+  }
+
+ private:
+  std::string line() {
+    char buf[512];
+    if (!std::fgets(buf, sizeof buf, from_)) throw std::runtime_error("counter exited");
+    std::string s(buf);
+    if (!s.empty() && s.back() == '\n') s.pop_back();
+    return s;
+  }
+  pid_t pid_ = -1;
+  FILE* to_ = nullptr;
+  FILE* from_ = nullptr;
+};
+
+double calls_per_second(Counter& counter, double seconds) {
+  long before = counter.calls();
+  auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  long after = counter.calls();
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return (after - before) / elapsed;
+}
+
+/// One D1 sample, or a negative value when the update did not stay in `syncing`.
+double throughput_fraction_once(double seconds) {
+  Counter counter;
+  if (counter.ask("hold") != "HOLDING") return -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  double steady = calls_per_second(counter, seconds);
+  polus::EngineOptions options;
+  options.agent_path = POLUS_BENCH_AGENT;
+  options.sync_timeout = std::chrono::milliseconds(100);
+  polus::PatchInfo info = polus::apply_patch(counter.pid(), POLUS_BENCH_COUNTER_PATCH, options);
+  if (info.state != "syncing") return -1;
+  double syncing = calls_per_second(counter, seconds);
+  counter.ask("release");
+  options.sync_timeout = std::chrono::seconds(10);
+  polus::finish_update(counter.pid(), options);
+  return steady > 0 ? syncing / steady : -1;
+}
+
+/// One D2 sample from the agent's micro-benchmark, or a negative value.
+double tracked_write_once() {
+  FILE* p = popen(POLUS_BENCH_AGENT_TEST " perf 2>&1", "r");
+  if (!p) return -1;
+  double us = -1;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) {
+    const char* tag = std::strstr(buf, "tracked write + post_sync (2 faults");
+    const char* colon = tag ? std::strstr(tag, "emulated:") : nullptr;
+    if (colon) us = std::atof(colon + 9);
+  }
+  pclose(p);
+  return us;
+}
+
+}  // namespace
+
 DataSyncResults run_data_sync(const Config& config) {
   DataSyncResults out;
-  out.pending = "pending — needs data sync (issue 3)";
-  Greeter greeter = Greeter::start(config.paths.greeter, 0, 4);
-  CliOp op = polusctl_apply(config.paths, greeter.pid(), config.paths.patch_dir + "/greeter-data-probe.so");
-  out.engine_accepts = op.ok;
-  if (op.ok) {
-    // The engine accepts data patches now: the measurement above has to be written.
-    out.engine_answer = "applied (state " + op.state + ", pause " + human_ns(static_cast<double>(op.pause_ns)) +
-                        "): the engine takes data patches now, so these rows can be measured — see "
-                        "bench/src/data_sync.cc";
-    spdlog::warn("data sync: the engine applied a data patch; the data-update rows are not measured yet");
-  } else {
-    out.engine_answer = "refused: " + op.error;
+  out.pending = "not measured (see the notes)";
+  const int samples = config.quick ? 2 : 5;
+  const double seconds = config.quick ? 0.5 : 1.0;
+  try {
+    for (int i = 0; i < samples; ++i) {
+      double fraction = throughput_fraction_once(seconds);
+      if (fraction >= 0) out.throughput_fraction.add(fraction);
+      double us = tracked_write_once();
+      if (us >= 0) out.tracked_write_us.add(us);
+    }
+    out.engine_accepts = true;
+    out.engine_answer = "applied counter-v0-v1.so (Fig. 2) and held it syncing";
+  } catch (const std::exception& e) {
+    out.engine_answer = std::string("data update failed: ") + e.what();
+    spdlog::warn("data sync: {}", e.what());
   }
-  greeter.stop();
+  out.measured = !out.throughput_fraction.empty() && !out.tracked_write_us.empty();
   return out;
 }
 
