@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "polus/error.h"
@@ -16,6 +18,7 @@ namespace polus {
 
 void ProcessMemory::read_bytes(RemoteAddr address, void* buffer, size_t size) {
   size_t done = read_bytes_fallible(address, buffer, size);
+  if (done != size && target_gone()) throw Error(ErrorCode::kTargetDied, "the target exited during the operation");
   if (done != size) {
     throw Error(ErrorCode::kInternal, "cannot read " + std::to_string(size) + " bytes of the target at " +
                                           hex(address.address()) + " (only " + std::to_string(done) +
@@ -25,6 +28,7 @@ void ProcessMemory::read_bytes(RemoteAddr address, void* buffer, size_t size) {
 
 void ProcessMemory::write_bytes(RemoteAddr address, const void* buffer, size_t size) {
   size_t done = write_bytes_fallible(address, buffer, size);
+  if (done != size && target_gone()) throw Error(ErrorCode::kTargetDied, "the target exited during the operation");
   if (done != size) {
     throw Error(ErrorCode::kInternal, "cannot write " + std::to_string(size) + " bytes of the target at " +
                                           hex(address.address()) + " (only " + std::to_string(done) +
@@ -70,6 +74,15 @@ ProcMemory::ProcMemory(pid_t pid) : pid_(pid) {
     }
     throw_errno("cannot open " + path, err);
   }
+}
+
+bool ProcMemory::target_gone() const {
+  // Gone, or a zombie whose memory is already released (state Z or X in /proc/PID/stat).
+  std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
+  return text[paren + 2] == 'Z' || text[paren + 2] == 'X';
 }
 
 ProcMemory::~ProcMemory() {

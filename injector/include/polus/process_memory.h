@@ -44,6 +44,9 @@ class ProcessMemory {
   void write(RemotePtr<T> address, const T& value) {
     write_bytes(address, &value, sizeof(T));
   }
+  /// Whether the process behind this memory is gone (a failed access then means that).
+  virtual bool target_gone() const { return false; }
+
   /// A NUL-terminated string of at most `max_length` bytes (truncated, never throws on length).
   std::string read_c_string(RemoteAddr address, size_t max_length = 4096);
 };
@@ -59,6 +62,7 @@ class ProcMemory final : public ProcessMemory {
 
   size_t read_bytes_fallible(RemoteAddr address, void* buffer, size_t size) override;
   size_t write_bytes_fallible(RemoteAddr address, const void* buffer, size_t size) override;
+  bool target_gone() const override;
 
  private:
   size_t peek_fallible(RemoteAddr address, void* buffer, size_t size);
