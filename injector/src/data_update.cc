@@ -1,5 +1,7 @@
 #include "data_update.h"
 
+#include "engine_internal.h"
+
 #include <algorithm>
 #include <set>
 #include <thread>
@@ -205,10 +207,6 @@ Inspection inspect_stacks(TargetContext& target, Unwinder& unwinder, const std::
     }
   }
   return result;
-}
-
-uint64_t elapsed_ns(Clock::time_point since) {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
 }
 
 void write_progress(ProcessMemory& memory, const PatchRecordView& record) {

@@ -1,5 +1,8 @@
 #include "polus/process_maps.h"
 
+#include <fstream>
+#include <iterator>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -206,6 +209,16 @@ std::optional<uint64_t> find_free_range_near(const std::vector<MappedRegion>& ma
   }
   if (cursor < kUserSpaceEnd) consider(cursor, kUserSpaceEnd + kPageSize);
   return best;
+}
+
+bool task_exited(pid_t pid, pid_t tid) {
+  std::string path = "/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat";
+  std::ifstream stat(path);
+  if (!stat) return true;
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');  // the command name may contain spaces and parentheses
+  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
+  return text[paren + 2] == 'Z' || text[paren + 2] == 'X';
 }
 
 }  // namespace polus

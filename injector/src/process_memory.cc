@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "polus/error.h"
+#include "polus/process_maps.h"
 #include "polus/format.h"
 
 namespace polus {
@@ -76,14 +77,7 @@ ProcMemory::ProcMemory(pid_t pid) : pid_(pid) {
   }
 }
 
-bool ProcMemory::target_gone() const {
-  // Gone, or a zombie whose memory is already released (state Z or X in /proc/PID/stat).
-  std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  return text[paren + 2] == 'Z' || text[paren + 2] == 'X';
-}
+bool ProcMemory::target_gone() const { return task_exited(pid_); }
 
 ProcMemory::~ProcMemory() {
   if (fd_ >= 0) ::close(fd_);
@@ -161,34 +155,32 @@ size_t ProcMemory::poke_fallible(RemoteAddr address, const void* buffer, size_t 
   return done;
 }
 
-size_t FakeMemory::read_bytes_fallible(RemoteAddr address, void* buffer, size_t size) {
+size_t FakeMemory::copy_fallible(uint64_t address, size_t size,
+                                 const std::function<void(uint8_t* region_bytes, size_t done, size_t take)>& copy) {
   size_t done = 0;
   while (done < size) {
-    uint64_t at = address.address() + done;
+    uint64_t at = address + done;
     auto it = regions_.upper_bound(at);
     if (it == regions_.begin()) break;
     --it;
     if (at >= it->first + it->second.size()) break;
     size_t take = std::min(size - done, static_cast<size_t>(it->first + it->second.size() - at));
-    std::memcpy(static_cast<char*>(buffer) + done, it->second.data() + (at - it->first), take);
+    copy(it->second.data() + (at - it->first), done, take);
     done += take;
   }
   return done;
 }
 
+size_t FakeMemory::read_bytes_fallible(RemoteAddr address, void* buffer, size_t size) {
+  return copy_fallible(address.address(), size, [&](uint8_t* region, size_t done, size_t take) {
+    std::memcpy(static_cast<char*>(buffer) + done, region, take);
+  });
+}
+
 size_t FakeMemory::write_bytes_fallible(RemoteAddr address, const void* buffer, size_t size) {
-  size_t done = 0;
-  while (done < size) {
-    uint64_t at = address.address() + done;
-    auto it = regions_.upper_bound(at);
-    if (it == regions_.begin()) break;
-    --it;
-    if (at >= it->first + it->second.size()) break;
-    size_t take = std::min(size - done, static_cast<size_t>(it->first + it->second.size() - at));
-    std::memcpy(it->second.data() + (at - it->first), static_cast<const char*>(buffer) + done, take);
-    done += take;
-  }
-  return done;
+  return copy_fallible(address.address(), size, [&](uint8_t* region, size_t done, size_t take) {
+    std::memcpy(region, static_cast<const char*>(buffer) + done, take);
+  });
 }
 
 }  // namespace polus

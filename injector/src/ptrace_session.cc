@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "polus/error.h"
+#include "polus/process_maps.h"
 
 namespace polus {
 
@@ -60,27 +61,6 @@ std::string process_name(pid_t pid) {
   std::string name;
   std::getline(comm, name);
   return name.empty() ? "?" : name;
-}
-
-/// A zombie (or dying) process: state Z or X in /proc/PID/stat. ptrace refuses it with EPERM.
-bool has_exited(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  char state = text[paren + 2];
-  return state == 'Z' || state == 'X';
-}
-
-/// A thread gone or dying (state Z/X, or no /proc entry any more).
-bool thread_exiting(pid_t pid, pid_t tid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
-  if (!stat) return true;
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  char state = text[paren + 2];
-  return state == 'Z' || state == 'X';
 }
 
 bool is_job_control_stop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
@@ -190,13 +170,13 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   if (err == ESRCH && !first) return;  // the thread exited between listing and seizing
   if (err == ESRCH) throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " does not exist");
   // A thread that is exiting refuses to be seized with EPERM (kernel/ptrace.c): skip it.
-  if (err == EPERM && !first && thread_exiting(pid_, tid)) return;
+  if (err == EPERM && !first && task_exited(pid_, tid)) return;
   // Born from a thread we already hold: PTRACE_O_TRACECLONE attached it to us already.
   if (err == EPERM && !first && tracer_of_task(pid_, tid) == ::getpid()) {
     threads_[tid].tid = tid;
     return;
   }
-  if (err == EPERM && has_exited(pid_)) {
+  if (err == EPERM && task_exited(pid_)) {
     throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " has exited (its parent has not reaped it yet)");
   }
   if (err == EPERM) {

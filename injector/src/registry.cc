@@ -3,16 +3,12 @@
 #include <string>
 
 #include "polus/error.h"
+#include "polus/format.h"
 #include "polus/symbols.h"
 
 namespace polus {
 
 namespace {
-std::string basename_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 uint64_t symbol_value_or_zero(const LoadedObject& object, const char* name) {
   for (const Symbol& s : object.symbols) {
     if (s.name == name && s.is_global) return s.address.address();

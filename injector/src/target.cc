@@ -24,11 +24,6 @@ namespace polus {
 
 namespace {
 
-std::string basename_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 
 // Entry points that take locks dlopen also needs (the malloc arenas, the loader's lock,
 // fork's atfork lock). A thread stopped anywhere below them must not be made to dlopen.

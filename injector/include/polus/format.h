@@ -14,4 +14,10 @@ inline std::string hex(uint64_t value) {
   return buf;
 }
 
+/// The file name of a path: "libc.so.6" for "/usr/lib/x86_64-linux-gnu/libc.so.6".
+inline std::string basename_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 }  // namespace polus

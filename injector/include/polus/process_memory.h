@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -79,6 +80,9 @@ class FakeMemory final : public ProcessMemory {
   size_t write_bytes_fallible(RemoteAddr address, const void* buffer, size_t size) override;
 
  private:
+  /// Walks the mapped ranges covering [address, address + size), calling `copy` per piece.
+  size_t copy_fallible(uint64_t address, size_t size,
+                       const std::function<void(uint8_t* region_bytes, size_t done, size_t take)>& copy);
   std::map<uint64_t, std::vector<uint8_t>> regions_;
 };
 
