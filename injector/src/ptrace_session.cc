@@ -7,11 +7,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <functional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -482,6 +484,7 @@ void PtraceSession::detach_where(const std::function<bool(pid_t)>& which) noexce
       if (all) break;
       wait_event(deadline);
     }
+    std::vector<pid_t> not_in_a_stop;
     for (auto it = threads_.begin(); it != threads_.end();) {
       auto& [tid, t] = *it;
       if (!which(tid)) {
@@ -499,16 +502,60 @@ void PtraceSession::detach_where(const std::function<bool(pid_t)>& which) noexce
         }
       }
       // A detach from a stop other than signal-delivery-stop ignores the signal: raise it.
-      if (::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0 &&
-          errno != ESRCH) {
-        spdlog::warn("cannot detach from thread {}: {}", tid, std::strerror(errno));
+      if (::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+        if (errno == ESRCH) {
+          not_in_a_stop.push_back(tid);  // dying (SIGKILL woke it from the stop) or already dead
+        } else {
+          spdlog::warn("cannot detach from thread {}: {}", tid, std::strerror(errno));
+        }
       }
       for (const siginfo_t& info : rest) tgkill(pid_, tid, info.si_signo);
       it = threads_.erase(it);
     }
+    reap_dying_tracees(not_in_a_stop, Clock::now() + std::chrono::seconds(1));
   } catch (...) {
     // Destructors must not throw; the kernel detaches every tracee when we exit anyway.
   }
+}
+
+void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_point deadline) noexcept {
+  // A traced thread that dies stays a zombie until its tracer reaps it; and the kernel reports
+  // the thread-group leader to its parent only once every other thread is released
+  // (kernel/exit.c: delay_group_leader, release_task). Forgetting a dead tracee would leave the
+  // target's real parent (systemd, a shell) waiting forever while we live, as polusd does. The
+  // tracer's wait on a zombie that is not its own child hands it back to the real parent
+  // (wait_task_zombie -> ptrace_unlink), so reaping here takes nothing from the parent. Only
+  // when we are the leader's parent ourselves is the leader left for our own child handling.
+  auto own_child = [this](pid_t tid) {
+    if (tid != pid_) return false;
+    std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    auto paren = text.rfind(')');
+    if (paren == std::string::npos) return false;
+    char state = 0;
+    pid_t ppid = 0;
+    std::istringstream(text.substr(paren + 1)) >> state >> ppid;
+    return ppid == ::getpid();
+  };
+  // The leader last: it becomes reportable only after the others are gone.
+  std::stable_partition(tids.begin(), tids.end(), [this](pid_t tid) { return tid != pid_; });
+  std::erase_if(tids, own_child);
+  auto backoff = std::chrono::microseconds(20);
+  while (!tids.empty()) {
+    std::erase_if(tids, [this](pid_t tid) {
+      int status = 0;
+      pid_t got = ::waitpid(tid, &status, __WALL | WNOHANG);
+      if (got < 0) return true;  // ECHILD: not ours any more
+      if (got == 0) return false;  // still on its way out: a SIGKILL woke it from the stop
+      if (WIFEXITED(status) || WIFSIGNALED(status)) return true;
+      // A stop after all (e.g. it was only running): detach now.
+      return ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0;
+    });
+    if (tids.empty() || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::microseconds(2000));
+  }
+  for (pid_t tid : tids) spdlog::warn("thread {} of process {} exited but could not be reaped in time", tid, pid_);
 }
 
 }  // namespace polus

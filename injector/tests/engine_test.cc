@@ -18,6 +18,7 @@
 #include "greeter_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
+#include "polus/ptrace_session.h"
 
 using namespace std::chrono_literals;
 using polus::Error;
@@ -77,6 +78,25 @@ void check_untouched(GreeterProcess& server) {
   CHECK_FALSE(maps_mention(server.pid(), "libpolus-agent.so"));
   CHECK(polus::read_status(server.pid()).patches.empty());
 }
+
+std::vector<pid_t> thread_ids(pid_t pid) {
+  std::vector<pid_t> tids;
+  for (auto& e : std::filesystem::directory_iterator(proc(pid, "task"))) tids.push_back(std::stoi(e.path().filename()));
+  return tids;
+}
+
+/// The killed server's parent (this test) can reap it promptly. If not, the threads Polus left
+/// as traced zombies are reaped here so the failure is reported instead of hanging the suite.
+#define CHECK_REAPED(server, tids)                                              \
+  do {                                                                          \
+    bool reaped = (server).wait_exit(3000ms).has_value();                       \
+    CHECK(reaped);                                                              \
+    if (!reaped) {                                                              \
+      for (pid_t tid : (tids)) {                                                \
+        if (tid != (server).pid()) ::waitpid(tid, nullptr, __WALL | WNOHANG);   \
+      }                                                                         \
+    }                                                                           \
+  } while (0)
 
 }  // namespace
 
@@ -360,8 +380,11 @@ TEST_CASE("bad input is refused precisely and the target is left as it was", "[e
 }
 
 TEST_CASE("a target that dies during apply gives a clear error, not a hang", "[engine][live][errors]") {
-  for (int delay_us : {0, 500, 2000, 5000}) {
+  // Kill times from before the seize to after the detach (an apply takes ~5-10 ms here), so
+  // some land while the threads are held, being detached, or already let go.
+  for (int delay_us = 0; delay_us <= 12000; delay_us += 400) {
     auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+    std::vector<pid_t> tids = thread_ids(server.pid());
     std::thread killer([&] {
       std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
       kill(server.pid(), SIGKILL);
@@ -374,7 +397,26 @@ TEST_CASE("a target that dies during apply gives a clear error, not a hang", "[e
       CHECK((e.code() == ErrorCode::kTargetDied || e.code() == ErrorCode::kNoSuchProcess));
     }
     killer.join();
+    CHECK_REAPED(server, tids);
   }
+}
+
+TEST_CASE("a target killed while Polus holds it can be reaped by its parent at once", "[engine][live][errors]") {
+  // Threads of a traced process that die stay zombies until their tracer reaps them, and the
+  // thread-group leader is not reported to its parent before the other threads are gone
+  // (kernel/exit.c, delay_group_leader). A session that merely forgot its dead threads would
+  // leave the target's parent (systemd, a shell, this test) waiting forever.
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  std::vector<pid_t> tids;
+  {
+    auto session = polus::PtraceSession::seize(server.pid());
+    session.stop_all(polus::Clock::now() + 5s);
+    tids = session.thread_ids();
+    REQUIRE(tids.size() >= 5);
+    kill(server.pid(), SIGKILL);
+    std::this_thread::sleep_for(50ms);  // every thread is a zombie by now
+  }
+  CHECK_REAPED(server, tids);
 }
 
 TEST_CASE("a target living in malloc, dlopen and thread creation is patched without deadlock", "[engine][live]") {

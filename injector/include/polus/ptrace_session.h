@@ -109,6 +109,9 @@ class PtraceSession {
   void continue_thread(pid_t tid, int signal);
   void detach_all() noexcept { detach_where([](pid_t) { return true; }); }
   void detach_where(const std::function<bool(pid_t)>& which) noexcept;
+  /// Waits for threads that could not be detached because they were dying, so the kernel can
+  /// release them (and report the process to its parent); gives up at `deadline`.
+  void reap_dying_tracees(std::vector<pid_t> tids, Clock::time_point deadline) noexcept;
 
   pid_t pid_;
   std::map<pid_t, ThreadState> threads_;
