@@ -81,7 +81,9 @@ struct GridResults {
   std::vector<GridCell> cells;
   OpSamples first_apply;   // fresh target (agent loaded by this apply), headline cell
   Samples status_cli_ms;   // polusctl status --json on the headline target: the CLI floor
-  Samples symbols_ms;      // ProcessSymbols::load of the headline target, in a fresh process
+  Samples symbols_ms;      // the symbols an apply reads (headers, the executable's table, libc
+                           // exports) of the headline target, in a fresh process
+  Samples all_tables_ms;   // reading every object's table besides (the cost before lazy tables)
   Samples patch_file_ms;   // read_patch_file of the headline patch, in a fresh process
   size_t symbol_count = 0;
   std::string biggest_symbol_source;  // e.g. "libc.so.6: 8099 symbols from /usr/lib/debug/..."

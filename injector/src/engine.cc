@@ -74,7 +74,7 @@ uint64_t next_symbol_after(const ProcessSymbols& symbols, const Symbol& symbol) 
   uint64_t next = 0;
   for (const LoadedObject& object : symbols.objects()) {
     if (object.path != symbol.object_path) continue;
-    for (const Symbol& s : object.symbols) {
+    for (const Symbol& s : symbols.symbols_of(object)) {
       uint64_t a = s.address.address();
       if (a > symbol.address.address() && (next == 0 || a < next)) next = a;
     }

@@ -9,21 +9,21 @@
 namespace polus {
 
 namespace {
-uint64_t symbol_value_or_zero(const LoadedObject& object, const char* name) {
+uint64_t symbol_value_or_zero(const ElfObjectFile& object, const char* name) {
   for (const Symbol& s : object.symbols) {
     if (s.name == name && s.is_global) return s.address.address();
   }
   return 0;
 }
 
-uint64_t symbol_value(const LoadedObject& object, const char* name) {
+uint64_t symbol_value(const ElfObjectFile& object, const char* name) {
   if (uint64_t value = symbol_value_or_zero(object, name)) return value;
   throw Error(ErrorCode::kInternal, object.path + " lacks '" + name + "': not a Polus agent of this version");
 }
 }  // namespace
 
 AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
-  LoadedObject object = read_elf_object(path);
+  ElfObjectFile object = read_elf_object(path);
   AgentLocation agent;
   agent.path = path;
   agent.load_bias = load_bias;

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gelf.h>
-#include <libelf.h>
 #include <limits.h>
 #include <link.h>
 #include <sys/stat.h>
@@ -18,6 +17,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "elf_reader.h"
 #include "polus/error.h"
 
 namespace polus {
@@ -45,228 +45,6 @@ std::string strip_deleted(std::string path) {
     path.resize(path.size() - kDeleted.size());
   }
   return path;
-}
-
-// ---------------------------------------------------------------------------------------
-// Reading ELF files.
-
-/// An open file descriptor plus its libelf handle, released together.
-class ElfFile {
- public:
-  /// Takes ownership of `fd`. Throws Error if the file is not ELF.
-  ElfFile(int fd, const std::string& path) : fd_(fd) {
-    static const bool initialised = elf_version(EV_CURRENT) != EV_NONE;
-    if (!initialised) {
-      ::close(fd_);
-      throw Error(ErrorCode::kInternal, "libelf is unusable (elf_version failed): reinstall libelf");
-    }
-    elf_ = elf_begin(fd_, ELF_C_READ_MMAP, nullptr);
-    if (!elf_ || elf_kind(elf_) != ELF_K_ELF) {
-      const char* why = elf_ ? "not an ELF file" : elf_errmsg(-1);
-      if (elf_) elf_end(elf_);
-      ::close(fd_);
-      throw Error(ErrorCode::kInternal, "cannot read " + path + " as ELF: " + why);
-    }
-  }
-  ElfFile(const ElfFile&) = delete;
-  ElfFile& operator=(const ElfFile&) = delete;
-  ~ElfFile() {
-    elf_end(elf_);
-    ::close(fd_);
-  }
-
-  Elf* get() const { return elf_; }
-
- private:
-  int fd_;
-  Elf* elf_ = nullptr;
-};
-
-int open_or_throw(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_errno("cannot open " + path, errno);
-  return fd;
-}
-
-/// A PT_LOAD segment's file offset and link-time address (what the load bias is computed from).
-struct LoadSegment {
-  uint64_t offset = 0;
-  uint64_t vaddr = 0;
-};
-
-/// What Polus needs from one ELF file beyond the public LoadedObject.
-struct ElfInfo {
-  LoadedObject object;  // symbols at link-time addresses
-  std::vector<LoadSegment> loads;
-  uint64_t dynamic_vaddr = 0;  // PT_DYNAMIC, 0 if none (static executable)
-};
-
-std::string build_id_from_notes(Elf_Data* data) {
-  GElf_Nhdr header;
-  size_t offset = 0, name_offset = 0, desc_offset = 0;
-  while (data && (offset = gelf_getnote(data, offset, &header, &name_offset, &desc_offset)) > 0) {
-    const char* base = static_cast<const char*>(data->d_buf);
-    if (header.n_type == NT_GNU_BUILD_ID && header.n_namesz == 4 &&
-        std::memcmp(base + name_offset, "GNU", 4) == 0) {
-      static const char kDigits[] = "0123456789abcdef";
-      std::string id;
-      for (size_t i = 0; i < header.n_descsz; ++i) {
-        auto byte = static_cast<unsigned char>(base[desc_offset + i]);
-        id += kDigits[byte >> 4];
-        id += kDigits[byte & 15];
-      }
-      return id;
-    }
-  }
-  return "";
-}
-
-/// NT_GNU_BUILD_ID, from note sections first: a debug file made by objcopy --only-keep-debug
-/// keeps its note sections but its PT_NOTE segments point at data that is no longer there.
-std::string read_build_id_of(Elf* elf) {
-  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
-    GElf_Shdr shdr;
-    if (!gelf_getshdr(scn, &shdr) || shdr.sh_type != SHT_NOTE) continue;
-    std::string id = build_id_from_notes(elf_getdata(scn, nullptr));
-    if (!id.empty()) return id;
-  }
-  size_t count = 0;
-  if (elf_getphdrnum(elf, &count) != 0) return "";
-  for (size_t i = 0; i < count; ++i) {
-    GElf_Phdr phdr;
-    if (!gelf_getphdr(elf, static_cast<int>(i), &phdr) || phdr.p_type != PT_NOTE) continue;
-    std::string id = build_id_from_notes(elf_getdata_rawchunk(elf, phdr.p_offset, phdr.p_filesz, ELF_T_NHDR));
-    if (!id.empty()) return id;
-  }
-  return "";
-}
-
-void read_program_headers(Elf* elf, ElfInfo& info) {
-  size_t count = 0;
-  if (elf_getphdrnum(elf, &count) != 0) return;
-  for (size_t i = 0; i < count; ++i) {
-    GElf_Phdr phdr;
-    if (!gelf_getphdr(elf, static_cast<int>(i), &phdr)) continue;
-    if (phdr.p_type == PT_LOAD) info.loads.push_back({phdr.p_offset, phdr.p_vaddr});
-    if (phdr.p_type == PT_DYNAMIC) info.dynamic_vaddr = phdr.p_vaddr;
-  }
-}
-
-/// The first section of the given type that has contents (a debug file's NOBITS copies don't).
-Elf_Scn* find_section(Elf* elf, Elf64_Word type) {
-  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
-    GElf_Shdr shdr;
-    if (gelf_getshdr(scn, &shdr) && shdr.sh_type == type && shdr.sh_entsize != 0) return scn;
-  }
-  return nullptr;
-}
-
-/// Symbol versions of a .dynsym: the version index of each entry (SHT_GNU_versym) and the
-/// name of each version the object defines (SHT_GNU_verdef).
-struct SymbolVersions {
-  Elf_Data* versym = nullptr;
-  std::map<unsigned, std::string> names;
-};
-
-SymbolVersions read_symbol_versions(Elf* elf) {
-  SymbolVersions versions;
-  if (Elf_Scn* scn = find_section(elf, SHT_GNU_versym)) versions.versym = elf_getdata(scn, nullptr);
-  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
-    GElf_Shdr shdr;
-    if (!gelf_getshdr(scn, &shdr) || shdr.sh_type != SHT_GNU_verdef) continue;
-    Elf_Data* data = elf_getdata(scn, nullptr);
-    size_t offset = 0;
-    for (size_t n = 0; data && n < shdr.sh_info; ++n) {
-      GElf_Verdef def;
-      GElf_Verdaux aux;
-      if (!gelf_getverdef(data, static_cast<int>(offset), &def) ||
-          !gelf_getverdaux(data, static_cast<int>(offset + def.vd_aux), &aux)) {
-        break;
-      }
-      if (const char* name = elf_strptr(elf, shdr.sh_link, aux.vda_name)) versions.names[def.vd_ndx] = name;
-      if (def.vd_next == 0) break;
-      offset += def.vd_next;
-    }
-  }
-  return versions;
-}
-
-/// The name a patch writes for a symbol. The default version of a versioned symbol is just
-/// "name" (a .symtab spells it "name@@VERSION"); an older, non-default version stays
-/// "name@VERSION" (as .symtab spells it, and as .dynsym marks it with the hidden bit), so
-/// "realpath" means the one programs bind to today, not the compatibility one.
-std::string symbol_name(const char* raw, size_t index, const SymbolVersions* versions) {
-  std::string name = raw;
-  if (size_t at = name.find("@@"); at != std::string::npos) name.resize(at);
-  if (!versions || !versions->versym || name.find('@') != std::string::npos) return name;
-  GElf_Versym version;
-  if (gelf_getversym(versions->versym, static_cast<int>(index), &version) && (version & 0x8000)) {
-    auto it = versions->names.find(version & 0x7fff);
-    if (it != versions->names.end()) name += "@" + it->second;
-  }
-  return name;
-}
-
-/// Appends the functions and data objects of one symbol table to `out`. A (name, address)
-/// already in `seen` (the same symbol in .symtab and .dynsym, or a local alias of a global
-/// that .symtab lists first) is not added twice; the global reading wins.
-void read_symbol_table(Elf* elf, Elf_Scn* scn, const SymbolVersions* versions, std::vector<Symbol>& out,
-                       std::map<std::pair<std::string, uint64_t>, size_t>& seen) {
-  GElf_Shdr shdr;
-  Elf_Data* data = elf_getdata(scn, nullptr);
-  if (!gelf_getshdr(scn, &shdr) || !data || !data->d_buf) return;
-  size_t count = shdr.sh_size / shdr.sh_entsize;
-  std::string current_file;  // the latest STT_FILE: the source of the locals that follow it
-  for (size_t i = 0; i < count; ++i) {
-    GElf_Sym sym;
-    if (!gelf_getsym(data, static_cast<int>(i), &sym)) continue;
-    const char* raw_name = elf_strptr(elf, shdr.sh_link, sym.st_name);
-    int type = GELF_ST_TYPE(sym.st_info);
-    int binding = GELF_ST_BIND(sym.st_info);
-    if (type == STT_FILE) {
-      current_file = raw_name ? raw_name : "";
-      continue;
-    }
-    if (type != STT_FUNC && type != STT_OBJECT && type != STT_GNU_IFUNC) continue;  // STT_TLS too
-    // Undefined symbols live elsewhere; absolute ones are not relocated by the load bias.
-    if (sym.st_shndx == SHN_UNDEF || sym.st_shndx == SHN_ABS || sym.st_value == 0) continue;
-    if (!raw_name || !*raw_name) continue;
-    Symbol symbol;
-    symbol.name = symbol_name(raw_name, i, versions);
-    symbol.is_global = binding == STB_GLOBAL || binding == STB_WEAK || binding == STB_GNU_UNIQUE;
-    if (!symbol.is_global) symbol.source_file = current_file;
-    symbol.address = RemoteAddr(sym.st_value);
-    symbol.size = sym.st_size;
-    symbol.is_function = type != STT_OBJECT;
-    auto [it, added] = seen.emplace(std::make_pair(symbol.name, sym.st_value), out.size());
-    if (added) {
-      out.push_back(std::move(symbol));
-    } else if (symbol.is_global && !out[it->second].is_global) {
-      out[it->second] = std::move(symbol);
-    }
-  }
-}
-
-ElfInfo read_elf_info(int fd, const std::string& path) {
-  ElfFile file(fd, path);
-  Elf* elf = file.get();
-  ElfInfo info;
-  info.object.path = path;
-  info.object.symbols_from = path;
-  info.object.build_id_hex = read_build_id_of(elf);
-  read_program_headers(elf, info);
-
-  std::map<std::pair<std::string, uint64_t>, size_t> seen;
-  Elf_Scn* symtab = find_section(elf, SHT_SYMTAB);
-  if (symtab) read_symbol_table(elf, symtab, nullptr, info.object.symbols, seen);
-  info.object.has_symtab = symtab != nullptr;
-  // .dynsym is a subset of .symtab in practice; reading it too costs little and covers
-  // objects whose .symtab was partially stripped.
-  if (Elf_Scn* dynsym = find_section(elf, SHT_DYNSYM)) {
-    SymbolVersions versions = read_symbol_versions(elf);
-    read_symbol_table(elf, dynsym, &versions, info.object.symbols, seen);
-  }
-  return info;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,15 +108,15 @@ std::string main_executable_path(pid_t pid) {
 /// minus the lowest PT_LOAD address (page-aligned): 0 for a non-PIE executable. Otherwise
 /// match the lowest mapping to the PT_LOAD segment covering its file offset.
 std::optional<uint64_t> compute_load_bias(const std::vector<const MappedRegion*>& regions,
-                                          const std::vector<LoadSegment>& loads) {
+                                          const std::vector<elf::LoadSegment>& loads) {
   if (loads.empty() || regions.empty()) return std::nullopt;
   uint64_t lowest_vaddr = UINT64_MAX;
-  for (const LoadSegment& load : loads) lowest_vaddr = std::min(lowest_vaddr, load.vaddr);
+  for (const elf::LoadSegment& load : loads) lowest_vaddr = std::min(lowest_vaddr, load.vaddr);
   for (const MappedRegion* region : regions) {
     if (region->file_offset == 0) return region->start - page_down(lowest_vaddr);
   }
   const MappedRegion* first = regions.front();
-  for (const LoadSegment& load : loads) {
+  for (const elf::LoadSegment& load : loads) {
     if (page_down(load.offset) == first->file_offset) return first->start - page_down(load.vaddr);
   }
   return std::nullopt;
@@ -360,18 +138,18 @@ class DebugFiles {
     }
   }
 
-  /// A debug file with a .symtab for `build_id`, read (symbols at link-time addresses).
-  std::optional<ElfInfo> find(const std::string& build_id) {
+  /// The path of a debug file with a .symtab for `build_id` (its symbols are read later).
+  std::optional<std::string> find(const std::string& build_id) {
     if (build_id.size() < 3) return std::nullopt;
     for (auto& [path, id] : explicit_) {
       if (id != build_id) continue;
       used_.insert(path);
-      if (auto info = try_read(path, build_id)) return info;
+      if (usable(path, build_id)) return path;
     }
     for (const std::string& root : options_.debug_roots) {
       std::string path = root + "/.build-id/" + build_id.substr(0, 2) + "/" + build_id.substr(2) + ".debug";
       if (::access(path.c_str(), R_OK) != 0) continue;
-      if (auto info = try_read(path, build_id)) return info;
+      if (usable(path, build_id)) return path;
     }
     return std::nullopt;
   }
@@ -388,21 +166,22 @@ class DebugFiles {
   }
 
  private:
-  static std::optional<ElfInfo> try_read(const std::string& path, const std::string& build_id) {
+  static bool usable(const std::string& path, const std::string& build_id) {
     try {
-      ElfInfo info = read_elf_info(open_or_throw(path), path);
-      if (info.object.build_id_hex != build_id) {
-        spdlog::warn("ignoring debug file {}: its build-id {} is not {}", path, info.object.build_id_hex, build_id);
-        return std::nullopt;
+      elf::ElfFile file(path);
+      elf::ElfHeaders headers = elf::read_headers(file.get());
+      if (headers.build_id_hex != build_id) {
+        spdlog::warn("ignoring debug file {}: its build-id {} is not {}", path, headers.build_id_hex, build_id);
+        return false;
       }
-      if (!info.object.has_symtab) {
+      if (!headers.has_symtab) {
         spdlog::warn("ignoring debug file {}: it has no .symtab", path);
-        return std::nullopt;
+        return false;
       }
-      return info;
+      return true;
     } catch (const Error& error) {
       spdlog::warn("ignoring debug file {}: {}", path, error.what());
-      return std::nullopt;
+      return false;
     }
   }
 
@@ -479,10 +258,19 @@ void set_text_range(LoadedObject& object, const std::vector<const MappedRegion*>
   }
 }
 
-/// Reads one mapped file: its symbols at runtime addresses, from a debug file if the file
-/// itself is stripped. nullopt for files that are not ELF objects or cannot be read (logged);
+/// One mapped ELF object: what load() learns from its headers, and the open file its
+/// symbols will be read from.
+struct MappedObject {
+  LoadedObject object;
+  uint64_t dynamic_vaddr = 0;  // link-time PT_DYNAMIC address, 0 if none
+  std::unique_ptr<elf::ElfFile> file;
+  std::string debug_file;
+};
+
+/// Reads one mapped file's headers and finds where its symbols live (a debug file if the file
+/// itself is stripped). nullopt for files that are not ELF objects or cannot be read (logged);
 /// throws if that file is the main executable, without which nothing can be resolved.
-std::optional<ElfInfo> load_object(pid_t pid, const FileMappings& file, bool is_main, DebugFiles& debug_files) {
+std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, bool is_main, DebugFiles& debug_files) {
   int fd = open_mapped_file(pid, *file.regions.front(), is_main);
   if (fd < 0) {
     if (is_main) {
@@ -497,15 +285,17 @@ std::optional<ElfInfo> load_object(pid_t pid, const FileMappings& file, bool is_
     ::close(fd);
     return std::nullopt;
   }
-  ElfInfo info;
+  MappedObject mapped;
+  elf::ElfHeaders headers;
   try {
-    info = read_elf_info(fd, file.path);
+    mapped.file = std::make_unique<elf::ElfFile>(fd, file.path);
+    headers = elf::read_headers(mapped.file->get());
   } catch (const Error& error) {
     if (is_main) throw;
     spdlog::warn("skipping {}: {}", file.path, error.what());
     return std::nullopt;
   }
-  std::optional<uint64_t> bias = compute_load_bias(file.regions, info.loads);
+  std::optional<uint64_t> bias = compute_load_bias(file.regions, headers.loads);
   if (!bias) {
     if (is_main) {
       throw Error(ErrorCode::kInternal, "the mappings of " + file.path + " in process " + std::to_string(pid) +
@@ -515,41 +305,42 @@ std::optional<ElfInfo> load_object(pid_t pid, const FileMappings& file, bool is_
     return std::nullopt;
   }
 
-  LoadedObject& object = info.object;
+  LoadedObject& object = mapped.object;
+  object.path = file.path;
+  object.symbols_from = file.path;
+  object.build_id_hex = headers.build_id_hex;
+  object.has_symtab = headers.has_symtab;
   object.load_bias = *bias;
   object.is_main_executable = is_main;
+  mapped.dynamic_vaddr = headers.dynamic_vaddr;
   set_text_range(object, file.regions);
   if (!object.has_symtab) {
     if (auto debug = debug_files.find(object.build_id_hex)) {
-      object.symbols = std::move(debug->object.symbols);
-      object.symbols_from = debug->object.path;
+      mapped.debug_file = *debug;
+      object.symbols_from = *debug;
       object.has_symtab = true;
     }
   }
-  for (Symbol& symbol : object.symbols) {
-    symbol.address = RemoteAddr(symbol.address.address() + object.load_bias);
-    symbol.object_path = file.path;
-  }
-  spdlog::debug("{}: bias {}, {} symbols from {}{}", file.path, hex(object.load_bias), object.symbols.size(),
-                object.symbols_from, object.has_symtab ? "" : " (.dynsym only)");
-  return info;
+  spdlog::debug("{}: bias {}, symbols from {}{}", file.path, hex(object.load_bias), object.symbols_from,
+                object.has_symtab ? "" : " (.dynsym only)");
+  return mapped;
 }
 
 /// Search order: the main executable, then the dynamic loader's order (`dynamic_order`, the
 /// objects' dynamic-section addresses); objects not in its list (mapped some other way, or
 /// when it could not be read) last, in address order.
-std::vector<LoadedObject> in_lookup_order(std::vector<LoadedObject> objects, const std::vector<MappedRegion>& maps,
+std::vector<MappedObject> in_lookup_order(std::vector<MappedObject> objects, const std::vector<MappedRegion>& maps,
                                           const std::vector<uint64_t>& dynamic_order) {
   std::vector<size_t> order;
   auto add = [&](size_t index) {
     if (index < objects.size() && std::find(order.begin(), order.end(), index) == order.end()) order.push_back(index);
   };
   auto index_of_path = [&](const std::string& path) {
-    auto it = std::find_if(objects.begin(), objects.end(), [&](const LoadedObject& o) { return o.path == path; });
+    auto it = std::find_if(objects.begin(), objects.end(), [&](const MappedObject& o) { return o.object.path == path; });
     return static_cast<size_t>(it - objects.begin());
   };
   for (size_t i = 0; i < objects.size(); ++i) {
-    if (objects[i].is_main_executable) add(i);
+    if (objects[i].object.is_main_executable) add(i);
   }
   for (uint64_t dynamic : dynamic_order) {
     auto region = std::find_if(maps.begin(), maps.end(), [&](const MappedRegion& r) { return r.contains(dynamic); });
@@ -557,7 +348,7 @@ std::vector<LoadedObject> in_lookup_order(std::vector<LoadedObject> objects, con
   }
   for (size_t i = 0; i < objects.size(); ++i) add(i);
 
-  std::vector<LoadedObject> ordered;
+  std::vector<MappedObject> ordered;
   ordered.reserve(objects.size());
   for (size_t index : order) ordered.push_back(std::move(objects[index]));
   return ordered;
@@ -642,9 +433,10 @@ std::vector<const Symbol*> distinct_addresses(const std::vector<const Symbol*>& 
 
 /// The symbol of `object` that `spec` names, or nullptr if it has none. A global wins over
 /// file-static symbols; several file-statics and no global is ambiguous.
-const Symbol* pick_in_object(const LoadedObject& object, const SymbolSpec& spec, SymbolKind kind) {
+const Symbol* pick_in_object(const LoadedObject& object, const std::vector<Symbol>& symbols, const SymbolSpec& spec,
+                             SymbolKind kind) {
   std::vector<const Symbol*> globals, locals;
-  for (const Symbol& symbol : object.symbols) {
+  for (const Symbol& symbol : symbols) {
     if (symbol_matches(symbol, spec, kind)) (symbol.is_global ? globals : locals).push_back(&symbol);
   }
   std::vector<const Symbol*> distinct_globals = distinct_addresses(globals);
@@ -654,18 +446,6 @@ const Symbol* pick_in_object(const LoadedObject& object, const SymbolSpec& spec,
   if (distinct_locals.size() == 1) return distinct_locals[0];
   if (distinct_locals.size() > 1) throw_ambiguous(spec, object, distinct_locals, false);
   return nullptr;
-}
-
-/// Whether `spec` would match a symbol of the other kind (a hint for the not-found message).
-bool has_other_kind(const std::vector<LoadedObject>& objects, const SymbolSpec& spec, SymbolKind kind) {
-  SymbolKind other = kind == SymbolKind::kFunction ? SymbolKind::kData : SymbolKind::kFunction;
-  for (const LoadedObject& object : objects) {
-    if (!spec.object.empty() && !object_matches(object, spec.object)) continue;
-    for (const Symbol& symbol : object.symbols) {
-      if (symbol_matches(symbol, spec, other)) return true;
-    }
-  }
-  return false;
 }
 
 }  // namespace
@@ -678,14 +458,27 @@ std::string Symbol::qualified_name() const {
   return source_file + ":" + name;
 }
 
-LoadedObject read_elf_object(const std::string& path) {
-  return read_elf_info(open_or_throw(path), path).object;
+ElfObjectFile read_elf_object(const std::string& path) {
+  elf::ElfFile file(path);
+  elf::ElfHeaders headers = elf::read_headers(file.get());
+  ElfObjectFile object;
+  object.path = path;
+  object.symbols_from = path;
+  object.build_id_hex = headers.build_id_hex;
+  object.has_symtab = headers.has_symtab;
+  object.symbols = elf::read_symbols(file.get());
+  return object;
 }
 
 std::string read_build_id(const std::string& path) {
-  ElfFile file(open_or_throw(path), path);
-  return read_build_id_of(file.get());
+  elf::ElfFile file(path);
+  return elf::read_headers(file.get()).build_id_hex;
 }
+
+ProcessSymbols::ProcessSymbols() = default;
+ProcessSymbols::ProcessSymbols(ProcessSymbols&&) noexcept = default;
+ProcessSymbols& ProcessSymbols::operator=(ProcessSymbols&&) noexcept = default;
+ProcessSymbols::~ProcessSymbols() = default;
 
 ProcessSymbols ProcessSymbols::load(pid_t pid, const SymbolOptions& options) {
   ProcessSymbols result;
@@ -693,71 +486,135 @@ ProcessSymbols ProcessSymbols::load(pid_t pid, const SymbolOptions& options) {
   const std::string exe_path = main_executable_path(pid);
   DebugFiles debug_files(options);
 
-  std::vector<LoadedObject> objects;
+  std::vector<MappedObject> objects;
   uint64_t main_dynamic = 0;  // runtime address of the executable's dynamic section
   for (const FileMappings& file : group_file_mappings(result.maps_)) {
     const bool is_main = file.path == exe_path;
-    std::optional<ElfInfo> info = load_object(pid, file, is_main, debug_files);
-    if (!info) continue;
-    if (is_main && info->dynamic_vaddr) main_dynamic = info->dynamic_vaddr + info->object.load_bias;
-    objects.push_back(std::move(info->object));
+    std::optional<MappedObject> mapped = load_object(pid, file, is_main, debug_files);
+    if (!mapped) continue;
+    if (is_main && mapped->dynamic_vaddr) main_dynamic = mapped->dynamic_vaddr + mapped->object.load_bias;
+    objects.push_back(std::move(*mapped));
   }
   debug_files.warn_unused(pid);
 
-  if (std::none_of(objects.begin(), objects.end(), [](const LoadedObject& o) { return o.is_main_executable; })) {
+  if (std::none_of(objects.begin(), objects.end(), [](const MappedObject& o) { return o.object.is_main_executable; })) {
     throw Error(ErrorCode::kInternal, "the executable " + exe_path + " of process " + std::to_string(pid) +
                                           " is not among its mapped ELF files; is it a static or unusual binary?");
   }
-  result.objects_ = in_lookup_order(std::move(objects), result.maps_, link_map_order(pid, main_dynamic));
-  result.build_index();
+  for (MappedObject& mapped : in_lookup_order(std::move(objects), result.maps_, link_map_order(pid, main_dynamic))) {
+    result.objects_.push_back(std::move(mapped.object));
+    Table& table = result.tables_.emplace_back();
+    table.object_file = std::move(mapped.file);
+    table.debug_file = std::move(mapped.debug_file);
+  }
   return result;
 }
 
-bool ProcessSymbols::better_containing(const IndexEntry& a, const IndexEntry& b) const {
-  uint64_t size_a = a.end - a.start, size_b = b.end - b.start;
-  if (size_a != size_b) return size_a < size_b;
-  if (a.start != b.start) return a.start > b.start;
-  // Aliases of one range: the name a person would use ("printf", not "_IO_printf").
-  const Symbol& sa = objects_[a.object].symbols[a.symbol];
-  const Symbol& sb = objects_[b.object].symbols[b.symbol];
-  if (sa.is_global != sb.is_global) return sa.is_global;
-  size_t underscores_a = sa.name.find_first_not_of('_'), underscores_b = sb.name.find_first_not_of('_');
-  if (underscores_a != underscores_b) return underscores_a < underscores_b;
-  return sa.name.size() < sb.name.size();
+size_t ProcessSymbols::index_of(const LoadedObject& object) const {
+  if (!objects_.empty() && &object >= objects_.data() && &object < objects_.data() + objects_.size()) {
+    return static_cast<size_t>(&object - objects_.data());
+  }
+  // A copy of one of ours: find it by path.
+  auto it = std::find_if(objects_.begin(), objects_.end(), [&](const LoadedObject& o) { return o.path == object.path; });
+  if (it == objects_.end()) {
+    throw Error(ErrorCode::kInternal, "symbols asked for " + object.path + ", which is not an object of this process");
+  }
+  return static_cast<size_t>(it - objects_.begin());
 }
 
-void ProcessSymbols::build_index() {
-  by_address_.clear();
-  for (size_t o = 0; o < objects_.size(); ++o) {
-    const std::vector<Symbol>& symbols = objects_[o].symbols;
-    for (size_t s = 0; s < symbols.size(); ++s) {
-      if (symbols[s].size == 0) continue;  // contains no address
-      uint64_t start = symbols[s].address.address();
-      by_address_.push_back({start, start + symbols[s].size, 0, static_cast<uint32_t>(o), static_cast<uint32_t>(s)});
+namespace {
+
+/// Whether `a` is a better answer than `b` for symbol_containing: innermost, then the name a
+/// person would use for aliases of one range ("printf", not "_IO_printf").
+bool better_containing(const Symbol& a, const Symbol& b) {
+  uint64_t size_a = a.size, size_b = b.size;
+  if (size_a != size_b) return size_a < size_b;
+  if (a.address != b.address) return a.address.address() > b.address.address();
+  if (a.is_global != b.is_global) return a.is_global;
+  size_t underscores_a = a.name.find_first_not_of('_'), underscores_b = b.name.find_first_not_of('_');
+  if (underscores_a != underscores_b) return underscores_a < underscores_b;
+  return a.name.size() < b.name.size();
+}
+
+}  // namespace
+
+const ProcessSymbols::Table& ProcessSymbols::table(size_t i) const {
+  Table& table = tables_.at(i);
+  if (table.loaded) return table;
+  const LoadedObject& object = objects_[i];
+  try {
+    std::vector<Symbol> symbols;
+    if (!table.debug_file.empty()) {
+      symbols = elf::read_symbols(elf::ElfFile(table.debug_file).get());
+    } else if (table.object_file) {
+      symbols = elf::read_symbols(table.object_file->get());
     }
+    for (Symbol& symbol : symbols) symbol.address = RemoteAddr(symbol.address.address() + object.load_bias);
+    table.symbols = std::move(symbols);
+  } catch (const Error& error) {
+    if (object.is_main_executable) throw;
+    spdlog::warn("symbols of {} are unavailable: {}", object.path, error.what());
   }
-  std::sort(by_address_.begin(), by_address_.end(),
+  table.loaded = true;
+  table.object_file.reset();  // the file's mapping is no longer needed
+
+  for (size_t s = 0; s < table.symbols.size(); ++s) {
+    if (table.symbols[s].size == 0) continue;  // contains no address
+    uint64_t start = table.symbols[s].address.address();
+    table.index.push_back({start, start + table.symbols[s].size, 0, static_cast<uint32_t>(s)});
+  }
+  std::sort(table.index.begin(), table.index.end(),
             [](const IndexEntry& a, const IndexEntry& b) { return a.start < b.start; });
   uint64_t max_end = 0;
-  for (IndexEntry& entry : by_address_) {
+  for (IndexEntry& entry : table.index) {
     max_end = std::max(max_end, entry.end);
     entry.max_end = max_end;
   }
+  spdlog::debug("{}: {} symbols read from {}", object.path, table.symbols.size(), object.symbols_from);
+  return table;
+}
+
+const std::vector<Symbol>& ProcessSymbols::symbols_of(const LoadedObject& object) const {
+  return table(index_of(object)).symbols;
+}
+
+std::vector<Symbol> ProcessSymbols::exported_functions(const LoadedObject& object,
+                                                       const std::vector<std::string_view>& names) const {
+  size_t i = index_of(object);
+  std::vector<Symbol> found;
+  if (tables_[i].loaded || !tables_[i].object_file) {
+    for (const Symbol& symbol : table(i).symbols) {
+      if (symbol.is_global && symbol.is_function && std::find(names.begin(), names.end(), symbol.name) != names.end()) {
+        found.push_back(symbol);
+      }
+    }
+  } else {
+    found = elf::read_exported_functions(tables_[i].object_file->get(), names);
+    for (Symbol& symbol : found) symbol.address = RemoteAddr(symbol.address.address() + object.load_bias);
+  }
+  for (Symbol& symbol : found) symbol.object_path = object.path;
+  return found;
 }
 
 std::optional<Symbol> ProcessSymbols::symbol_containing(RemoteAddr address) const {
+  const LoadedObject* object = object_containing(address);
+  if (!object) return std::nullopt;
+  const Table& t = table(index_of(*object));
   uint64_t at = address.address();
-  auto after = std::upper_bound(by_address_.begin(), by_address_.end(), at,
+  auto after = std::upper_bound(t.index.begin(), t.index.end(), at,
                                 [](uint64_t value, const IndexEntry& entry) { return value < entry.start; });
   // Walk back over every symbol that could still reach `at`; keep the innermost (smallest).
-  const IndexEntry* best = nullptr;
-  for (auto it = after; it != by_address_.begin();) {
+  const Symbol* best = nullptr;
+  for (auto it = after; it != t.index.begin();) {
     --it;
     if (it->max_end <= at) break;
-    if (it->end > at && (!best || better_containing(*it, *best))) best = &*it;
+    const Symbol& candidate = t.symbols[it->symbol];
+    if (it->end > at && (!best || better_containing(candidate, *best))) best = &candidate;
   }
   if (!best) return std::nullopt;
-  return objects_[best->object].symbols[best->symbol];
+  Symbol found = *best;
+  found.object_path = object->path;
+  return found;
 }
 
 const LoadedObject* ProcessSymbols::object_containing(RemoteAddr address) const {
@@ -804,7 +661,11 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
   for (const LoadedObject& object : objects_) {
     if (!spec.object.empty() && !object_matches(object, spec.object)) continue;
     object_seen = true;
-    if (const Symbol* symbol = pick_in_object(object, spec, kind)) return *symbol;
+    if (const Symbol* symbol = pick_in_object(object, symbols_of(object), spec, kind)) {
+      Symbol found = *symbol;
+      found.object_path = object.path;
+      return found;
+    }
   }
 
   if (!spec.object.empty() && !object_seen) {
@@ -821,7 +682,17 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
   std::string message = "symbol '" + std::string(text) + "'" +
                         (kind == SymbolKind::kAny ? "" : " (" + kind_text + ")") + " not found in " + where +
                         "; check the name, or name the object as 'libfoo.so!" + spec.name + "'";
-  if (kind != SymbolKind::kAny && has_other_kind(objects_, spec, kind)) {
+  auto has_other_kind = [&] {  // a hint for the message: the name exists, as the other kind
+    SymbolKind other = kind == SymbolKind::kFunction ? SymbolKind::kData : SymbolKind::kFunction;
+    for (const LoadedObject& object : objects_) {
+      if (!spec.object.empty() && !object_matches(object, spec.object)) continue;
+      for (const Symbol& symbol : symbols_of(object)) {
+        if (symbol_matches(symbol, spec, other)) return true;
+      }
+    }
+    return false;
+  };
+  if (kind != SymbolKind::kAny && has_other_kind()) {
     message += std::string(" (a ") + (kind == SymbolKind::kFunction ? "data object" : "function") +
                " of that name exists)";
   }

@@ -98,7 +98,13 @@ const LoadedObject& TargetContext::libc() const {
 }
 
 RemoteAddr TargetContext::libc_function(const std::string& name) {
-  return symbols_.resolve(basename_of(libc().path) + "!" + name, SymbolKind::kFunction).address;
+  // Exports only: libc's full (debug) symbol table is not needed to call dlopen.
+  std::vector<Symbol> found = symbols_.exported_functions(libc(), {name});
+  if (found.empty()) {
+    throw Error(ErrorCode::kSymbolNotFound, libc().path + " of process " + std::to_string(pid_) +
+                                                " exports no function '" + name + "', which Polus calls to load code");
+  }
+  return found.front().address;
 }
 
 const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
@@ -113,13 +119,11 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
       ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
     }
   }
-  const LoadedObject& c = libc();
-  for (const char* name : kLockHoldingFunctions) {
-    for (const Symbol& s : c.symbols) {
-      if (s.name == name && s.is_function && s.size > 0) {
-        ranges.push_back({s.address.address(), s.address.address() + s.size, name});
-      }
-    }
+  // Their exported entry points suffice: a thread deeper inside (e.g. in _int_malloc) has the
+  // entry point's return address on its stack, which thread_touches() also checks.
+  const std::vector<std::string_view> names(std::begin(kLockHoldingFunctions), std::end(kLockHoldingFunctions));
+  for (const Symbol& s : symbols_.exported_functions(libc(), names)) {
+    if (s.size > 0) ranges.push_back({s.address.address(), s.address.address() + s.size, s.name});
   }
   return lock_holding_ranges_;
 }

@@ -232,7 +232,7 @@ TEST_CASE("find_free_range_near picks the closest reachable gap with guard pages
 // ELF files
 
 TEST_CASE("read_elf_object reads .symtab with source files and the build-id", "[elf]") {
-  polus::LoadedObject object = polus::read_elf_object(SYMBOLS_FIXTURE);
+  polus::ElfObjectFile object = polus::read_elf_object(SYMBOLS_FIXTURE);
   CHECK(object.has_symtab);
   CHECK(object.load_bias == 0);
   CHECK(object.build_id_hex.size() == 40);
@@ -264,7 +264,7 @@ TEST_CASE("read_elf_object reads .symtab with source files and the build-id", "[
 }
 
 TEST_CASE("the debug file carries the same build-id as the stripped binary", "[elf]") {
-  polus::LoadedObject stripped = polus::read_elf_object(SYMBOLS_FIXTURE_STRIPPED);
+  polus::ElfObjectFile stripped = polus::read_elf_object(SYMBOLS_FIXTURE_STRIPPED);
   CHECK_FALSE(stripped.has_symtab);
   CHECK(polus::read_build_id(SYMBOLS_FIXTURE_DEBUG) == stripped.build_id_hex);
   CHECK(polus::read_elf_object(SYMBOLS_FIXTURE_DEBUG).has_symtab);
@@ -274,7 +274,7 @@ TEST_CASE("the debug file carries the same build-id as the stripped binary", "[e
 
 TEST_CASE("versioned .dynsym names: the default version is the plain name", "[elf]") {
   // glibc keeps a compatibility realpath@GLIBC_2.2.5 next to the default realpath@@GLIBC_2.3.
-  polus::LoadedObject libc = polus::read_elf_object("/lib/x86_64-linux-gnu/libc.so.6");
+  polus::ElfObjectFile libc = polus::read_elf_object("/lib/x86_64-linux-gnu/libc.so.6");
   std::map<std::string, uint64_t> realpaths;
   for (const polus::Symbol& symbol : libc.symbols) {
     if (symbol.name.rfind("realpath", 0) == 0) realpaths[symbol.name] = symbol.address.address();
@@ -334,6 +334,34 @@ TEST_CASE("ProcessSymbols resolves a PIE with .symtab", "[process]") {
     CHECK(code_of([&] { symbols.resolve("sym_c.c:helper"); }) == ErrorCode::kSymbolNotFound);
   }
 
+  SECTION("libc's exports are found without reading its whole table, the same as through it") {
+    const polus::LoadedObject* libc = symbols.find_object("libc.so.6");
+    REQUIRE(libc != nullptr);
+    auto by_name = [libc](std::vector<polus::Symbol> found) {
+      std::map<std::string, uint64_t> out;
+      for (const polus::Symbol& s : found) {
+        CHECK(s.is_function);
+        CHECK(s.size > 0);
+        CHECK(s.object_path == libc->path);
+        out[s.name] = s.address.address();
+      }
+      return out;
+    };
+    // Before libc's table is read: a .dynsym scan. "realpath" has an old compatibility version
+    // too; only the default one may come back.
+    auto scanned = by_name(symbols.exported_functions(*libc, {"malloc", "dlopen", "realpath", "no_such_function"}));
+    CHECK(scanned.size() == 3);
+    CHECK(scanned.count("no_such_function") == 0);
+    CHECK(scanned["malloc"] == symbols.resolve("libc.so.6!malloc").address.address());
+    CHECK(scanned["realpath"] == symbols.resolve("libc.so.6!realpath").address.address());
+    CHECK(scanned["malloc"] >= libc->text_start);
+    CHECK(scanned["malloc"] < libc->text_end);
+    // After (resolve read it): answered from the table, identically.
+    CHECK(by_name(symbols.exported_functions(*libc, {"malloc", "dlopen", "realpath", "no_such_function"})) == scanned);
+    // The fixture process itself calls malloc at the address the scan found.
+    CHECK(scanned["malloc"] == fixture.printed("malloc"));
+  }
+
   SECTION("shared objects resolve, qualified or not") {
     const polus::LoadedObject* libc = symbols.find_object("libc.so.6");
     REQUIRE(libc != nullptr);
@@ -346,7 +374,7 @@ TEST_CASE("ProcessSymbols resolves a PIE with .symtab", "[process]") {
     // a sanitizer runtime or malloc replacement if one is loaded first).
     const polus::LoadedObject* first_definer = nullptr;
     for (const polus::LoadedObject& object : symbols.objects()) {
-      for (const polus::Symbol& symbol : object.symbols) {
+      for (const polus::Symbol& symbol : symbols.symbols_of(object)) {
         if (symbol.name == "malloc" && symbol.is_global) first_definer = &object;
       }
       if (first_definer) break;
@@ -391,9 +419,9 @@ TEST_CASE("ProcessSymbols resolves a PIE with .symtab", "[process]") {
     CHECK_FALSE(symbols.symbol_containing(RemoteAddr(0x1000)));
     CHECK(symbols.object_containing(RemoteAddr(0x1000)) == nullptr);
 
-    // A copy keeps working (the index holds no pointers).
-    ProcessSymbols copy = symbols;
-    auto again = copy.symbol_containing(RemoteAddr(function + 1));
+    // A moved-to ProcessSymbols keeps working (the index holds no pointers).
+    ProcessSymbols moved = std::move(symbols);
+    auto again = moved.symbol_containing(RemoteAddr(function + 1));
     REQUIRE(again);
     CHECK(again->name == "sym_a_function");
   }

@@ -6,6 +6,11 @@
 // get the object's load bias (PIE and shared objects). A stripped object whose symbols live
 // in a separate debug file is handled the standard way: the file is found by build-id under
 // /usr/lib/debug/.build-id/xx/rest.debug (or given explicitly).
+//
+// Loading reads only each object's headers (build-id, load segments); an object's symbol
+// table is read the first time something asks for it. Most operations need the executable's
+// symbols and a few libc exports, not libc's ~8 k debug symbols: reading those on every
+// polusctl call cost more than the rest of an apply.
 #pragma once
 
 #include <sys/types.h>
@@ -29,7 +34,9 @@ enum class SymbolKind { kFunction, kData, kAny };
 struct Symbol {
   std::string name;
   std::string source_file;   // from the STT_FILE entry before a local symbol; "" for globals
-  std::string object_path;   // the ELF object that defines it
+  std::string object_path;   // the ELF object that defines it: set on the symbols resolve(),
+                             // symbol_containing() and exported_functions() return; empty in
+                             // symbols_of() (the object's `path` says it)
   RemoteAddr address;
   uint64_t size = 0;
   bool is_function = false;
@@ -49,6 +56,11 @@ struct LoadedObject {
   std::string symbols_from;  // the file the symbol table came from (the object or a debug file)
   bool has_symtab = false;   // false: only .dynsym was available
   bool is_main_executable = false;
+};
+
+/// One ELF file read from disk as a whole (the agent, a patch, tests): symbols at link-time
+/// addresses (bias 0).
+struct ElfObjectFile : LoadedObject {
   std::vector<Symbol> symbols;
 };
 
@@ -59,12 +71,30 @@ struct SymbolOptions {
   std::vector<std::string> debug_roots = {"/usr/lib/debug"};
 };
 
+namespace elf {
+class ElfFile;
+}
+
 /// The symbols of a whole process. Load once per operation; it reads files, not the target.
+/// Not thread-safe: symbol tables are read lazily, from const methods.
 class ProcessSymbols {
  public:
-  /// Reads /proc/PID/maps and every mapped ELF object (through /proc/PID/root, so a target in
-  /// another mount namespace still works). Throws Error on a vanished process.
+  /// Reads /proc/PID/maps and the headers of every mapped ELF object (through /proc/PID/root
+  /// or map_files, so a target in another mount namespace or an upgraded binary still works).
+  /// Throws Error on a vanished process.
   static ProcessSymbols load(pid_t pid, const SymbolOptions& options = {});
+
+  ProcessSymbols(ProcessSymbols&&) noexcept;
+  ProcessSymbols& operator=(ProcessSymbols&&) noexcept;
+  ~ProcessSymbols();
+
+  /// The functions and data objects of `object` (one of objects()) at runtime addresses,
+  /// read from disk on first use. Empty (with a warning) if its file has become unreadable.
+  const std::vector<Symbol>& symbols_of(const LoadedObject& object) const;
+
+  /// The exported functions of `object` among `names` (default versions, as programs bind
+  /// them). Reads only .dynsym, never a debug file: cheap even for libc.
+  std::vector<Symbol> exported_functions(const LoadedObject& object, const std::vector<std::string_view>& names) const;
 
   /// Resolves a name as a patch writes it:
   ///   "name"              — the main executable first, then shared objects in load order;
@@ -89,25 +119,34 @@ class ProcessSymbols {
   const std::vector<MappedRegion>& maps() const { return maps_; }
 
  private:
-  /// One symbol in the address-sorted index symbol_containing binary-searches. Indices, not
-  /// pointers, so a copied or moved ProcessSymbols stays valid. `max_end` is the largest end
-  /// of this and every earlier entry: it bounds the backward scan for overlapping symbols.
+  ProcessSymbols();
+
+  /// One symbol in an object's address-sorted index, which symbol_containing binary-searches.
+  /// `max_end` is the largest end of this and every earlier entry: it bounds the backward
+  /// scan for overlapping symbols.
   struct IndexEntry {
     uint64_t start = 0, end = 0, max_end = 0;
-    uint32_t object = 0, symbol = 0;
+    uint32_t symbol = 0;
   };
-  void build_index();
-  /// Whether `a` is a better answer than `b` for symbol_containing (innermost, then the
-  /// most readable alias).
-  bool better_containing(const IndexEntry& a, const IndexEntry& b) const;
+  /// The symbol table of one object, read on first use.
+  struct Table {
+    std::unique_ptr<elf::ElfFile> object_file;  // kept open from load() until the table is read
+    std::string debug_file;                     // "" if the symbols come from the object itself
+    bool loaded = false;
+    std::vector<Symbol> symbols;
+    std::vector<IndexEntry> index;
+  };
+  /// The table of objects_[i], read now if it has not been.
+  const Table& table(size_t i) const;
+  size_t index_of(const LoadedObject& object) const;
 
   std::vector<LoadedObject> objects_;
   std::vector<MappedRegion> maps_;
-  std::vector<IndexEntry> by_address_;
+  mutable std::vector<Table> tables_;  // parallel to objects_
 };
 
-/// Reads one ELF file (exposed for tests): symbols at link-time addresses (bias 0), build-id.
-LoadedObject read_elf_object(const std::string& path);
+/// Reads one ELF file as a whole: symbols at link-time addresses (bias 0), build-id.
+ElfObjectFile read_elf_object(const std::string& path);
 
 /// The build-id of an ELF file on disk, "" if it has none. Throws on unreadable files.
 std::string read_build_id(const std::string& path);
