@@ -118,6 +118,14 @@ std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& threa
   const PrologueAnalysis& a = plan.analysis;
   const std::string name = plan.old_symbol.qualified_name();
   const std::string who = "thread " + std::to_string(thread.tid);
+  if (uint64_t slot = plan.record.trampoline) {
+    // A slot freed by a rollback can be handed out again. A thread preempted on it (it took
+    // the old jump, not yet the slot's own) would otherwise continue into this patch's
+    // function instead of the one it called.
+    if (thread_touches(thread, {AddressRange{slot, slot + kTrampolineSlotSize, "a trampoline"}})) {
+      return who + " is on the trampoline slot " + hex(slot) + " this patch reuses for " + name;
+    }
+  }
   if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
     return who + " is executing the first bytes of " + name;
   }
@@ -296,13 +304,26 @@ class Applier {
     for (const PlannedRedirect& plan : plans_) used.push_back(plan.record.trampoline);
     std::vector<uint64_t> arenas(new_arenas_);
     for (uint32_t i = 0; i < registry_.registry.arena_count; ++i) arenas.push_back(registry_.registry.arenas[i].base);
+    // Never-used slots (still zero) first: a slot freed by a rollback is handed out again only
+    // when an arena has no fresh one, so a thread that was preempted on it has long moved on.
+    uint64_t recycled = 0;
     for (uint64_t arena : arenas) {
+      std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
+      size_t got = target_.memory().read_bytes_fallible(RemoteAddr(arena + kArenaScratchBytes), bytes.data(), bytes.size());
       for (uint64_t slot = arena + kArenaScratchBytes; slot + kTrampolineSlotSize <= arena + kArenaSize;
            slot += kTrampolineSlotSize) {
         if (!jump_reaches(site, slot)) break;
-        if (std::find(used.begin(), used.end(), slot) == used.end()) return slot;
+        if (std::find(used.begin(), used.end(), slot) != used.end()) continue;
+        size_t offset = slot - arena - kArenaScratchBytes;
+        bool fresh = offset + kTrampolineSlotSize <= got &&
+                     std::all_of(bytes.begin() + static_cast<long>(offset),
+                                 bytes.begin() + static_cast<long>(offset + kTrampolineSlotSize),
+                                 [](uint8_t b) { return b == 0; });
+        if (fresh) return slot;
+        if (!recycled) recycled = slot;
       }
     }
+    if (recycled) return recycled;
     const LoadedObject* object = target_.symbols().object_containing(RemoteAddr(site));
     uint64_t arena = target_.map_memory(thread, object ? object->text_start : site, object ? object->text_end : site + 1,
                                         kArenaSize, PROT_READ | PROT_EXEC);
@@ -331,10 +352,8 @@ class Applier {
     r.saved_length = kJumpLength;
     target_.memory().read_bytes(RemoteAddr(r.patch_site), r.saved_bytes, kJumpLength);
     if (!(r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) && !jump_reaches(r.patch_site, r.new_function)) {
-      r.trampoline = allocate_slot(thread, r.patch_site);
+      r.trampoline = allocate_slot(thread, r.patch_site);  // written in the commit pause
       r.flags |= POLUS_REDIRECT_VIA_TRAMPOLINE;
-      std::vector<uint8_t> slot = encode_trampoline(r.new_function);
-      target_.memory().write_bytes(RemoteAddr(r.trampoline), slot.data(), slot.size());
     }
   }
 
@@ -370,6 +389,9 @@ class Applier {
         std::memcpy(target.data(), &r.new_function, 8);
         writes.emplace_back(r.trampoline + 6, target);  // the .quad of `jmp *0(%rip)`
       } else {
+        // The slot before the jump that leads to it; both while every thread is stopped and
+        // none is on the slot (busy_reason), since a freed slot may be handed out again.
+        if (r.trampoline) writes.emplace_back(r.trampoline, encode_trampoline(r.new_function));
         writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
       }
     }

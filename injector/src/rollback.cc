@@ -136,6 +136,14 @@ void retire_patch(TargetContext& target, const AgentLocation& agent, const Patch
       patch_code.push_back({region.start, region.end, record.header.name});
     }
   }
+  // A thread preempted on one of the patch's own trampoline slots (it took the old function's
+  // jump before the rollback restored it) still goes on into the patch's code. (A slot reused
+  // from an earlier patch now leads to that patch's function, which stays loaded.)
+  for (const polus_redirect_record& r : record.redirects) {
+    if (r.trampoline && !(r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE)) {
+      patch_code.push_back({r.trampoline, r.trampoline + kTrampolineSlotSize, record.header.name + std::string(" (trampoline)")});
+    }
+  }
   std::string still_running;
   target.session().stop_all(TargetContext::step_deadline());
   for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {

@@ -187,6 +187,9 @@ RemoteAddr TargetContext::syscall_instruction() {
   std::vector<uint8_t> chunk(64 * 1024);
   for (uint64_t at = c.text_start; at < c.text_end; at += chunk.size() - 1) {
     size_t got = memory_.read_bytes_fallible(RemoteAddr(at), chunk.data(), std::min<uint64_t>(chunk.size(), c.text_end - at));
+    if (got == 0 && memory_.target_gone()) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
     for (size_t i = 0; i + 1 < got; ++i) {
       if (chunk[i] == 0x0f && chunk[i + 1] == 0x05) {
         syscall_instruction_ = RemoteAddr(at + i);

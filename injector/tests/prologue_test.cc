@@ -2,6 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -139,4 +141,40 @@ TEST_CASE("prologue shapes in a live process", "[prologue][live]") {
     CHECK(info.state == "committed");
     CHECK(target.alive());
   }
+}
+
+TEST_CASE("a thread preempted on a trampoline slot keeps its patch loaded and its slot out of use",
+          "[prologue][live]") {
+  polus::testing::ChildProcess target({PROLOGUE_FIXTURE});
+  REQUIRE(target.read_line() == "READY");
+  auto patch_mapped = [&] {
+    std::ifstream maps("/proc/" + std::to_string(target.pid()) + "/maps");
+    for (std::string line; std::getline(maps, line);) {
+      if (line.find("prologue-tiny-padded.so") != std::string::npos) return true;
+    }
+    return false;
+  };
+  polus::PatchInfo first = polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-tiny-padded.so", options());
+  REQUIRE(first.redirects.size() == 1);
+  REQUIRE(first.redirects[0].trampoline != 0);  // the patch library is far from the executable
+  // A thread took tiny_padded's jump and was interrupted on the slot, before the slot's own jump.
+  REQUIRE(target.ask("park") == "PARKED");
+
+  polus::rollback_patch(target.pid(), options());
+  CHECK(target.ask("call tiny_padded") == "0");  // new calls run the old code again
+  // The parked thread will still jump from the slot into the patch: it must not be unloaded.
+  CHECK(patch_mapped());
+
+  // A new patch gets a fresh slot, not the one a thread is on.
+  polus::PatchInfo second = polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-tiny-padded.so", options());
+  REQUIRE(second.redirects.size() == 1);
+  CHECK(second.redirects[0].trampoline != first.redirects[0].trampoline);
+  CHECK(target.ask("call tiny_padded 5") == "4205");
+  polus::rollback_patch(target.pid(), options());
+
+  // Let it go on: from the slot into the patch's function, back to its loop, which now calls
+  // the old code. The process must still be alive and answering.
+  CHECK(target.ask("unpark") == "UNPARKED");
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(target.ask("call tiny_padded") == "0");
 }
