@@ -2,6 +2,8 @@
 
 #include "engine_internal.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <set>
 #include <thread>
@@ -135,6 +137,16 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
   }
 }
 
+void unblock_fault_signals(PtraceSession& session) {
+  constexpr uint64_t kFaultSignals = (1ull << (SIGSEGV - 1)) | (1ull << (SIGTRAP - 1));
+  std::vector<pid_t> changed = session.unblock_signals(kFaultSignals);
+  if (!changed.empty()) {
+    spdlog::info("process {}: {} thread(s) blocked SIGSEGV/SIGTRAP; unblocked them so write tracking can handle "
+                 "their faults (a blocked fault signal would kill the process)",
+                 session.pid(), changed.size());
+  }
+}
+
 void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap) {
   int64_t result = static_cast<int32_t>(thread.call(agent.sync_begin, {}, trap, TargetContext::step_deadline()));
   if (result != 0) {
@@ -236,6 +248,7 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
     target.seize();
     auto pause_start = Clock::now();
     target.session().stop_all(TargetContext::step_deadline());
+    unblock_fault_signals(target.session());  // threads born since the last inspection
     Inspection inspection = inspect_stacks(target, unwinder, record.watched);
     target.session().resume_all();
     max_pause_ns = std::max(max_pause_ns, elapsed_ns(pause_start));

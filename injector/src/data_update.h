@@ -50,7 +50,17 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
 void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan,
                              uint32_t direction, RemoteAddr scratch, RemoteAddr trap);
 
-/// Protects every tracked item and starts write tracking. Call with every other thread stopped.
+/// Lets every stopped thread take the agent's write-tracking signals (SIGSEGV, and SIGTRAP for
+/// its single-step fallback). Servers commonly block all signals in worker threads; a fault
+/// on a thread that blocks SIGSEGV is not delivered to a handler at all: the kernel resets
+/// the disposition to SIG_DFL and the process dies (kernel/signal.c, force_sig_info_to_task).
+/// Blocking a synchronous fault signal has no other effect, so the change is left in place.
+/// Call with the threads stopped: before tracking starts, and at each inspection (threads
+/// created meanwhile inherit their creator's mask).
+void unblock_fault_signals(PtraceSession& session);
+
+/// Protects every tracked item and starts write tracking. Call with every other thread stopped
+/// (after unblock_fault_signals).
 void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap);
 
 /// Lifts the protection and stops tracking.

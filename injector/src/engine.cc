@@ -454,6 +454,7 @@ class Applier {
       auto start = Clock::now();
       initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
       uint64_t init_ns = elapsed_ns(start);
+      unblock_fault_signals(target_.session());
       begin_sync(thread, *agent_, target_.trap());
       spdlog::debug("in the pause: sync functions {} us, write tracking started {} us", init_ns / 1000,
                     (elapsed_ns(start) - init_ns) / 1000);

@@ -398,6 +398,26 @@ void PtraceSession::resume_all() {
   for (pid_t tid : thread_ids()) resume_thread(tid);
 }
 
+std::vector<pid_t> PtraceSession::unblock_signals(uint64_t signals) {
+  std::vector<pid_t> changed;
+  for (auto& [tid, t] : threads_) {
+    if (t.stop == StopKind::kNone) continue;
+    uint64_t mask = 0;
+    if (::ptrace(PTRACE_GETSIGMASK, tid, sizeof mask, &mask) != 0) {
+      if (errno == ESRCH) continue;  // exited meanwhile
+      throw_errno("PTRACE_GETSIGMASK of thread " + std::to_string(tid), errno);
+    }
+    if (!(mask & signals)) continue;
+    uint64_t unblocked = mask & ~signals;
+    if (::ptrace(PTRACE_SETSIGMASK, tid, sizeof unblocked, &unblocked) != 0) {
+      if (errno == ESRCH) continue;
+      throw_errno("PTRACE_SETSIGMASK of thread " + std::to_string(tid), errno);
+    }
+    changed.push_back(tid);
+  }
+  return changed;
+}
+
 void PtraceSession::resume_all_except(pid_t keep) {
   for (pid_t tid : thread_ids()) {
     if (tid != keep) resume_thread(tid);

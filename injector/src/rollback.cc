@@ -65,28 +65,41 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   DataPlan plan = plan_data_update(patch, target.symbols(), bias, POLUS_UPDATE_ROLLBACK);
   const bool sync_active = ctx.registry.registry.sync.active != 0;
-  pid_t borrower = target.stop_thread_safe_to_borrow();
+  // Code runs in the pause unless the apply's sync phase is still on and the patch has no
+  // pre-update callback: then the pause only puts the original bytes back. Requiring every
+  // thread outside malloc, the loader and the agent's fault handler for nothing would make a
+  // rollback under load wait for a moment that a busy server may never have.
+  const bool run_code = !sync_active || std::any_of(patch.callbacks.begin(), patch.callbacks.end(), [](const polus_callback& c) {
+    return c.kind == POLUS_CB_PRE_UPDATE;
+  });
+  pid_t borrower = 0;
   if (!sync_active) {
+    borrower = target.stop_thread_safe_to_borrow();
     BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
     install_tracked_items(thread, target.memory(), ctx.agent, plan, target.trap());
   }
   uint64_t pause_ns = 0;
   for (;;) {
+    if (sync_active) {  // released between attempts (below)
+      target.seize();
+      if (run_code) borrower = target.stop_thread_safe_to_borrow();
+    }
     auto pause_start = Clock::now();
     target.session().stop_all(TargetContext::step_deadline());
     std::string busy;
-    for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
+    for (const ThreadSnapshot& thread : run_code ? target.snapshot_threads(true) : std::vector<ThreadSnapshot>{}) {
       const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
-      if (hit) busy = "thread " + std::to_string(thread.tid) + " is inside " + hit->what;
+      if (hit) busy = "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
     }
     if (busy.empty()) {
-      {
+      if (run_code) {
         BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
         thread.set_pass_faults(sync_active);
         run_callbacks(thread, target.memory(), patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK,
                       scratch_args(target), target.trap());
         if (!sync_active) {
           initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK, scratch_args(target), target.trap());
+          unblock_fault_signals(target.session());
           begin_sync(thread, ctx.agent, target.trap());
         }
       }
@@ -96,7 +109,13 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
       target.release();  // write tracking is on: never hold the target between inspections
       break;
     }
-    target.session().resume_all_except(borrower);
+    if (sync_active) {
+      // Attached, every tracked write would wait in a signal-delivery-stop for us: let go.
+      target.session().resume_all();
+      target.release();
+    } else {
+      target.session().resume_all_except(borrower);
+    }
     if (Clock::now() >= target.deadline()) {
       throw Error(ErrorCode::kUnsafeToPatch, "cannot start the rollback: " + busy + "; target unchanged");
     }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "polus/format.h"
+
 namespace polus {
 
 ThreadSnapshot snapshot_thread(ProcessMemory& memory, const std::vector<MappedRegion>& maps, pid_t tid,
@@ -40,6 +42,16 @@ const AddressRange* thread_touches(const ThreadSnapshot& thread, const std::vect
     }
   }
   return nullptr;
+}
+
+std::string touch_detail(const ThreadSnapshot& thread, const AddressRange& range) {
+  if (range.contains(thread.pc)) return "pc " + hex(thread.pc);
+  for (size_t i = 0; i < thread.stack_words.size(); ++i) {
+    if (range.contains(thread.stack_words[i])) {
+      return hex(thread.stack_words[i]) + " at sp+" + hex(i * 8) + " on its stack";
+    }
+  }
+  return "";
 }
 
 bool thread_has_address(const ThreadSnapshot& thread, const std::vector<uint64_t>& addresses) {

@@ -79,6 +79,13 @@ class PtraceSession {
   /// Lets every held thread but `keep` run again (a borrowed thread stays ours, checked).
   void resume_all_except(pid_t keep);
 
+  /// Removes `signals` (a mask of 1 << (signo - 1) bits) from the signal mask of every
+  /// stopped thread that blocks any of them (PTRACE_GETSIGMASK / PTRACE_SETSIGMASK).
+  /// PTRACE_SETSIGMASK also clears the flag that would make a sigsuspend/ppoll/pselect in
+  /// progress restore its saved mask (kernel/ptrace.c), so the change lasts. Returns the
+  /// threads changed.
+  std::vector<pid_t> unblock_signals(uint64_t signals);
+
   /// Registers read/written only while the thread is stopped.
   user_regs_struct get_regs(pid_t tid) const;
   void set_regs(pid_t tid, const user_regs_struct& regs);

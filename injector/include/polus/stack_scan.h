@@ -43,6 +43,9 @@ ThreadSnapshot snapshot_thread(ProcessMemory& memory, const std::vector<MappedRe
 /// The first range the thread's pc or a stack word falls into, if any.
 const AddressRange* thread_touches(const ThreadSnapshot& thread, const std::vector<AddressRange>& ranges);
 
+/// Where `thread` touches `range`, for messages: "pc 0x..." or "0x... at sp+0x... on its stack".
+std::string touch_detail(const ThreadSnapshot& thread, const AddressRange& range);
+
 /// Whether the pc or any stack word equals one of `addresses` exactly.
 bool thread_has_address(const ThreadSnapshot& thread, const std::vector<uint64_t>& addresses);
 

@@ -1,9 +1,12 @@
 /*
- * greeter-data-probe.so — a patch of the greeter that carries a data item: its request
- * counter `requests_count` mapped to a new copy, kept in step by write-through sync
- * functions (the POLUS paper's bidirectional sync). The data-update rows of the benchmark
- * try to apply it: until the engine implements data sync (issue 3) it refuses such patches
- * and the rows say "pending"; the refusal is checked in every run.
+ * greeter-v0-v1-data.so — format_reply v1 plus a data item: the greeter's request counter
+ * `requests_count` (one atomic increment per HELLO, from worker threads that block every
+ * signal) mapped to a new copy, kept in step by write-through sync functions (the POLUS
+ * paper's bidirectional sync). The counter shares its page with others the ticker thread
+ * increments (false sharing). The patch also says the old `worker_thread` uses the counter:
+ * every worker runs that loop for good, so the update stays in its sync phase until it is
+ * rolled back — what data_update_test needs, and the benchmark's row D1 (throughput of a
+ * request-driven server while a data update syncs).
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -33,9 +36,12 @@ static int format_reply_v1(char *out, size_t cap, const char *name)
     return n;
 }
 
+enum { OLD_FORMAT_REPLY, NEW_FORMAT_REPLY, OLD_WORKER };
+
 static const struct polus_function functions[] = {
-    POLUS_OLD_FUNCTION("format_reply"),
-    POLUS_NEW_FUNCTION(format_reply_v1),
+    [OLD_FORMAT_REPLY] = POLUS_OLD_FUNCTION("format_reply"),
+    [NEW_FORMAT_REPLY] = POLUS_NEW_FUNCTION(format_reply_v1),
+    [OLD_WORKER] = POLUS_OLD_FUNCTION("greeter.c:worker_thread"),
 };
 
 static const struct polus_data data[] = {
@@ -44,10 +50,11 @@ static const struct polus_data data[] = {
 };
 
 static const struct polus_mapping mappings[] = {
-    POLUS_FUNCTION_MAPPING(0, 1),
+    POLUS_FUNCTION_MAPPING(OLD_FORMAT_REPLY, NEW_FORMAT_REPLY),
     POLUS_DATA_MAPPING(0, 1),
+    POLUS_F2D_MAPPING(OLD_WORKER, 0),
 };
 
-POLUS_PATCH("bench-data-probe", "greeter: format_reply v1 and a tracked copy of requests_count",
+POLUS_PATCH("greeter-v1-data", "greeter: format_reply v1 and a tracked copy of requests_count",
             functions, POLUS_ARRAY_COUNT(functions), data, POLUS_ARRAY_COUNT(data),
             mappings, POLUS_ARRAY_COUNT(mappings), NULL, 0, NULL, 0, NULL, 0);
