@@ -305,6 +305,39 @@ static void lock_release(void) {
 
 /* ---- /proc/self/mem ------------------------------------------------------------------ */
 
+/* The size of the descriptor table now (FDSize in /proc/self/status); 64 if unknown. */
+static long fd_table_size(void) {
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/status", O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return 64;
+    char buf[4096];
+    long got = RAW(SYS_read, fd, buf, sizeof buf - 1);
+    RAW(SYS_close, fd, 0, 0);
+    if (got <= 0) return 64;
+    buf[got] = 0;
+    static const char key[] = "\nFDSize:";
+    for (long i = 0; i + (long)sizeof key - 1 < got; ++i) {
+        if (memcmp(buf + i, key, sizeof key - 1) != 0) continue;
+        long size = 0;
+        for (const char *c = buf + i + sizeof key - 1; *c == ' ' || *c == '\t' || (*c >= '0' && *c <= '9'); ++c) {
+            if (*c >= '0' && *c <= '9') size = size * 10 + (*c - '0');
+        }
+        return size >= 64 ? size : 64;
+    }
+    return 64;
+}
+
+/* A high descriptor number that is free and inside the table as it is, or -1. Asking for a
+ * number beyond the table (F_DUPFD 600, as we once did) makes the kernel grow it, and growing
+ * a table shared by several threads waits for an RCU grace period (fs/file.c, expand_fdtable:
+ * synchronize_rcu) — seconds on a busy virtual machine, while Polus waited for the agent. */
+static long high_free_descriptor(void) {
+    long size = fd_table_size();
+    for (long k = size - 1, tries = 0; k >= 3 && tries < 64; --k, ++tries) {
+        if (RAW(SYS_fcntl, k, F_GETFD, 0) == -EBADF) return k;
+    }
+    return -1;
+}
+
 static int mem_fd(void) {
     int pid = G.holder_pid; /* set by lock_acquire: we always hold the lock here */
     struct stat st;
@@ -320,8 +353,9 @@ static int mem_fd(void) {
     long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/mem", O_RDWR | O_CLOEXEC, 0, 0, 0);
     if (fd < 0) return (int)fd;
     /* Out of the way of applications that assume low descriptor numbers. */
-    long high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 600);
-    if (high >= 0) {
+    long high = high_free_descriptor();
+    if (high > fd) high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, high);
+    if (high > fd) {
         RAW(SYS_close, fd, 0, 0);
         fd = high;
     }

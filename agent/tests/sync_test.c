@@ -147,8 +147,32 @@ static void ab_pre(const struct polus_sync_args *args) {
 
 static void *(*volatile memset_fn)(void *, int, size_t) = memset;
 
+/* FDSize of /proc/self/status: how many descriptors the table holds now. */
+static long fd_table_size(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long size = -1;
+    while (f && fgets(line, sizeof line, f)) sscanf(line, "FDSize: %ld", &size);
+    if (f) fclose(f);
+    return size;
+}
+
+/* The descriptor on /proc/self/mem the agent holds, or -1. */
+static int agent_mem_descriptor(void) {
+    for (int fd = 3; fd < 4096; fd++) {
+        char link[64], target[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n <= 0) continue;
+        target[n] = 0;
+        if (strstr(target, "/mem")) return fd;
+    }
+    return -1;
+}
+
 static int test_basic(int single_step) {
     if (single_step) polus_agent_sync_configure(POLUS_SYNC_FORCE_SINGLE_STEP);
+    const long table_before = fd_table_size();
     uint32_t o = add_pair(&ab, sizeof ab, ab_old_to_new, &ab_v1, sizeof ab_v1, ab_new_to_old);
     item_table()[o].pre_sync = (uint64_t)(uintptr_t)ab_pre;
     CHECK_EQ(polus_agent_sync_begin(), 0);
@@ -166,6 +190,11 @@ static int test_basic(int single_step) {
     /* old code writes ab.a.i (struct A at offset 0) */
     *(volatile int *)&ab.a.i = 42;
     barrier();
+    /* The agent's /proc/self/mem descriptor sits high in the table, without growing it:
+     * growing a shared table waits for an RCU grace period (seconds on a busy VM). */
+    CHECK(table_before >= 64);
+    CHECK_EQ(fd_table_size(), table_before);
+    CHECK(agent_mem_descriptor() >= table_before / 2);
     CHECK_EQ(ab.a.i, 42);
     CHECK_EQ(ab_v1.a.i, 42);
     CHECK_EQ(old_to_new_calls, 1);

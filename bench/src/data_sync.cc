@@ -1,7 +1,12 @@
 // Disruption during a data update: throughput while the sync phase is active, as a fraction
 // of steady state (D1), and the cost of one tracked write (D2).
 //
-// D1 uses the Fig. 2 counter (test-servers/fig2/counter.c): eight threads increment ab.a.i
+// D1 measures a request-driven server: the greeter under our load client, with
+// greeter-v0-v1-data.so, which tracks its request counter (one atomic increment per request,
+// on a page its ticker thread also writes) and keeps the update syncing for as long as the
+// workers run their loop; requests/s for a while before the apply and while syncing, in the
+// same process.
+// D1w uses the Fig. 2 counter (test-servers/fig2/counter.c): eight threads increment ab.a.i
 // through bar()/foo() in a tight loop, every increment a write to the changed global. A thread
 // kept in hold() holds the update in `syncing`; the completed-call rate is measured for 1 s
 // before the apply (steady) and for 1 s while syncing, in the same process, then the hold is
@@ -20,6 +25,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "greeter.h"
 #include "polus/engine.h"
 #include "sections.h"
 
@@ -106,6 +112,30 @@ double throughput_fraction_once(double seconds) {
   return steady > 0 ? syncing / steady : -1;
 }
 
+/// One D1 sample on the greeter under load, or a negative value when the update did not stay
+/// in `syncing`.
+double greeter_fraction_once(const Config& config, double seconds) {
+  Greeter greeter = Greeter::start(config.paths.greeter, 0, config.tp_clients + 2);
+  LoadClient load(greeter.port(), config.tp_clients);
+  load.start();
+  sleep_ms(300);  // connections up, caches warm
+  auto rate = [&] {
+    uint64_t before = load.counts().total();
+    uint64_t start = now_ns();
+    sleep_ms(seconds * 1000);
+    return static_cast<double>(load.counts().total() - before) / ((now_ns() - start) / 1e9);
+  };
+  double steady = rate();
+  polus::EngineOptions options;
+  options.agent_path = POLUS_BENCH_AGENT;
+  options.sync_timeout = std::chrono::milliseconds(100);
+  polus::PatchInfo info = polus::apply_patch(greeter.pid(), POLUS_BENCH_GREETER_DATA_PATCH, options);
+  double syncing = info.state == "syncing" ? rate() : -1;
+  load.stop();
+  greeter.stop(SIGKILL);  // the update never ends by itself (see the patch); the server goes
+  return steady > 0 && syncing >= 0 ? syncing / steady : -1;
+}
+
 /// One D2 sample from the agent's micro-benchmark, or a negative value.
 double tracked_write_once() {
   FILE* p = popen(POLUS_BENCH_AGENT_TEST " perf 2>&1", "r");
@@ -130,6 +160,8 @@ DataSyncResults run_data_sync(const Config& config) {
   const double seconds = config.quick ? 0.5 : 1.0;
   try {
     for (int i = 0; i < samples; ++i) {
+      double server = greeter_fraction_once(config, seconds);
+      if (server >= 0) out.server_fraction.add(server);
       double fraction = throughput_fraction_once(seconds);
       if (fraction >= 0) out.throughput_fraction.add(fraction);
       double us = tracked_write_once();
@@ -141,7 +173,7 @@ DataSyncResults run_data_sync(const Config& config) {
     out.engine_answer = std::string("data update failed: ") + e.what();
     spdlog::warn("data sync: {}", e.what());
   }
-  out.measured = !out.throughput_fraction.empty() && !out.tracked_write_us.empty();
+  out.measured = !out.server_fraction.empty() && !out.throughput_fraction.empty() && !out.tracked_write_us.empty();
   return out;
 }
 

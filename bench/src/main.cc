@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <iostream>
@@ -130,6 +131,7 @@ int main(int argc, char** argv) {
   mkdir(paths.work_dir.c_str(), 0755);
   Config config = quick ? Config::smoke(paths) : Config::full(paths);
   config.only = only;
+  if (const char* level = std::getenv("POLUS_BENCH_LOG")) spdlog::set_level(spdlog::level::from_str(level));
   for (const std::string& section : only) {
     static const std::vector<std::string> known = {"grid", "call", "throughput", "data", "memory", "alternatives"};
     if (std::find(known.begin(), known.end(), section) == known.end()) {

@@ -55,6 +55,10 @@ std::string range_ms(const Samples& s) {
   if (s.empty()) return "not run";
   return ms(s.min()) + "–" + ms(s.max()) + " (n=" + std::to_string(s.size()) + ")";
 }
+std::string range_pct(const Samples& s) {
+  if (s.empty()) return "not run";
+  return pct(s.min()) + "–" + pct(s.max()) + " (n=" + std::to_string(s.size()) + ")";
+}
 std::string verdict(bool met) { return met ? "met" : "MISSED"; }
 
 std::string cell_name(int functions, int threads) {
@@ -295,21 +299,30 @@ Built build(const Config& config, const AllResults& r) {
     const DataSyncResults& d = r.data_sync;
     Group group{"Disruption during a data update", {}};
     if (d.measured) {
-      group.rows.push_back({"D1", "throughput while the sync phase is active", pct(d.throughput_fraction.median()) + " of steady state",
-                            "", "", "≥ 95 %", verdict(d.throughput_fraction.median() >= kSyncThroughputTarget)});
+      group.rows.push_back({"D1", "server throughput while the sync phase is active (greeter, one tracked write per request)",
+                            pct(d.server_fraction.median()) + " of steady state",
+                            range_pct(d.server_fraction), "", "≥ 95 %",
+                            verdict(d.server_fraction.median() >= kSyncThroughputTarget)});
+      group.rows.push_back({"D1w", "worst case: Fig. 2 counter, a tracked write every loop iteration",
+                            pct(d.throughput_fraction.median()) + " of steady state", range_pct(d.throughput_fraction),
+                            "", "(≥ 95 %)", verdict(d.throughput_fraction.median() >= kSyncThroughputTarget)});
       group.rows.push_back({"D2", "cost of one tracked write", sig3(d.tracked_write_us.median()) + " µs", "", "",
                             "≤ 3 µs", verdict(d.tracked_write_us.median() <= kTrackedWriteTargetUs)});
-      b.targets.push_back("Throughput during a data update ≥ 95 % (row D1): " + pct(d.throughput_fraction.median()) +
-                          "; tracked write ≤ 3 µs (row D2): " + sig3(d.tracked_write_us.median()) + " µs");
-      if (d.throughput_fraction.median() < kSyncThroughputTarget || d.tracked_write_us.median() > kTrackedWriteTargetUs) {
+      b.targets.push_back("Throughput during a data update ≥ 95 % (row D1, a server): " + pct(d.server_fraction.median()) +
+                          " (worst case D1w: " + pct(d.throughput_fraction.median()) +
+                          "); tracked write ≤ 3 µs (row D2): " + sig3(d.tracked_write_us.median()) + " µs");
+      if (d.server_fraction.median() < kSyncThroughputTarget || d.tracked_write_us.median() > kTrackedWriteTargetUs) {
         b.misses.push_back(
             "**Data update disruption (rows D1, D2).** Every write to a tracked page is a SIGSEGV handled by the "
             "agent (decode, emulate the store through /proc/self/mem, run the sync function, whose own store to the "
             "protected counterpart faults once more): about 2.2 µs per fault on this VM, so a write whose sync "
-            "function stores costs two (D2). The Fig. 2 counter writes tracked data on every iteration of a tight "
-            "loop (tens of ns when untracked) and all tracked writes serialise on the agent's lock, so while it syncs "
-            "it runs at a small fraction of its speed (D1) — the worst case; a server that writes changed data "
-            "once per request loses a few µs per request, and only until the update commits (usually milliseconds). "
+            "function stores costs two (D2). The greeter (D1) answers a request in a few µs of CPU, so two faults "
+            "per request (its counter increment and the sync function's copy) plus the false-sharing faults of "
+            "other counters on the page are a large share of it, and tracked writes of all workers serialise on "
+            "the agent's lock; a server doing more work per request loses proportionally less, and only until "
+            "the update commits (usually milliseconds; here the patch holds it open on purpose). The Fig. 2 "
+            "counter writes tracked data on every iteration of a tight loop (tens of ns when untracked), so "
+            "while it syncs it runs at a small fraction of its speed (D1w) — the worst case. "
             "Below one fault per write needs hardware help (protection keys, absent here) or compiler-assisted "
             "write barriers; shortening the sync phase is the practical lever.");
       }
@@ -494,7 +507,11 @@ std::string notes(const Config& config, const AllResults& r, const Built& b) {
        "they are noisier on 2 cores: pinning server and clients to separate CPUs (every request becomes a "
        "cross-CPU wakeup), and four greeters side by side in the four roles (the scheduler shares the CPU "
        "between competing closed loops very unevenly).\n\n";
-  n << "**D1–D2.** D1: the Fig. 2 counter (test-servers/fig2/counter.c), eight threads incrementing ab.a.i "
+  n << "**D1–D2.** D1: the greeter under the same load client as T1–T3, with greeter-v0-v1-data.so "
+       "(test-servers/patches), which tracks its request counter — one atomic increment per request, from "
+       "worker threads that block every signal, on a page the ticker thread also writes — and names the "
+       "workers' loop as a user of it, so the update stays *syncing*; requests/s before the apply and while "
+       "syncing, same process, per sample (a fresh server each). D1w: the Fig. 2 counter (test-servers/fig2/counter.c), eight threads incrementing ab.a.i "
        "through bar()/foo() in a tight loop, so every iteration is a write to changed data; a thread kept in "
        "hold() holds the update in *syncing*. Completed calls per second for a while before the apply and "
        "while syncing, in the same process, per sample; the worst case for write-through, since each write "

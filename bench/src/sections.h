@@ -141,7 +141,8 @@ struct DataSyncResults {
   std::string pending;       // the row text while not measured
   std::string engine_answer; // what polusctl said to a data patch in this run
   bool engine_accepts = false;  // it applied the data patch
-  Samples throughput_fraction;  // throughput during the sync phase / steady state
+  Samples server_fraction;      // greeter requests/s during the sync phase / steady state
+  Samples throughput_fraction;  // Fig. 2 counter: the same, the worst case
   Samples tracked_write_us;     // cost of one write to a tracked item
 };
 

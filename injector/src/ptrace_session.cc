@@ -449,6 +449,21 @@ void PtraceSession::set_borrowed(pid_t tid, bool borrowed) {
   }
 }
 
+namespace {
+/// "state D, in the kernel at synchronize_rcu_normal": what a thread is doing, for messages.
+std::string describe_wait(pid_t pid, pid_t tid) {
+  std::string task = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid);
+  std::ifstream stat(task + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  std::string state = paren != std::string::npos && paren + 2 < text.size() ? std::string(1, text[paren + 2]) : "?";
+  std::ifstream wchan_file(task + "/wchan");
+  std::string wchan;
+  std::getline(wchan_file, wchan);
+  return "thread state " + state + (wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
+}
+}  // namespace
+
 int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject) {
   ThreadState* t = &threads_.at(tid);
   for (;;) {
@@ -468,7 +483,8 @@ int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::t
       t = &threads_.at(tid);
       if (t->stop != StopKind::kNone) break;
       if (Clock::now() >= deadline) {
-        throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) + " did not finish in time");
+        throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) +
+                                             " did not finish in time (" + describe_wait(pid_, tid) + ")");
       }
       wait_event(deadline);  // all threads: others' signals must not wait for our code to finish
     }
