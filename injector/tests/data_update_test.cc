@@ -2,6 +2,7 @@
 // live while eight threads increment through the changed global.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -218,4 +219,43 @@ TEST_CASE("a data update on a server whose worker threads block every signal", "
   long served = server.stats()["requests"];
   CHECK(served >= load.ok() + 1);
   CHECK(served <= load.ok() + 1 + load.clients());
+}
+
+TEST_CASE("twenty data updates applied and rolled back under load and signals lose nothing", "[data][live][greeter]") {
+  auto server = polus::testing::GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  polus::testing::LoadGenerator load(server.port(), 4);
+  load.start();
+  REQUIRE(load.wait_for_replies(200));
+  std::atomic<bool> stop{false};
+  std::atomic<long> sent{0};
+  std::thread signaller([&] {  // queued real-time signals: none may be merged or lost
+    while (!stop) {
+      server.signal(SIGRTMIN);
+      sent++;
+      std::this_thread::sleep_for(500us);
+    }
+  });
+  for (int cycle = 0; cycle < 20; ++cycle) {
+    INFO("cycle " << cycle);
+    auto applied = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1-data.so"), options(20ms));
+    CHECK(applied.state == "syncing");
+    std::this_thread::sleep_for(20ms);
+    auto back = polus::rollback_patch(server.pid(), options());
+    REQUIRE(back.state == "rolled-back");
+    REQUIRE(server.alive());
+  }
+  stop = true;
+  signaller.join();
+  load.stop();
+  CHECK(load.failures() == 0);
+  CHECK(polus::read_status(server.pid()).patches.empty());
+  std::map<std::string, long> stats;
+  auto deadline = std::chrono::steady_clock::now() + 2s;
+  do {  // the last signals may still be on their way to the main thread
+    stats = server.stats();
+  } while (stats["sigrt"] < sent && std::chrono::steady_clock::now() < deadline);
+  CHECK(stats["sigrt"] == sent);
+  CHECK(stats["requests"] >= load.ok());
+  CHECK(stats["requests"] <= load.ok() + load.clients());
+  CHECK(stats["eintr"] == 0);
 }
