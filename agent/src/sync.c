@@ -309,7 +309,8 @@ static void lock_release(void) {
 static long fd_table_size(void) {
     long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/status", O_RDONLY | O_CLOEXEC, 0, 0, 0);
     if (fd < 0) return 64;
-    char buf[4096];
+    char buf[768]; /* FDSize is in the first few hundred bytes; this may run in a signal handler
+                    * on a small alternate stack (see read_protections) */
     long got = RAW(SYS_read, fd, buf, sizeof buf - 1);
     RAW(SYS_close, fd, 0, 0);
     if (got <= 0) return 64;

@@ -159,13 +159,15 @@ static long fd_table_size(void) {
 
 /* The descriptor on /proc/self/mem the agent holds, or -1. */
 static int agent_mem_descriptor(void) {
+    char expected[64];
+    snprintf(expected, sizeof expected, "/proc/%d/mem", (int)getpid());
     for (int fd = 3; fd < 4096; fd++) {
         char link[64], target[64];
         snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
         ssize_t n = readlink(link, target, sizeof target - 1);
         if (n <= 0) continue;
         target[n] = 0;
-        if (strstr(target, "/mem")) return fd;
+        if (!strcmp(target, expected)) return fd;
     }
     return -1;
 }

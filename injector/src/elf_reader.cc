@@ -96,7 +96,7 @@ void read_program_headers(Elf* elf, ElfHeaders& headers) {
   for (size_t i = 0; i < count; ++i) {
     GElf_Phdr phdr;
     if (!gelf_getphdr(elf, static_cast<int>(i), &phdr)) continue;
-    if (phdr.p_type == PT_LOAD) headers.loads.push_back({phdr.p_offset, phdr.p_vaddr});
+    if (phdr.p_type == PT_LOAD) headers.loads.push_back({phdr.p_offset, phdr.p_vaddr, phdr.p_memsz});
     if (phdr.p_type == PT_DYNAMIC) headers.dynamic_vaddr = phdr.p_vaddr;
   }
 }
@@ -202,15 +202,22 @@ void drop_duplicate_symbols(std::vector<Symbol>& symbols) {
   for (size_t run = 0; run < by_address.size();) {
     size_t end = run + 1;
     while (end < by_address.size() && by_address[end].first == by_address[run].first) ++end;
-    for (size_t a = run; a < end; ++a) {  // aliases of one address: a handful at most
-      if (dropped[by_address[a].second]) continue;
+    // Aliases of one address (a handful usually; thousands after identical-code folding):
+    // by name, keeping the reading order within a name.
+    std::sort(by_address.begin() + static_cast<long>(run), by_address.begin() + static_cast<long>(end),
+              [&](const auto& x, const auto& y) {
+                int order = symbols[x.second].name.compare(symbols[y.second].name);
+                return order != 0 ? order < 0 : x.second < y.second;
+              });
+    for (size_t a = run; a < end;) {
       Symbol& kept = symbols[by_address[a].second];
-      for (size_t b = a + 1; b < end; ++b) {
+      size_t b = a + 1;
+      for (; b < end && symbols[by_address[b].second].name == kept.name; ++b) {
         Symbol& other = symbols[by_address[b].second];
-        if (dropped[by_address[b].second] || other.name != kept.name) continue;
         if (other.is_global && !kept.is_global) kept = std::move(other);
         dropped[by_address[b].second] = true;
       }
+      a = b;
     }
     run = end;
   }

@@ -39,6 +39,7 @@ class ElfFile {
 struct LoadSegment {
   uint64_t offset = 0;
   uint64_t vaddr = 0;
+  uint64_t memsz = 0;
 };
 
 /// What an ELF file says about itself, without reading its symbol tables.

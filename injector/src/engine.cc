@@ -113,19 +113,26 @@ std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, Targe
 }
 
 /// Why a thread keeps us from writing a redirect's jump now, or "" if nothing does.
+/// Whether the commit writes a trampoline slot of its own for `plan` (not one it shares with
+/// the patch it stacks on).
+bool writes_new_slot(const PlannedRedirect& plan) {
+  return plan.record.trampoline && !(plan.record.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE);
+}
+
 std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& thread) {
-  if (plan.stacked_on) return "";  // only a jump target changes: any pc is fine
-  const PrologueAnalysis& a = plan.analysis;
   const std::string name = plan.old_symbol.qualified_name();
   const std::string who = "thread " + std::to_string(thread.tid);
-  if (uint64_t slot = plan.record.trampoline) {
+  if (writes_new_slot(plan)) {
     // A slot freed by a rollback can be handed out again. A thread preempted on it (it took
     // the old jump, not yet the slot's own) would otherwise continue into this patch's
     // function instead of the one it called.
+    uint64_t slot = plan.record.trampoline;
     if (thread_touches(thread, {AddressRange{slot, slot + kTrampolineSlotSize, "a trampoline"}})) {
       return who + " is on the trampoline slot " + hex(slot) + " this patch reuses for " + name;
     }
   }
+  if (plan.stacked_on) return "";  // only a jump target changes: any pc is fine
+  const PrologueAnalysis& a = plan.analysis;
   if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
     return who + " is executing the first bytes of " + name;
   }
@@ -379,7 +386,7 @@ class Applier {
     // Stacks are read whenever a jump goes over live code: a signal frame on a stack can hold
     // any interrupted pc, including one inside the bytes the jump replaces.
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
-      return !p.stacked_on;
+      return !p.stacked_on || writes_new_slot(p);
     });
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
     for (const PlannedRedirect& plan : plans_) {
@@ -576,10 +583,16 @@ std::vector<ThreadStack> inspect_stacks(pid_t pid) {
   TargetContext target(pid, SymbolOptions{}, Clock::now() + std::chrono::seconds(5));
   Unwinder unwinder(target.symbols(), pid);
   target.seize();
+  // Unwind with every thread stopped; name the frames after letting them go (symbol tables
+  // are read lazily and can take milliseconds).
   target.session().stop_all(TargetContext::step_deadline());
-  std::vector<ThreadStack> stacks;
+  std::vector<std::pair<pid_t, UnwindResult>> unwound;
   for (pid_t tid : target.session().thread_ids()) {
-    UnwindResult result = unwinder.unwind(target.memory(), target.session().get_regs(tid));
+    unwound.emplace_back(tid, unwinder.unwind(target.memory(), target.session().get_regs(tid)));
+  }
+  target.session().resume_all();
+  std::vector<ThreadStack> stacks;
+  for (const auto& [tid, result] : unwound) {
     ThreadStack stack{tid, {}, result.note};
     for (size_t i = 0; i < result.frames.size(); ++i) {
       const StackFrame& f = result.frames[i];
@@ -592,7 +605,6 @@ std::vector<ThreadStack> inspect_stacks(pid_t pid) {
     }
     stacks.push_back(std::move(stack));
   }
-  target.session().resume_all();
   return stacks;
 }
 

@@ -584,14 +584,20 @@ void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_poin
       if (got < 0) return true;  // ECHILD: not ours any more
       if (got == 0) return false;  // still on its way out: a SIGKILL woke it from the stop
       if (WIFEXITED(status) || WIFSIGNALED(status)) return true;
-      // A stop after all (e.g. it was only running): detach now.
-      return ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0;
+      // A stop after all (it was only running): detach now, handing a signal-delivery-stop
+      // its signal (no event bits) rather than dropping it.
+      int signal = WIFSTOPPED(status) && (status >> 16) == 0 ? WSTOPSIG(status) : 0;
+      return ::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(signal))) == 0;
     });
     if (tids.empty() || Clock::now() >= deadline) break;
     std::this_thread::sleep_for(backoff);
     backoff = std::min(backoff * 2, std::chrono::microseconds(2000));
   }
-  for (pid_t tid : tids) spdlog::warn("thread {} of process {} exited but could not be reaped in time", tid, pid_);
+  for (pid_t tid : tids) {
+    spdlog::warn("thread {} of process {} could not be detached or reaped in time ({}); it stays traced until "
+                 "this program exits",
+                 tid, pid_, task_exited(pid_, tid) ? "exited" : "still running, e.g. in uninterruptible sleep");
+  }
 }
 
 }  // namespace polus

@@ -312,6 +312,11 @@ std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, boo
   object.has_symtab = headers.has_symtab;
   object.load_bias = *bias;
   object.is_main_executable = is_main;
+  for (const elf::LoadSegment& load : headers.loads) {
+    uint64_t start = load.vaddr + *bias, end = start + load.memsz;
+    if (object.image_start == 0 || start < object.image_start) object.image_start = start;
+    object.image_end = std::max(object.image_end, end);
+  }
   mapped.dynamic_vaddr = headers.dynamic_vaddr;
   set_text_range(object, file.regions);
   if (!object.has_symtab) {
@@ -598,7 +603,13 @@ std::vector<Symbol> ProcessSymbols::exported_functions(const LoadedObject& objec
 
 std::optional<Symbol> ProcessSymbols::symbol_containing(RemoteAddr address) const {
   const LoadedObject* object = object_containing(address);
-  if (!object) return std::nullopt;
+  if (!object) {  // not file-backed: maybe the anonymous tail of an object's .bss
+    auto image = std::find_if(objects_.begin(), objects_.end(), [&](const LoadedObject& o) {
+      return address.address() >= o.image_start && address.address() < o.image_end;
+    });
+    if (image == objects_.end()) return std::nullopt;
+    object = &*image;
+  }
   const Table& t = table(index_of(*object));
   uint64_t at = address.address();
   auto after = std::upper_bound(t.index.begin(), t.index.end(), at,

@@ -417,6 +417,10 @@ TEST_CASE("ProcessSymbols resolves a PIE with .symtab", "[process]") {
     CHECK(helper->qualified_name() == "sym_b.c:helper");
     CHECK(symbols.object_containing(RemoteAddr(function)) == &main);
     CHECK_FALSE(symbols.symbol_containing(RemoteAddr(0x1000)));
+    // Deep in a large .bss: the anonymous mapping past the file's last page.
+    auto bss = symbols.symbol_containing(RemoteAddr(fixture.printed("sym_big_bss") + 0x8000));
+    REQUIRE(bss);
+    CHECK(bss->name == "sym_big_bss");
     CHECK(symbols.object_containing(RemoteAddr(0x1000)) == nullptr);
 
     // A moved-to ProcessSymbols keeps working (the index holds no pointers).

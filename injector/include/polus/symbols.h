@@ -52,6 +52,8 @@ struct LoadedObject {
   uint64_t load_bias = 0;    // runtime address = link-time vaddr + load_bias
   uint64_t text_start = 0;   // lowest executable mapping, runtime address
   uint64_t text_end = 0;     // end of the highest executable mapping
+  uint64_t image_start = 0;  // the PT_LOAD segments at runtime addresses, .bss included (whose
+  uint64_t image_end = 0;    // tail past the file is an anonymous mapping in /proc/PID/maps)
   std::string build_id_hex;  // lowercase hex of NT_GNU_BUILD_ID, "" if none
   std::string symbols_from;  // the file the symbol table came from (the object or a debug file)
   bool has_symtab = false;   // false: only .dynsym was available
