@@ -2,6 +2,8 @@
 // real ptrace while clients talk to it.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/wait.h>
@@ -77,6 +79,13 @@ void check_untouched(GreeterProcess& server) {
   CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
   CHECK_FALSE(maps_mention(server.pid(), "libpolus-agent.so"));
   CHECK(polus::read_status(server.pid()).patches.empty());
+}
+
+size_t thread_count(pid_t pid) {
+  std::error_code error;
+  size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(proc(pid, "task"), error); !error && it != std::filesystem::directory_iterator(); it.increment(error)) ++n;
+  return n;
 }
 
 std::vector<pid_t> thread_ids(pid_t pid) {
@@ -417,6 +426,55 @@ TEST_CASE("a target killed while Polus holds it can be reaped by its parent at o
     std::this_thread::sleep_for(50ms);  // every thread is a zombie by now
   }
   CHECK_REAPED(server, tids);
+}
+
+TEST_CASE("a target killed while Polus holds it is handed back to its real parent", "[engine][live][errors]") {
+  // As with polusctl or polusd, the tracer is not the target's parent here. Once the dead
+  // threads are reaped, the tracer's wait on the zombie leader hands it back to the real parent
+  // (kernel/exit.c, wait_task_zombie), whose own wait then returns.
+  int report[2], announce[2];
+  REQUIRE(pipe(report) == 0);
+  REQUIRE(pipe(announce) == 0);
+  const std::string greeter = binary_path("greeter-v0");
+  pid_t parent = fork();
+  if (parent == 0) {
+    pid_t child = fork();
+    if (child == 0) {
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 1);
+      execl(greeter.c_str(), "greeter-v0", "--workers", "4", nullptr);
+      _exit(127);
+    }
+    (void)!write(announce[1], &child, sizeof child);
+    int status = 0;
+    char reaped = waitpid(child, &status, 0) == child ? 'y' : 'n';
+    (void)!write(report[1], &reaped, 1);
+    _exit(0);
+  }
+  pid_t target = 0;
+  REQUIRE(read(announce[0], &target, sizeof target) == sizeof target);
+  auto started = std::chrono::steady_clock::now();
+  while (thread_count(target) < 9 && std::chrono::steady_clock::now() - started < 5s) std::this_thread::sleep_for(5ms);
+  REQUIRE(thread_count(target) >= 9);  // main, acceptor, 4 workers, idle threads, ticker
+  std::vector<pid_t> tids;
+  {
+    auto session = polus::PtraceSession::seize(target);
+    session.stop_all(polus::Clock::now() + 5s);
+    tids = session.thread_ids();
+    kill(target, SIGKILL);
+    std::this_thread::sleep_for(50ms);
+  }
+  pollfd pfd{report[0], POLLIN, 0};
+  char reaped = 'n';
+  bool answered = poll(&pfd, 1, 3000) == 1 && read(report[0], &reaped, 1) == 1;
+  CHECK(answered);
+  CHECK(reaped == 'y');
+  if (!answered) {  // unwedge: release the traced zombies so the parent can finish
+    for (pid_t tid : tids) ::waitpid(tid, nullptr, __WALL | WNOHANG);
+  }
+  kill(parent, SIGKILL);
+  waitpid(parent, nullptr, 0);
+  for (int fd : {report[0], report[1], announce[0], announce[1]}) close(fd);
 }
 
 TEST_CASE("a target living in malloc, dlopen and thread creation is patched without deadlock", "[engine][live]") {
