@@ -249,13 +249,28 @@ static int closed_prot(const struct page_info *p);
 
 /* ---- the lock ------------------------------------------------------------------------ */
 
+static void note_change(uint32_t i, uint64_t offset);
+
 static void reset_inherited_state(void) {
-    /* We are a fork child and the lock was held by a thread of the parent. */
+    /* We are a fork child and the lock was held by a thread of the parent, somewhere in a
+     * tracked write. The work it had queued (items marked F_DIRTY, whose post_sync had not run
+     * yet) is kept and drained by this process's next tracked write; the item whose sync
+     * function it was running is queued again (a post_sync is a copy: running it twice is
+     * harmless). Dropping the queue but not the F_DIRTY marks, as before, left those items
+     * never synced again in the child. */
+    uint32_t interrupted = G.in_sync ? G.sync_item : NO_ITEM;
+    /* drain() pops an item before running its sync: the slot just above the queue says which */
+    uint32_t popped = G.draining && G.work ? G.work[G.work_count] : NO_ITEM;
     G.lock_owner = 0;
     G.lock_depth = 0;
     G.in_sync = 0;
     G.draining = 0;
-    G.work_count = 0;
+    G.sync_item = NO_ITEM;
+    G.sync_counterpart = NO_ITEM;
+    for (uint32_t i = 0; i < G.count; i++) G.item_flags[i] &= ~F_DIRTY; /* marks = the queue */
+    for (uint32_t k = 0; k < G.work_count; k++) G.item_flags[G.work[k]] |= F_DIRTY;
+    if (interrupted < G.count) note_change(interrupted, 0);
+    if (popped < G.count) note_change(popped, 0);
     G.step.active = 0;
     /* A page the parent's thread had open for a single step is writable here: close it. */
     for (uint32_t k = 0; G.active && k < G.page_count; k++)

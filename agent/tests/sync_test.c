@@ -580,17 +580,23 @@ static int test_fatal(void) {
     st = child_status(pid);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTRAP);
 
-    /* fork while another thread hammers tracked data (the lock may be held at the fork) */
+    /* fork while another thread hammers tracked data (the lock may be held at the fork, with
+     * work queued or a sync function running: the child must still sync its own writes) */
     pthread_mutex_init(&pair_lock[0], NULL);
     pthread_t th;
     CHECK(pthread_create(&th, NULL, busy_writer, NULL) == 0);
     int forks_ok = 0;
-    for (int k = 0; k < 20; k++) {
+    for (int k = 0; k < 100; k++) {
         pid = fork();
         if (pid == 0) {
             quiet_child();
+            int a0 = ab.a.i, v0 = ab_v1.a.i;
+            uint64_t f0 = SYNC.faults;
             __asm__ volatile("addl $1, %0" : "+m"(ab.a.i));
             barrier();
+            if (ab_v1.a.i != ab.a.i)
+                fprintf(stderr, "fork child: before its write ab=%d ab_v1=%d (%lu faults), after ab=%d ab_v1=%d\n", a0, v0,
+                        (unsigned long)f0, ab.a.i, ab_v1.a.i);
             _exit(ab_v1.a.i == ab.a.i ? 0 : 14);
         }
         st = child_status(pid);
