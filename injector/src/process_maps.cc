@@ -1,6 +1,7 @@
 #include "polus/process_maps.h"
 
 #include <fstream>
+#include <sstream>
 #include <iterator>
 
 #include <errno.h>
@@ -218,7 +219,15 @@ bool task_exited(pid_t pid, pid_t tid) {
   std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   auto paren = text.rfind(')');  // the command name may contain spaces and parentheses
   if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  return text[paren + 2] == 'Z' || text[paren + 2] == 'X';
+  if (text[paren + 2] == 'Z' || text[paren + 2] == 'X') return true;
+  // Still running its exit: its memory may already be gone (PF_EXITING, include/linux/sched.h;
+  // field 9 of /proc/PID/stat).
+  std::istringstream fields(text.substr(paren + 2));
+  std::string state, ppid, pgrp, session, tty, tpgid;
+  unsigned long flags = 0;
+  fields >> state >> ppid >> pgrp >> session >> tty >> tpgid >> flags;
+  constexpr unsigned long kPfExiting = 0x4;
+  return (flags & kPfExiting) != 0;
 }
 
 }  // namespace polus

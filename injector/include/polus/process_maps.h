@@ -28,9 +28,9 @@ struct MappedRegion {
 /// Reads /proc/PID/maps. Throws Error(kNoSuchProcess) if the process is gone.
 std::vector<MappedRegion> read_process_maps(pid_t pid);
 
-/// Whether a process (tid = 0) or one of its threads is gone or a zombie: no /proc entry,
-/// or state Z or X in its stat file. ptrace refuses such tasks with EPERM and their memory
-/// is already released.
+/// Whether a process (tid = 0) or one of its threads is gone, a zombie or exiting: no /proc
+/// entry, state Z or X, or PF_EXITING in its stat file. ptrace refuses such tasks with EPERM
+/// and their memory is released or being released.
 bool task_exited(pid_t pid, pid_t tid = 0);
 
 /// Parses the text of a maps file (exposed for tests and fuzzing).
