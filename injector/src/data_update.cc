@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -137,10 +138,21 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
   }
 }
 
-void unblock_fault_signals(PtraceSession& session) {
+void unblock_fault_signals(PtraceSession& session, bool since_start) {
   constexpr uint64_t kFaultSignals = (1ull << (SIGSEGV - 1)) | (1ull << (SIGTRAP - 1));
   std::vector<pid_t> changed = session.unblock_signals(kFaultSignals);
-  if (!changed.empty()) {
+  if (!changed.empty() && since_start) {
+    std::string who;
+    for (pid_t tid : changed) {
+      std::ifstream comm("/proc/" + std::to_string(session.pid()) + "/task/" + std::to_string(tid) + "/comm");
+      std::string name;
+      std::getline(comm, name);
+      who += (who.empty() ? "" : ", ") + std::to_string(tid) + " (" + name + ")";
+    }
+    spdlog::warn("process {}: thread(s) {} blocked SIGSEGV/SIGTRAP while the update synced (born since, or "
+                 "blocked again); unblocked them — a tracked write in that state would have killed the process",
+                 session.pid(), who);
+  } else if (!changed.empty()) {
     spdlog::info("process {}: {} thread(s) blocked SIGSEGV/SIGTRAP; unblocked them so write tracking can handle "
                  "their faults (a blocked fault signal would kill the process)",
                  session.pid(), changed.size());
@@ -248,7 +260,7 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
     target.seize();
     auto pause_start = Clock::now();
     target.session().stop_all(TargetContext::step_deadline());
-    unblock_fault_signals(target.session());  // threads born since the last inspection
+    unblock_fault_signals(target.session(), /*since_start=*/true);  // threads born since the last inspection
     Inspection inspection = inspect_stacks(target, unwinder, record.watched);
     target.session().resume_all();
     max_pause_ns = std::max(max_pause_ns, elapsed_ns(pause_start));

@@ -57,7 +57,9 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
 /// Blocking a synchronous fault signal has no other effect, so the change is left in place.
 /// Call with the threads stopped: before tracking starts, and at each inspection (threads
 /// created meanwhile inherit their creator's mask).
-void unblock_fault_signals(PtraceSession& session);
+/// `since_start`: an inspection of an update already syncing (threads found blocking the
+/// signals then are named in a warning: they were born or re-blocked since tracking began).
+void unblock_fault_signals(PtraceSession& session, bool since_start = false);
 
 /// Protects every tracked item and starts write tracking. Call with every other thread stopped
 /// (after unblock_fault_signals).

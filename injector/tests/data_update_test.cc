@@ -226,10 +226,11 @@ TEST_CASE("twenty data updates applied and rolled back under load and signals lo
   polus::testing::LoadGenerator load(server.port(), 4);
   load.start();
   REQUIRE(load.wait_for_replies(200));
-  std::atomic<bool> stop{false};
   std::atomic<long> sent{0};
-  std::thread signaller([&] {  // queued real-time signals: none may be merged or lost
-    while (!stop) {
+  // Queued real-time signals: none may be merged or lost. (A jthread: a failing REQUIRE below
+  // unwinds through its destructor, which stops and joins it.)
+  std::jthread signaller([&](std::stop_token stop) {
+    while (!stop.stop_requested()) {
       server.signal(SIGRTMIN);
       sent++;
       std::this_thread::sleep_for(500us);
@@ -244,7 +245,7 @@ TEST_CASE("twenty data updates applied and rolled back under load and signals lo
     REQUIRE(back.state == "rolled-back");
     REQUIRE(server.alive());
   }
-  stop = true;
+  signaller.request_stop();
   signaller.join();
   load.stop();
   CHECK(load.failures() == 0);
