@@ -138,6 +138,18 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
   }
 }
 
+std::string mask_reset_pending(PtraceSession& session) {
+  constexpr uint64_t kGlibcInternal = (1ull << 31) | (1ull << 32);  // signals 32 and 33
+  for (pid_t tid : session.thread_ids()) {
+    std::optional<uint64_t> mask = session.signal_mask(tid);
+    if (mask && (*mask & kGlibcInternal) == kGlibcInternal) {
+      return "thread " + std::to_string(tid) + " is being created (or is inside glibc's all-signals-blocked "
+             "section), so its signal mask is about to be reset";
+    }
+  }
+  return "";
+}
+
 void unblock_fault_signals(PtraceSession& session, bool since_start) {
   constexpr uint64_t kFaultSignals = (1ull << (SIGSEGV - 1)) | (1ull << (SIGTRAP - 1));
   std::vector<pid_t> changed = session.unblock_signals(kFaultSignals);

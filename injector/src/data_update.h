@@ -57,6 +57,14 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
 /// Blocking a synchronous fault signal has no other effect, so the change is left in place.
 /// Call with the threads stopped: before tracking starts, and at each inspection (threads
 /// created meanwhile inherit their creator's mask).
+/// Why write tracking must not start now, or "": a thread inside one of glibc's sections that
+/// block every signal and put the saved mask back afterwards — a thread being created
+/// (pthread_create's child runs with all signals blocked until start_thread restores its
+/// creator's mask), fork, posix_spawn. Its mask says so: glibc's own SIGCANCEL and SIGSETXID
+/// (32, 33) are blocked only there. Unblocking SIGSEGV in such a thread would be undone a
+/// moment later, and its first tracked write would kill the process.
+std::string mask_reset_pending(PtraceSession& session);
+
 /// `since_start`: an inspection of an update already syncing (threads found blocking the
 /// signals then are named in a warning: they were born or re-blocked since tracking began).
 void unblock_fault_signals(PtraceSession& session, bool since_start = false);

@@ -444,6 +444,7 @@ class Applier {
         }
       }
     }
+    if (has_data_) return mask_reset_pending(target_.session());
     return "";
   }
 

@@ -398,6 +398,12 @@ void PtraceSession::resume_all() {
   for (pid_t tid : thread_ids()) resume_thread(tid);
 }
 
+std::optional<uint64_t> PtraceSession::signal_mask(pid_t tid) const {
+  uint64_t mask = 0;
+  if (::ptrace(PTRACE_GETSIGMASK, tid, sizeof mask, &mask) != 0) return std::nullopt;
+  return mask;
+}
+
 std::vector<pid_t> PtraceSession::unblock_signals(uint64_t signals) {
   std::vector<pid_t> changed;
   for (auto& [tid, t] : threads_) {

@@ -260,3 +260,26 @@ TEST_CASE("twenty data updates applied and rolled back under load and signals lo
   CHECK(stats["requests"] <= load.ok() + load.clients());
   CHECK(stats["eintr"] == 0);
 }
+
+TEST_CASE("write tracking waits for a thread whose signal mask glibc is about to put back", "[data][live]") {
+  // A thread being created runs with every signal blocked, glibc's own 32 and 33 too, until
+  // start_thread restores its creator's mask: SIGSEGV unblocked in it now would be blocked
+  // again a moment later. The counter's "blockall" thread looks exactly like that.
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("blockall") == "BLOCKING");
+  polus::EngineOptions quick = options();
+  quick.timeout = 300ms;
+  try {
+    polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), quick);
+    FAIL("write tracking started while a thread's mask was about to be reset");
+  } catch (const polus::Error& e) {
+    CHECK(e.code() == polus::ErrorCode::kUnsafeToPatch);
+    CHECK_THAT(e.what(), Catch::Contains("signal mask is about to be reset"));
+  }
+  CHECK(polus::read_status(target.pid()).patches.empty());
+  REQUIRE(target.ask("unblockall") == "UNBLOCKED");
+  auto info = polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), options());
+  CHECK(info.state == "committed");
+  CHECK(target.ask("probe").rfind("probe ok", 0) == 0);  // still alive, its own handler too
+}

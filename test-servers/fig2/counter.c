@@ -15,6 +15,9 @@
  *   release    -> hold() returns
  *   probe      -> touches a PROT_NONE guard page; the program's own SIGSEGV handler recovers
  *                 with siglongjmp and it answers "probe ok <n>" (n = faults it handled)
+ *   blockall   -> a thread blocks every signal, glibc's internal ones too, with a raw
+ *                 rt_sigprocmask (as a thread being created is, until start_thread restores its
+ *                 mask), until "unblockall"; it then puts its mask back, as glibc would
  *   quit
  */
 #define _GNU_SOURCE
@@ -23,6 +26,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -130,6 +134,18 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
     signal(SIGSEGV, SIG_DFL); /* not ours: crash as usual */
 }
 
+static atomic_int blocking, unblock_requested;
+static void *blocker(void *arg) {
+    (void)arg;
+    unsigned long all = ~0ul, saved = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, sizeof all);
+    atomic_store(&blocking, 1);
+    while (!atomic_load(&unblock_requested)) usleep(1000);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &saved, NULL, sizeof saved);
+    atomic_store(&blocking, 0);
+    return NULL;
+}
+
 static void *holder(void *arg) {
     (void)arg;
     hold();
@@ -174,6 +190,16 @@ int main(void) {
             atomic_store(&hold_release, 1);
             while (atomic_load(&holding)) usleep(100);
             printf("RELEASED\n");
+        } else if (!strncmp(line, "blockall", 8)) {
+            atomic_store(&unblock_requested, 0);
+            pthread_create(&t, NULL, blocker, NULL);
+            pthread_detach(t);
+            while (!atomic_load(&blocking)) usleep(100);
+            printf("BLOCKING\n");
+        } else if (!strncmp(line, "unblockall", 10)) {
+            atomic_store(&unblock_requested, 1);
+            while (atomic_load(&blocking)) usleep(100);
+            printf("UNBLOCKED\n");
         } else if (!strncmp(line, "probe", 5)) {
             if (sigsetjmp(probe_jump, 1) == 0) {
                 guard_page[0] = 1; /* faults; the handler jumps back */

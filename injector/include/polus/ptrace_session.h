@@ -86,6 +86,9 @@ class PtraceSession {
   /// threads changed.
   std::vector<pid_t> unblock_signals(uint64_t signals);
 
+  /// The signal mask of a stopped thread (PTRACE_GETSIGMASK); nullopt if it cannot be read.
+  std::optional<uint64_t> signal_mask(pid_t tid) const;
+
   /// Registers read/written only while the thread is stopped.
   user_regs_struct get_regs(pid_t tid) const;
   void set_regs(pid_t tid, const user_regs_struct& regs);
