@@ -8,6 +8,7 @@
 // protection is lifted and the update commits.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -64,6 +65,9 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
 /// (32, 33) are blocked only there. Unblocking SIGSEGV in such a thread would be undone a
 /// moment later, and its first tracked write would kill the process.
 std::string mask_reset_pending(PtraceSession& session);
+
+/// How long a commit waits for such a thread before going ahead anyway.
+inline constexpr std::chrono::milliseconds kMaskResetWait{500};
 
 /// `since_start`: an inspection of an update already syncing (threads found blocking the
 /// signals then are named in a warning: they were born or re-blocked since tracking began).

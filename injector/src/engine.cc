@@ -380,6 +380,7 @@ class Applier {
   /// initialises and protects the new data, writes the jumps; then resumes. The only time
   /// the whole target is stopped; it holds no file I/O and no symbol work.
   void commit() {
+    commit_started_ = Clock::now();
     const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {
       return c.kind == POLUS_CB_PRE_UPDATE;
     });
@@ -444,7 +445,9 @@ class Applier {
         }
       }
     }
-    if (has_data_) return mask_reset_pending(target_.session());
+    // Bounded: a thread being created leaves that section within microseconds; one that
+    // blocks glibc's signals for its own reasons must not hold the update back for good.
+    if (has_data_ && Clock::now() - commit_started_ < kMaskResetWait) return mask_reset_pending(target_.session());
     return "";
   }
 
@@ -535,6 +538,7 @@ class Applier {
   PatchRecordView record_view_;
   std::vector<std::pair<uint64_t, uint64_t>> slot_values_;  // (link-time slot, value)
   std::vector<uint64_t> new_arenas_;
+  Clock::time_point commit_started_;
   pid_t borrower_ = 0;
   uint64_t agent_handle_ = 0;
   uint64_t patch_handle_ = 0;

@@ -79,6 +79,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     install_tracked_items(thread, target.memory(), ctx.agent, plan, target.trap());
   }
   uint64_t pause_ns = 0;
+  const auto loop_started = Clock::now();
   for (;;) {
     if (sync_active) {  // released between attempts (below)
       target.seize();
@@ -91,7 +92,9 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
       const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
       if (hit) busy = "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
     }
-    if (busy.empty() && !sync_active) busy = mask_reset_pending(target.session());
+    if (busy.empty() && !sync_active && Clock::now() - loop_started < kMaskResetWait) {
+      busy = mask_reset_pending(target.session());
+    }
     if (busy.empty()) {
       if (run_code) {
         BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());

@@ -269,7 +269,7 @@ TEST_CASE("write tracking waits for a thread whose signal mask glibc is about to
   REQUIRE(target.read_line() == "READY");
   REQUIRE(target.ask("blockall") == "BLOCKING");
   polus::EngineOptions quick = options();
-  quick.timeout = 300ms;
+  quick.timeout = 400ms;  // within the engine's bounded wait (500 ms) for such threads
   try {
     polus::apply_patch(target.pid(), patch_path("counter-v0-v1.so"), quick);
     FAIL("write tracking started while a thread's mask was about to be reset");
