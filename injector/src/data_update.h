@@ -51,13 +51,6 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
 void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan,
                              uint32_t direction, RemoteAddr scratch, RemoteAddr trap);
 
-/// Lets every stopped thread take the agent's write-tracking signals (SIGSEGV, and SIGTRAP for
-/// its single-step fallback). Servers commonly block all signals in worker threads; a fault
-/// on a thread that blocks SIGSEGV is not delivered to a handler at all: the kernel resets
-/// the disposition to SIG_DFL and the process dies (kernel/signal.c, force_sig_info_to_task).
-/// Blocking a synchronous fault signal has no other effect, so the change is left in place.
-/// Call with the threads stopped: before tracking starts, and at each inspection (threads
-/// created meanwhile inherit their creator's mask).
 /// Why write tracking must not start now, or "": a thread inside one of glibc's sections that
 /// block every signal and put the saved mask back afterwards — a thread being created
 /// (pthread_create's child runs with all signals blocked until start_thread restores its
@@ -69,6 +62,13 @@ std::string mask_reset_pending(PtraceSession& session);
 /// How long a commit waits for such a thread before going ahead anyway.
 inline constexpr std::chrono::milliseconds kMaskResetWait{500};
 
+/// Lets every stopped thread take the agent's write-tracking signals (SIGSEGV, and SIGTRAP for
+/// its single-step fallback). Servers commonly block all signals in worker threads; a fault
+/// on a thread that blocks SIGSEGV is not delivered to a handler at all: the kernel resets
+/// the disposition to SIG_DFL and the process dies (kernel/signal.c, force_sig_info_to_task).
+/// Blocking a synchronous fault signal has no other effect, so the change is left in place.
+/// Call with the threads stopped: before tracking starts, and at each inspection (threads
+/// created meanwhile inherit their creator's mask).
 /// `since_start`: an inspection of an update already syncing (threads found blocking the
 /// signals then are named in a warning: they were born or re-blocked since tracking began).
 void unblock_fault_signals(PtraceSession& session, bool since_start = false);
