@@ -212,22 +212,26 @@ std::optional<uint64_t> find_free_range_near(const std::vector<MappedRegion>& ma
   return best;
 }
 
-bool task_exited(pid_t pid, pid_t tid) {
+std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid) {
   std::string path = "/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat";
   std::ifstream stat(path);
-  if (!stat) return true;
+  if (!stat) return std::nullopt;
   std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   auto paren = text.rfind(')');  // the command name may contain spaces and parentheses
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  if (text[paren + 2] == 'Z' || text[paren + 2] == 'X') return true;
-  // Still running its exit: its memory may already be gone (PF_EXITING, include/linux/sched.h;
-  // field 9 of /proc/PID/stat).
+  if (paren == std::string::npos || paren + 2 >= text.size()) return std::nullopt;
   std::istringstream fields(text.substr(paren + 2));
-  std::string state, ppid, pgrp, session, tty, tpgid;
-  unsigned long flags = 0;
-  fields >> state >> ppid >> pgrp >> session >> tty >> tpgid >> flags;
+  TaskStat result;
+  std::string pgrp, session, tty, tpgid;
+  fields >> result.state >> result.parent >> pgrp >> session >> tty >> tpgid >> result.flags;
+  return result;
+}
+
+bool task_exited(pid_t pid, pid_t tid) {
+  std::optional<TaskStat> stat = read_task_stat(pid, tid);
+  if (!stat) return true;
+  // Z/X, or still running its exit with its memory already gone (PF_EXITING).
   constexpr unsigned long kPfExiting = 0x4;
-  return (flags & kPfExiting) != 0;
+  return stat->state == 'Z' || stat->state == 'X' || (stat->flags & kPfExiting) != 0;
 }
 
 }  // namespace polus

@@ -458,12 +458,9 @@ void PtraceSession::set_borrowed(pid_t tid, bool borrowed) {
 namespace {
 /// "state D, in the kernel at synchronize_rcu_normal": what a thread is doing, for messages.
 std::string describe_wait(pid_t pid, pid_t tid) {
-  std::string task = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid);
-  std::ifstream stat(task + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto paren = text.rfind(')');
-  std::string state = paren != std::string::npos && paren + 2 < text.size() ? std::string(1, text[paren + 2]) : "?";
-  std::ifstream wchan_file(task + "/wchan");
+  std::optional<TaskStat> stat = read_task_stat(pid, tid);
+  std::string state(1, stat ? stat->state : '?');
+  std::ifstream wchan_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/wchan");
   std::string wchan;
   std::getline(wchan_file, wchan);
   return "thread state " + state + (wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
@@ -569,15 +566,8 @@ void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_poin
   // (wait_task_zombie -> ptrace_unlink), so reaping here takes nothing from the parent. Only
   // when we are the leader's parent ourselves is the leader left for our own child handling.
   auto own_child = [this](pid_t tid) {
-    if (tid != pid_) return false;
-    std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    auto paren = text.rfind(')');
-    if (paren == std::string::npos) return false;
-    char state = 0;
-    pid_t ppid = 0;
-    std::istringstream(text.substr(paren + 1)) >> state >> ppid;
-    return ppid == ::getpid();
+    std::optional<TaskStat> stat = tid == pid_ ? read_task_stat(pid_) : std::nullopt;
+    return stat && stat->parent == ::getpid();
   };
   // The leader last: it becomes reportable only after the others are gone.
   std::stable_partition(tids.begin(), tids.end(), [this](pid_t tid) { return tid != pid_; });

@@ -33,6 +33,14 @@ std::vector<MappedRegion> read_process_maps(pid_t pid);
 /// and their memory is released or being released.
 bool task_exited(pid_t pid, pid_t tid = 0);
 
+/// The fields of /proc/PID[/task/TID]/stat that Polus reads; nullopt if the task is gone.
+struct TaskStat {
+  char state = '?';        // R, S, D, Z, X, t, ...
+  pid_t parent = 0;
+  unsigned long flags = 0;  // PF_* (include/linux/sched.h)
+};
+std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid = 0);
+
 /// Parses the text of a maps file (exposed for tests and fuzzing).
 std::vector<MappedRegion> parse_process_maps(const std::string& text);
 
