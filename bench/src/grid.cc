@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <stdexcept>
 
-#include "polus/patch_file.h"
-#include "polus/symbols.h"
+#include "update/patch_file.h"
+#include "binary/symbols.h"
 #include "sections.h"
 #include "synth_target.h"
 

@@ -20,7 +20,7 @@
 #include "greeter_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
-#include "polus/ptrace_session.h"
+#include "process/ptrace_session.h"
 
 using namespace std::chrono_literals;
 using polus::Error;

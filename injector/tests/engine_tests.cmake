@@ -1,10 +1,10 @@
 # --- engine tests: prologue analysis, patch files, end-to-end against real targets ---------
 add_executable(prologue_fixture fixtures/prologue_fixture.c)
-target_compile_options(prologue_fixture PRIVATE -O2 -fomit-frame-pointer ${POLUS_WARNINGS})
+target_compile_options(prologue_fixture PRIVATE -O2 -fomit-frame-pointer)
 target_link_libraries(prologue_fixture PRIVATE pthread)
 
 add_executable(busy_fixture fixtures/busy_fixture.c)
-target_compile_options(busy_fixture PRIVATE -O2 -fomit-frame-pointer ${POLUS_WARNINGS})
+target_compile_options(busy_fixture PRIVATE -O2 -fomit-frame-pointer)
 target_link_libraries(busy_fixture PRIVATE pthread dl)
 
 set(PROLOGUE_PATCH_DIR ${CMAKE_CURRENT_BINARY_DIR}/prologue-patches)
@@ -27,22 +27,19 @@ set(POLUS_TEST_DEFINITIONS
   PROLOGUE_PATCH_DIR="${PROLOGUE_PATCH_DIR}")
 
 add_executable(prologue_test prologue_test.cc)
-target_link_libraries(prologue_test PRIVATE polus_injector polus_catch_main)
-target_compile_options(prologue_test PRIVATE ${POLUS_WARNINGS})
+target_link_libraries(prologue_test PRIVATE polus_injector_internal polus_catch_main)
 target_compile_definitions(prologue_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(prologue_test polus-agent prologue_fixture ${PROLOGUE_PATCHES})
 add_test(NAME prologue_test COMMAND prologue_test --durations yes)
 
 add_executable(engine_test engine_test.cc)
-target_link_libraries(engine_test PRIVATE polus_injector polus_catch_main polus_greeter_harness)
-target_compile_options(engine_test PRIVATE ${POLUS_WARNINGS})
+target_link_libraries(engine_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
 target_compile_definitions(engine_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(engine_test polus-agent polusctl busy_fixture ${PROLOGUE_PATCHES})
 add_test(NAME engine_test COMMAND engine_test --durations yes)
 
 add_executable(data_update_test data_update_test.cc)
-target_link_libraries(data_update_test PRIVATE polus_injector polus_catch_main polus_greeter_harness)
-target_compile_options(data_update_test PRIVATE ${POLUS_WARNINGS})
+target_link_libraries(data_update_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
 target_compile_definitions(data_update_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(data_update_test polus-agent)
 add_test(NAME data_update_test COMMAND data_update_test --durations yes)

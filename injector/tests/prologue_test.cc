@@ -10,7 +10,7 @@
 #include "child_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
-#include "polus/prologue.h"
+#include "binary/prologue.h"
 
 using polus::analyze_prologue;
 using polus::Error;

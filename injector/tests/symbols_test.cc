@@ -14,8 +14,8 @@
 #include <string>
 
 #include "polus/error.h"
-#include "polus/process_maps.h"
-#include "polus/symbols.h"
+#include "process/process_maps.h"
+#include "binary/symbols.h"
 
 namespace fs = std::filesystem;
 using polus::Error;

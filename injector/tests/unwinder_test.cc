@@ -22,10 +22,10 @@
 #include <thread>
 #include <vector>
 
-#include "polus/process_memory.h"
-#include "polus/ptrace_session.h"
-#include "polus/symbols.h"
-#include "polus/unwinder.h"
+#include "process/process_memory.h"
+#include "process/ptrace_session.h"
+#include "binary/symbols.h"
+#include "binary/unwinder.h"
 
 using polus::FakeMemory;
 using polus::ProcessSymbols;

@@ -17,20 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "polus/symbols.h"
+#include "polus/options.h"
 
 namespace polus {
-
-struct EngineOptions {
-  SymbolOptions symbols;
-  /// libpolus-agent.so to load into targets that do not have it yet (absolute path).
-  std::string agent_path;
-  /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
-  std::chrono::milliseconds timeout{10000};
-  /// How long apply/rollback/finish wait for a data update's sync phase to end before
-  /// returning with the update still `syncing` (finish it later with finish_update).
-  std::chrono::milliseconds sync_timeout{10000};
-};
 
 struct RedirectInfo {
   std::string old_name;

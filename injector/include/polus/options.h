@@ -1,0 +1,30 @@
+// polus/options.h — what a caller of the engine can choose (public API).
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace polus {
+
+/// Where the engine looks for debug information of the target's objects.
+struct SymbolOptions {
+  /// Debug files named explicitly (e.g. --debug-file), matched to objects by build-id.
+  std::vector<std::string> debug_files;
+  /// Roots searched for .build-id/xx/rest.debug; default {"/usr/lib/debug"}.
+  std::vector<std::string> debug_roots = {"/usr/lib/debug"};
+};
+
+/// Options of one engine operation (apply, rollback, finish).
+struct EngineOptions {
+  SymbolOptions symbols;
+  /// libpolus-agent.so to load into targets that do not have it yet (absolute path).
+  std::string agent_path;
+  /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
+  std::chrono::milliseconds timeout{10000};
+  /// How long apply/rollback/finish wait for a data update's sync phase to end before
+  /// returning with the update still `syncing` (finish it later with finish_update).
+  std::chrono::milliseconds sync_timeout{10000};
+};
+
+}  // namespace polus

@@ -1,0 +1,63 @@
+// binary/elf_reader.h — one ELF file on disk, read with libelf: build-id, load segments, and the
+// functions and data objects of its symbol tables. Internal to the engine; ProcessSymbols
+// (polus/symbols.h) puts these files together into a process's view.
+#pragma once
+
+#include <libelf.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "binary/symbols.h"
+
+namespace polus::elf {
+
+/// An open file descriptor plus its libelf handle (the file mmapped read-only), released
+/// together.
+class ElfFile {
+ public:
+  /// Takes ownership of `fd`. Throws Error(kInternal) if the file is not ELF.
+  ElfFile(int fd, const std::string& path);
+  /// Opens `path`. Throws Error if it cannot be opened or is not ELF.
+  explicit ElfFile(const std::string& path);
+  ElfFile(const ElfFile&) = delete;
+  ElfFile& operator=(const ElfFile&) = delete;
+  ~ElfFile();
+
+  Elf* get() const { return elf_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  int fd_;
+  std::string path_;
+  Elf* elf_ = nullptr;
+};
+
+/// A PT_LOAD segment's file offset and link-time address (what the load bias is computed from).
+struct LoadSegment {
+  uint64_t offset = 0;
+  uint64_t vaddr = 0;
+  uint64_t memsz = 0;
+};
+
+/// What an ELF file says about itself, without reading its symbol tables.
+struct ElfHeaders {
+  std::string build_id_hex;  // "" if none
+  std::vector<LoadSegment> loads;
+  uint64_t dynamic_vaddr = 0;  // PT_DYNAMIC, 0 if none (static executable)
+  bool has_symtab = false;     // a .symtab with contents (not a debug file's NOBITS copy)
+};
+
+ElfHeaders read_headers(Elf* elf);
+
+/// The functions and data objects of .symtab and .dynsym at link-time addresses, each
+/// (name, address) once; a local symbol is tied to its source file (the STT_FILE before it).
+std::vector<Symbol> read_symbols(Elf* elf);
+
+/// The exported functions among `names`: default-version .dynsym entries, link-time
+/// addresses. A scan without building the whole table — cheap even for libc.
+std::vector<Symbol> read_exported_functions(Elf* elf, const std::vector<std::string_view>& names);
+
+}  // namespace polus::elf

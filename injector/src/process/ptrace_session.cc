@@ -1,0 +1,599 @@
+#include "process/ptrace_session.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "polus/error.h"
+#include "process/process_maps.h"
+
+namespace polus {
+
+namespace {
+
+std::set<pid_t> list_tasks(pid_t pid) {
+  std::set<pid_t> tids;
+  std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return tids;
+  while (dirent* entry = ::readdir(d)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    tids.insert(static_cast<pid_t>(std::stol(entry->d_name)));
+  }
+  ::closedir(d);
+  return tids;
+}
+
+/// The TracerPid line of /proc/PID/status: who already traces the process (0 if nobody).
+pid_t tracer_of(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("TracerPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(10)));
+  }
+  return 0;
+}
+
+pid_t tracer_of_task(pid_t pid, pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("TracerPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(10)));
+  }
+  return 0;
+}
+
+std::string process_name(pid_t pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  return name.empty() ? "?" : name;
+}
+
+bool is_job_control_stop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
+
+bool is_synchronous_fault(int sig) { return sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE; }
+
+void tgkill(pid_t tgid, pid_t tid, int sig) { ::syscall(SYS_tgkill, tgid, tid, sig); }
+
+/// System calls the kernel aborts with a plain -EINTR (not -ERESTART*) when their thread
+/// merely enters a ptrace-stop, with no signal handler involved (signal(7), "Interruption
+/// of system calls and library functions by stop signals"; fs/eventpoll.c ep_poll returns
+/// -EINTR on signal_pending). Left alone, the application would see EINTR because we
+/// looked at it.
+bool returns_eintr_on_stop(long syscall_number) {
+  switch (syscall_number) {
+    case SYS_epoll_wait:
+    case SYS_epoll_pwait:
+#ifdef SYS_epoll_pwait2
+    case SYS_epoll_pwait2:
+#endif
+    case SYS_semop:
+    case SYS_semtimedop:
+    case SYS_rt_sigtimedwait:
+    case SYS_io_getevents:
+#ifdef SYS_io_pgetevents
+    case SYS_io_pgetevents:
+#endif
+      return true;
+    default:
+      return false;
+  }
+}
+
+/// If `tid` stopped right after one of those calls returned -EINTR because of our
+/// PTRACE_INTERRUPT, rewind it so the call is made again on resume, exactly as the kernel
+/// does itself for -ERESTARTNOHAND: rax = orig_rax, rip back over the 2-byte `syscall`.
+/// Whether a signal the thread does not block is pending for it (thread or process queue):
+/// then EINTR is the call's true outcome, after that signal's handler.
+bool unblocked_signal_pending(pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(tid) + "/status");
+  uint64_t pending = 0, blocked = 0;
+  for (std::string line; std::getline(status, line);) {
+    auto value = [&] { return std::stoull(line.substr(line.find(':') + 1), nullptr, 16); };
+    if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) pending |= value();
+    if (line.rfind("SigBlk:", 0) == 0) blocked = value();
+  }
+  return (pending & ~blocked) != 0;
+}
+
+void restart_call_aborted_by_stop(pid_t tid) {
+  user_regs_struct regs{};
+  if (::ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) return;
+  long number = static_cast<long>(regs.orig_rax);
+  if (number < 0 || static_cast<long>(regs.rax) != -EINTR || !returns_eintr_on_stop(number)) return;
+  errno = 0;
+  long word = ::ptrace(PTRACE_PEEKTEXT, tid, reinterpret_cast<void*>(regs.rip - 2), nullptr);
+  if (errno != 0 || (word & 0xffff) != 0x050f) return;  // not right after a `syscall` instruction
+  if (unblocked_signal_pending(tid)) return;               // a real signal interrupted it too
+  regs.rax = regs.orig_rax;
+  regs.rip -= 2;
+  if (::ptrace(PTRACE_SETREGS, tid, nullptr, &regs) == 0) {
+    spdlog::debug("thread {}: system call {} interrupted by our stop will be restarted", tid, number);
+  }
+}
+
+}  // namespace
+
+PtraceSession PtraceSession::seize(pid_t pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH)) {
+    throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid) + " does not exist; check the pid");
+  }
+  if (pid_t tracer = tracer_of(pid); tracer != 0) {
+    throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid) + " is already traced by process " +
+                                               std::to_string(tracer) + " (" + process_name(tracer) +
+                                               "); detach that debugger and try again");
+  }
+  PtraceSession session(pid);
+  // Re-list until stable: a thread cloned by a not-yet-seized thread is not auto-attached.
+  for (bool added = true; added;) {
+    added = false;
+    std::set<pid_t> tids = list_tasks(pid);
+    if (tids.empty() && session.threads_.empty()) {
+      throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid) + " does not exist; check the pid");
+    }
+    // The leader first: only its failure means the process is gone (other tids come and
+    // go, and after pid wrap-around may sort before it).
+    if (session.threads_.empty()) {
+      session.seize_thread(pid, true);
+      added = true;
+    }
+    for (pid_t tid : tids) {
+      if (session.threads_.count(tid)) continue;
+      session.seize_thread(tid, false);
+      added = true;
+    }
+  }
+  spdlog::debug("seized {} threads of process {}", session.threads_.size(), pid);
+  return session;
+}
+
+void PtraceSession::seize_thread(pid_t tid, bool first) {
+  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(PTRACE_O_TRACECLONE)) == 0) {
+    threads_[tid].tid = tid;
+    return;
+  }
+  int err = errno;
+  if (err == ESRCH && !first) return;  // the thread exited between listing and seizing
+  if (err == ESRCH) throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " does not exist");
+  // A thread that is exiting refuses to be seized with EPERM (kernel/ptrace.c): skip it.
+  if (err == EPERM && !first && task_exited(pid_, tid)) return;
+  // Born from a thread we already hold: PTRACE_O_TRACECLONE attached it to us already.
+  if (err == EPERM && !first && tracer_of_task(pid_, tid) == ::getpid()) {
+    threads_[tid].tid = tid;
+    return;
+  }
+  if (err == EPERM && task_exited(pid_)) {
+    throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " has exited (its parent has not reaped it yet)");
+  }
+  if (err == EPERM) {
+    if (pid_t tracer = tracer_of(pid_); tracer != 0 && tracer != ::getpid()) {
+      throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid_) + " is already traced by process " +
+                                                 std::to_string(tracer) + " (" + process_name(tracer) +
+                                                 "); detach that debugger and try again");
+    }
+    throw Error(ErrorCode::kPermissionDenied,
+                "not allowed to ptrace process " + std::to_string(pid_) +
+                    ": run polusctl as the target's user or as root, and check "
+                    "/proc/sys/kernel/yama/ptrace_scope");
+  }
+  throw_errno("PTRACE_SEIZE of thread " + std::to_string(tid), err);
+}
+
+PtraceSession::PtraceSession(PtraceSession&& other) noexcept
+    : pid_(other.pid_),
+      threads_(std::move(other.threads_)),
+      process_exited_(other.process_exited_),
+      exit_status_(other.exit_status_) {
+  other.moved_from_ = true;
+}
+
+PtraceSession::~PtraceSession() {
+  if (!moved_from_) detach_all();
+}
+
+std::vector<pid_t> PtraceSession::thread_ids() const {
+  std::vector<pid_t> tids;
+  for (const auto& [tid, state] : threads_) tids.push_back(tid);
+  return tids;
+}
+
+const ThreadState& PtraceSession::thread(pid_t tid) const {
+  auto it = threads_.find(tid);
+  if (it == threads_.end()) throw Error(ErrorCode::kInternal, "thread " + std::to_string(tid) + " is not traced");
+  return it->second;
+}
+
+void PtraceSession::continue_thread(pid_t tid, int signal) {
+  ThreadState& t = threads_.at(tid);
+  __ptrace_request request = (t.stop == StopKind::kGroupStop && signal == 0) ? PTRACE_LISTEN : PTRACE_CONT;
+  if (::ptrace(request, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(signal))) != 0 && errno != ESRCH) {
+    spdlog::warn("cannot continue thread {}: {}", tid, std::strerror(errno));
+  }
+  t.stop = StopKind::kNone;
+  t.stop_signal = 0;
+}
+
+void PtraceSession::handle_event(pid_t tid, int status) {
+  auto it = threads_.find(tid);
+  if (it == threads_.end()) {
+    it = threads_.emplace(tid, ThreadState{}).first;
+    it->second.tid = tid;
+  }
+  ThreadState& t = it->second;
+
+  if (WIFEXITED(status) || WIFSIGNALED(status)) {
+    if (tid == pid_) {
+      process_exited_ = true;
+      exit_status_ = status;
+    }
+    threads_.erase(it);
+    if (threads_.empty()) process_exited_ = true;
+    return;
+  }
+  if (!WIFSTOPPED(status)) return;
+
+  int sig = WSTOPSIG(status);
+  int event = status >> 16;
+  if (event == PTRACE_EVENT_CLONE) {
+    unsigned long child = 0;
+    ::ptrace(PTRACE_GETEVENTMSG, tid, nullptr, &child);
+    pid_t child_tid = static_cast<pid_t>(child);
+    if (!threads_.count(child_tid)) threads_[child_tid].tid = child_tid;
+    // A thread born while we hold the process stays stopped with the others.
+    threads_[child_tid].held = t.held;
+    t.stop = StopKind::kEvent;
+    t.stop_signal = sig;
+    if (!t.held && !t.borrowed) continue_thread(tid, 0);
+    return;
+  }
+  if (event == PTRACE_EVENT_STOP) {
+    t.stop = is_job_control_stop(sig) ? StopKind::kGroupStop : StopKind::kInterrupt;
+    if (t.stop == StopKind::kInterrupt) restart_call_aborted_by_stop(tid);
+    t.stop_signal = sig;
+    if (!t.held && !t.borrowed) continue_thread(tid, 0);
+    return;
+  }
+  if (event != 0) {
+    t.stop = StopKind::kEvent;
+    t.stop_signal = sig;
+    if (!t.held && !t.borrowed) continue_thread(tid, 0);
+    return;
+  }
+  // A signal-delivery-stop.
+  t.stop = StopKind::kSignal;
+  t.stop_signal = sig;
+  if (!t.held && !t.borrowed) {
+    continue_thread(tid, sig);  // a thread we do not hold gets its signal at once
+  }
+}
+
+pid_t PtraceSession::wait_event(Clock::time_point deadline, pid_t only_tid) {
+  // We wait on each traced tid, never on -1: the caller (a test, polusd) may have children
+  // of its own whose exit statuses are not ours to reap.
+  auto backoff = std::chrono::microseconds(0);
+  for (;;) {
+    std::vector<pid_t> tids = only_tid > 0 ? std::vector<pid_t>{only_tid} : thread_ids();
+    for (pid_t tid : tids) {
+      int status = 0;
+      pid_t got = ::waitpid(tid, &status, __WALL | WNOHANG);
+      if (got == tid) {
+        handle_event(tid, status);
+        return tid;
+      }
+      if (got < 0 && errno == ECHILD) {
+        // Not traced any more: it exited and was reaped (e.g. by its parent, if we are not it).
+        threads_.erase(tid);
+        if (threads_.empty() || tid == pid_) process_exited_ = process_exited_ || ::kill(pid_, 0) != 0;
+        return tid;
+      }
+    }
+    if (process_exited_) return 0;
+    if (Clock::now() >= deadline) return 0;
+    // Spin briefly (a stop usually lands within microseconds), then sleep with backoff.
+    if (backoff.count() == 0) {
+      std::this_thread::yield();
+      backoff = std::chrono::microseconds(5);
+    } else {
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::microseconds(1000));
+    }
+  }
+}
+
+void PtraceSession::poll_events() { wait_event(Clock::now()); }
+
+bool PtraceSession::stop_thread(pid_t tid, Clock::time_point deadline) {
+  auto it = threads_.find(tid);
+  if (it == threads_.end()) return false;
+  it->second.held = true;
+  if (it->second.stop != StopKind::kNone) return true;
+  if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0 && errno != ESRCH) {
+    throw_errno("PTRACE_INTERRUPT of thread " + std::to_string(tid), errno);
+  }
+  for (;;) {
+    auto found = threads_.find(tid);
+    if (found == threads_.end()) return false;
+    if (found->second.stop != StopKind::kNone) return true;
+    if (process_exited_) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
+    if (Clock::now() >= deadline) {
+      throw Error(ErrorCode::kTimeout, "thread " + std::to_string(tid) + " of process " + std::to_string(pid_) +
+                                           " did not stop in time (uninterruptible sleep?); try again");
+    }
+    wait_event(deadline);
+  }
+}
+
+void PtraceSession::stop_all(Clock::time_point deadline) {
+  for (auto& [tid, t] : threads_) {
+    t.held = true;
+    if (t.stop == StopKind::kNone && ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0 && errno != ESRCH) {
+      throw_errno("PTRACE_INTERRUPT of thread " + std::to_string(tid), errno);
+    }
+  }
+  for (;;) {
+    bool all_stopped = true;
+    for (auto& [tid, t] : threads_) {
+      if (!t.held) {  // born from a thread that was running when we started
+        t.held = true;
+        if (t.stop == StopKind::kNone) ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+      }
+      if (t.stop == StopKind::kNone) all_stopped = false;
+    }
+    if (all_stopped) return;
+    if (process_exited_) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
+    if (Clock::now() >= deadline) {
+      throw Error(ErrorCode::kTimeout, "not every thread of process " + std::to_string(pid_) +
+                                           " stopped in time (uninterruptible sleep?); try again");
+    }
+    wait_event(deadline);
+  }
+}
+
+void PtraceSession::resume_thread(pid_t tid) {
+  auto it = threads_.find(tid);
+  if (it == threads_.end()) return;
+  ThreadState& t = it->second;
+  t.held = false;
+  t.borrowed = false;
+  if (t.stop == StopKind::kNone) return;
+  int inject = 0;
+  if (t.stop == StopKind::kSignal) {
+    if (t.stop_signal != 0) {
+      inject = t.stop_signal;  // a signal that arrived while held: the kernel still has its siginfo
+    } else if (!t.deferred.empty()) {
+      siginfo_t info = t.deferred.front();
+      t.deferred.pop_front();
+      if (::ptrace(PTRACE_SETSIGINFO, tid, nullptr, &info) == 0) inject = info.si_signo;
+      else t.deferred.push_front(info);
+    }
+  }
+  std::deque<siginfo_t> rest = std::move(t.deferred);
+  t.deferred.clear();
+  continue_thread(tid, inject);
+  // The kernel injects only from a signal-delivery-stop; anything else is raised again.
+  for (const siginfo_t& info : rest) tgkill(pid_, tid, info.si_signo);
+}
+
+void PtraceSession::resume_all() {
+  for (pid_t tid : thread_ids()) resume_thread(tid);
+}
+
+std::optional<uint64_t> PtraceSession::signal_mask(pid_t tid) const {
+  uint64_t mask = 0;
+  if (::ptrace(PTRACE_GETSIGMASK, tid, sizeof mask, &mask) != 0) return std::nullopt;
+  return mask;
+}
+
+std::vector<pid_t> PtraceSession::unblock_signals(uint64_t signals) {
+  std::vector<pid_t> changed;
+  for (auto& [tid, t] : threads_) {
+    if (t.stop == StopKind::kNone) continue;
+    uint64_t mask = 0;
+    if (::ptrace(PTRACE_GETSIGMASK, tid, sizeof mask, &mask) != 0) {
+      if (errno == ESRCH) continue;  // exited meanwhile
+      throw_errno("PTRACE_GETSIGMASK of thread " + std::to_string(tid), errno);
+    }
+    if (!(mask & signals)) continue;
+    uint64_t unblocked = mask & ~signals;
+    if (::ptrace(PTRACE_SETSIGMASK, tid, sizeof unblocked, &unblocked) != 0) {
+      if (errno == ESRCH) continue;
+      throw_errno("PTRACE_SETSIGMASK of thread " + std::to_string(tid), errno);
+    }
+    changed.push_back(tid);
+  }
+  return changed;
+}
+
+void PtraceSession::resume_all_except(pid_t keep) {
+  for (pid_t tid : thread_ids()) {
+    if (tid != keep) resume_thread(tid);
+  }
+}
+
+user_regs_struct PtraceSession::get_regs(pid_t tid) const {
+  user_regs_struct regs{};
+  if (::ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) {
+    throw_errno("PTRACE_GETREGS of thread " + std::to_string(tid), errno);
+  }
+  return regs;
+}
+
+void PtraceSession::set_regs(pid_t tid, const user_regs_struct& regs) {
+  if (::ptrace(PTRACE_SETREGS, tid, nullptr, &regs) != 0) {
+    throw_errno("PTRACE_SETREGS of thread " + std::to_string(tid), errno);
+  }
+}
+
+void PtraceSession::set_borrowed(pid_t tid, bool borrowed) {
+  ThreadState& t = threads_.at(tid);
+  t.borrowed = borrowed;
+  if (borrowed && t.stop == StopKind::kSignal && t.stop_signal != 0) {
+    // The thread was stopped for a signal of its own: keep it for later, with its siginfo.
+    siginfo_t info{};
+    if (::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) == 0) t.deferred.push_back(info);
+    t.stop_signal = 0;
+  }
+}
+
+namespace {
+/// "state D, in the kernel at synchronize_rcu_normal": what a thread is doing, for messages.
+std::string describe_wait(pid_t pid, pid_t tid) {
+  std::optional<TaskStat> stat = read_task_stat(pid, tid);
+  std::string state(1, stat ? stat->state : '?');
+  std::ifstream wchan_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/wchan");
+  std::string wchan;
+  std::getline(wchan_file, wchan);
+  return "thread state " + state + (wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
+}
+}  // namespace
+
+int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject) {
+  ThreadState* t = &threads_.at(tid);
+  for (;;) {
+    __ptrace_request request = single_step ? PTRACE_SINGLESTEP : PTRACE_CONT;
+    if (::ptrace(request, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+      throw_errno("resuming borrowed thread", errno);
+    }
+    inject = 0;
+    t->stop = StopKind::kNone;
+    t->stop_signal = 0;
+    for (;;) {
+      if (process_exited_ || !threads_.count(tid)) {
+        throw Error(ErrorCode::kTargetDied,
+                    "process " + std::to_string(pid_) + " (or its thread " + std::to_string(tid) +
+                        ") exited while running code injected by Polus");
+      }
+      t = &threads_.at(tid);
+      if (t->stop != StopKind::kNone) break;
+      if (Clock::now() >= deadline) {
+        throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) +
+                                             " did not finish in time (" + describe_wait(pid_, tid) + ")");
+      }
+      wait_event(deadline);  // all threads: others' signals must not wait for our code to finish
+    }
+    if (t->stop != StopKind::kSignal) continue;  // a stale interrupt or event stop: go on
+    int sig = t->stop_signal;
+    if (sig == SIGTRAP || is_synchronous_fault(sig)) {
+      t->stop_signal = 0;  // ours to interpret; never delivered to the target as is
+      return sig;
+    }
+    siginfo_t info{};
+    if (::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) == 0) t->deferred.push_back(info);
+    t->stop_signal = 0;
+    spdlog::debug("deferred signal {} for borrowed thread {}", sig, tid);
+  }
+}
+
+void PtraceSession::detach_all_except(pid_t keep) {
+  detach_where([keep](pid_t tid) { return tid != keep; });
+}
+
+void PtraceSession::detach_where(const std::function<bool(pid_t)>& which) noexcept {
+  try {
+    // PTRACE_DETACH needs a stopped tracee; stop the running ones briefly.
+    auto deadline = Clock::now() + std::chrono::seconds(2);
+    for (auto& [tid, t] : threads_) {
+      if (!which(tid)) continue;
+      if (t.stop == StopKind::kNone) ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+      t.held = true;
+    }
+    while (!process_exited_ && Clock::now() < deadline) {
+      bool all = true;
+      for (auto& [tid, t] : threads_) all = all && (!which(tid) || t.stop != StopKind::kNone);
+      if (all) break;
+      wait_event(deadline);
+    }
+    std::vector<pid_t> not_in_a_stop;
+    for (auto it = threads_.begin(); it != threads_.end();) {
+      auto& [tid, t] = *it;
+      if (!which(tid)) {
+        ++it;
+        continue;
+      }
+      int inject = 0;
+      std::deque<siginfo_t> rest = std::move(t.deferred);
+      if (t.stop == StopKind::kSignal) {
+        if (t.stop_signal != 0) {
+          inject = t.stop_signal;
+        } else if (!rest.empty() && ::ptrace(PTRACE_SETSIGINFO, tid, nullptr, &rest.front()) == 0) {
+          inject = rest.front().si_signo;
+          rest.pop_front();
+        }
+      }
+      // A detach from a stop other than signal-delivery-stop ignores the signal: raise it.
+      if (::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+        if (errno == ESRCH) {
+          not_in_a_stop.push_back(tid);  // dying (SIGKILL woke it from the stop) or already dead
+        } else {
+          spdlog::warn("cannot detach from thread {}: {}", tid, std::strerror(errno));
+        }
+      }
+      for (const siginfo_t& info : rest) tgkill(pid_, tid, info.si_signo);
+      it = threads_.erase(it);
+    }
+    reap_dying_tracees(not_in_a_stop, Clock::now() + std::chrono::seconds(1));
+  } catch (...) {
+    // Destructors must not throw; the kernel detaches every tracee when we exit anyway.
+  }
+}
+
+void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_point deadline) noexcept {
+  // A traced thread that dies stays a zombie until its tracer reaps it; and the kernel reports
+  // the thread-group leader to its parent only once every other thread is released
+  // (kernel/exit.c: delay_group_leader, release_task). Forgetting a dead tracee would leave the
+  // target's real parent (systemd, a shell) waiting forever while we live, as polusd does. The
+  // tracer's wait on a zombie that is not its own child hands it back to the real parent
+  // (wait_task_zombie -> ptrace_unlink), so reaping here takes nothing from the parent. Only
+  // when we are the leader's parent ourselves is the leader left for our own child handling.
+  auto own_child = [this](pid_t tid) {
+    std::optional<TaskStat> stat = tid == pid_ ? read_task_stat(pid_) : std::nullopt;
+    return stat && stat->parent == ::getpid();
+  };
+  // The leader last: it becomes reportable only after the others are gone.
+  std::stable_partition(tids.begin(), tids.end(), [this](pid_t tid) { return tid != pid_; });
+  std::erase_if(tids, own_child);
+  auto backoff = std::chrono::microseconds(20);
+  while (!tids.empty()) {
+    std::erase_if(tids, [this](pid_t tid) {
+      int status = 0;
+      pid_t got = ::waitpid(tid, &status, __WALL | WNOHANG);
+      if (got < 0) return true;  // ECHILD: not ours any more
+      if (got == 0) return false;  // still on its way out: a SIGKILL woke it from the stop
+      if (WIFEXITED(status) || WIFSIGNALED(status)) return true;
+      // A stop after all (it was only running): detach now, handing a signal-delivery-stop
+      // its signal (no event bits) rather than dropping it.
+      int signal = WIFSTOPPED(status) && (status >> 16) == 0 ? WSTOPSIG(status) : 0;
+      return ::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(signal))) == 0;
+    });
+    if (tids.empty() || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::microseconds(2000));
+  }
+  for (pid_t tid : tids) {
+    spdlog::warn("thread {} of process {} could not be detached or reaped in time ({}); it stays traced until "
+                 "this program exits",
+                 tid, pid_, task_exited(pid_, tid) ? "exited" : "still running, e.g. in uninterruptible sleep");
+  }
+}
+
+}  // namespace polus

@@ -1,0 +1,648 @@
+// Applying a patch: plan (files only, target untouched) -> load (one borrowed thread, the
+// others keep running) -> commit (every thread stopped: pre-update callbacks, data
+// initialised and protected, jumps written) -> record -> for data patches, sync until no
+// thread runs old code that uses changed data.
+#include "polus/engine.h"
+
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "polus/agent_abi.h"
+#include "polus/error.h"
+#include "common/format.h"
+#include "update/patch_file.h"
+#include "binary/prologue.h"
+#include "update/registry.h"
+#include "update/target.h"
+#include "binary/unwinder.h"
+#include "update/data_update.h"
+#include "update/engine_internal.h"
+
+namespace polus {
+
+namespace {
+
+
+/// One function to redirect, as planned before the target is touched.
+struct PlannedRedirect {
+  Symbol old_symbol;
+  std::string new_name;
+  uint64_t new_link_address = 0;  // in the patch file
+  PrologueAnalysis analysis;      // fresh redirects only
+  const polus_redirect_record* stacked_on = nullptr;  // the active redirect of an older patch
+  polus_redirect_record record{};  // filled while loading
+};
+
+void check_build_ids(const PatchDescription& patch, const ProcessSymbols& symbols) {
+  for (const PatchBuildId& want : patch.build_ids) {
+    const LoadedObject* object = want.object.empty() ? &symbols.main_executable() : symbols.find_object(want.object);
+    if (!object) {
+      throw Error(ErrorCode::kBuildMismatch, "patch " + patch.name + " was made for a process that maps '" +
+                                                 want.object + "', which process does not; wrong target?");
+    }
+    if (object->build_id_hex != want.hex) {
+      throw Error(ErrorCode::kBuildMismatch,
+                  "patch " + patch.name + " was made for " + (want.object.empty() ? "an executable" : want.object) +
+                      " with build-id " + want.hex + ", but the process runs " + object->path + " with build-id " +
+                      (object->build_id_hex.empty() ? "(none)" : object->build_id_hex) +
+                      "; use the patch built for this version");
+    }
+  }
+}
+
+/// The newest active redirect of every already-patched function.
+std::map<uint64_t, const polus_redirect_record*> active_redirects(const RegistrySnapshot& registry) {
+  std::map<uint64_t, const polus_redirect_record*> active;
+  for (const PatchRecordView& patch : registry.patches) {
+    if (patch.header.state != POLUS_STATE_COMMITTED && patch.header.state != POLUS_STATE_SYNCING) continue;
+    for (const polus_redirect_record& r : patch.redirects) active[r.old_function] = &r;
+  }
+  return active;
+}
+
+uint64_t next_symbol_after(const ProcessSymbols& symbols, const Symbol& symbol) {
+  uint64_t next = 0;
+  for (const LoadedObject& object : symbols.objects()) {
+    if (object.path != symbol.object_path) continue;
+    for (const Symbol& s : symbols.symbols_of(object)) {
+      uint64_t a = s.address.address();
+      if (a > symbol.address.address() && (next == 0 || a < next)) next = a;
+    }
+  }
+  return next;
+}
+
+/// Plans every redirect from the file and the target's memory, without stopping anything.
+std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, TargetContext& target,
+                                            const std::map<uint64_t, const polus_redirect_record*>& active) {
+  std::vector<PlannedRedirect> plans;
+  for (const auto& [old_index, new_index] : patch.function_replacements()) {
+    PlannedRedirect plan;
+    plan.old_symbol = target.symbols().resolve(patch.functions[old_index].name, SymbolKind::kFunction);
+    plan.new_name = patch.functions[new_index].name;
+    plan.new_link_address = patch.functions[new_index].address;
+    for (const PlannedRedirect& other : plans) {
+      if (other.old_symbol.address == plan.old_symbol.address) {
+        throw Error(ErrorCode::kPatchMalformed, "patch " + patch.name + " replaces " + plan.old_symbol.qualified_name() +
+                                                    " twice (under two names)");
+      }
+    }
+    if (auto it = active.find(plan.old_symbol.address.address()); it != active.end()) {
+      plan.stacked_on = it->second;
+    } else {
+      uint64_t address = plan.old_symbol.address.address();
+      std::vector<uint8_t> code(plan.old_symbol.size + 16);
+      code.resize(target.memory().read_bytes_fallible(RemoteAddr(address), code.data(), code.size()));
+      plan.analysis = analyze_prologue(code, address, plan.old_symbol.size,
+                                       next_symbol_after(target.symbols(), plan.old_symbol),
+                                       plan.old_symbol.qualified_name());
+    }
+    plans.push_back(std::move(plan));
+  }
+  return plans;
+}
+
+/// Why a thread keeps us from writing a redirect's jump now, or "" if nothing does.
+/// Whether the commit writes a trampoline slot of its own for `plan` (not one it shares with
+/// the patch it stacks on).
+bool writes_new_slot(const PlannedRedirect& plan) {
+  return plan.record.trampoline && !(plan.record.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE);
+}
+
+std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& thread) {
+  const std::string name = plan.old_symbol.qualified_name();
+  const std::string who = "thread " + std::to_string(thread.tid);
+  if (writes_new_slot(plan)) {
+    // A slot freed by a rollback can be handed out again. A thread preempted on it (it took
+    // the old jump, not yet the slot's own) would otherwise continue into this patch's
+    // function instead of the one it called.
+    uint64_t slot = plan.record.trampoline;
+    if (thread_touches(thread, {AddressRange{slot, slot + kTrampolineSlotSize, "a trampoline"}})) {
+      return who + " is on the trampoline slot " + hex(slot) + " this patch reuses for " + name;
+    }
+  }
+  if (plan.stacked_on) return "";  // only a jump target changes: any pc is fine
+  const PrologueAnalysis& a = plan.analysis;
+  if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
+    return who + " is executing the first bytes of " + name;
+  }
+  if (thread_has_address(thread, a.interior_boundaries)) {
+    return who + " has the first bytes of " + name + " on its stack (a return address or an interrupted pc)";
+  }
+  if (a.requires_inactive_function) {
+    AddressRange whole{a.function, a.function + std::max<uint64_t>(a.function_size, 1), name};
+    if (thread_touches(thread, {whole})) return who + " is inside " + name + " and " + a.inactive_reason;
+  }
+  return "";
+}
+
+class Applier {
+ public:
+  Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options)
+      : started_(Clock::now()),
+        options_(options),
+        patch_(read_patch_file(patch_path)),
+        target_(pid, options.symbols, started_ + options.timeout) {}
+
+  PatchInfo run() {
+    if (patch_.path.size() >= POLUS_PATH_BYTES) {
+      throw Error(ErrorCode::kPatchMalformed, "patch path " + patch_.path + " is longer than " +
+                                                  std::to_string(POLUS_PATH_BYTES - 1) + " bytes; move the patch to a shorter path");
+    }
+    check_build_ids(patch_, target_.symbols());
+    resolve_imports();
+    // Resolve the old data now, so a missing global is reported before anything changes.
+    has_data_ = !plan_data_update(patch_, target_.symbols(), 0, POLUS_UPDATE_APPLY).empty();
+    agent_ = locate_agent(target_.pid(), target_.symbols().maps());
+    if (agent_) registry_ = read_registry(target_.memory(), *agent_);
+    check_registry_has_room();
+    active_ = active_redirects(registry_);
+    plans_ = plan_redirects(patch_, target_, active_);
+
+    target_.seize();
+    try {
+      load();
+      commit();
+    } catch (...) {
+      undo_load();
+      throw;
+    }
+    record_commit();
+    if (has_data_) {
+      target_.release();  // write tracking is on: never hold the target between inspections
+      finish_sync();
+    }
+    return info_from_record(record_view_);
+  }
+
+ private:
+  void check_registry_has_room() {
+    if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
+      throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
+                                                 std::to_string(POLUS_MAX_PATCHES) + " patches; roll some back first");
+    }
+    for (const PatchRecordView& p : registry_.patches) {
+      if (p.header.state == POLUS_STATE_SYNCING) {
+        throw Error(ErrorCode::kUnsafeToPatch, "patch " + std::string(p.header.name) + " (id " +
+                                                   std::to_string(p.header.id) +
+                                                   ") is still syncing its data update; run `polusctl finish " +
+                                                   std::to_string(target_.pid()) + "` or roll it back first");
+      }
+    }
+  }
+
+  void resolve_imports() {
+    for (const PatchFunction& f : patch_.functions) {
+      if (f.side == POLUS_OLD && f.resolved_slot) {
+        slot_values_.emplace_back(f.resolved_slot, target_.symbols().resolve(f.name, SymbolKind::kFunction).address.address());
+      }
+    }
+    for (const PatchData& d : patch_.data) {
+      if (d.side == POLUS_OLD && d.resolved_slot) {
+        slot_values_.emplace_back(d.resolved_slot, target_.symbols().resolve(d.name, SymbolKind::kData).address.address());
+      }
+    }
+    for (const PatchImport& imp : patch_.imports) {
+      slot_values_.emplace_back(imp.slot, target_.symbols().resolve(imp.name, SymbolKind::kAny).address.address());
+    }
+  }
+
+  RemoteAddr scratch_string(const std::string& text) {
+    if (text.size() + 1 > kArenaScratchBytes - kArenaStringOffset - 64) {
+      throw Error(ErrorCode::kPatchMalformed, "path too long: " + text);
+    }
+    RemoteAddr at(target_.scratch_arena + kArenaStringOffset);
+    target_.memory().write_bytes(at, text.c_str(), text.size() + 1);
+    return at;
+  }
+  /// Where callback and sync arguments are passed: the end of the scratch page.
+  RemoteAddr scratch_args() const { return RemoteAddr(target_.scratch_arena + kArenaScratchBytes - 64); }
+
+  /// Loads agent and patch through one borrowed thread while the others keep running.
+  void load() {
+    borrower_ = target_.stop_thread_safe_to_borrow();
+    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
+    const uint64_t main_text_start = target_.symbols().main_executable().text_start;
+    const uint64_t main_text_end = target_.symbols().main_executable().text_end;
+
+    if (agent_ && registry_.registry.arena_count > 0) target_.scratch_arena = registry_.registry.arenas[0].base;
+    if (target_.scratch_arena == 0) {
+      target_.scratch_arena = target_.map_memory(thread, main_text_start, main_text_end, kArenaSize, PROT_READ | PROT_EXEC);
+      new_arenas_.push_back(target_.scratch_arena);
+      std::vector<uint8_t> traps(16, 0xcc);
+      target_.memory().write_bytes(target_.trap(), traps.data(), traps.size());
+    }
+    if (!agent_) {
+      RemoteAddr path = scratch_string(options_.agent_path);
+      uint64_t handle = thread.call(target_.libc_function("dlopen"), {path.address(), RTLD_NOW | RTLD_GLOBAL},
+                                    target_.trap(), TargetContext::step_deadline());
+      if (handle == 0) {
+        uint64_t message = thread.call(target_.libc_function("dlerror"), {}, target_.trap(), TargetContext::step_deadline());
+        throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + options_.agent_path + " into process " +
+                                                std::to_string(target_.pid()) + ": " +
+                                                target_.memory().read_c_string(RemoteAddr(message), 1024));
+      }
+      agent_handle_ = handle;
+      agent_ = agent_location_at(options_.agent_path, target_.memory().read(RemotePtr<uint64_t>(handle)));
+      registry_ = read_registry(target_.memory(), *agent_);
+    }
+
+    RemoteAddr path = scratch_string(patch_.path);
+    patch_handle_ = thread.call(agent_->load_patch, {path.address()}, target_.trap(), TargetContext::step_deadline());
+    if (patch_handle_ == 0) {
+      polus_agent_registry registry = target_.memory().read(agent_->registry);
+      std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
+      throw Error(ErrorCode::kLoadFailed, "dlopen of patch " + patch_.path + " failed in process " +
+                                              std::to_string(target_.pid()) + ": " + error);
+    }
+    patch_bias_ = target_.memory().read(RemotePtr<uint64_t>(patch_handle_));
+    polus_patch loaded{};
+    target_.memory().read_bytes(RemoteAddr(patch_bias_ + patch_.descriptor), &loaded, sizeof loaded);
+    if (loaded.magic != POLUS_PATCH_MAGIC) {
+      throw Error(ErrorCode::kLoadFailed, "the patch loaded in the target does not match " + patch_.path +
+                                              " (was the file replaced while loading?)");
+    }
+    for (const auto& [slot, value] : slot_values_) {
+      target_.memory().write(RemotePtr<uint64_t>(patch_bias_ + slot), value);
+    }
+    for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
+    if (has_data_) {
+      data_ = plan_data_update(patch_, target_.symbols(), patch_bias_, POLUS_UPDATE_APPLY);
+      install_tracked_items(thread, target_.memory(), *agent_, data_, target_.trap());
+    }
+
+    // Room for the watched functions of either direction: at most every function of the patch.
+    uint64_t bytes = PatchRecordView::bytes_for(static_cast<uint32_t>(plans_.size()),
+                                                static_cast<uint32_t>(patch_.functions.size()));
+    record_view_.address = RemotePtr<polus_patch_record>(target_.map_memory(thread, 0, 0, bytes, PROT_READ | PROT_WRITE));
+    polus_patch_record& h = record_view_.header;
+    h.magic = POLUS_AGENT_MAGIC;
+    h.id = registry_.registry.next_patch_id;
+    h.dl_handle = patch_handle_;
+    h.descriptor = patch_bias_ + patch_.descriptor;
+    h.record_bytes = bytes;
+    h.state = POLUS_STATE_APPLYING;
+    h.direction = POLUS_UPDATE_APPLY;
+    copy_name(h.name, patch_.name);
+    copy_name(h.path, patch_.path);
+    for (const PlannedRedirect& plan : plans_) record_view_.redirects.push_back(plan.record);
+    record_view_.watched = data_.watched;
+    h.redirect_count = static_cast<uint32_t>(record_view_.redirects.size());
+    h.watch_count = static_cast<uint32_t>(record_view_.watched.size());
+    write_record();
+  }
+
+  /// A trampoline slot within reach of `site`: a free one of an existing arena, or a new arena.
+  uint64_t allocate_slot(BorrowedThread& thread, uint64_t site) {
+    std::vector<uint64_t> used;
+    for (const PatchRecordView& p : registry_.patches) {
+      for (const polus_redirect_record& r : p.redirects) used.push_back(r.trampoline);
+    }
+    for (const PlannedRedirect& plan : plans_) used.push_back(plan.record.trampoline);
+    std::vector<uint64_t> arenas(new_arenas_);
+    for (uint32_t i = 0; i < registry_.registry.arena_count; ++i) arenas.push_back(registry_.registry.arenas[i].base);
+    // Never-used slots (still zero) first: a slot freed by a rollback is handed out again only
+    // when an arena has no fresh one, so a thread that was preempted on it has long moved on.
+    uint64_t recycled = 0;
+    for (uint64_t arena : arenas) {
+      std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
+      size_t got = target_.memory().read_bytes_fallible(RemoteAddr(arena + kArenaScratchBytes), bytes.data(), bytes.size());
+      for (uint64_t slot = arena + kArenaScratchBytes; slot + kTrampolineSlotSize <= arena + kArenaSize;
+           slot += kTrampolineSlotSize) {
+        if (!jump_reaches(site, slot)) break;
+        if (std::find(used.begin(), used.end(), slot) != used.end()) continue;
+        size_t offset = slot - arena - kArenaScratchBytes;
+        bool fresh = offset + kTrampolineSlotSize <= got &&
+                     std::all_of(bytes.begin() + static_cast<long>(offset),
+                                 bytes.begin() + static_cast<long>(offset + kTrampolineSlotSize),
+                                 [](uint8_t b) { return b == 0; });
+        if (fresh) return slot;
+        if (!recycled) recycled = slot;
+      }
+    }
+    if (recycled) return recycled;
+    const LoadedObject* object = target_.symbols().object_containing(RemoteAddr(site));
+    uint64_t arena = target_.map_memory(thread, object ? object->text_start : site, object ? object->text_end : site + 1,
+                                        kArenaSize, PROT_READ | PROT_EXEC);
+    new_arenas_.push_back(arena);
+    return arena + kArenaScratchBytes;
+  }
+
+  void prepare_redirect(BorrowedThread& thread, PlannedRedirect& plan) {
+    polus_redirect_record& r = plan.record;
+    r.old_function = plan.old_symbol.address.address();
+    r.new_function = patch_bias_ + plan.new_link_address;
+    copy_name(r.old_name, plan.old_symbol.qualified_name());
+    copy_name(r.new_name, plan.new_name);
+    if (plan.stacked_on) {
+      r.patch_site = plan.stacked_on->patch_site;
+      r.flags |= POLUS_REDIRECT_STACKED;
+      r.previous_target = plan.stacked_on->new_function;
+      if (plan.stacked_on->trampoline) {
+        // Same slot, new target: the old function's jump bytes stay as they are.
+        r.trampoline = plan.stacked_on->trampoline;
+        r.flags |= POLUS_REDIRECT_VIA_TRAMPOLINE | POLUS_REDIRECT_REUSED_TRAMPOLINE;
+      }
+    } else {
+      r.patch_site = plan.analysis.patch_site;
+    }
+    r.saved_length = kJumpLength;
+    target_.memory().read_bytes(RemoteAddr(r.patch_site), r.saved_bytes, kJumpLength);
+    if (!(r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) && !jump_reaches(r.patch_site, r.new_function)) {
+      r.trampoline = allocate_slot(thread, r.patch_site);  // written in the commit pause
+      r.flags |= POLUS_REDIRECT_VIA_TRAMPOLINE;
+    }
+  }
+
+  void write_record() {
+    target_.memory().write(record_view_.address, record_view_.header);
+    if (!record_view_.redirects.empty()) {
+      target_.memory().write_bytes(record_view_.redirects_at(), record_view_.redirects.data(),
+                                   record_view_.redirects.size() * sizeof(polus_redirect_record));
+    }
+    if (!record_view_.watched.empty()) {
+      target_.memory().write_bytes(record_view_.watched_at(), record_view_.watched.data(),
+                                   record_view_.watched.size() * sizeof(polus_watched_function));
+    }
+  }
+
+  /// Stops every thread, and when no thread is in the way: runs pre-update callbacks,
+  /// initialises and protects the new data, writes the jumps; then resumes. The only time
+  /// the whole target is stopped; it holds no file I/O and no symbol work.
+  void commit() {
+    commit_started_ = Clock::now();
+    const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {
+      return c.kind == POLUS_CB_PRE_UPDATE;
+    });
+    // Stacks are read whenever a jump goes over live code: a signal frame on a stack can hold
+    // any interrupted pc, including one inside the bytes the jump replaces.
+    bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
+      return !p.stacked_on || writes_new_slot(p);
+    });
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    for (const PlannedRedirect& plan : plans_) {
+      const polus_redirect_record& r = plan.record;
+      if (r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
+        std::vector<uint8_t> target(8);
+        std::memcpy(target.data(), &r.new_function, 8);
+        writes.emplace_back(r.trampoline + 6, target);  // the .quad of `jmp *0(%rip)`
+      } else {
+        // The slot before the jump that leads to it; both while every thread is stopped and
+        // none is on the slot (busy_reason), since a freed slot may be handed out again.
+        if (r.trampoline) writes.emplace_back(r.trampoline, encode_trampoline(r.new_function));
+        writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
+      }
+    }
+    for (;;) {
+      auto pause_start = Clock::now();
+      target_.session().stop_all(TargetContext::step_deadline());
+      uint64_t stopped_ns = elapsed_ns(pause_start);
+      std::string reason = busy_reason_now(need_stacks, run_code);
+      if (reason.empty()) {
+        uint64_t checked_ns = elapsed_ns(pause_start);
+        if (run_code) run_code_in_pause();
+        uint64_t code_ns = elapsed_ns(pause_start);
+        for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+        committed_ = true;
+        target_.session().resume_all();
+        pause_ns_ = elapsed_ns(pause_start);
+        spdlog::debug("commit pause {} us: all stopped at {} us, checked at {} us, code run at {} us", pause_ns_ / 1000,
+                      stopped_ns / 1000, checked_ns / 1000, code_ns / 1000);
+        return;
+      }
+      // Retry later; the borrowed thread stays stopped where it was found safe.
+      target_.session().resume_all_except(run_code ? borrower_ : 0);
+      if (Clock::now() >= target_.deadline()) {
+        throw Error(ErrorCode::kUnsafeToPatch, "cannot commit now: " + reason + "; gave up after " +
+                                                   std::to_string(options_.timeout.count()) + " ms, target unchanged");
+      }
+      spdlog::debug("commit postponed: {}", reason);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+
+  /// Why the commit must wait: a thread in the bytes a jump replaces, or — when code runs in
+  /// the pause — a stopped thread that may hold a lock that code could need.
+  std::string busy_reason_now(bool need_stacks, bool run_code) {
+    for (const ThreadSnapshot& thread : target_.snapshot_threads(need_stacks)) {
+      for (const PlannedRedirect& plan : plans_) {
+        std::string reason = busy_reason(plan, thread);
+        if (!reason.empty()) return reason;
+      }
+      if (run_code && thread.tid != borrower_) {
+        if (const AddressRange* hit = thread_touches(thread, target_.lock_holding_ranges())) {
+          return "thread " + std::to_string(thread.tid) + " is inside " + hit->what;
+        }
+      }
+    }
+    // Bounded: a thread being created leaves that section within microseconds; one that
+    // blocks glibc's signals for its own reasons must not hold the update back for good.
+    if (has_data_ && Clock::now() - commit_started_ < kMaskResetWait) return mask_reset_pending(target_.session());
+    return "";
+  }
+
+  /// With every other thread stopped: pre-update callbacks, then the new data starts as a
+  /// copy of the old and both are protected — atomically with respect to the application.
+  void run_code_in_pause() {
+    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
+    int refused = run_callbacks(thread, target_.memory(), patch_, patch_bias_, POLUS_CB_PRE_UPDATE, ~0u, 0,
+                                POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+    if (refused != 0) {
+      throw Error(ErrorCode::kUnsafeToPatch, "the patch's pre-update callback refused the update (returned " +
+                                                 std::to_string(refused) + "); the target is unchanged");
+    }
+    if (has_data_) {
+      auto start = Clock::now();
+      initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+      uint64_t init_ns = elapsed_ns(start);
+      unblock_fault_signals(target_.session());
+      begin_sync(thread, *agent_, target_.trap());
+      spdlog::debug("in the pause: sync functions {} us, write tracking started {} us", init_ns / 1000,
+                    (elapsed_ns(start) - init_ns) / 1000);
+    }
+  }
+
+  void record_commit() {
+    polus_patch_record& h = record_view_.header;
+    h.applied_at_unix_ns = unix_now_ns();
+    h.pause_ns = pause_ns_;
+    h.apply_wall_ns = elapsed_ns(started_);
+    h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
+    if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
+    write_record();
+    polus_agent_registry& reg = registry_.registry;
+    reg.patches[reg.patch_count++] = record_view_.address.address();
+    reg.next_patch_id++;
+    for (uint64_t arena : new_arenas_) {
+      if (reg.arena_count < POLUS_MAX_ARENAS) reg.arenas[reg.arena_count++] = polus_arena{arena, kArenaSize};
+    }
+    write_registry_bookkeeping(target_.memory(), *agent_, reg);
+    spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
+                 target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+  }
+
+  /// Waits for old code using changed data to drain, then commits the data update.
+  void finish_sync() {
+    uint64_t max_pause = record_view_.header.pause_ns;
+    bool done = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
+                                  Clock::now() + options_.sync_timeout, max_pause);
+    polus_patch_record& h = record_view_.header;
+    h.pause_ns = max_pause;
+    h.apply_wall_ns = elapsed_ns(started_);
+    if (done) {
+      h.state = POLUS_STATE_COMMITTED;
+      h.committed_at_unix_ns = unix_now_ns();
+    }
+    target_.memory().write(record_view_.address, h);
+  }
+
+  /// Puts the target back as it was after a failure between load and commit.
+  void undo_load() noexcept {
+    if (committed_) return;
+    try {
+      if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas_.empty() && !record_view_.address) return;
+      target_.extend_deadline(std::chrono::seconds(5));
+      target_.session().resume_all();
+      pid_t tid = target_.stop_thread_safe_to_borrow();
+      BorrowedThread thread(target_.session(), target_.memory(), tid, target_.syscall_instruction());
+      auto deadline = TargetContext::step_deadline();
+      if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_}, target_.trap(), deadline);
+      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_}, target_.trap(), deadline);
+      if (record_view_.address) target_.unmap_memory(thread, record_view_.address.address(), record_view_.header.record_bytes);
+      for (uint64_t arena : new_arenas_) target_.unmap_memory(thread, arena, kArenaSize);
+    } catch (const std::exception& e) {
+      spdlog::error("could not fully clean up after a failed apply: {}", e.what());
+    }
+  }
+
+  Clock::time_point started_;
+  EngineOptions options_;
+  PatchDescription patch_;
+  TargetContext target_;
+  std::optional<AgentLocation> agent_;
+  RegistrySnapshot registry_;
+  std::map<uint64_t, const polus_redirect_record*> active_;
+  std::vector<PlannedRedirect> plans_;
+  DataPlan data_;
+  bool has_data_ = false;
+  PatchRecordView record_view_;
+  std::vector<std::pair<uint64_t, uint64_t>> slot_values_;  // (link-time slot, value)
+  std::vector<uint64_t> new_arenas_;
+  Clock::time_point commit_started_;
+  pid_t borrower_ = 0;
+  uint64_t agent_handle_ = 0;
+  uint64_t patch_handle_ = 0;
+  uint64_t patch_bias_ = 0;
+  uint64_t pause_ns_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+PatchInfo info_from_record(const PatchRecordView& record) {
+  const polus_patch_record& header = record.header;
+  PatchInfo info;
+  info.id = header.id;
+  info.name = header.name;
+  info.path = header.path;
+  info.state = patch_state_name(header.state);
+  info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
+  info.applied_at_unix_ns = header.applied_at_unix_ns;
+  info.committed_at_unix_ns = header.committed_at_unix_ns;
+  info.apply_wall_ns = header.apply_wall_ns;
+  info.pause_ns = header.pause_ns;
+  info.inspections = header.inspections;
+  info.unwind_fallbacks = header.unwind_fallbacks;
+  for (const polus_redirect_record& r : record.redirects) {
+    info.redirects.push_back(RedirectInfo{r.old_name, r.new_name, r.old_function, r.new_function, r.patch_site,
+                                          r.trampoline, (r.flags & POLUS_REDIRECT_STACKED) != 0});
+  }
+  for (const polus_watched_function& w : record.watched) info.watched.emplace_back(w.name);
+  for (const polus_holder& h : record.holders) {
+    auto w = std::find_if(record.watched.begin(), record.watched.end(),
+                          [&](const polus_watched_function& x) { return x.start == h.function; });
+    info.holders.push_back({static_cast<pid_t>(h.tid), w != record.watched.end() ? w->name : hex(h.function)});
+  }
+  return info;
+}
+
+uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header) {
+  return memory.read(RemotePtr<uint64_t>(header.dl_handle));  // struct link_map's l_addr
+}
+
+PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
+  return Applier(pid, patch_path, options).run();
+}
+
+std::vector<ThreadStack> inspect_stacks(pid_t pid) {
+  TargetContext target(pid, SymbolOptions{}, Clock::now() + std::chrono::seconds(5));
+  Unwinder unwinder(target.symbols(), pid);
+  target.seize();
+  // Unwind with every thread stopped; name the frames after letting them go (symbol tables
+  // are read lazily and can take milliseconds).
+  target.session().stop_all(TargetContext::step_deadline());
+  std::vector<std::pair<pid_t, UnwindResult>> unwound;
+  for (pid_t tid : target.session().thread_ids()) {
+    unwound.emplace_back(tid, unwinder.unwind(target.memory(), target.session().get_regs(tid)));
+  }
+  target.session().resume_all();
+  std::vector<ThreadStack> stacks;
+  for (const auto& [tid, result] : unwound) {
+    ThreadStack stack{tid, {}, result.note};
+    for (size_t i = 0; i < result.frames.size(); ++i) {
+      const StackFrame& f = result.frames[i];
+      auto symbol = target.symbols().symbol_containing(RemoteAddr(i == 0 ? f.pc : f.pc - 1));
+      std::string line = hex(f.pc) + " " +
+                         (symbol ? symbol->qualified_name() + "+" + hex(f.pc - symbol->address.address()) : "??");
+      if (symbol) line += " [" + symbol->object_path.substr(symbol->object_path.rfind('/') + 1) + "]";
+      if (f.from_scan) line += " (scanned)";
+      stack.frames.push_back(line);
+    }
+    stacks.push_back(std::move(stack));
+  }
+  return stacks;
+}
+
+ProcessStatus read_status(pid_t pid) {
+  ProcessStatus status;
+  status.pid = pid;
+  std::vector<MappedRegion> maps = read_process_maps(pid);
+  std::optional<AgentLocation> agent = locate_agent(pid, maps);
+  if (!agent) return status;
+  status.agent_loaded = true;
+  status.agent_path = agent->path;
+  ProcMemory memory(pid);
+  RegistrySnapshot registry = read_registry(memory, *agent);
+  const polus_sync_state& sync = registry.registry.sync;
+  status.sync_active = sync.active != 0;
+  status.write_faults = sync.faults;
+  status.false_sharing = sync.false_sharing;
+  status.chained_faults = sync.chained_faults;
+  std::optional<ProcessSymbols> symbols;
+  for (const PatchRecordView& p : registry.patches) {
+    PatchInfo info = info_from_record(p);
+    if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
+      if (!symbols) symbols = ProcessSymbols::load(pid);
+      for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {
+        auto symbol = symbols->symbol_containing(RemoteAddr(item.address));
+        std::string name = symbol && symbol->address.address() == item.address ? symbol->qualified_name()
+                                                                                : "heap " + hex(item.address);
+        info.items.push_back({name, item.side == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
+      }
+    }
+    status.patches.push_back(std::move(info));
+  }
+  return status;
+}
+
+}  // namespace polus

@@ -1,0 +1,23 @@
+// update/engine_internal.h — pieces apply, rollback and finish share (internal to the engine).
+#pragma once
+
+#include <cstdint>
+
+#include "common/clock.h"
+#include "polus/engine.h"
+#include "update/registry.h"
+#include "update/target.h"
+
+namespace polus {
+
+/// The operator's view of a patch record (item details are added by status only).
+PatchInfo info_from_record(const PatchRecordView& record);
+
+/// The agent, its registry and the load bias of a loaded patch, read from the target.
+uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header);
+
+/// After a rollback has taken every jump out: unloads the patch when no thread runs its code
+/// (checked now, with every thread stopped), frees its record and drops it from the registry.
+void retire_patch(TargetContext& target, const AgentLocation& agent, const PatchRecordView& record);
+
+}  // namespace polus

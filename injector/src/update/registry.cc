@@ -1,0 +1,124 @@
+#include "update/registry.h"
+
+#include <string>
+
+#include "polus/error.h"
+#include "common/format.h"
+#include "binary/symbols.h"
+
+namespace polus {
+
+namespace {
+uint64_t symbol_value_or_zero(const ElfObjectFile& object, const char* name) {
+  for (const Symbol& s : object.symbols) {
+    if (s.name == name && s.is_global) return s.address.address();
+  }
+  return 0;
+}
+
+uint64_t symbol_value(const ElfObjectFile& object, const char* name) {
+  if (uint64_t value = symbol_value_or_zero(object, name)) return value;
+  throw Error(ErrorCode::kInternal, object.path + " lacks '" + name + "': not a Polus agent of this version");
+}
+}  // namespace
+
+AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
+  ElfObjectFile object = read_elf_object(path);
+  AgentLocation agent;
+  agent.path = path;
+  agent.load_bias = load_bias;
+  agent.registry = RemotePtr<polus_agent_registry>(load_bias + symbol_value(object, POLUS_AGENT_REGISTRY_SYMBOL));
+  agent.load_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_LOAD_SYMBOL));
+  agent.unload_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_UNLOAD_SYMBOL));
+  // Write tracking is optional: an agent without it still serves code-only patches.
+  if (symbol_value_or_zero(object, "polus_agent_sync_begin")) {
+    agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_reserve"));
+    agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_begin"));
+    agent.sync_end = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_end"));
+  }
+  return agent;
+}
+
+std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps) {
+  for (const MappedRegion& region : maps) {
+    if (region.file_offset != 0 || basename_of(region.path) != kAgentFileName) continue;
+    // The agent is linked at 0, so the mapping of file offset 0 is its load bias.
+    std::string path = "/proc/" + std::to_string(pid) + "/root" + region.path;
+    try {
+      AgentLocation agent = agent_location_at(path, region.start);
+      agent.path = region.path;
+      return agent;
+    } catch (const Error&) {
+      return agent_location_at(region.path, region.start);
+    }
+  }
+  return std::nullopt;
+}
+
+RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent) {
+  RegistrySnapshot snapshot;
+  snapshot.registry = memory.read(agent.registry);
+  const polus_agent_registry& r = snapshot.registry;
+  if (r.magic != POLUS_AGENT_MAGIC) {
+    throw Error(ErrorCode::kInternal, "the Polus agent in the target has no valid registry (magic mismatch)");
+  }
+  if (r.abi_version != POLUS_AGENT_ABI_VERSION) {
+    throw Error(ErrorCode::kInternal, "the Polus agent in the target speaks ABI version " +
+                                          std::to_string(r.abi_version) + ", this polusctl speaks " +
+                                          std::to_string(POLUS_AGENT_ABI_VERSION) + "; use the matching polusctl");
+  }
+  if (r.patch_count > POLUS_MAX_PATCHES || r.arena_count > POLUS_MAX_ARENAS) {
+    throw Error(ErrorCode::kInternal, "the Polus registry in the target is corrupt (counts out of range)");
+  }
+  for (uint32_t i = 0; i < r.patch_count; ++i) {
+    PatchRecordView view;
+    view.address = RemotePtr<polus_patch_record>(r.patches[i]);
+    view.header = memory.read(view.address);
+    if (view.header.magic != POLUS_AGENT_MAGIC || view.header.redirect_count > 100000) {
+      throw Error(ErrorCode::kInternal, "patch record " + std::to_string(i) + " in the target is corrupt");
+    }
+    if (view.header.watch_count > 100000 || view.header.holder_count > POLUS_MAX_HOLDERS) {
+      throw Error(ErrorCode::kInternal, "patch record " + std::to_string(i) + " in the target is corrupt");
+    }
+    view.redirects.resize(view.header.redirect_count);
+    view.watched.resize(view.header.watch_count);
+    view.holders.resize(view.header.holder_count);
+    auto read_array = [&](RemoteAddr at, auto& vec) {
+      if (!vec.empty()) memory.read_bytes(at, vec.data(), vec.size() * sizeof(vec[0]));
+    };
+    read_array(view.redirects_at(), view.redirects);
+    read_array(view.watched_at(), view.watched);
+    read_array(view.holders_at(), view.holders);
+    snapshot.patches.push_back(std::move(view));
+  }
+  return snapshot;
+}
+
+void write_registry_bookkeeping(ProcessMemory& memory, const AgentLocation& agent, const polus_agent_registry& r) {
+  auto put = [&](size_t offset, const void* from, size_t size) {
+    memory.write_bytes(RemoteAddr(agent.registry.address() + offset), static_cast<const char*>(from), size);
+  };
+  put(offsetof(polus_agent_registry, patch_count), &r.patch_count, sizeof r.patch_count);
+  put(offsetof(polus_agent_registry, next_patch_id), &r.next_patch_id, sizeof r.next_patch_id);
+  put(offsetof(polus_agent_registry, patches), r.patches, sizeof r.patches);
+  put(offsetof(polus_agent_registry, arenas), r.arenas, sizeof r.arenas);
+  put(offsetof(polus_agent_registry, arena_count), &r.arena_count, sizeof r.arena_count);
+}
+
+std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const polus_sync_state& sync) {
+  std::vector<polus_tracked_item> items(std::min(sync.item_count, sync.item_capacity));
+  if (!items.empty()) memory.read_bytes(RemoteAddr(sync.items), items.data(), items.size() * sizeof(polus_tracked_item));
+  return items;
+}
+
+const char* patch_state_name(uint32_t state) {
+  switch (state) {
+    case POLUS_STATE_APPLYING: return "applying";
+    case POLUS_STATE_SYNCING: return "syncing";
+    case POLUS_STATE_COMMITTED: return "committed";
+    case POLUS_STATE_ROLLED_BACK: return "rolled-back";
+    default: return "empty";
+  }
+}
+
+}  // namespace polus

@@ -1,0 +1,90 @@
+// update/registry.h — finding and reading the agent's patch registry inside a target.
+//
+// Reading needs no ptrace: /proc/PID/mem is readable by a process allowed to trace the
+// target, so `polusctl status` never stops the target.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "polus/agent_abi.h"
+#include "process/process_maps.h"
+#include "process/process_memory.h"
+#include "process/remote_ptr.h"
+
+namespace polus {
+
+inline constexpr const char* kAgentFileName = "libpolus-agent.so";
+
+/// Where libpolus-agent.so and its entry points are in one target.
+struct AgentLocation {
+  std::string path;
+  uint64_t load_bias = 0;
+  RemotePtr<polus_agent_registry> registry;
+  RemoteAddr load_patch;
+  RemoteAddr unload_patch;
+  RemoteAddr sync_reserve;  // uint64_t polus_agent_sync_reserve(uint32_t capacity)
+  RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
+  RemoteAddr sync_end;      // int polus_agent_sync_end(void)
+};
+
+/// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the
+/// parts the agent updates on its own while threads run (sync counters).
+void write_registry_bookkeeping(ProcessMemory& memory, const AgentLocation& agent, const polus_agent_registry& registry);
+
+/// The agent's tracked items (read by status while a data update syncs).
+std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const polus_sync_state& sync);
+
+/// Finds the agent in the target's maps; nullopt if it was never loaded there.
+std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps);
+
+/// Computes the agent's entry points for a copy loaded at `load_bias` from `path`.
+AgentLocation agent_location_at(const std::string& path, uint64_t load_bias);
+
+/// One applied patch as recorded in the target.
+struct PatchRecordView {
+  RemotePtr<polus_patch_record> address;
+  polus_patch_record header{};
+  std::vector<polus_redirect_record> redirects;
+  std::vector<polus_watched_function> watched;
+  std::vector<polus_holder> holders;
+
+  RemoteAddr redirects_at() const { return RemoteAddr(address.address() + sizeof(polus_patch_record)); }
+  RemoteAddr watched_at() const {
+    return RemoteAddr(redirects_at().address() + header.redirect_count * sizeof(polus_redirect_record));
+  }
+  RemoteAddr holders_at() const {
+    return RemoteAddr(watched_at().address() + header.watch_count * sizeof(polus_watched_function));
+  }
+  /// Bytes a record with these counts needs, rounded up to whole pages.
+  static uint64_t bytes_for(uint32_t redirects, uint32_t watched) {
+    uint64_t bytes = sizeof(polus_patch_record) + redirects * sizeof(polus_redirect_record) +
+                     watched * sizeof(polus_watched_function) + POLUS_MAX_HOLDERS * sizeof(polus_holder);
+    return (bytes + 4095) & ~4095ull;
+  }
+};
+
+struct RegistrySnapshot {
+  polus_agent_registry registry{};
+  std::vector<PatchRecordView> patches;  // oldest first
+};
+
+/// Reads the registry and every patch record. Throws Error(kInternal) on a registry of an
+/// unknown ABI version or a corrupt record.
+RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent);
+
+/// A fixed-size char array filled from a string (truncated, always NUL-terminated).
+template <size_t N>
+void copy_name(char (&dst)[N], const std::string& src) {
+  size_t n = std::min(src.size(), N - 1);
+  for (size_t i = 0; i < n; ++i) dst[i] = src[i];
+  for (size_t i = n; i < N; ++i) dst[i] = 0;
+}
+
+/// Human name of a polus_patch_state value.
+const char* patch_state_name(uint32_t state);
+
+}  // namespace polus

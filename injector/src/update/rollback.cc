@@ -1,0 +1,266 @@
+// Rolling back (paper §4.2.1: a rollback is an update run the other way, reusing the sync
+// functions) and finishing updates left `syncing`.
+#include <algorithm>
+#include <optional>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "update/data_update.h"
+#include "update/engine_internal.h"
+#include "polus/engine.h"
+#include "polus/error.h"
+#include "common/format.h"
+#include "update/patch_file.h"
+
+namespace polus {
+
+namespace {
+
+/// The operation's view of the target's registry and newest patch.
+struct RegistryContext {
+  AgentLocation agent;
+  RegistrySnapshot registry;
+};
+
+/// Drives the update of `record` (left syncing) to its end within this operation.
+PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options);
+
+RegistryContext open_registry(TargetContext& target, const char* nothing_message) {
+  std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
+  RegistryContext ctx;
+  if (agent) ctx.registry = read_registry(target.memory(), *agent);
+  if (!agent || ctx.registry.patches.empty()) {
+    throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(target.pid()) + " " + nothing_message);
+  }
+  ctx.agent = *agent;
+  if (ctx.registry.registry.arena_count > 0) target.scratch_arena = ctx.registry.registry.arenas[0].base;
+  return ctx;
+}
+
+/// Puts back what each redirect of `record` overwrote, newest first.
+void restore_jumps(ProcessMemory& memory, const PatchRecordView& record) {
+  for (auto r = record.redirects.rbegin(); r != record.redirects.rend(); ++r) {
+    memory.write_bytes(RemoteAddr(r->patch_site), r->saved_bytes, r->saved_length);
+    if (r->flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) memory.write(RemotePtr<uint64_t>(r->trampoline + 6), r->previous_target);
+  }
+}
+
+/// The patch file of a record, if it can still be read.
+std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& record) {
+  try {
+    return read_patch_file(record.header.path);
+  } catch (const Error& e) {
+    spdlog::warn("cannot read the patch file of {}: {}", record.header.name, e.what());
+    return std::nullopt;
+  }
+}
+
+RemoteAddr scratch_args(const TargetContext& target) { return RemoteAddr(target.scratch_arena + kArenaScratchBytes - 64); }
+
+/// Rolls back a data patch: the new data syncs back into the old, the jumps come out, and the
+/// update syncs until no thread runs new code that uses the new data.
+PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, PatchRecordView& record,
+                              const PatchDescription& patch, const EngineOptions& options, Clock::time_point started) {
+  const uint64_t bias = patch_load_bias(target.memory(), record.header);
+  DataPlan plan = plan_data_update(patch, target.symbols(), bias, POLUS_UPDATE_ROLLBACK);
+  const bool sync_active = ctx.registry.registry.sync.active != 0;
+  // Code runs in the pause unless the apply's sync phase is still on and the patch has no
+  // pre-update callback: then the pause only puts the original bytes back. Requiring every
+  // thread outside malloc, the loader and the agent's fault handler for nothing would make a
+  // rollback under load wait for a moment that a busy server may never have.
+  const bool run_code = !sync_active || std::any_of(patch.callbacks.begin(), patch.callbacks.end(), [](const polus_callback& c) {
+    return c.kind == POLUS_CB_PRE_UPDATE;
+  });
+  pid_t borrower = 0;
+  if (!sync_active) {
+    borrower = target.stop_thread_safe_to_borrow();
+    BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
+    install_tracked_items(thread, target.memory(), ctx.agent, plan, target.trap());
+  }
+  uint64_t pause_ns = 0;
+  const auto loop_started = Clock::now();
+  for (;;) {
+    if (sync_active) {  // released between attempts (below)
+      target.seize();
+      if (run_code) borrower = target.stop_thread_safe_to_borrow();
+    }
+    auto pause_start = Clock::now();
+    target.session().stop_all(TargetContext::step_deadline());
+    std::string busy;
+    for (const ThreadSnapshot& thread : run_code ? target.snapshot_threads(true) : std::vector<ThreadSnapshot>{}) {
+      const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
+      if (hit) busy = "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
+    }
+    if (busy.empty() && !sync_active && Clock::now() - loop_started < kMaskResetWait) {
+      busy = mask_reset_pending(target.session());
+    }
+    if (busy.empty()) {
+      if (run_code) {
+        BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
+        thread.set_pass_faults(sync_active);
+        run_callbacks(thread, target.memory(), patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK,
+                      scratch_args(target), target.trap());
+        if (!sync_active) {
+          initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK, scratch_args(target), target.trap());
+          unblock_fault_signals(target.session());
+          begin_sync(thread, ctx.agent, target.trap());
+        }
+      }
+      restore_jumps(target.memory(), record);
+      target.session().resume_all();
+      pause_ns = elapsed_ns(pause_start);
+      target.release();  // write tracking is on: never hold the target between inspections
+      break;
+    }
+    if (sync_active) {
+      // Attached, every tracked write would wait in a signal-delivery-stop for us: let go.
+      target.session().resume_all();
+      target.release();
+    } else {
+      target.session().resume_all_except(borrower);
+    }
+    if (Clock::now() >= target.deadline()) {
+      throw Error(ErrorCode::kUnsafeToPatch, "cannot start the rollback: " + busy + "; target unchanged");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  record.header.state = POLUS_STATE_SYNCING;
+  record.header.direction = POLUS_UPDATE_ROLLBACK;
+  record.header.committed_at_unix_ns = 0;
+  record.header.inspections = 0;
+  record.watched = plan.watched;
+  record.holders.clear();
+  record.header.watch_count = static_cast<uint32_t>(record.watched.size());
+  record.header.holder_count = 0;
+  target.memory().write(record.address, record.header);
+
+  uint64_t max_pause = pause_ns;
+  bool done = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  PatchInfo info = info_from_record(record);
+  info.pause_ns = max_pause;
+  info.apply_wall_ns = elapsed_ns(started);
+  if (done) {
+    retire_patch(target, ctx.agent, record);
+    info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
+  }
+  return info;
+}
+
+}  // namespace
+
+void retire_patch(TargetContext& target, const AgentLocation& agent, const PatchRecordView& record) {
+  target.seize();
+  // No jump leads into the patch any more; if no thread is inside its code right now, none
+  // ever will be again and it can be unloaded.
+  std::vector<AddressRange> patch_code;
+  for (const MappedRegion& region : read_process_maps(target.pid())) {
+    if (region.executable && region.path == record.header.path) {
+      patch_code.push_back({region.start, region.end, record.header.name});
+    }
+  }
+  // A thread preempted on one of the patch's own trampoline slots (it took the old function's
+  // jump before the rollback restored it) still goes on into the patch's code. (A slot reused
+  // from an earlier patch now leads to that patch's function, which stays loaded.)
+  for (const polus_redirect_record& r : record.redirects) {
+    if (r.trampoline && !(r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE)) {
+      patch_code.push_back({r.trampoline, r.trampoline + kTrampolineSlotSize, record.header.name + std::string(" (trampoline)")});
+    }
+  }
+  std::string still_running;
+  target.session().stop_all(TargetContext::step_deadline());
+  for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
+    if (thread_touches(thread, patch_code)) still_running = "thread " + std::to_string(thread.tid);
+  }
+  polus_agent_registry reg = target.memory().read(agent.registry);
+  auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record.address.address());
+  reg.patch_count = static_cast<uint32_t>(end - reg.patches);
+  std::fill(end, reg.patches + POLUS_MAX_PATCHES, 0);
+  write_registry_bookkeeping(target.memory(), agent, reg);
+  target.session().resume_all();
+
+  pid_t tid = target.stop_thread_safe_to_borrow();
+  BorrowedThread thread(target.session(), target.memory(), tid, target.syscall_instruction());
+  if (still_running.empty()) {
+    if (thread.call(agent.unload_patch, {record.header.dl_handle}, target.trap(), TargetContext::step_deadline()) != 0) {
+      spdlog::warn("dlclose of patch {} failed in the target; it stays loaded", record.header.name);
+    }
+  } else {
+    spdlog::warn("patch {} stays loaded: {} was still running its code", record.header.name, still_running);
+  }
+  target.unmap_memory(thread, record.address.address(), record.header.record_bytes);
+}
+
+PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
+  auto started = Clock::now();
+  TargetContext target(pid, options.symbols, started + options.timeout);
+  RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
+  PatchRecordView record = ctx.registry.patches.back();
+  if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
+    return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
+  }
+  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
+  if (!patch && !record.watched.empty()) {
+    throw Error(ErrorCode::kPatchMalformed, "patch " + std::string(record.header.name) +
+                                                " changed data, and its file " + record.header.path +
+                                                " is gone: its sync functions' description is needed to roll back");
+  }
+  target.seize();
+  if (has_data) return rollback_data_patch(target, ctx, record, *patch, options, started);
+
+  auto pause_start = Clock::now();
+  target.session().stop_all(TargetContext::step_deadline());
+  restore_jumps(target.memory(), record);
+  target.session().resume_all();
+  uint64_t pause_ns = elapsed_ns(pause_start);
+  retire_patch(target, ctx.agent, record);
+
+  PatchInfo info = info_from_record(record);
+  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
+  info.pause_ns = pause_ns;
+  info.apply_wall_ns = elapsed_ns(started);
+  spdlog::info("rolled back patch {} in process {}: pause {} us", info.name, pid, pause_ns / 1000);
+  return info;
+}
+
+PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
+  TargetContext target(pid, options.symbols, Clock::now() + options.timeout);
+  RegistryContext ctx = open_registry(target, "has no Polus update in flight");
+  auto syncing = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
+                              [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
+  if (syncing == ctx.registry.patches.end()) {
+    throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no Polus update in flight");
+  }
+  PatchRecordView record = *syncing;
+  return finish_in(target, ctx, record, options);
+}
+
+namespace {
+
+PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options) {
+  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  if (!patch) {
+    throw Error(ErrorCode::kPatchMalformed, "the file of patch " + std::string(record.header.name) + " (" +
+                                                record.header.path + ") is gone; it is needed to finish the update");
+  }
+  target.seize();
+  const uint64_t bias = patch_load_bias(target.memory(), record.header);
+  uint64_t max_pause = 0;
+  bool done = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  PatchInfo info = info_from_record(record);
+  if (done && record.header.direction == POLUS_UPDATE_ROLLBACK) {
+    retire_patch(target, ctx.agent, record);
+    info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
+  } else if (done) {
+    record.header.state = POLUS_STATE_COMMITTED;
+    record.header.committed_at_unix_ns = unix_now_ns();
+    target.memory().write(record.address, record.header);
+    info = info_from_record(record);
+  }
+  return info;
+}
+
+}  // namespace
+
+}  // namespace polus

@@ -1,0 +1,248 @@
+#include "update/target.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <fstream>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "polus/error.h"
+#include "common/format.h"
+
+namespace polus {
+
+namespace {
+
+
+// Entry points that take locks dlopen also needs (the malloc arenas, the loader's lock,
+// fork's atfork lock). A thread stopped anywhere below them must not be made to dlopen.
+constexpr const char* kLockHoldingFunctions[] = {
+    "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc", "memalign",
+    "valloc", "pvalloc", "malloc_trim", "malloc_stats", "malloc_info", "mallinfo", "mallinfo2",
+    "dl_iterate_phdr", "dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo",
+    "fork", "_Fork", "vfork", "pthread_create", "pthread_exit", "exit", "__libc_malloc", "__libc_free",
+    "__libc_calloc", "__libc_realloc", "__libc_memalign", "__libc_dlopen_mode", "__libc_dlclose",
+};
+
+/// Whether a synchronous fault signal (SIGSEGV, SIGTRAP, SIGBUS) is pending for `tid`
+/// (SigPnd of /proc/PID/task/TID/status).
+bool has_pending_fault(pid_t pid, pid_t tid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("SigPnd:", 0) != 0) continue;
+    uint64_t mask = std::stoull(line.substr(7), nullptr, 16);
+    auto bit = [](int sig) { return 1ull << (sig - 1); };
+    return mask & (bit(SIGSEGV) | bit(SIGTRAP) | bit(SIGBUS));
+  }
+  return false;
+}
+
+}  // namespace
+
+OperationLock::OperationLock(pid_t pid, Clock::time_point deadline) {
+  std::string dir = "/run/polus";
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) dir = "/tmp";
+  std::string path = dir + "/polus-" + std::to_string(pid) + ".lock";
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd_ < 0) {
+    spdlog::warn("cannot open {}: {}; going on without the operation lock", path, std::strerror(errno));
+    return;
+  }
+  while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) break;
+    if (Clock::now() >= deadline) {
+      ::close(fd_);
+      fd_ = -1;
+      throw Error(ErrorCode::kTimeout, "another Polus operation on process " + std::to_string(pid) +
+                                           " (polusctl or polusd) is in progress; try again when it ends");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+OperationLock::~OperationLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing drops the flock
+}
+
+TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
+    : pid_(pid), deadline_(deadline), lock_(pid, deadline), symbol_options_(options), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
+
+void TargetContext::reload_symbols() {
+  symbols_ = ProcessSymbols::load(pid_, symbol_options_);
+  lock_holding_ranges_.clear();
+}
+
+void TargetContext::seize() {
+  if (!session_) session_.emplace(PtraceSession::seize(pid_));
+}
+
+const LoadedObject& TargetContext::libc() const {
+  for (const LoadedObject& object : symbols_.objects()) {
+    if (basename_of(object.path).rfind("libc.so", 0) == 0) return object;
+  }
+  throw Error(ErrorCode::kLoadFailed, "process " + std::to_string(pid_) +
+                                          " does not use the GNU C library (no libc.so mapped); Polus needs its "
+                                          "dlopen to load code");
+}
+
+RemoteAddr TargetContext::libc_function(const std::string& name) {
+  // Exports only: libc's full (debug) symbol table is not needed to call dlopen.
+  std::vector<Symbol> found = symbols_.exported_functions(libc(), {name});
+  if (found.empty()) {
+    throw Error(ErrorCode::kSymbolNotFound, libc().path + " of process " + std::to_string(pid_) +
+                                                " exports no function '" + name + "', which Polus calls to load code");
+  }
+  return found.front().address;
+}
+
+const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
+  if (!lock_holding_ranges_.empty()) return lock_holding_ranges_;
+  std::vector<AddressRange>& ranges = lock_holding_ranges_;
+  for (const LoadedObject& object : symbols_.objects()) {
+    if (basename_of(object.path).rfind("ld-", 0) == 0) {
+      ranges.push_back({object.text_start, object.text_end, "the dynamic loader"});
+    }
+    // A thread inside the agent's fault handler holds its sync lock.
+    if (basename_of(object.path) == "libpolus-agent.so") {
+      ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
+    }
+  }
+  // Their exported entry points suffice: a thread deeper inside (e.g. in _int_malloc) has the
+  // entry point's return address on its stack, which thread_touches() also checks.
+  const std::vector<std::string_view> names(std::begin(kLockHoldingFunctions), std::end(kLockHoldingFunctions));
+  for (const Symbol& s : symbols_.exported_functions(libc(), names)) {
+    if (s.size > 0) ranges.push_back({s.address.address(), s.address.address() + s.size, s.name});
+  }
+  return lock_holding_ranges_;
+}
+
+pid_t TargetContext::stop_thread_safe_to_borrow() {
+  const std::vector<AddressRange> unsafe = lock_holding_ranges();
+  std::string last_reason;
+  for (;;) {
+    session_->poll_events();
+    std::vector<pid_t> tids = session_->thread_ids();
+    if (tids.empty() || ::kill(pid_, 0) != 0) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
+    // Prefer threads other than the main one: the main thread is often the one a
+    // signal-driven or event-loop target needs most.
+    std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
+    for (pid_t tid : tids) {
+      try {
+        if (!session_->stop_thread(tid, Clock::now() + std::chrono::milliseconds(200))) continue;
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::kTimeout) throw;
+        last_reason = "thread " + std::to_string(tid) + " did not stop (uninterruptible sleep?)";
+        continue;  // try the others; it stops (and is let go) whenever it can
+      }
+      const ThreadState& state = session_->thread(tid);
+      // A thread stopped with a signal of its own gets it now rather than after our code ran:
+      // a fault signal handled late could meet a handler that changed meanwhile.
+      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop ||
+          (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
+        session_->resume_thread(tid);
+        continue;
+      }
+      // A fault already queued for it would be delivered inside our code.
+      if (has_pending_fault(pid_, tid)) {
+        last_reason = "thread " + std::to_string(tid) + " has a fault signal pending";
+        session_->resume_thread(tid);
+        continue;
+      }
+      ThreadSnapshot snap = snapshot_thread(memory_, symbols_.maps(), tid, session_->get_regs(tid));
+      const AddressRange* hit = thread_touches(snap, unsafe);
+      if (!hit && snap.stack_complete) {
+        spdlog::debug("borrowing thread {} (pc {})", tid, hex(snap.pc));
+        return tid;
+      }
+      last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
+      session_->resume_thread(tid);
+    }
+    if (Clock::now() >= deadline_) {
+      throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
+                                           " reached a point where it can safely run code (" +
+                                           (last_reason.empty() ? "threads kept exiting or had signals pending" : last_reason) +
+                                           "); the target is unchanged, try again");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+RemoteAddr TargetContext::syscall_instruction() {
+  if (syscall_instruction_) return *syscall_instruction_;
+  const LoadedObject& c = libc();
+  std::vector<uint8_t> chunk(64 * 1024);
+  for (uint64_t at = c.text_start; at < c.text_end; at += chunk.size() - 1) {
+    size_t got = memory_.read_bytes_fallible(RemoteAddr(at), chunk.data(), std::min<uint64_t>(chunk.size(), c.text_end - at));
+    if (got == 0 && memory_.target_gone()) {
+      throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
+    }
+    for (size_t i = 0; i + 1 < got; ++i) {
+      if (chunk[i] == 0x0f && chunk[i + 1] == 0x05) {
+        syscall_instruction_ = RemoteAddr(at + i);
+        return *syscall_instruction_;
+      }
+    }
+  }
+  throw Error(ErrorCode::kInternal, "no syscall instruction found in " + c.path);
+}
+
+uint64_t TargetContext::map_memory(BorrowedThread& thread, uint64_t near_start, uint64_t near_end, uint64_t size,
+                                   int prot) {
+  uint64_t hint = 0;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+  if (near_start != 0) {
+    auto found = find_free_range_near(read_process_maps(pid_), near_start, near_end, size);
+    if (!found) {
+      throw Error(ErrorCode::kUnsafeToPatch, "no free address range within 2 GiB of the code at " + hex(near_start) +
+                                                 " for a jump trampoline");
+    }
+    hint = *found;
+    flags |= MAP_FIXED_NOREPLACE;
+  }
+  int64_t result = thread.syscall(SYS_mmap, {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
+                                             static_cast<uint64_t>(-1), 0},
+                                  step_deadline());
+  if (result < 0 && result > -4096) {
+    throw Error(ErrorCode::kInternal, "mmap in the target failed: " + std::string(std::strerror(static_cast<int>(-result))));
+  }
+  return static_cast<uint64_t>(result);
+}
+
+void TargetContext::unmap_memory(BorrowedThread& thread, uint64_t address, uint64_t size) {
+  try {
+    int64_t result = thread.syscall(SYS_munmap, {address, size}, step_deadline());
+    if (result != 0) spdlog::warn("munmap({}, {}) in the target failed: {}", hex(address), size, result);
+  } catch (const std::exception& e) {
+    spdlog::warn("munmap in the target failed: {}", e.what());
+  }
+}
+
+std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {
+  std::vector<ThreadSnapshot> snaps;
+  std::vector<MappedRegion> maps = with_stacks ? read_process_maps(pid_) : std::vector<MappedRegion>{};
+  for (pid_t tid : session_->thread_ids()) {
+    user_regs_struct regs = session_->get_regs(tid);
+    if (with_stacks) {
+      snaps.push_back(snapshot_thread(memory_, maps, tid, regs));
+    } else {
+      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true});
+    }
+  }
+  return snaps;
+}
+
+}  // namespace polus
