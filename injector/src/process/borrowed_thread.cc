@@ -3,7 +3,11 @@
 #include <elf.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+
+#include <cstring>
 
 #include <sstream>
 #include <string>
@@ -12,12 +16,13 @@
 
 #include "polus/error.h"
 #include "common/format.h"
+#include "process/process_maps.h"
 
 namespace polus {
 
 BorrowedThread::BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid,
-                               RemoteAddr syscall_instruction)
-    : session_(session), memory_(memory), tid_(tid), syscall_instruction_(syscall_instruction) {
+                               RemoteAddr syscall_instruction, ScratchArena& arena)
+    : session_(session), memory_(memory), tid_(tid), syscall_instruction_(syscall_instruction), arena_(arena) {
   saved_ = session_.get_regs(tid_);
   // The FPU/SSE/AVX/AVX-512 state too: dlopen and libc's string functions clobber vector
   // registers the interrupted code may still be using (NT_X86_XSTATE covers all of it).
@@ -63,7 +68,8 @@ user_regs_struct BorrowedThread::prepared_regs() const {
   return regs;
 }
 
-int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> args, Clock::time_point deadline) {
+int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> args) {
+  const Clock::time_point deadline = step_deadline();
   user_regs_struct regs = prepared_regs();
   unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.r10, &regs.r8, &regs.r9};
   size_t i = 0;
@@ -85,8 +91,9 @@ int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> arg
   }
 }
 
-uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args, RemoteAddr return_trap,
-                              Clock::time_point deadline) {
+uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {
+  const Clock::time_point deadline = step_deadline();
+  const RemoteAddr return_trap = arena_.trap();
   user_regs_struct regs = prepared_regs();
   unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
   size_t i = 0;
@@ -116,6 +123,43 @@ uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_
                                               "); the target was left running. Check the patch's constructors");
     }
     spdlog::debug("ignoring a foreign SIGTRAP at {} in borrowed thread {}", hex(after.rip), tid_);
+  }
+}
+
+uint64_t BorrowedThread::call_with_string(RemoteAddr function, const std::string& text,
+                                          std::initializer_list<uint64_t> more) {
+  uint64_t args[6] = {arena_.put_string(text).address()};
+  size_t n = 1;
+  for (uint64_t arg : more) args[n++] = arg;
+  return call(function, {args[0], args[1], args[2], args[3], args[4], args[5]});
+}
+
+uint64_t BorrowedThread::map_memory(uint64_t near_start, uint64_t near_end, uint64_t size, int prot) {
+  uint64_t hint = 0;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+  if (near_start != 0) {
+    auto found = find_free_range_near(read_process_maps(session_.pid()), near_start, near_end, size);
+    if (!found) {
+      throw Error(ErrorCode::kUnsafeToPatch, "no free address range within 2 GiB of the code at " + hex(near_start) +
+                                                 " for a jump trampoline");
+    }
+    hint = *found;
+    flags |= MAP_FIXED_NOREPLACE;
+  }
+  int64_t result = syscall(SYS_mmap, {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
+                                      static_cast<uint64_t>(-1), 0});
+  if (result < 0 && result > -4096) {
+    throw Error(ErrorCode::kInternal, "mmap in the target failed: " + std::string(std::strerror(static_cast<int>(-result))));
+  }
+  return static_cast<uint64_t>(result);
+}
+
+void BorrowedThread::unmap_memory(uint64_t address, uint64_t size) noexcept {
+  try {
+    int64_t result = syscall(SYS_munmap, {address, size});
+    if (result != 0) spdlog::warn("munmap({}, {}) in the target failed: {}", hex(address), size, result);
+  } catch (const std::exception& e) {
+    spdlog::warn("munmap in the target failed: {}", e.what());
   }
 }
 

@@ -217,37 +217,17 @@ class Applier {
     }
   }
 
-  RemoteAddr scratch_string(const std::string& text) {
-    if (text.size() + 1 > kArenaScratchBytes - kArenaStringOffset - 64) {
-      throw Error(ErrorCode::kPatchMalformed, "path too long: " + text);
-    }
-    RemoteAddr at(target_.scratch_arena + kArenaStringOffset);
-    target_.memory().write_bytes(at, text.c_str(), text.size() + 1);
-    return at;
-  }
-  /// Where callback and sync arguments are passed: the end of the scratch page.
-  RemoteAddr scratch_args() const { return RemoteAddr(target_.scratch_arena + kArenaScratchBytes - 64); }
-
   /// Loads agent and patch through one borrowed thread while the others keep running.
   void load() {
-    borrower_ = target_.stop_thread_safe_to_borrow();
-    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
-    const uint64_t main_text_start = target_.symbols().main_executable().text_start;
-    const uint64_t main_text_end = target_.symbols().main_executable().text_end;
-
-    if (agent_ && registry_.registry.arena_count > 0) target_.scratch_arena = registry_.registry.arenas[0].base;
-    if (target_.scratch_arena == 0) {
-      target_.scratch_arena = target_.map_memory(thread, main_text_start, main_text_end, kArenaSize, PROT_READ | PROT_EXEC);
-      new_arenas_.push_back(target_.scratch_arena);
-      std::vector<uint8_t> traps(16, 0xcc);
-      target_.memory().write_bytes(target_.trap(), traps.data(), traps.size());
-    }
+    BorrowedThread thread = target_.borrow_safe_thread();
+    borrower_ = thread.tid();
+    if (agent_) adopt_arenas(target_.arena(), registry_);
+    const LoadedObject& main = target_.symbols().main_executable();
+    target_.arena().ensure(thread, main.text_start, main.text_end);
     if (!agent_) {
-      RemoteAddr path = scratch_string(options_.agent_path);
-      uint64_t handle = thread.call(target_.libc_function("dlopen"), {path.address(), RTLD_NOW | RTLD_GLOBAL},
-                                    target_.trap(), TargetContext::step_deadline());
+      uint64_t handle = thread.call_with_string(target_.libc_function("dlopen"), options_.agent_path, {RTLD_NOW | RTLD_GLOBAL});
       if (handle == 0) {
-        uint64_t message = thread.call(target_.libc_function("dlerror"), {}, target_.trap(), TargetContext::step_deadline());
+        uint64_t message = thread.call(target_.libc_function("dlerror"), {});
         throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + options_.agent_path + " into process " +
                                                 std::to_string(target_.pid()) + ": " +
                                                 target_.memory().read_c_string(RemoteAddr(message), 1024));
@@ -257,8 +237,7 @@ class Applier {
       registry_ = read_registry(target_.memory(), *agent_);
     }
 
-    RemoteAddr path = scratch_string(patch_.path);
-    patch_handle_ = thread.call(agent_->load_patch, {path.address()}, target_.trap(), TargetContext::step_deadline());
+    patch_handle_ = thread.call_with_string(agent_->load_patch, patch_.path);
     if (patch_handle_ == 0) {
       polus_agent_registry registry = target_.memory().read(agent_->registry);
       std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
@@ -278,13 +257,13 @@ class Applier {
     for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
     if (has_data_) {
       data_ = plan_data_update(patch_, target_.symbols(), patch_bias_, POLUS_UPDATE_APPLY);
-      install_tracked_items(thread, target_.memory(), *agent_, data_, target_.trap());
+      install_tracked_items(thread, target_.memory(), *agent_, data_);
     }
 
     // Room for the watched functions of either direction: at most every function of the patch.
     uint64_t bytes = PatchRecordView::bytes_for(static_cast<uint32_t>(plans_.size()),
                                                 static_cast<uint32_t>(patch_.functions.size()));
-    record_view_.address = RemotePtr<polus_patch_record>(target_.map_memory(thread, 0, 0, bytes, PROT_READ | PROT_WRITE));
+    record_view_.address = RemotePtr<polus_patch_record>(thread.map_memory(0, 0, bytes, PROT_READ | PROT_WRITE));
     polus_patch_record& h = record_view_.header;
     h.magic = POLUS_AGENT_MAGIC;
     h.id = registry_.registry.next_patch_id;
@@ -302,40 +281,13 @@ class Applier {
     write_record();
   }
 
-  /// A trampoline slot within reach of `site`: a free one of an existing arena, or a new arena.
+  /// A trampoline slot within reach of `site` (ScratchArena::allocate_slot), near the
+  /// object whose code it serves.
   uint64_t allocate_slot(BorrowedThread& thread, uint64_t site) {
-    std::vector<uint64_t> used;
-    for (const PatchRecordView& p : registry_.patches) {
-      for (const polus_redirect_record& r : p.redirects) used.push_back(r.trampoline);
-    }
-    for (const PlannedRedirect& plan : plans_) used.push_back(plan.record.trampoline);
-    std::vector<uint64_t> arenas(new_arenas_);
-    for (uint32_t i = 0; i < registry_.registry.arena_count; ++i) arenas.push_back(registry_.registry.arenas[i].base);
-    // Never-used slots (still zero) first: a slot freed by a rollback is handed out again only
-    // when an arena has no fresh one, so a thread that was preempted on it has long moved on.
-    uint64_t recycled = 0;
-    for (uint64_t arena : arenas) {
-      std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
-      size_t got = target_.memory().read_bytes_fallible(RemoteAddr(arena + kArenaScratchBytes), bytes.data(), bytes.size());
-      for (uint64_t slot = arena + kArenaScratchBytes; slot + kTrampolineSlotSize <= arena + kArenaSize;
-           slot += kTrampolineSlotSize) {
-        if (!jump_reaches(site, slot)) break;
-        if (std::find(used.begin(), used.end(), slot) != used.end()) continue;
-        size_t offset = slot - arena - kArenaScratchBytes;
-        bool fresh = offset + kTrampolineSlotSize <= got &&
-                     std::all_of(bytes.begin() + static_cast<long>(offset),
-                                 bytes.begin() + static_cast<long>(offset + kTrampolineSlotSize),
-                                 [](uint8_t b) { return b == 0; });
-        if (fresh) return slot;
-        if (!recycled) recycled = slot;
-      }
-    }
-    if (recycled) return recycled;
     const LoadedObject* object = target_.symbols().object_containing(RemoteAddr(site));
-    uint64_t arena = target_.map_memory(thread, object ? object->text_start : site, object ? object->text_end : site + 1,
-                                        kArenaSize, PROT_READ | PROT_EXEC);
-    new_arenas_.push_back(arena);
-    return arena + kArenaScratchBytes;
+    return target_.arena().allocate_slot(
+        thread, [site](uint64_t slot) { return jump_reaches(site, slot); }, object ? object->text_start : site,
+        object ? object->text_end : site + 1);
   }
 
   void prepare_redirect(BorrowedThread& thread, PlannedRedirect& plan) {
@@ -403,32 +355,20 @@ class Applier {
         writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
       }
     }
-    for (;;) {
-      auto pause_start = Clock::now();
-      target_.session().stop_all(TargetContext::step_deadline());
-      uint64_t stopped_ns = elapsed_ns(pause_start);
-      std::string reason = busy_reason_now(need_stacks, run_code);
-      if (reason.empty()) {
-        uint64_t checked_ns = elapsed_ns(pause_start);
-        if (run_code) run_code_in_pause();
-        uint64_t code_ns = elapsed_ns(pause_start);
-        for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
-        committed_ = true;
-        target_.session().resume_all();
-        pause_ns_ = elapsed_ns(pause_start);
-        spdlog::debug("commit pause {} us: all stopped at {} us, checked at {} us, code run at {} us", pause_ns_ / 1000,
-                      stopped_ns / 1000, checked_ns / 1000, code_ns / 1000);
-        return;
-      }
-      // Retry later; the borrowed thread stays stopped where it was found safe.
-      target_.session().resume_all_except(run_code ? borrower_ : 0);
-      if (Clock::now() >= target_.deadline()) {
-        throw Error(ErrorCode::kUnsafeToPatch, "cannot commit now: " + reason + "; gave up after " +
-                                                   std::to_string(options_.timeout.count()) + " ms, target unchanged");
-      }
-      spdlog::debug("commit postponed: {}", reason);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    PauseRequest request;
+    request.giving_up = "cannot commit now";
+    request.prepare = [&] { return run_code ? borrower_ : 0; };  // a borrower found safe stays ours
+    request.why_busy = [&] { return busy_reason_now(need_stacks, run_code); };
+    request.act = [&](const Pause& pause) {
+      uint64_t checked_ns = pause.elapsed();
+      if (run_code) run_code_in_pause();
+      uint64_t code_ns = pause.elapsed();
+      for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+      committed_ = true;
+      spdlog::debug("commit pause: checked at {} us, code run at {} us", checked_ns / 1000, code_ns / 1000);
+    };
+    pause_ns_ = target_.pause_when_free(request);
+    spdlog::debug("commit pause {} us", pause_ns_ / 1000);
   }
 
   /// Why the commit must wait: a thread in the bytes a jump replaces, or — when code runs in
@@ -454,19 +394,18 @@ class Applier {
   /// With every other thread stopped: pre-update callbacks, then the new data starts as a
   /// copy of the old and both are protected — atomically with respect to the application.
   void run_code_in_pause() {
-    BorrowedThread thread(target_.session(), target_.memory(), borrower_, target_.syscall_instruction());
-    int refused = run_callbacks(thread, target_.memory(), patch_, patch_bias_, POLUS_CB_PRE_UPDATE, ~0u, 0,
-                                POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+    BorrowedThread thread = target_.borrow(borrower_);
+    int refused = run_callbacks(thread, patch_, patch_bias_, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
     if (refused != 0) {
       throw Error(ErrorCode::kUnsafeToPatch, "the patch's pre-update callback refused the update (returned " +
                                                  std::to_string(refused) + "); the target is unchanged");
     }
     if (has_data_) {
       auto start = Clock::now();
-      initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY, scratch_args(), target_.trap());
+      initialize_counterparts(thread, data_, POLUS_UPDATE_APPLY);
       uint64_t init_ns = elapsed_ns(start);
       unblock_fault_signals(target_.session());
-      begin_sync(thread, *agent_, target_.trap());
+      begin_sync(thread, *agent_);
       spdlog::debug("in the pause: sync functions {} us, write tracking started {} us", init_ns / 1000,
                     (elapsed_ns(start) - init_ns) / 1000);
     }
@@ -483,7 +422,7 @@ class Applier {
     polus_agent_registry& reg = registry_.registry;
     reg.patches[reg.patch_count++] = record_view_.address.address();
     reg.next_patch_id++;
-    for (uint64_t arena : new_arenas_) {
+    for (uint64_t arena : target_.arena().new_arenas()) {
       if (reg.arena_count < POLUS_MAX_ARENAS) reg.arenas[reg.arena_count++] = polus_arena{arena, kArenaSize};
     }
     write_registry_bookkeeping(target_.memory(), *agent_, reg);
@@ -510,16 +449,16 @@ class Applier {
   void undo_load() noexcept {
     if (committed_) return;
     try {
-      if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas_.empty() && !record_view_.address) return;
+      const std::vector<uint64_t>& new_arenas = target_.arena().new_arenas();
+      if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas.empty() && !record_view_.address) return;
       target_.extend_deadline(std::chrono::seconds(5));
       target_.session().resume_all();
-      pid_t tid = target_.stop_thread_safe_to_borrow();
-      BorrowedThread thread(target_.session(), target_.memory(), tid, target_.syscall_instruction());
-      auto deadline = TargetContext::step_deadline();
-      if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_}, target_.trap(), deadline);
-      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_}, target_.trap(), deadline);
-      if (record_view_.address) target_.unmap_memory(thread, record_view_.address.address(), record_view_.header.record_bytes);
-      for (uint64_t arena : new_arenas_) target_.unmap_memory(thread, arena, kArenaSize);
+      BorrowedThread thread = target_.borrow_safe_thread();
+      if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_});
+      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_});
+      if (record_view_.address) thread.unmap_memory(record_view_.address.address(), record_view_.header.record_bytes);
+      // The scratch arena last: the calls above return to its trap.
+      for (auto arena = new_arenas.rbegin(); arena != new_arenas.rend(); ++arena) thread.unmap_memory(*arena, kArenaSize);
     } catch (const std::exception& e) {
       spdlog::error("could not fully clean up after a failed apply: {}", e.what());
     }
@@ -537,7 +476,6 @@ class Applier {
   bool has_data_ = false;
   PatchRecordView record_view_;
   std::vector<std::pair<uint64_t, uint64_t>> slot_values_;  // (link-time slot, value)
-  std::vector<uint64_t> new_arenas_;
   Clock::time_point commit_started_;
   pid_t borrower_ = 0;
   uint64_t agent_handle_ = 0;
@@ -549,100 +487,12 @@ class Applier {
 
 }  // namespace
 
-PatchInfo info_from_record(const PatchRecordView& record) {
-  const polus_patch_record& header = record.header;
-  PatchInfo info;
-  info.id = header.id;
-  info.name = header.name;
-  info.path = header.path;
-  info.state = patch_state_name(header.state);
-  info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
-  info.applied_at_unix_ns = header.applied_at_unix_ns;
-  info.committed_at_unix_ns = header.committed_at_unix_ns;
-  info.apply_wall_ns = header.apply_wall_ns;
-  info.pause_ns = header.pause_ns;
-  info.inspections = header.inspections;
-  info.unwind_fallbacks = header.unwind_fallbacks;
-  for (const polus_redirect_record& r : record.redirects) {
-    info.redirects.push_back(RedirectInfo{r.old_name, r.new_name, r.old_function, r.new_function, r.patch_site,
-                                          r.trampoline, (r.flags & POLUS_REDIRECT_STACKED) != 0});
-  }
-  for (const polus_watched_function& w : record.watched) info.watched.emplace_back(w.name);
-  for (const polus_holder& h : record.holders) {
-    auto w = std::find_if(record.watched.begin(), record.watched.end(),
-                          [&](const polus_watched_function& x) { return x.start == h.function; });
-    info.holders.push_back({static_cast<pid_t>(h.tid), w != record.watched.end() ? w->name : hex(h.function)});
-  }
-  return info;
-}
-
 uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header) {
   return memory.read(RemotePtr<uint64_t>(header.dl_handle));  // struct link_map's l_addr
 }
 
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
   return Applier(pid, patch_path, options).run();
-}
-
-std::vector<ThreadStack> inspect_stacks(pid_t pid) {
-  TargetContext target(pid, SymbolOptions{}, Clock::now() + std::chrono::seconds(5));
-  Unwinder unwinder(target.symbols(), pid);
-  target.seize();
-  // Unwind with every thread stopped; name the frames after letting them go (symbol tables
-  // are read lazily and can take milliseconds).
-  target.session().stop_all(TargetContext::step_deadline());
-  std::vector<std::pair<pid_t, UnwindResult>> unwound;
-  for (pid_t tid : target.session().thread_ids()) {
-    unwound.emplace_back(tid, unwinder.unwind(target.memory(), target.session().get_regs(tid)));
-  }
-  target.session().resume_all();
-  std::vector<ThreadStack> stacks;
-  for (const auto& [tid, result] : unwound) {
-    ThreadStack stack{tid, {}, result.note};
-    for (size_t i = 0; i < result.frames.size(); ++i) {
-      const StackFrame& f = result.frames[i];
-      auto symbol = target.symbols().symbol_containing(RemoteAddr(i == 0 ? f.pc : f.pc - 1));
-      std::string line = hex(f.pc) + " " +
-                         (symbol ? symbol->qualified_name() + "+" + hex(f.pc - symbol->address.address()) : "??");
-      if (symbol) line += " [" + symbol->object_path.substr(symbol->object_path.rfind('/') + 1) + "]";
-      if (f.from_scan) line += " (scanned)";
-      stack.frames.push_back(line);
-    }
-    stacks.push_back(std::move(stack));
-  }
-  return stacks;
-}
-
-ProcessStatus read_status(pid_t pid) {
-  ProcessStatus status;
-  status.pid = pid;
-  std::vector<MappedRegion> maps = read_process_maps(pid);
-  std::optional<AgentLocation> agent = locate_agent(pid, maps);
-  if (!agent) return status;
-  status.agent_loaded = true;
-  status.agent_path = agent->path;
-  ProcMemory memory(pid);
-  RegistrySnapshot registry = read_registry(memory, *agent);
-  const polus_sync_state& sync = registry.registry.sync;
-  status.sync_active = sync.active != 0;
-  status.write_faults = sync.faults;
-  status.false_sharing = sync.false_sharing;
-  status.chained_faults = sync.chained_faults;
-  std::optional<ProcessSymbols> symbols;
-  for (const PatchRecordView& p : registry.patches) {
-    PatchInfo info = info_from_record(p);
-    if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
-      if (!symbols) symbols = ProcessSymbols::load(pid);
-      for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {
-        auto symbol = symbols->symbol_containing(RemoteAddr(item.address));
-        std::string name = symbol && symbol->address.address() == item.address ? symbol->qualified_name()
-                                                                                : "heap " + hex(item.address);
-        info.items.push_back({name, item.side == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
-      }
-    }
-    status.patches.push_back(std::move(info));
-  }
-  return status;
 }
 
 }  // namespace polus

@@ -101,7 +101,7 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
 }
 
 void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const AgentLocation& agent,
-                           const DataPlan& plan, RemoteAddr trap) {
+                           const DataPlan& plan) {
   if (!agent.sync_begin) {
     throw Error(ErrorCode::kLoadFailed, "the Polus agent in the target (" + agent.path +
                                             ") cannot track data writes; it predates data updates");
@@ -109,7 +109,7 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
   uint32_t count = static_cast<uint32_t>(plan.pairs.size() * 2);
   // Room for heap pairs a pre-update callback registers too (the agent grows it if needed).
   uint32_t capacity = std::max<uint32_t>(count, 64);
-  uint64_t table = thread.call(agent.sync_reserve, {capacity}, trap, TargetContext::step_deadline());
+  uint64_t table = thread.call(agent.sync_reserve, {capacity});
   if (table == 0 || static_cast<int64_t>(table) < 0) {
     throw Error(ErrorCode::kLoadFailed, "the agent could not allocate its table of tracked data");
   }
@@ -124,8 +124,7 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
   memory.write(RemotePtr<uint32_t>(sync_field.address() + offsetof(polus_sync_state, item_count)), count);
 }
 
-void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan,
-                             uint32_t direction, RemoteAddr scratch, RemoteAddr trap) {
+void initialize_counterparts(BorrowedThread& thread, const DataPlan& plan, uint32_t direction) {
   for (const TrackedPair& p : plan.pairs) {
     bool apply = direction == POLUS_UPDATE_APPLY;
     uint64_t sync = apply ? p.old_post_sync : p.new_post_sync;
@@ -133,8 +132,7 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
     polus_sync_args args{reinterpret_cast<void*>(apply ? p.old_address : p.new_address),
                          reinterpret_cast<void*>(apply ? p.new_address : p.old_address), 0,
                          static_cast<uint64_t>(thread.tid())};
-    memory.write_bytes(scratch, &args, sizeof args);
-    thread.call(RemoteAddr(sync), {scratch.address()}, trap, TargetContext::step_deadline());
+    thread.call_with_block(RemoteAddr(sync), args);
   }
 }
 
@@ -171,15 +169,15 @@ void unblock_fault_signals(PtraceSession& session, bool since_start) {
   }
 }
 
-void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap) {
-  int64_t result = static_cast<int32_t>(thread.call(agent.sync_begin, {}, trap, TargetContext::step_deadline()));
+void begin_sync(BorrowedThread& thread, const AgentLocation& agent) {
+  int64_t result = static_cast<int32_t>(thread.call(agent.sync_begin, {}));
   if (result != 0) {
     throw Error(ErrorCode::kLoadFailed, "the agent could not start write tracking (error " + std::to_string(-result) + ")");
   }
 }
 
-void end_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap) {
-  int64_t result = static_cast<int32_t>(thread.call(agent.sync_end, {}, trap, TargetContext::step_deadline()));
+void end_sync(BorrowedThread& thread, const AgentLocation& agent) {
+  int64_t result = static_cast<int32_t>(thread.call(agent.sync_end, {}));
   if (result == 1) {
     spdlog::info("write tracking ended; the agent keeps its SIGSEGV handler in front (passing through) because "
                  "faults kept arriving");
@@ -188,15 +186,13 @@ void end_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr tra
   }
 }
 
-int run_callbacks(BorrowedThread& thread, ProcessMemory& memory, const PatchDescription& patch, uint64_t patch_bias,
-                  uint32_t kind, uint32_t index, uint64_t thread_id, uint32_t direction, RemoteAddr scratch,
-                  RemoteAddr trap) {
+int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
+                  uint32_t index, uint64_t thread_id, uint32_t direction) {
   for (const polus_callback& cb : patch.callbacks) {
     if (cb.kind != kind) continue;
     polus_callback_args args{kind, index, thread_id, direction == POLUS_UPDATE_ROLLBACK ? 1u : 0u, 0};
-    memory.write_bytes(scratch, &args, sizeof args);
     uint64_t fn = reinterpret_cast<uint64_t>(cb.fn) + patch_bias;
-    int result = static_cast<int32_t>(thread.call(RemoteAddr(fn), {scratch.address()}, trap, TargetContext::step_deadline()));
+    int result = static_cast<int32_t>(thread.call_with_block(RemoteAddr(fn), args));
     if (result != 0) return result;
   }
   return 0;
@@ -267,15 +263,15 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
   target.extend_deadline(until - Clock::now());
   Unwinder unwinder(target.symbols(), target.pid());
   const uint32_t direction = record.header.direction;
-  const RemoteAddr scratch(target.scratch_arena + kArenaScratchBytes - 64);
   for (;;) {
     target.seize();
-    auto pause_start = Clock::now();
-    target.session().stop_all(TargetContext::step_deadline());
-    unblock_fault_signals(target.session(), /*since_start=*/true);  // threads born since the last inspection
-    Inspection inspection = inspect_stacks(target, unwinder, record.watched);
-    target.session().resume_all();
-    max_pause_ns = std::max(max_pause_ns, elapsed_ns(pause_start));
+    Inspection inspection;
+    {
+      Pause pause(target.session());
+      unblock_fault_signals(target.session(), /*since_start=*/true);  // threads born since the last inspection
+      inspection = inspect_stacks(target, unwinder, record.watched);
+      max_pause_ns = std::max(max_pause_ns, pause.end());
+    }
 
     // What changed since the last inspection: threads that left, functions and data now unused.
     std::vector<polus_holder> threads_left;
@@ -323,12 +319,10 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
 
     bool has_callbacks = !patch.callbacks.empty();
     if (done || (has_callbacks && (!threads_left.empty() || !functions_left.empty() || !data_done.empty()))) {
-      pid_t tid = target.stop_thread_safe_to_borrow();
-      BorrowedThread thread(target.session(), target.memory(), tid, target.syscall_instruction());
+      BorrowedThread thread = target.borrow_safe_thread();
       thread.set_pass_faults(true);
       auto fire = [&](uint32_t kind, uint32_t index, uint64_t about_thread) {
-        run_callbacks(thread, target.memory(), patch, patch_bias, kind, index, about_thread, direction, scratch,
-                      target.trap());
+        run_callbacks(thread, patch, patch_bias, kind, index, about_thread, direction);
       };
       for (const polus_holder& h : threads_left) {
         auto w = std::find_if(record.watched.begin(), record.watched.end(),
@@ -342,8 +336,8 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
         // The agent puts the target's own SIGSEGV handler back once no fault is pending; a
         // fault held in one of our signal-delivery-stops would not look pending, so let go
         // of every other thread first.
-        target.session().detach_all_except(tid);
-        end_sync(thread, agent, target.trap());
+        target.session().detach_all_except(thread.tid());
+        end_sync(thread, agent);
       }
     }
     target.release();

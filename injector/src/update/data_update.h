@@ -44,12 +44,11 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
 
 /// Fills the agent's tracked-item table: pair k becomes items 2k (old) and 2k+1 (new).
 void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const AgentLocation& agent,
-                           const DataPlan& plan, RemoteAddr trap);
+                           const DataPlan& plan);
 
 /// Runs the source side's post_sync once per pair (old -> new when applying, new -> old when
 /// rolling back) so both sides start equal. Call with every other thread stopped.
-void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan,
-                             uint32_t direction, RemoteAddr scratch, RemoteAddr trap);
+void initialize_counterparts(BorrowedThread& thread, const DataPlan& plan, uint32_t direction);
 
 /// Why write tracking must not start now, or "": a thread inside one of glibc's sections that
 /// block every signal and put the saved mask back afterwards — a thread being created
@@ -75,15 +74,14 @@ void unblock_fault_signals(PtraceSession& session, bool since_start = false);
 
 /// Protects every tracked item and starts write tracking. Call with every other thread stopped
 /// (after unblock_fault_signals).
-void begin_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap);
+void begin_sync(BorrowedThread& thread, const AgentLocation& agent);
 
 /// Lifts the protection and stops tracking.
-void end_sync(BorrowedThread& thread, const AgentLocation& agent, RemoteAddr trap);
+void end_sync(BorrowedThread& thread, const AgentLocation& agent);
 
 /// Calls every callback of `kind` with `index` and `thread_id`; returns the first non-zero result.
-int run_callbacks(BorrowedThread& thread, ProcessMemory& memory, const PatchDescription& patch, uint64_t patch_bias,
-                  uint32_t kind, uint32_t index, uint64_t thread_id, uint32_t direction, RemoteAddr scratch,
-                  RemoteAddr trap);
+int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
+                  uint32_t index, uint64_t thread_id, uint32_t direction);
 
 /// Inspects every thread's stack (CFI unwinding, scanning only where no CFI exists) until no
 /// thread runs a watched function or `until` passes, pausing the target briefly for each

@@ -121,4 +121,17 @@ const char* patch_state_name(uint32_t state) {
   }
 }
 
+void adopt_arenas(ScratchArena& arena, const RegistrySnapshot& registry) {
+  std::vector<uint64_t> recorded;
+  for (uint32_t i = 0; i < registry.registry.arena_count && i < POLUS_MAX_ARENAS; ++i) {
+    recorded.push_back(registry.registry.arenas[i].base);
+  }
+  arena.adopt(recorded);
+  for (const PatchRecordView& patch : registry.patches) {
+    for (const polus_redirect_record& r : patch.redirects) {
+      if (r.trampoline) arena.mark_used(r.trampoline);
+    }
+  }
+}
+
 }  // namespace polus

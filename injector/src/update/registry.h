@@ -14,6 +14,7 @@
 #include "process/process_maps.h"
 #include "process/process_memory.h"
 #include "process/remote_ptr.h"
+#include "process/scratch_arena.h"
 
 namespace polus {
 
@@ -75,6 +76,10 @@ struct RegistrySnapshot {
 /// Reads the registry and every patch record. Throws Error(kInternal) on a registry of an
 /// unknown ABI version or a corrupt record.
 RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent);
+
+/// Hands the arenas the registry records to `arena`, with every trampoline slot a recorded
+/// patch uses marked as taken.
+void adopt_arenas(ScratchArena& arena, const RegistrySnapshot& registry);
 
 /// A fixed-size char array filled from a string (truncated, always NUL-terminated).
 template <size_t N>

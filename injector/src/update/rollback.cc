@@ -34,7 +34,7 @@ RegistryContext open_registry(TargetContext& target, const char* nothing_message
     throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(target.pid()) + " " + nothing_message);
   }
   ctx.agent = *agent;
-  if (ctx.registry.registry.arena_count > 0) target.scratch_arena = ctx.registry.registry.arenas[0].base;
+  adopt_arenas(target.arena(), ctx.registry);
   return ctx;
 }
 
@@ -56,8 +56,6 @@ std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& recor
   }
 }
 
-RemoteAddr scratch_args(const TargetContext& target) { return RemoteAddr(target.scratch_arena + kArenaScratchBytes - 64); }
-
 /// Rolls back a data patch: the new data syncs back into the old, the jumps come out, and the
 /// update syncs until no thread runs new code that uses the new data.
 PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, PatchRecordView& record,
@@ -74,57 +72,48 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   });
   pid_t borrower = 0;
   if (!sync_active) {
-    borrower = target.stop_thread_safe_to_borrow();
-    BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
-    install_tracked_items(thread, target.memory(), ctx.agent, plan, target.trap());
+    BorrowedThread thread = target.borrow_safe_thread();
+    borrower = thread.tid();
+    install_tracked_items(thread, target.memory(), ctx.agent, plan);
   }
-  uint64_t pause_ns = 0;
-  const auto loop_started = Clock::now();
-  for (;;) {
-    if (sync_active) {  // released between attempts (below)
+  const auto first_attempt = Clock::now();
+  PauseRequest request;
+  request.giving_up = "cannot start the rollback";
+  // Attached while write tracking is on, every tracked write would wait in a
+  // signal-delivery-stop for us: let go between attempts, and find a borrower each time.
+  request.release_between_attempts = sync_active;
+  request.prepare = [&] {
+    if (sync_active) {
       target.seize();
       if (run_code) borrower = target.stop_thread_safe_to_borrow();
     }
-    auto pause_start = Clock::now();
-    target.session().stop_all(TargetContext::step_deadline());
-    std::string busy;
-    for (const ThreadSnapshot& thread : run_code ? target.snapshot_threads(true) : std::vector<ThreadSnapshot>{}) {
-      const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
-      if (hit) busy = "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
-    }
-    if (busy.empty() && !sync_active && Clock::now() - loop_started < kMaskResetWait) {
-      busy = mask_reset_pending(target.session());
-    }
-    if (busy.empty()) {
-      if (run_code) {
-        BorrowedThread thread(target.session(), target.memory(), borrower, target.syscall_instruction());
-        thread.set_pass_faults(sync_active);
-        run_callbacks(thread, target.memory(), patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK,
-                      scratch_args(target), target.trap());
-        if (!sync_active) {
-          initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK, scratch_args(target), target.trap());
-          unblock_fault_signals(target.session());
-          begin_sync(thread, ctx.agent, target.trap());
-        }
+    return borrower;
+  };
+  request.why_busy = [&] {
+    if (run_code) {
+      for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
+        const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
+        if (hit) return "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
       }
-      restore_jumps(target.memory(), record);
-      target.session().resume_all();
-      pause_ns = elapsed_ns(pause_start);
-      target.release();  // write tracking is on: never hold the target between inspections
-      break;
     }
-    if (sync_active) {
-      // Attached, every tracked write would wait in a signal-delivery-stop for us: let go.
-      target.session().resume_all();
-      target.release();
-    } else {
-      target.session().resume_all_except(borrower);
+    if (!sync_active && Clock::now() - first_attempt < kMaskResetWait) return mask_reset_pending(target.session());
+    return std::string();
+  };
+  request.act = [&](const Pause&) {
+    if (run_code) {
+      BorrowedThread thread = target.borrow(borrower);
+      thread.set_pass_faults(sync_active);
+      run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
+      if (!sync_active) {
+        initialize_counterparts(thread, plan, POLUS_UPDATE_ROLLBACK);
+        unblock_fault_signals(target.session());
+        begin_sync(thread, ctx.agent);
+      }
     }
-    if (Clock::now() >= target.deadline()) {
-      throw Error(ErrorCode::kUnsafeToPatch, "cannot start the rollback: " + busy + "; target unchanged");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+    restore_jumps(target.memory(), record);
+  };
+  const uint64_t pause_ns = target.pause_when_free(request);
+  target.release();  // write tracking is on: never hold the target between inspections
   record.header.state = POLUS_STATE_SYNCING;
   record.header.direction = POLUS_UPDATE_ROLLBACK;
   record.header.committed_at_unix_ns = 0;
@@ -168,27 +157,27 @@ void retire_patch(TargetContext& target, const AgentLocation& agent, const Patch
     }
   }
   std::string still_running;
-  target.session().stop_all(TargetContext::step_deadline());
-  for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
-    if (thread_touches(thread, patch_code)) still_running = "thread " + std::to_string(thread.tid);
+  {
+    Pause pause(target.session());
+    for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
+      if (thread_touches(thread, patch_code)) still_running = "thread " + std::to_string(thread.tid);
+    }
+    polus_agent_registry reg = target.memory().read(agent.registry);
+    auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record.address.address());
+    reg.patch_count = static_cast<uint32_t>(end - reg.patches);
+    std::fill(end, reg.patches + POLUS_MAX_PATCHES, 0);
+    write_registry_bookkeeping(target.memory(), agent, reg);
   }
-  polus_agent_registry reg = target.memory().read(agent.registry);
-  auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record.address.address());
-  reg.patch_count = static_cast<uint32_t>(end - reg.patches);
-  std::fill(end, reg.patches + POLUS_MAX_PATCHES, 0);
-  write_registry_bookkeeping(target.memory(), agent, reg);
-  target.session().resume_all();
 
-  pid_t tid = target.stop_thread_safe_to_borrow();
-  BorrowedThread thread(target.session(), target.memory(), tid, target.syscall_instruction());
+  BorrowedThread thread = target.borrow_safe_thread();
   if (still_running.empty()) {
-    if (thread.call(agent.unload_patch, {record.header.dl_handle}, target.trap(), TargetContext::step_deadline()) != 0) {
+    if (thread.call(agent.unload_patch, {record.header.dl_handle}) != 0) {
       spdlog::warn("dlclose of patch {} failed in the target; it stays loaded", record.header.name);
     }
   } else {
     spdlog::warn("patch {} stays loaded: {} was still running its code", record.header.name, still_running);
   }
-  target.unmap_memory(thread, record.address.address(), record.header.record_bytes);
+  thread.unmap_memory(record.address.address(), record.header.record_bytes);
 }
 
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
@@ -209,11 +198,12 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   target.seize();
   if (has_data) return rollback_data_patch(target, ctx, record, *patch, options, started);
 
-  auto pause_start = Clock::now();
-  target.session().stop_all(TargetContext::step_deadline());
-  restore_jumps(target.memory(), record);
-  target.session().resume_all();
-  uint64_t pause_ns = elapsed_ns(pause_start);
+  uint64_t pause_ns = 0;
+  {
+    Pause pause(target.session());
+    restore_jumps(target.memory(), record);
+    pause_ns = pause.end();
+  }
   retire_patch(target, ctx.agent, record);
 
   PatchInfo info = info_from_record(record);

@@ -181,6 +181,37 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
   }
 }
 
+BorrowedThread TargetContext::borrow(pid_t tid) {
+  return BorrowedThread(*session_, memory_, tid, syscall_instruction(), arena_);
+}
+
+uint64_t TargetContext::pause_when_free(const PauseRequest& request) {
+  const auto first_attempt = Clock::now();
+  for (;;) {
+    pid_t keep = request.prepare();
+    std::string reason;
+    {
+      Pause pause(*session_);
+      reason = request.why_busy();
+      if (reason.empty()) {
+        request.act(pause);
+        return pause.end();
+      }
+      // Retry later; the kept thread (a borrower found safe) stays stopped where it is.
+      pause.end(request.release_between_attempts ? 0 : keep);
+    }
+    if (request.release_between_attempts) release();
+    if (Clock::now() >= deadline_) {
+      throw Error(ErrorCode::kUnsafeToPatch,
+                  request.giving_up + ": " + reason + "; gave up after " +
+                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - first_attempt).count()) +
+                      " ms, target unchanged");
+    }
+    spdlog::debug("{}: {}; retrying", request.giving_up, reason);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 RemoteAddr TargetContext::syscall_instruction() {
   if (syscall_instruction_) return *syscall_instruction_;
   const LoadedObject& c = libc();
@@ -198,37 +229,6 @@ RemoteAddr TargetContext::syscall_instruction() {
     }
   }
   throw Error(ErrorCode::kInternal, "no syscall instruction found in " + c.path);
-}
-
-uint64_t TargetContext::map_memory(BorrowedThread& thread, uint64_t near_start, uint64_t near_end, uint64_t size,
-                                   int prot) {
-  uint64_t hint = 0;
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
-  if (near_start != 0) {
-    auto found = find_free_range_near(read_process_maps(pid_), near_start, near_end, size);
-    if (!found) {
-      throw Error(ErrorCode::kUnsafeToPatch, "no free address range within 2 GiB of the code at " + hex(near_start) +
-                                                 " for a jump trampoline");
-    }
-    hint = *found;
-    flags |= MAP_FIXED_NOREPLACE;
-  }
-  int64_t result = thread.syscall(SYS_mmap, {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
-                                             static_cast<uint64_t>(-1), 0},
-                                  step_deadline());
-  if (result < 0 && result > -4096) {
-    throw Error(ErrorCode::kInternal, "mmap in the target failed: " + std::string(std::strerror(static_cast<int>(-result))));
-  }
-  return static_cast<uint64_t>(result);
-}
-
-void TargetContext::unmap_memory(BorrowedThread& thread, uint64_t address, uint64_t size) {
-  try {
-    int64_t result = thread.syscall(SYS_munmap, {address, size}, step_deadline());
-    if (result != 0) spdlog::warn("munmap({}, {}) in the target failed: {}", hex(address), size, result);
-  } catch (const std::exception& e) {
-    spdlog::warn("munmap in the target failed: {}", e.what());
-  }
 }
 
 std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {

@@ -1,27 +1,26 @@
 // update/target.h — one operation's hold on a target: symbols, memory, threads.
 //
-// Shared by apply and rollback: choosing a thread that can safely run dlopen, finding a
-// `syscall` instruction, mapping memory near code. Internal to the engine.
+// Shared by apply, rollback, finish and status: choosing a thread that can safely run
+// dlopen and lending it out (borrow), the scratch arena, the one retry-until-free loop
+// around a pause (pause_when_free).
 #pragma once
 
 #include <sys/types.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "process/borrowed_thread.h"
+#include "process/pause.h"
 #include "process/process_memory.h"
 #include "process/ptrace_session.h"
+#include "process/scratch_arena.h"
 #include "binary/stack_scan.h"
 #include "binary/symbols.h"
 
 namespace polus {
-
-inline constexpr uint64_t kArenaSize = 64 * 1024;
-inline constexpr uint64_t kArenaScratchBytes = 4096;  // int3 return trap + strings
-inline constexpr uint64_t kArenaStringOffset = 64;
-inline constexpr uint64_t kTrampolineSlotSize = 16;
 
 /// One Polus operation at a time per target: polusd's rounds, polusctl commands and tests
 /// all take an flock(2) on /run/polus/PID.lock (released by the kernel if we die). ptrace
@@ -38,6 +37,23 @@ class OperationLock {
   int fd_ = -1;
 };
 
+/// One attempt after another to find a moment when every thread is stopped somewhere
+/// harmless, and to act in that same pause (see TargetContext::pause_when_free).
+struct PauseRequest {
+  /// Before each attempt: gets hold of the target (it may have been released between
+  /// attempts) and returns a thread that stays stopped between attempts, 0 for none.
+  std::function<pid_t()> prepare = [] { return pid_t{0}; };
+  /// With every thread stopped: why now is not the moment, or "" to go ahead.
+  std::function<std::string()> why_busy = [] { return std::string(); };
+  /// With every thread stopped, once why_busy said "": the work of the pause.
+  std::function<void(const Pause&)> act;
+  /// Let go of the target between attempts (while write tracking is on, a held thread would
+  /// stop at every tracked write until we looked).
+  bool release_between_attempts = false;
+  /// The start of the message when the deadline passes: "cannot commit now".
+  std::string giving_up = "cannot pause the target";
+};
+
 class TargetContext {
  public:
   /// Reads the target's symbols (no ptrace yet). Throws kNoSuchProcess.
@@ -51,9 +67,6 @@ class TargetContext {
   Clock::time_point deadline() const { return deadline_; }
   /// Gives cleanup after a failure its own time, whatever the operation's deadline was.
   void extend_deadline(Clock::duration extra) { deadline_ = std::max(deadline_, Clock::now() + extra); }
-  /// Until when one step that must finish quickly (stopping threads, injected code) may take.
-  static Clock::time_point step_deadline() { return Clock::now() + std::chrono::seconds(5); }
-
   /// Reads the target's symbols again (after the agent or a patch was loaded into it).
   void reload_symbols();
 
@@ -72,18 +85,24 @@ class TargetContext {
   /// Other threads keep running. Retries until the deadline, then throws kTimeout.
   pid_t stop_thread_safe_to_borrow();
 
+  /// Lends stopped thread `tid` out to run our code (RAII: its registers come back when the
+  /// BorrowedThread ends). Calls return to the arena's trap.
+  BorrowedThread borrow(pid_t tid);
+
+  /// stop_thread_safe_to_borrow(), then borrow() it.
+  BorrowedThread borrow_safe_thread() { return borrow(stop_thread_safe_to_borrow()); }
+
+  /// Stops every thread and asks request.why_busy; when nothing is in the way runs
+  /// request.act in that same pause and returns its length in ns; otherwise lets the threads
+  /// go (all but the one prepare() keeps), waits a millisecond and tries again. At the
+  /// deadline throws Error(kUnsafeToPatch): "<giving_up>: <reason>; ... target unchanged".
+  uint64_t pause_when_free(const PauseRequest& request);
+
   /// The address of a `syscall` instruction in libc's text.
   RemoteAddr syscall_instruction();
 
   /// A function of the C library, e.g. "dlopen".
   RemoteAddr libc_function(const std::string& name);
-
-  /// mmap()s `size` bytes in the target within rel32 reach of [near_start, near_end), or
-  /// anywhere if near_start is 0. Throws kInternal if the target refuses.
-  uint64_t map_memory(BorrowedThread& thread, uint64_t near_start, uint64_t near_end, uint64_t size, int prot);
-
-  /// munmap() in the target; failures are logged, not thrown (cleanup path).
-  void unmap_memory(BorrowedThread& thread, uint64_t address, uint64_t size);
 
   /// Snapshots of every (stopped) thread; stacks only when `with_stacks`.
   std::vector<ThreadSnapshot> snapshot_threads(bool with_stacks);
@@ -93,9 +112,8 @@ class TargetContext {
   /// and while any thread is stopped there, no injected code may run during a pause.
   const std::vector<AddressRange>& lock_holding_ranges();
 
-  /// The mapping for trap and scratch strings, 0 until the engine sets it.
-  uint64_t scratch_arena = 0;
-  RemoteAddr trap() const { return RemoteAddr(scratch_arena); }
+  /// Polus's memory in the target: the trap and arguments of injected calls, trampoline slots.
+  ScratchArena& arena() { return arena_; }
 
  private:
   const LoadedObject& libc() const;
@@ -106,6 +124,7 @@ class TargetContext {
   SymbolOptions symbol_options_;
   ProcessSymbols symbols_;
   ProcMemory memory_;
+  ScratchArena arena_{memory_};
   std::optional<PtraceSession> session_;
   std::optional<RemoteAddr> syscall_instruction_;
   std::vector<AddressRange> lock_holding_ranges_;

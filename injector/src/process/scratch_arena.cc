@@ -1,0 +1,92 @@
+#include "process/scratch_arena.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+
+#include "common/format.h"
+#include "polus/error.h"
+#include "process/borrowed_thread.h"
+
+namespace polus {
+
+namespace {
+
+constexpr uint64_t kStringOffset = 64;  // after the traps
+constexpr uint64_t kArgsBytes = 64;     // the page's last bytes
+
+}  // namespace
+
+void ScratchArena::adopt(const std::vector<uint64_t>& recorded) {
+  for (uint64_t base : recorded) {
+    if (std::find(arenas_.begin(), arenas_.end(), base) == arenas_.end()) arenas_.push_back(base);
+  }
+}
+
+void ScratchArena::ensure(BorrowedThread& thread, uint64_t near_start, uint64_t near_end) {
+  if (ready()) return;
+  uint64_t base = thread.map_memory(near_start, near_end, kArenaSize, PROT_READ | PROT_EXEC);
+  arenas_.push_back(base);
+  new_arenas_.push_back(base);
+  std::vector<uint8_t> traps(16, 0xcc);
+  memory_.write_bytes(RemoteAddr(base), traps.data(), traps.size());
+}
+
+uint64_t ScratchArena::scratch() const {
+  if (arenas_.empty()) throw Error(ErrorCode::kInternal, "no scratch arena in the target yet");
+  return arenas_.front();
+}
+
+RemoteAddr ScratchArena::trap() const { return RemoteAddr(scratch()); }
+
+RemoteAddr ScratchArena::put_string(const std::string& text) {
+  if (text.size() + 1 > kArenaScratchBytes - kStringOffset - kArgsBytes) {
+    throw Error(ErrorCode::kPatchMalformed, "path too long: " + text);
+  }
+  RemoteAddr at(scratch() + kStringOffset);
+  memory_.write_bytes(at, text.c_str(), text.size() + 1);
+  return at;
+}
+
+RemoteAddr ScratchArena::put_args(const void* data, uint64_t size) {
+  if (size > kArgsBytes) throw Error(ErrorCode::kInternal, "argument block of " + std::to_string(size) + " bytes");
+  RemoteAddr at(scratch() + kArenaScratchBytes - kArgsBytes);
+  memory_.write_bytes(at, data, size);
+  return at;
+}
+
+uint64_t ScratchArena::allocate_slot(BorrowedThread& thread, const std::function<bool(uint64_t)>& reaches,
+                                     uint64_t near_start, uint64_t near_end) {
+  // Never-used slots (still zero) first: a slot freed by a rollback is handed out again only
+  // when an arena has no fresh one, so a thread that was preempted on it has long moved on.
+  uint64_t recycled = 0;
+  for (uint64_t arena : arenas_) {
+    std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
+    size_t got = memory_.read_bytes_fallible(RemoteAddr(arena + kArenaScratchBytes), bytes.data(), bytes.size());
+    for (uint64_t slot = arena + kArenaScratchBytes; slot + kTrampolineSlotSize <= arena + kArenaSize;
+         slot += kTrampolineSlotSize) {
+      if (!reaches(slot)) break;
+      if (std::find(used_slots_.begin(), used_slots_.end(), slot) != used_slots_.end()) continue;
+      size_t offset = slot - arena - kArenaScratchBytes;
+      bool fresh = offset + kTrampolineSlotSize <= got &&
+                   std::all_of(bytes.begin() + static_cast<long>(offset),
+                               bytes.begin() + static_cast<long>(offset + kTrampolineSlotSize),
+                               [](uint8_t b) { return b == 0; });
+      if (fresh) {
+        used_slots_.push_back(slot);
+        return slot;
+      }
+      if (!recycled) recycled = slot;
+    }
+  }
+  if (!recycled) {
+    uint64_t arena = thread.map_memory(near_start, near_end, kArenaSize, PROT_READ | PROT_EXEC);
+    arenas_.push_back(arena);
+    new_arenas_.push_back(arena);
+    recycled = arena + kArenaScratchBytes;
+  }
+  used_slots_.push_back(recycled);
+  return recycled;
+}
+
+}  // namespace polus

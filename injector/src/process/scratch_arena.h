@@ -1,0 +1,74 @@
+// process/scratch_arena.h — the memory Polus maps in a target for its own code and data.
+//
+// An arena is 64 KiB of PROT_READ|PROT_EXEC memory mapped within rel32 reach of the code it
+// serves. The first arena's first page is the scratch page: the int3 that injected calls
+// return to, strings passed to them (paths for dlopen) and the argument block of callbacks
+// and sync functions. The rest of every arena is cut into 16-byte trampoline slots for jumps
+// to new code farther than ±2 GiB from the function they replace. Arenas outlive one
+// operation: the registry in the target records them, and the next operation adopts them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "process/process_memory.h"
+#include "process/remote_ptr.h"
+
+namespace polus {
+
+class BorrowedThread;
+
+inline constexpr uint64_t kArenaSize = 64 * 1024;
+inline constexpr uint64_t kArenaScratchBytes = 4096;  // int3 return trap + strings + arguments
+inline constexpr uint64_t kTrampolineSlotSize = 16;
+
+class ScratchArena {
+ public:
+  explicit ScratchArena(ProcessMemory& memory) : memory_(memory) {}
+
+  /// Takes over arenas an earlier operation mapped (recorded in the target's registry); the
+  /// first becomes the scratch page if none is set yet.
+  void adopt(const std::vector<uint64_t>& recorded);
+
+  /// Whether a scratch page exists (adopted or mapped by this operation).
+  bool ready() const { return !arenas_.empty(); }
+
+  /// Maps the first arena near [near_start, near_end) through `thread` and writes its traps,
+  /// unless one exists already. Throws Error(kUnsafeToPatch) when no address is in reach.
+  void ensure(BorrowedThread& thread, uint64_t near_start, uint64_t near_end);
+
+  /// The int3 injected calls return to. Throws Error(kInternal) before ensure()/adopt().
+  RemoteAddr trap() const;
+
+  /// Copies `text` (NUL-terminated) to the scratch page for one injected call and returns
+  /// its address. Throws Error(kPatchMalformed) when it does not fit.
+  RemoteAddr put_string(const std::string& text);
+
+  /// Copies an argument block (callback or sync arguments) to the scratch page and returns
+  /// its address.
+  RemoteAddr put_args(const void* data, uint64_t size);
+
+  /// Marks a trampoline slot as taken (by a recorded patch or by this operation's plan).
+  void mark_used(uint64_t slot) { used_slots_.push_back(slot); }
+
+  /// A trampoline slot that `reaches` accepts (a jump from the patch site can get there; slots
+  /// are tried in address order, so the first refusal ends an arena): a never-used one of any
+  /// arena first, then a freed one, else a slot in a new arena mapped near
+  /// [near_start, near_end). The slot counts as used from then on.
+  uint64_t allocate_slot(BorrowedThread& thread, const std::function<bool(uint64_t slot)>& reaches,
+                         uint64_t near_start, uint64_t near_end);
+
+  /// Arenas this operation mapped (to record in the registry, or to unmap when it fails).
+  const std::vector<uint64_t>& new_arenas() const { return new_arenas_; }
+
+ private:
+  uint64_t scratch() const;
+  ProcessMemory& memory_;
+  std::vector<uint64_t> arenas_;      // every arena known, the scratch one first
+  std::vector<uint64_t> new_arenas_;  // mapped by this operation
+  std::vector<uint64_t> used_slots_;
+};
+
+}  // namespace polus

@@ -1,0 +1,105 @@
+// Reading what Polus did to a process: the registry as the operator sees it (status) and
+// every thread's call stack (stacks). Status needs no ptrace and never stops the target.
+#include <algorithm>
+#include <optional>
+
+#include "binary/unwinder.h"
+#include "polus/patch.h"
+#include "common/format.h"
+#include "polus/engine.h"
+#include "update/engine_internal.h"
+#include "update/registry.h"
+#include "update/target.h"
+
+namespace polus {
+
+PatchInfo info_from_record(const PatchRecordView& record) {
+  const polus_patch_record& header = record.header;
+  PatchInfo info;
+  info.id = header.id;
+  info.name = header.name;
+  info.path = header.path;
+  info.state = patch_state_name(header.state);
+  info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
+  info.applied_at_unix_ns = header.applied_at_unix_ns;
+  info.committed_at_unix_ns = header.committed_at_unix_ns;
+  info.apply_wall_ns = header.apply_wall_ns;
+  info.pause_ns = header.pause_ns;
+  info.inspections = header.inspections;
+  info.unwind_fallbacks = header.unwind_fallbacks;
+  for (const polus_redirect_record& r : record.redirects) {
+    info.redirects.push_back(RedirectInfo{r.old_name, r.new_name, r.old_function, r.new_function, r.patch_site,
+                                          r.trampoline, (r.flags & POLUS_REDIRECT_STACKED) != 0});
+  }
+  for (const polus_watched_function& w : record.watched) info.watched.emplace_back(w.name);
+  for (const polus_holder& h : record.holders) {
+    auto w = std::find_if(record.watched.begin(), record.watched.end(),
+                          [&](const polus_watched_function& x) { return x.start == h.function; });
+    info.holders.push_back({static_cast<pid_t>(h.tid), w != record.watched.end() ? w->name : hex(h.function)});
+  }
+  return info;
+}
+
+std::vector<ThreadStack> inspect_stacks(pid_t pid) {
+  TargetContext target(pid, SymbolOptions{}, Clock::now() + std::chrono::seconds(5));
+  Unwinder unwinder(target.symbols(), pid);
+  target.seize();
+  // Unwind with every thread stopped; name the frames after letting them go (symbol tables
+  // are read lazily and can take milliseconds).
+  std::vector<std::pair<pid_t, UnwindResult>> unwound;
+  {
+    Pause pause(target.session());
+    for (pid_t tid : target.session().thread_ids()) {
+      unwound.emplace_back(tid, unwinder.unwind(target.memory(), target.session().get_regs(tid)));
+    }
+  }
+  std::vector<ThreadStack> stacks;
+  for (const auto& [tid, result] : unwound) {
+    ThreadStack stack{tid, {}, result.note};
+    for (size_t i = 0; i < result.frames.size(); ++i) {
+      const StackFrame& f = result.frames[i];
+      auto symbol = target.symbols().symbol_containing(RemoteAddr(i == 0 ? f.pc : f.pc - 1));
+      std::string line = hex(f.pc) + " " +
+                         (symbol ? symbol->qualified_name() + "+" + hex(f.pc - symbol->address.address()) : "??");
+      if (symbol) line += " [" + symbol->object_path.substr(symbol->object_path.rfind('/') + 1) + "]";
+      if (f.from_scan) line += " (scanned)";
+      stack.frames.push_back(line);
+    }
+    stacks.push_back(std::move(stack));
+  }
+  return stacks;
+}
+
+ProcessStatus read_status(pid_t pid) {
+  ProcessStatus status;
+  status.pid = pid;
+  std::vector<MappedRegion> maps = read_process_maps(pid);
+  std::optional<AgentLocation> agent = locate_agent(pid, maps);
+  if (!agent) return status;
+  status.agent_loaded = true;
+  status.agent_path = agent->path;
+  ProcMemory memory(pid);
+  RegistrySnapshot registry = read_registry(memory, *agent);
+  const polus_sync_state& sync = registry.registry.sync;
+  status.sync_active = sync.active != 0;
+  status.write_faults = sync.faults;
+  status.false_sharing = sync.false_sharing;
+  status.chained_faults = sync.chained_faults;
+  std::optional<ProcessSymbols> symbols;
+  for (const PatchRecordView& p : registry.patches) {
+    PatchInfo info = info_from_record(p);
+    if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
+      if (!symbols) symbols = ProcessSymbols::load(pid);
+      for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {
+        auto symbol = symbols->symbol_containing(RemoteAddr(item.address));
+        std::string name = symbol && symbol->address.address() == item.address ? symbol->qualified_name()
+                                                                                : "heap " + hex(item.address);
+        info.items.push_back({name, item.side == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
+      }
+    }
+    status.patches.push_back(std::move(info));
+  }
+  return status;
+}
+
+}  // namespace polus
