@@ -1,129 +1,124 @@
 #include "process/borrowed_thread.h"
 
 #include <elf.h>
-#include <signal.h>
 #include <sys/ptrace.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 
 #include <cstring>
-
-#include <sstream>
 #include <string>
 
 #include <spdlog/spdlog.h>
 
-#include "polus/error.h"
 #include "common/format.h"
+#include "polus/error.h"
 #include "process/process_maps.h"
 
 namespace polus {
 
-BorrowedThread::BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid,
-                               RemoteAddr syscall_instruction, ScratchArena& arena)
-    : session_(session), memory_(memory), tid_(tid), syscall_instruction_(syscall_instruction), arena_(arena) {
-  saved_ = session_.get_regs(tid_);
+namespace {
+
+constexpr uint64_t bit(int sig) { return 1ull << (sig - 1); }
+
+/// Synchronous faults stay deliverable while our code runs (a fault must reach us, and the
+/// agent's write tracking works through SIGSEGV and SIGTRAP); everything else waits.
+constexpr uint64_t kFaultSignals = bit(SIGSEGV) | bit(SIGBUS) | bit(SIGILL) | bit(SIGFPE) | bit(SIGTRAP) | bit(SIGSYS);
+constexpr uint64_t kCallMask = ~kFaultSignals;
+
+constexpr uint64_t kRestorerSyscallEnd = 9;  // __restore_rt: mov $15,%rax (7 bytes); syscall
+
+/// A syscall stop as PTRACE_GET_SYSCALL_INFO (Linux 5.3) tells it; glibc 2.36's
+/// <sys/ptrace.h> has the request but not the structure (uapi linux/ptrace.h).
+struct SyscallStop {
+  enum Op : uint8_t { kNone = 0, kEntry = 1, kExit = 2 } op = kNone;
+  uint64_t pc = 0;      // after the `syscall` instruction
+  uint64_t number = 0;  // at entry
+  int64_t result = 0;   // at exit
+};
+
+SyscallStop syscall_stop(pid_t tid) {
+  struct {
+    uint8_t op;
+    uint8_t pad[3];
+    uint32_t arch;
+    uint64_t instruction_pointer;
+    uint64_t stack_pointer;
+    union {
+      struct {
+        uint64_t nr;
+        uint64_t args[6];
+      } entry;
+      struct {
+        int64_t rval;
+        uint8_t is_error;
+      } exit;
+    };
+  } info{};
+  if (::ptrace(PTRACE_GET_SYSCALL_INFO, tid, sizeof info, &info) <= 0) {
+    throw_errno("PTRACE_GET_SYSCALL_INFO of thread " + std::to_string(tid), errno);
+  }
+  SyscallStop stop;
+  stop.op = static_cast<SyscallStop::Op>(info.op);
+  stop.pc = info.instruction_pointer;
+  if (stop.op == SyscallStop::kEntry) stop.number = info.entry.nr;
+  if (stop.op == SyscallStop::kExit) stop.result = info.exit.rval;
+  return stop;
+}
+
+}  // namespace
+
+BorrowedThread::BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid, ScratchArena& arena,
+                               std::function<BootstrapEntries()> bootstrap)
+    : session_(session), memory_(memory), tid_(tid), arena_(arena), bootstrap_(std::move(bootstrap)) {
+  saved_.regs = session_.get_regs(tid_);
   // The FPU/SSE/AVX/AVX-512 state too: dlopen and libc's string functions clobber vector
   // registers the interrupted code may still be using (NT_X86_XSTATE covers all of it).
-  saved_xstate_.resize(16384);
-  iovec io{saved_xstate_.data(), saved_xstate_.size()};
-  if (::ptrace(PTRACE_GETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) == 0) {
-    saved_xstate_.resize(io.iov_len);
-  } else {
-    saved_xstate_.clear();
-    spdlog::warn("cannot save the vector registers of thread {}", tid_);
+  saved_.xstate.resize(16384);
+  iovec io{saved_.xstate.data(), saved_.xstate.size()};
+  if (::ptrace(PTRACE_GETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) != 0) {
+    throw_errno("reading the vector registers of thread " + std::to_string(tid_), errno);
   }
+  saved_.xstate.resize(io.iov_len);
+  std::optional<uint64_t> mask = session_.signal_mask(tid_);
+  if (!mask) throw_errno("reading the signal mask of thread " + std::to_string(tid_), errno);
+  saved_.signal_mask = *mask;
   session_.set_borrowed(tid_, true);
 }
 
 BorrowedThread::~BorrowedThread() {
-  try {
-    if (session_.has_thread(tid_)) {
-      // A call that timed out leaves the thread running our code: stop it before restoring.
-      if (session_.thread(tid_).stop == StopKind::kNone) {
-        session_.stop_thread(tid_, Clock::now() + std::chrono::seconds(5));
-      }
-      session_.set_regs(tid_, saved_);
-      if (!saved_xstate_.empty()) {
-        iovec io{saved_xstate_.data(), saved_xstate_.size()};
-        if (::ptrace(PTRACE_SETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) != 0) {
-          spdlog::error("could not restore the vector registers of thread {}", tid_);
-        }
-      }
-      session_.set_borrowed(tid_, false);
-    }
-  } catch (const std::exception& e) {
-    spdlog::error("could not restore the registers of thread {}: {}", tid_, e.what());
-  }
+  if (session_.has_thread(tid_)) session_.set_borrowed(tid_, false);
 }
 
-user_regs_struct BorrowedThread::prepared_regs() const {
-  user_regs_struct regs = saved_;
-  // -1: "not in a system call", so no restart fix-up is applied to our registers.
-  regs.orig_rax = static_cast<unsigned long long>(-1);
-  // Leave the red zone (128 bytes below rsp) and some slack untouched; keep 16-byte alignment.
-  regs.rsp = ((saved_.rsp - 512) & ~0xfull);
+user_regs_struct BorrowedThread::call_regs(const SignalFrame& frame) const {
+  user_regs_struct regs = restarted_regs(saved_.regs);
+  regs.rsp = frame.frame;
   regs.eflags &= ~(0x100ull | 0x400ull);  // no trap flag; direction flag clear, as the ABI requires
+  regs.rax = 0;                            // variadic callees read al as the vector register count
   return regs;
 }
 
 int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> args) {
-  const Clock::time_point deadline = step_deadline();
-  user_regs_struct regs = prepared_regs();
+  SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
+  user_regs_struct regs = call_regs(frame);
   unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.r10, &regs.r8, &regs.r9};
   size_t i = 0;
   for (uint64_t arg : args) *slots[i++] = arg;
   regs.rax = static_cast<unsigned long long>(number);
-  regs.rip = syscall_instruction_.address();
-  session_.set_regs(tid_, regs);
-  // One single-step executes the syscall instruction; the trap comes right after it.
-  for (;;) {
-    int sig = session_.run_borrowed_until_trap(tid_, /*single_step=*/true, deadline);
-    user_regs_struct after = session_.get_regs(tid_);
-    if (sig == SIGTRAP && after.rip == syscall_instruction_.address() + 2) {
-      return static_cast<int64_t>(after.rax);
-    }
-    if (sig != SIGTRAP) {
-      throw Error(ErrorCode::kInternal, "remote system call " + std::to_string(number) + " faulted with signal " +
-                                            std::to_string(sig));
-    }
-  }
+  regs.rsp = frame.sigreturn_sp();  // the stub's rt_sigreturn finds the ucontext there
+  regs.rip = arena_.syscall_stub().address();
+  return static_cast<int64_t>(run(regs, frame, arena_.sigreturn_pc(), -1, "system call"));
 }
 
 uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {
-  const Clock::time_point deadline = step_deadline();
-  const RemoteAddr return_trap = arena_.trap();
-  user_regs_struct regs = prepared_regs();
+  SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
+  user_regs_struct regs = call_regs(frame);
   unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
   size_t i = 0;
   for (uint64_t arg : args) *slots[i++] = arg;
-  // At a function's first instruction, (rsp + 8) is 16-byte aligned: push the return address.
-  regs.rsp -= 8;
-  memory_.write(RemotePtr<uint64_t>(regs.rsp), return_trap.address());
   regs.rip = function.address();
-  regs.rax = 0;  // variadic callees read al as the vector register count
-  session_.set_regs(tid_, regs);
-  int inject = 0;
-  for (;;) {
-    int sig = session_.run_borrowed_until_trap(tid_, /*single_step=*/false, deadline, inject);
-    inject = 0;
-    user_regs_struct after = session_.get_regs(tid_);
-    if (sig == SIGTRAP && after.rip == return_trap.address() + 1) return after.rax;
-    if (pass_faults_ && (sig == SIGSEGV || sig == SIGTRAP || sig == SIGBUS)) {
-      inject = sig;  // the agent's write tracking at work
-      continue;
-    }
-    if (sig != SIGTRAP) {
-      // The injected code crashed. Put the thread back as it was and report; the signal is
-      // not delivered, so the target survives (the callee may have left a lock held).
-      session_.set_regs(tid_, saved_);
-      throw Error(ErrorCode::kLoadFailed, "code run in the target faulted (signal " + std::to_string(sig) +
-                                              " at " + hex(after.rip) +
-                                              "); the target was left running. Check the patch's constructors");
-    }
-    spdlog::debug("ignoring a foreign SIGTRAP at {} in borrowed thread {}", hex(after.rip), tid_);
-  }
+  return run(regs, frame, arena_.sigreturn_pc(), -1, "call");
 }
 
 uint64_t BorrowedThread::call_with_string(RemoteAddr function, const std::string& text,
@@ -132,6 +127,98 @@ uint64_t BorrowedThread::call_with_string(RemoteAddr function, const std::string
   size_t n = 1;
   for (uint64_t arg : more) args[n++] = arg;
   return call(function, {args[0], args[1], args[2], args[3], args[4], args[5]});
+}
+
+uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, RemoteAddr sigreturn_pc,
+                             long syscall_result_of, const char* what) {
+  const Clock::time_point deadline = step_deadline();
+  session_.set_regs(tid_, regs);
+  session_.set_signal_mask(tid_, kCallMask);
+  set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
+  uint64_t result = 0;
+  bool have_result = false, awaiting_exit = false;
+  int inject = 0;
+  for (;;) {
+    BorrowedStop stop;
+    try {
+      stop = session_.run_borrowed(tid_, deadline, inject);
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::kTimeout) {
+        try {
+          session_.stop_thread(tid_, step_deadline());
+        } catch (const std::exception&) {
+        }
+        abandon(frame, sigreturn_pc);  // a lock it took stays taken: the call did not finish
+      }
+      throw;
+    }
+    inject = 0;
+    if (stop.kind == StopKind::kSyscall) {
+      const SyscallStop info = syscall_stop(tid_);
+      if (info.op == SyscallStop::kEntry) {
+        if (info.number == SYS_rt_sigreturn && info.pc == sigreturn_pc.address()) {
+          if (!have_result) result = memory_.read(RemotePtr<uint64_t>(frame.result_slot));
+          // Fault signals the engine unblocked meanwhile stay unblocked (see unblock_signals).
+          set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
+          finish_sigreturn(sigreturn_pc, deadline);
+          return result;
+        }
+        awaiting_exit = syscall_result_of >= 0 && !have_result && static_cast<long>(info.number) == syscall_result_of;
+      } else if (info.op == SyscallStop::kExit && awaiting_exit) {
+        result = static_cast<uint64_t>(info.result);
+        have_result = true;
+        awaiting_exit = false;
+      }
+      continue;
+    }
+    const int sig = stop.signal;
+    if (pass_faults_ && (sig == SIGSEGV || sig == SIGTRAP || sig == SIGBUS)) {
+      inject = sig;  // the agent's write tracking at work
+      continue;
+    }
+    // The injected code crashed. The signal is not delivered (the target survives); the
+    // thread goes back to its own context through the frame (the callee may have left a
+    // lock held).
+    uint64_t pc = session_.get_regs(tid_).rip;
+    abandon(frame, sigreturn_pc);
+    throw Error(ErrorCode::kLoadFailed, std::string("code run in the target by a Polus ") + what + " faulted (signal " +
+                                            std::to_string(sig) + " " + strsignal(sig) + " at " + hex(pc) +
+                                            "); the signal was not delivered and the thread was put back as it was");
+  }
+}
+
+void BorrowedThread::finish_sigreturn(RemoteAddr sigreturn_pc, Clock::time_point deadline) {
+  for (;;) {
+    BorrowedStop stop = session_.run_borrowed(tid_, deadline);
+    if (stop.kind != StopKind::kSyscall) continue;  // a fault signal at the last moment: dropped
+    if (syscall_stop(tid_).op == SyscallStop::kExit) return;
+    spdlog::debug("thread {}: unexpected syscall stop after rt_sigreturn at {}", tid_, hex(sigreturn_pc.address()));
+  }
+}
+
+void BorrowedThread::abandon(const SignalFrame& frame, RemoteAddr sigreturn_pc) noexcept {
+  try {
+    user_regs_struct regs = session_.get_regs(tid_);
+    regs.rsp = frame.sigreturn_sp();
+    regs.rax = SYS_rt_sigreturn;
+    regs.orig_rax = static_cast<unsigned long long>(-1);
+    regs.rip = sigreturn_pc.address() - 2;  // the `syscall` of the stub (or of __restore_rt)
+    regs.eflags &= ~0x100ull;
+    session_.set_regs(tid_, regs);
+    set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
+    const Clock::time_point deadline = step_deadline();
+    for (;;) {
+      BorrowedStop stop = session_.run_borrowed(tid_, deadline);
+      if (stop.kind != StopKind::kSyscall) continue;
+      const SyscallStop info = syscall_stop(tid_);
+      if (info.op == SyscallStop::kEntry && info.number == SYS_rt_sigreturn) {
+        finish_sigreturn(sigreturn_pc, deadline);
+        return;
+      }
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("could not put thread {} back in its own context: {}", tid_, e.what());
+  }
 }
 
 uint64_t BorrowedThread::map_memory(uint64_t near_start, uint64_t near_end, uint64_t size, int prot) {
@@ -146,17 +233,34 @@ uint64_t BorrowedThread::map_memory(uint64_t near_start, uint64_t near_end, uint
     hint = *found;
     flags |= MAP_FIXED_NOREPLACE;
   }
-  int64_t result = syscall(SYS_mmap, {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
-                                      static_cast<uint64_t>(-1), 0});
+  const std::initializer_list<uint64_t> args = {hint, size, static_cast<uint64_t>(prot), static_cast<uint64_t>(flags),
+                                                static_cast<uint64_t>(-1), 0};
+  // No arena for our stubs yet: libc's mmap, returning to libc's own __restore_rt.
+  int64_t result = arena_.ready() ? syscall(SYS_mmap, args) : call_via_restorer(bootstrap_().mmap, args, SYS_mmap);
   if (result < 0 && result > -4096) {
     throw Error(ErrorCode::kInternal, "mmap in the target failed: " + std::string(std::strerror(static_cast<int>(-result))));
   }
   return static_cast<uint64_t>(result);
 }
 
+int64_t BorrowedThread::call_via_restorer(RemoteAddr function, std::initializer_list<uint64_t> args, long syscall_nr) {
+  const RemoteAddr restorer = bootstrap_().restorer;
+  SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, restorer.address());
+  user_regs_struct regs = call_regs(frame);
+  unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
+  size_t i = 0;
+  for (uint64_t arg : args) *slots[i++] = arg;
+  regs.rip = function.address();
+  return static_cast<int64_t>(
+      run(regs, frame, RemoteAddr(restorer.address() + kRestorerSyscallEnd), syscall_nr, "call of libc"));
+}
+
 void BorrowedThread::unmap_memory(uint64_t address, uint64_t size) noexcept {
   try {
-    int64_t result = syscall(SYS_munmap, {address, size});
+    // The stubs cannot unmap their own page and return through it: libc's munmap can.
+    const bool own_stubs = arena_.ready() && arena_.return_stub().address() - address < size;
+    int64_t result = own_stubs ? call_via_restorer(bootstrap_().munmap, {address, size}, SYS_munmap)
+                               : syscall(SYS_munmap, {address, size});
     if (result != 0) spdlog::warn("munmap({}, {}) in the target failed: {}", hex(address), size, result);
   } catch (const std::exception& e) {
     spdlog::warn("munmap in the target failed: {}", e.what());

@@ -1,52 +1,71 @@
 // process/borrowed_thread.h — running code of ours on one of the target's threads.
 //
-// A BorrowedThread saves the thread's registers when it is made and puts them back when it
-// is destroyed (RAII, like rr's AutoRemoteSyscalls), so the thread resumes exactly where
-// it was. If it was interrupted inside a system call, the saved registers hold
-// orig_rax = the syscall number and rax = -ERESTARTSYS (or -ERESTARTNOHAND,
-// -ERESTARTNOINTR, -ERESTART_RESTARTBLOCK). While we run code we set orig_rax = -1 so the
-// kernel's restart logic (arch/x86/kernel/signal.c, arch_do_signal_or_restart) leaves our
-// registers alone; restoring the saved set lets that same logic rewind rip over the
-// `syscall` instruction on the way out, so the application's accept/read/futex/nanosleep
-// continues as if nothing happened and never sees EINTR.
+// A BorrowedThread saves the thread's context (registers, vector state, signal mask) when it
+// is made. Every call or system call it runs writes that context on the thread's stack as a
+// signal frame (signal_frame.h) and returns through the scratch arena's stub, which makes
+// rt_sigreturn: the kernel puts the thread back where it was, with its own registers and
+// mask, whether or not Polus is still alive then. No breakpoint and no single-step flag is
+// ever involved, so nothing is left behind that a vanished tracer would turn into a fatal
+// SIGTRAP. Polus watches with PTRACE_SYSCALL (a syscall stop at each system call the code
+// makes) and reads the result at the stub's rt_sigreturn.
+//
+// While our code runs, the thread blocks every signal but the synchronous faults: signals
+// for it wait in the kernel (and the process's go to other threads) until rt_sigreturn puts
+// its own mask back, so none is taken out of the kernel's queues and none is lost.
+//
+// An interrupted system call of the thread (rax = -ERESTARTSYS & co.) is made again once the
+// thread is back: the frame carries the kernel's restart already applied, so the
+// application's accept/read/futex/nanosleep continues as if nothing happened, without EINTR.
 #pragma once
 
 #include <sys/types.h>
 #include <sys/user.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
-#include <vector>
 
 #include "process/process_memory.h"
 #include "process/ptrace_session.h"
 #include "process/remote_ptr.h"
 #include "process/scratch_arena.h"
+#include "process/signal_frame.h"
 
 namespace polus {
 
+/// What a thread needs when the scratch arena cannot serve (before the first operation on a
+/// process maps it, and to unmap it): libc's mmap and munmap, and libc's own rt_sigreturn
+/// restorer (__restore_rt) to return to.
+struct BootstrapEntries {
+  RemoteAddr mmap;
+  RemoteAddr munmap;
+  RemoteAddr restorer;
+};
+
 class BorrowedThread {
  public:
-  /// `tid` must be stopped in `session`. `syscall_instruction` is the address of a
-  /// `syscall` (0f 05) in the target's text, used for remote system calls; `arena` holds the
-  /// trap injected calls return to and their arguments. Made by TargetContext::borrow.
-  BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid, RemoteAddr syscall_instruction,
-                 ScratchArena& arena);
+  /// `tid` must be stopped in `session`. `arena` holds the stubs injected code returns
+  /// through and the argument area; `bootstrap` serves map_memory() until the arena exists.
+  /// Made by TargetContext::borrow.
+  BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid, ScratchArena& arena,
+                 std::function<BootstrapEntries()> bootstrap);
+  /// The thread is back in its own context already (each call ended with rt_sigreturn);
+  /// this only marks it as no longer borrowed. It stays stopped until its session lets it go.
   ~BorrowedThread();
   BorrowedThread(const BorrowedThread&) = delete;
   BorrowedThread& operator=(const BorrowedThread&) = delete;
 
   pid_t tid() const { return tid_; }
-  const user_regs_struct& saved_regs() const { return saved_; }
+  const user_regs_struct& saved_regs() const { return saved_.regs; }
 
   /// Executes one system call in the target; returns the raw result (-errno on failure).
   /// Throws Error(kTimeout) when it does not return within step_deadline().
   int64_t syscall(long number, std::initializer_list<uint64_t> args);
 
-  /// Calls `function(args...)` (System V ABI, up to 6 integer arguments) returning to the
-  /// arena's trap. Returns rax. Throws Error(kLoadFailed) if the code faults (the registers
-  /// are restored regardless), Error(kTimeout) if it does not return within step_deadline().
+  /// Calls `function(args...)` (System V ABI, up to 6 integer arguments). Returns rax.
+  /// Throws Error(kLoadFailed) if the code faults, Error(kTimeout) if it does not return
+  /// within step_deadline(); either way the thread is put back in its own context first.
   uint64_t call(RemoteAddr function, std::initializer_list<uint64_t> args);
 
   /// Calls `function(&block)` with a copy of `block` placed in the arena's argument area
@@ -56,7 +75,7 @@ class BorrowedThread {
     return call(function, {arena_.put_args(&block, sizeof block).address()});
   }
 
-  /// Calls `function(path)` with `text` copied to the arena (dlopen and the agent's loader).
+  /// Calls `function(path, more...)` with `text` copied to the arena (dlopen, the agent's loader).
   uint64_t call_with_string(RemoteAddr function, const std::string& text, std::initializer_list<uint64_t> more = {});
 
   /// mmap()s `size` bytes in the target within rel32 reach of [near_start, near_end), or
@@ -73,14 +92,26 @@ class BorrowedThread {
   void set_pass_faults(bool pass) { pass_faults_ = pass; }
 
  private:
-  user_regs_struct prepared_regs() const;
+  /// Runs the thread from `regs` (rsp on a frame written for this run) until it makes
+  /// rt_sigreturn at `sigreturn_pc`, then lets that return happen. Returns the result slot,
+  /// or rax at the exit of the first system call `syscall_result_of` (>= 0) made.
+  uint64_t run(user_regs_struct regs, const SignalFrame& frame, RemoteAddr sigreturn_pc, long syscall_result_of,
+               const char* what);
+  /// After a fault or timeout: sends the thread through the frame's rt_sigreturn now.
+  void abandon(const SignalFrame& frame, RemoteAddr sigreturn_pc) noexcept;
+  /// Lets the pending rt_sigreturn happen and waits for its exit stop.
+  void finish_sigreturn(RemoteAddr sigreturn_pc, Clock::time_point deadline);
+  user_regs_struct call_regs(const SignalFrame& frame) const;
+  /// Calls a libc function returning to libc's __restore_rt; the result is rax at the exit
+  /// of its system call `syscall_nr`.
+  int64_t call_via_restorer(RemoteAddr function, std::initializer_list<uint64_t> args, long syscall_nr);
+
   PtraceSession& session_;
   ProcessMemory& memory_;
   pid_t tid_;
-  RemoteAddr syscall_instruction_;
   ScratchArena& arena_;
-  user_regs_struct saved_{};
-  std::vector<uint8_t> saved_xstate_;  // NT_X86_XSTATE: x87, SSE, AVX, AVX-512 and MXCSR
+  std::function<BootstrapEntries()> bootstrap_;
+  SavedContext saved_;
   bool pass_faults_ = false;
 };
 

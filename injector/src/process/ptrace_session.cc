@@ -164,7 +164,10 @@ PtraceSession PtraceSession::seize(pid_t pid) {
 }
 
 void PtraceSession::seize_thread(pid_t tid, bool first) {
-  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(PTRACE_O_TRACECLONE)) == 0) {
+  // TRACESYSGOOD: a borrowed thread run with PTRACE_SYSCALL reports SIGTRAP|0x80 at its
+  // syscall stops, which cannot be mistaken for a real SIGTRAP (ptrace(2)).
+  constexpr long kOptions = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD;
+  if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(kOptions)) == 0) {
     threads_[tid].tid = tid;
     return;
   }
@@ -275,6 +278,12 @@ void PtraceSession::handle_event(pid_t tid, int status) {
     if (!t.held && !t.borrowed) continue_thread(tid, 0);
     return;
   }
+  if (sig == (SIGTRAP | 0x80)) {  // a syscall stop (only borrowed threads run with PTRACE_SYSCALL)
+    t.stop = StopKind::kSyscall;
+    t.stop_signal = 0;
+    if (!t.held && !t.borrowed) continue_thread(tid, 0);
+    return;
+  }
   // A signal-delivery-stop.
   t.stop = StopKind::kSignal;
   t.stop_signal = sig;
@@ -375,6 +384,7 @@ void PtraceSession::resume_thread(pid_t tid) {
   ThreadState& t = it->second;
   t.held = false;
   t.borrowed = false;
+  t.unblock_on_return = 0;
   if (t.stop == StopKind::kNone) return;
   int inject = 0;
   if (t.stop == StopKind::kSignal) {
@@ -408,6 +418,8 @@ std::vector<pid_t> PtraceSession::unblock_signals(uint64_t signals) {
   std::vector<pid_t> changed;
   for (auto& [tid, t] : threads_) {
     if (t.stop == StopKind::kNone) continue;
+    // A borrowed thread runs with a mask of ours; its own comes back from its signal frame.
+    if (t.borrowed) t.unblock_on_return |= signals;
     uint64_t mask = 0;
     if (::ptrace(PTRACE_GETSIGMASK, tid, sizeof mask, &mask) != 0) {
       if (errno == ESRCH) continue;  // exited meanwhile
@@ -467,11 +479,14 @@ std::string describe_wait(pid_t pid, pid_t tid) {
 }
 }  // namespace
 
-int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject) {
+BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, int inject) {
   ThreadState* t = &threads_.at(tid);
   for (;;) {
-    __ptrace_request request = single_step ? PTRACE_SINGLESTEP : PTRACE_CONT;
-    if (::ptrace(request, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+    if (::ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
+      if (errno == ESRCH && task_exited(pid_, tid)) {
+        throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " (or its thread " +
+                                                std::to_string(tid) + ") exited while running code injected by Polus");
+      }
       throw_errno("resuming borrowed thread", errno);
     }
     inject = 0;
@@ -491,17 +506,24 @@ int PtraceSession::run_borrowed_until_trap(pid_t tid, bool single_step, Clock::t
       }
       wait_event(deadline);  // all threads: others' signals must not wait for our code to finish
     }
+    if (t->stop == StopKind::kSyscall) return {StopKind::kSyscall, 0};
     if (t->stop != StopKind::kSignal) continue;  // a stale interrupt or event stop: go on
     int sig = t->stop_signal;
     if (sig == SIGTRAP || is_synchronous_fault(sig)) {
       t->stop_signal = 0;  // ours to interpret; never delivered to the target as is
-      return sig;
+      return {StopKind::kSignal, sig};
     }
     siginfo_t info{};
     if (::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) == 0) t->deferred.push_back(info);
     t->stop_signal = 0;
     spdlog::debug("deferred signal {} for borrowed thread {}", sig, tid);
   }
+}
+
+bool PtraceSession::set_signal_mask(pid_t tid, uint64_t mask) {
+  if (::ptrace(PTRACE_SETSIGMASK, tid, sizeof mask, &mask) == 0) return true;
+  if (errno == ESRCH) return false;
+  throw_errno("PTRACE_SETSIGMASK of thread " + std::to_string(tid), errno);
 }
 
 void PtraceSession::detach_all_except(pid_t keep) {

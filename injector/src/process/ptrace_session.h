@@ -33,8 +33,16 @@ enum class StopKind {
   kNone,           // running
   kInterrupt,      // PTRACE_EVENT_STOP after PTRACE_INTERRUPT or a new thread's first stop
   kGroupStop,      // PTRACE_EVENT_STOP for a job-control stop signal
-  kSignal,         // signal-delivery-stop (including our own int3 / single-step traps)
+  kSignal,         // signal-delivery-stop
   kEvent,          // another ptrace event (clone, exec, ...)
+  kSyscall,        // syscall-entry or -exit stop of a borrowed thread (PTRACE_SYSCALL)
+};
+
+/// How a borrowed thread stopped: a syscall stop, or a signal-delivery-stop of a synchronous
+/// fault or SIGTRAP (other signals are deferred and never returned).
+struct BorrowedStop {
+  StopKind kind = StopKind::kNone;
+  int signal = 0;  // for kSignal
 };
 
 struct ThreadState {
@@ -43,6 +51,7 @@ struct ThreadState {
   int stop_signal = 0;            // WSTOPSIG of the current stop
   bool held = false;              // the engine wants it stopped
   bool borrowed = false;          // running injected code: its signals are deferred
+  uint64_t unblock_on_return = 0; // signals unblock_signals() cleared while it was borrowed
   std::deque<siginfo_t> deferred; // signals to deliver when it is let go
 };
 
@@ -96,11 +105,14 @@ class PtraceSession {
   /// Marks a stopped thread as running injected code: signals that reach it are deferred.
   void set_borrowed(pid_t tid, bool borrowed);
 
-  /// Continues a borrowed thread (PTRACE_CONT or PTRACE_SINGLESTEP) without delivering
-  /// anything, and waits for its next stop that is not a deferred signal. Returns the
-  /// signal of that stop (SIGTRAP for our traps). Throws kTargetDied / kTimeout.
-  /// `inject` is a signal to deliver as it resumes (a fault passed on to the target's handler).
-  int run_borrowed_until_trap(pid_t tid, bool single_step, Clock::time_point deadline, int inject = 0);
+  /// Continues a borrowed thread with PTRACE_SYSCALL and waits for its next syscall stop or
+  /// fault (signals other than synchronous faults and SIGTRAP are deferred, delivered when it
+  /// is let go). `inject` is a signal to deliver as it resumes (a fault passed on to the
+  /// target's handler). Throws kTargetDied / kTimeout.
+  BorrowedStop run_borrowed(pid_t tid, Clock::time_point deadline, int inject = 0);
+
+  /// Sets the signal mask of a stopped thread (PTRACE_SETSIGMASK). False if it is gone.
+  bool set_signal_mask(pid_t tid, uint64_t mask);
 
   /// Handles pending wait events without blocking (new threads, signals to pass on).
   void poll_events();

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/format.h"
 #include "polus/error.h"
@@ -12,12 +13,36 @@ namespace polus {
 
 namespace {
 
-constexpr uint64_t kStringOffset = 64;  // after the traps
+constexpr uint64_t kStringOffset = 64;  // after the stubs
+constexpr uint64_t kSyscallStubOffset = 32;
+constexpr uint64_t kSigreturnPcOffset = 17;  // after the return stub's `syscall`
+
+// The return stub, at the scratch page's start; rsp points at the frame's ucontext (the
+// pretcode slot was popped by the callee's `ret`, or never pushed for a system call).
+//   mov %rax, 304(%rsp)   store the result in the frame's siginfo (kResultOffset)
+//   mov $15, %rax         __NR_rt_sigreturn
+//   syscall
+// then, at +32, the system-call stub: `syscall; jmp <return stub>`.
+constexpr uint8_t kReturnStub[] = {0x48, 0x89, 0x84, 0x24, 0x30, 0x01, 0x00, 0x00, 0x48, 0xc7, 0xc0, 0x0f,
+                                   0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+                                   0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
+constexpr uint8_t kSyscallStub[] = {0x0f, 0x05, 0xeb, static_cast<uint8_t>(-(int)(kSyscallStubOffset + 4)),
+                                    0xcc, 0xcc, 0xcc, 0xcc};
+static_assert(sizeof kReturnStub == kSyscallStubOffset);
 constexpr uint64_t kArgsBytes = 64;     // the page's last bytes
 
 }  // namespace
 
+void ScratchArena::write_stubs(uint64_t base) {
+  uint8_t code[sizeof kReturnStub + sizeof kSyscallStub];
+  std::memcpy(code, kReturnStub, sizeof kReturnStub);
+  std::memcpy(code + sizeof kReturnStub, kSyscallStub, sizeof kSyscallStub);
+  memory_.write_bytes(RemoteAddr(base), code, sizeof code);
+}
+
 void ScratchArena::adopt(const std::vector<uint64_t>& recorded) {
+  // An arena recorded by an older Polus may hold other stubs: the current ones are written.
+  if (arenas_.empty() && !recorded.empty()) write_stubs(recorded.front());
   for (uint64_t base : recorded) {
     if (std::find(arenas_.begin(), arenas_.end(), base) == arenas_.end()) arenas_.push_back(base);
   }
@@ -28,8 +53,7 @@ void ScratchArena::ensure(BorrowedThread& thread, uint64_t near_start, uint64_t 
   uint64_t base = thread.map_memory(near_start, near_end, kArenaSize, PROT_READ | PROT_EXEC);
   arenas_.push_back(base);
   new_arenas_.push_back(base);
-  std::vector<uint8_t> traps(16, 0xcc);
-  memory_.write_bytes(RemoteAddr(base), traps.data(), traps.size());
+  write_stubs(base);
 }
 
 uint64_t ScratchArena::scratch() const {
@@ -37,7 +61,11 @@ uint64_t ScratchArena::scratch() const {
   return arenas_.front();
 }
 
-RemoteAddr ScratchArena::trap() const { return RemoteAddr(scratch()); }
+RemoteAddr ScratchArena::return_stub() const { return RemoteAddr(scratch()); }
+
+RemoteAddr ScratchArena::syscall_stub() const { return RemoteAddr(scratch() + kSyscallStubOffset); }
+
+RemoteAddr ScratchArena::sigreturn_pc() const { return RemoteAddr(scratch() + kSigreturnPcOffset); }
 
 RemoteAddr ScratchArena::put_string(const std::string& text) {
   if (text.size() + 1 > kArenaScratchBytes - kStringOffset - kArgsBytes) {

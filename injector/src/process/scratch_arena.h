@@ -1,9 +1,10 @@
 // process/scratch_arena.h — the memory Polus maps in a target for its own code and data.
 //
 // An arena is 64 KiB of PROT_READ|PROT_EXEC memory mapped within rel32 reach of the code it
-// serves. The first arena's first page is the scratch page: the int3 that injected calls
-// return to, strings passed to them (paths for dlopen) and the argument block of callbacks
-// and sync functions. The rest of every arena is cut into 16-byte trampoline slots for jumps
+// serves. The first arena's first page is the scratch page: the stubs injected calls and
+// system calls return through (they store rax and make rt_sigreturn, see signal_frame.h),
+// strings passed to them (paths for dlopen) and the argument block of callbacks and sync
+// functions. The rest of every arena is cut into 16-byte trampoline slots for jumps
 // to new code farther than ±2 GiB from the function they replace. Arenas outlive one
 // operation: the registry in the target records them, and the next operation adopts them.
 #pragma once
@@ -21,7 +22,7 @@ namespace polus {
 class BorrowedThread;
 
 inline constexpr uint64_t kArenaSize = 64 * 1024;
-inline constexpr uint64_t kArenaScratchBytes = 4096;  // int3 return trap + strings + arguments
+inline constexpr uint64_t kArenaScratchBytes = 4096;  // return stubs + strings + arguments
 inline constexpr uint64_t kTrampolineSlotSize = 16;
 
 class ScratchArena {
@@ -35,12 +36,19 @@ class ScratchArena {
   /// Whether a scratch page exists (adopted or mapped by this operation).
   bool ready() const { return !arenas_.empty(); }
 
-  /// Maps the first arena near [near_start, near_end) through `thread` and writes its traps,
+  /// Maps the first arena near [near_start, near_end) through `thread` and writes its stubs,
   /// unless one exists already. Throws Error(kUnsafeToPatch) when no address is in reach.
   void ensure(BorrowedThread& thread, uint64_t near_start, uint64_t near_end);
 
-  /// The int3 injected calls return to. Throws Error(kInternal) before ensure()/adopt().
-  RemoteAddr trap() const;
+  /// Where injected calls return to: stores rax in the frame's result slot, then makes
+  /// rt_sigreturn. Throws Error(kInternal) before ensure()/adopt().
+  RemoteAddr return_stub() const;
+
+  /// `syscall`, then the return stub: runs one system call on a frame-prepared thread.
+  RemoteAddr syscall_stub() const;
+
+  /// The pc a thread reports at the syscall-entry stop of the return stub's rt_sigreturn.
+  RemoteAddr sigreturn_pc() const;
 
   /// Copies `text` (NUL-terminated) to the scratch page for one injected call and returns
   /// its address. Throws Error(kPatchMalformed) when it does not fit.
@@ -65,6 +73,7 @@ class ScratchArena {
 
  private:
   uint64_t scratch() const;
+  void write_stubs(uint64_t base);
   ProcessMemory& memory_;
   std::vector<uint64_t> arenas_;      // every arena known, the scratch one first
   std::vector<uint64_t> new_arenas_;  // mapped by this operation

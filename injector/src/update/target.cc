@@ -182,7 +182,7 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
 }
 
 BorrowedThread TargetContext::borrow(pid_t tid) {
-  return BorrowedThread(*session_, memory_, tid, syscall_instruction(), arena_);
+  return BorrowedThread(*session_, memory_, tid, arena_, [this] { return bootstrap_entries(); });
 }
 
 uint64_t TargetContext::pause_when_free(const PauseRequest& request) {
@@ -212,23 +212,28 @@ uint64_t TargetContext::pause_when_free(const PauseRequest& request) {
   }
 }
 
-RemoteAddr TargetContext::syscall_instruction() {
-  if (syscall_instruction_) return *syscall_instruction_;
+const BootstrapEntries& TargetContext::bootstrap_entries() {
+  if (bootstrap_) return *bootstrap_;
+  // glibc's sa_restorer for rt_sigaction: `mov $15,%rax; syscall` (sysdeps/unix/sysv/linux/
+  // x86_64/libc_sigaction.c, RESTORE). Any copy of these bytes would do as well.
+  constexpr uint8_t kRestorer[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
   const LoadedObject& c = libc();
   std::vector<uint8_t> chunk(64 * 1024);
-  for (uint64_t at = c.text_start; at < c.text_end; at += chunk.size() - 1) {
+  for (uint64_t at = c.text_start; at < c.text_end; at += chunk.size() - sizeof kRestorer) {
     size_t got = memory_.read_bytes_fallible(RemoteAddr(at), chunk.data(), std::min<uint64_t>(chunk.size(), c.text_end - at));
     if (got == 0 && memory_.target_gone()) {
       throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
     }
-    for (size_t i = 0; i + 1 < got; ++i) {
-      if (chunk[i] == 0x0f && chunk[i + 1] == 0x05) {
-        syscall_instruction_ = RemoteAddr(at + i);
-        return *syscall_instruction_;
-      }
+    auto found = std::search(chunk.begin(), chunk.begin() + static_cast<long>(got), std::begin(kRestorer), std::end(kRestorer));
+    if (found != chunk.begin() + static_cast<long>(got)) {
+      bootstrap_ = BootstrapEntries{libc_function("mmap"), libc_function("munmap"),
+                                    RemoteAddr(at + static_cast<uint64_t>(found - chunk.begin()))};
+      return *bootstrap_;
     }
+    if (got < chunk.size()) break;
   }
-  throw Error(ErrorCode::kInternal, "no syscall instruction found in " + c.path);
+  throw Error(ErrorCode::kLoadFailed, c.path + " has no rt_sigreturn restorer (__restore_rt); Polus cannot run "
+                                      "code in process " + std::to_string(pid_) + " safely");
 }
 
 std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {

@@ -98,8 +98,9 @@ class TargetContext {
   /// deadline throws Error(kUnsafeToPatch): "<giving_up>: <reason>; ... target unchanged".
   uint64_t pause_when_free(const PauseRequest& request);
 
-  /// The address of a `syscall` instruction in libc's text.
-  RemoteAddr syscall_instruction();
+  /// libc's mmap, munmap and __restore_rt (found by its code: it is not exported), for
+  /// borrowed threads when the scratch arena cannot serve. Throws kLoadFailed if absent.
+  const BootstrapEntries& bootstrap_entries();
 
   /// A function of the C library, e.g. "dlopen".
   RemoteAddr libc_function(const std::string& name);
@@ -126,7 +127,7 @@ class TargetContext {
   ProcMemory memory_;
   ScratchArena arena_{memory_};
   std::optional<PtraceSession> session_;
-  std::optional<RemoteAddr> syscall_instruction_;
+  std::optional<BootstrapEntries> bootstrap_;
   std::vector<AddressRange> lock_holding_ranges_;
 };
 
