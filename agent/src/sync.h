@@ -3,7 +3,8 @@
  * exported by libpolus-agent.so. The table they work on is registry.sync
  * (polus/agent_abi.h); see sync.c for the design and its invariant.
  *
- * The injector calls these through a borrowed thread; patches' pre-update callbacks and
+ * The injector calls these through a borrowed thread (their symbol names:
+ * POLUS_AGENT_SYNC_*_SYMBOL in polus/agent_abi.h); patches' pre-update callbacks and
  * sync functions may call polus_register_heap_data directly (declare it themselves, or
  * include this header).
  */
@@ -17,13 +18,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define POLUS_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
-#define POLUS_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
-#define POLUS_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
-#define POLUS_SYNC_END_SYMBOL "polus_agent_sync_end"
-#define POLUS_SYNC_CLEAR_SYMBOL "polus_agent_sync_clear"
-#define POLUS_REGISTER_HEAP_DATA_SYMBOL "polus_register_heap_data"
 
 /* Makes registry.sync.items hold at least `capacity` entries (entries already there are
  * kept, item_count is unchanged). Returns the array's address, 0 on failure. The caller
