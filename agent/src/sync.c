@@ -145,178 +145,16 @@
 #include "raw_syscall.h"
 #include "store_emulation.h"
 #include "sync.h"
+#include "sync_state.h"
 
 #define POLUS_EXPORT __attribute__((visibility("default")))
 
-extern struct polus_agent_registry polus_agent_registry; /* agent.c */
-#define REG polus_agent_registry
-
-#define NO_ITEM UINT32_MAX
 #define TF_FLAG 0x100ull
 
 /* Signals that stay deliverable while we hold the lock: the synchronous ones. */
 #define SYNCHRONOUS_SIGNALS \
     (sigbit(SIGSEGV) | sigbit(SIGTRAP) | sigbit(SIGBUS) | sigbit(SIGILL) | sigbit(SIGFPE) | sigbit(SIGSYS))
 #define ASYNC_BLOCK (~SYNCHRONOUS_SIGNALS & ~(sigbit(SIGKILL) | sigbit(SIGSTOP)))
-
-/* ---- state --------------------------------------------------------------------------- */
-
-struct page_info {
-    uint64_t addr;
-    uint32_t first_ref; /* refs[first_ref .. first_ref + ref_count): items on this page */
-    uint32_t ref_count;
-    int32_t prot;       /* protection before sync_begin */
-    uint8_t tracked;    /* originally writable: read-only while active */
-    uint8_t open;       /* opened (writable) by the lock holder: single-step / sync window */
-    uint8_t fresh;      /* added by the last table rebuild */
-    uint8_t reserved;
-};
-
-#define MAX_STEP_PAGES 8
-struct step {
-    uint32_t active;
-    uint32_t in_sync;    /* the stepped instruction belongs to a sync function */
-    uint32_t tf_was_set; /* the application had TF set itself */
-    uint32_t page_count;
-    uint32_t pages[MAX_STEP_PAGES];
-    uint64_t fault_addr;
-    uint64_t saved_mask;
-};
-
-#define F_DIRTY 0x1u
-#define F_PRE 0x2u
-
-struct shadow_chunk {
-    uint8_t *base;
-    uint64_t size;
-    uint64_t used;
-};
-
-static struct {
-    /* the lock */
-    int lock_word;
-    int lock_owner;
-    int lock_depth;
-    int lock_pid;
-    int holder_pid; /* getpid() of the current holder, computed once per acquisition */
-
-    uint32_t active;
-    uint32_t count; /* items covered by the page table / shadows */
-    uint32_t config;
-    uint32_t in_sync;        /* depth of sync functions running on the lock holder */
-    uint32_t sync_item;      /* item whose sync function runs (innermost) */
-    uint32_t sync_counterpart;
-    uint32_t draining;
-    uint32_t handlers_installed;
-    uint64_t write_fault_entries; /* SEGV_ACCERR write faults that entered our handler (atomic) */
-
-    struct page_info *pages;
-    uint32_t page_count;
-    uint32_t *refs;
-    uint64_t table_bytes;
-
-    uint8_t *item_flags;
-    uint64_t *item_offset;
-    uint32_t *work;
-    uint32_t work_count;
-    uint32_t aux_capacity;
-    uint64_t aux_bytes;
-
-    struct shadow_chunk chunks[64];
-    uint32_t chunk_count;
-
-    struct step step;
-
-    struct sigaction prev_segv;
-    struct sigaction prev_trap;
-
-    int mem_fd;
-    int mem_pid;
-    uint64_t mem_dev, mem_ino;
-
-    struct {
-        int tid;
-        uint64_t rip, addr;
-    } retry[64];
-
-    struct polus_sync_stats stats;
-} G = {.mem_fd = -1, .sync_item = NO_ITEM, .sync_counterpart = NO_ITEM};
-
-static struct polus_tracked_item *items(void) { return (struct polus_tracked_item *)(uintptr_t)REG.sync.items; }
-
-struct page_info;
-static int closed_prot(const struct page_info *p);
-
-/* ---- the lock ------------------------------------------------------------------------ */
-
-static void note_change(uint32_t i, uint64_t offset);
-
-static void reset_inherited_state(void) {
-    /* We are a fork child and the lock was held by a thread of the parent, somewhere in a
-     * tracked write. The work it had queued (items marked F_DIRTY, whose post_sync had not run
-     * yet) is kept and drained by this process's next tracked write; the item whose sync
-     * function it was running is queued again (a post_sync is a copy: running it twice is
-     * harmless). Dropping the queue but not the F_DIRTY marks, as before, left those items
-     * never synced again in the child. */
-    uint32_t interrupted = G.in_sync ? G.sync_item : NO_ITEM;
-    /* drain() pops an item before running its sync: the slot just above the queue says which */
-    uint32_t popped = G.draining && G.work ? G.work[G.work_count] : NO_ITEM;
-    G.lock_owner = 0;
-    G.lock_depth = 0;
-    G.in_sync = 0;
-    G.draining = 0;
-    G.sync_item = NO_ITEM;
-    G.sync_counterpart = NO_ITEM;
-    for (uint32_t i = 0; i < G.count; i++) G.item_flags[i] &= ~F_DIRTY; /* marks = the queue */
-    for (uint32_t k = 0; k < G.work_count; k++) G.item_flags[G.work[k]] |= F_DIRTY;
-    if (interrupted < G.count) note_change(interrupted, 0);
-    if (popped < G.count) note_change(popped, 0);
-    G.step.active = 0;
-    /* A page the parent's thread had open for a single step is writable here: close it. */
-    for (uint32_t k = 0; G.active && k < G.page_count; k++)
-        if (G.pages[k].open) {
-            G.pages[k].open = 0;
-            sys_mprotect(G.pages[k].addr, PAGE, closed_prot(&G.pages[k]));
-        }
-    __atomic_store_n(&G.lock_word, 0, __ATOMIC_RELEASE);
-}
-
-/* timed: give up after ~2 s (entry points); handlers wait for ever. */
-static int lock_acquire(int tid, int pid, int timed) {
-    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid) {
-        G.lock_depth++;
-        return 0;
-    }
-    int c = 0;
-    if (!__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-        int holder_pid = __atomic_load_n(&G.lock_pid, __ATOMIC_RELAXED);
-        if (holder_pid != 0 && holder_pid != pid) {
-            reset_inherited_state();
-            c = 0;
-            if (__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) goto got;
-        }
-        uint64_t deadline = timed ? mono_ns() + 2000000000ull : 0;
-        struct timespec slice = {0, 10 * 1000 * 1000};
-        if (c != 2) c = __atomic_exchange_n(&G.lock_word, 2, __ATOMIC_ACQUIRE);
-        while (c != 0) {
-            futex_wait(&G.lock_word, 2, timed ? &slice : NULL);
-            if (timed && mono_ns() > deadline) return -ETIMEDOUT;
-            c = __atomic_exchange_n(&G.lock_word, 2, __ATOMIC_ACQUIRE);
-        }
-    }
-got:
-    __atomic_store_n(&G.lock_owner, tid, __ATOMIC_RELAXED);
-    G.lock_depth = 1;
-    __atomic_store_n(&G.lock_pid, pid, __ATOMIC_RELAXED);
-    G.holder_pid = pid;
-    return 0;
-}
-
-static void lock_release(void) {
-    if (--G.lock_depth > 0) return;
-    __atomic_store_n(&G.lock_owner, 0, __ATOMIC_RELAXED);
-    if (__atomic_exchange_n(&G.lock_word, 0, __ATOMIC_RELEASE) == 2) futex_wake(&G.lock_word);
-}
 
 /* ---- /proc/self/mem ------------------------------------------------------------------ */
 
@@ -610,8 +448,6 @@ static void table_free(void) {
 
 /* ---- page protection ------------------------------------------------------------------- */
 
-static int closed_prot(const struct page_info *p) { return p->prot & ~PROT_WRITE; }
-
 /* Every tracked page (only the fresh ones if fresh_only) to its closed or original
  * protection, in runs of adjacent pages. */
 static int protect_pages(int closed, int fresh_only) {
@@ -655,13 +491,6 @@ uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n) {
     for (uint64_t k = 0; k < n; k++)
         if (a[k] != b[k]) return k;
     return n;
-}
-
-static void note_change(uint32_t i, uint64_t offset) {
-    if (G.item_flags[i] & F_DIRTY) return;
-    G.item_flags[i] |= F_DIRTY;
-    G.item_offset[i] = offset;
-    G.work[G.work_count++] = i;
 }
 
 /* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
