@@ -1,8 +1,7 @@
 /*
  * sync_state.c — the state of the write-through sync (G) and its lock, inside
- * libpolus-agent.so. The layers of the sync machinery and what each does: sync_state.h.
- * The lock's design (one process-wide futex lock, recursive for its owner, timed for entry
- * points, reset in a fork child): tracked_pages.c, LOCK.
+ * libpolus-agent.so. The lock's design (one process-wide futex lock, recursive for its
+ * owner, timed for entry points, reset in a fork child): tracked_pages.c, LOCK.
  */
 #define _GNU_SOURCE
 #include <errno.h>

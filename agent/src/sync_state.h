@@ -2,17 +2,10 @@
  * sync_state.h — the state of the agent's write-through sync and the lock that guards it
  * (internal to libpolus-agent.so, not installed; every symbol here is hidden).
  *
- * The sync machinery is layered; each file includes the headers of the layers below it
- * only, so calls go one way (down):
- *   sync_api.c         the exported entry points (sync.h)
- *   fault_handlers.c   the SIGSEGV/SIGTRAP handlers, the single-step fallback, chaining
- *   store_emulation.c  out-of-line execution of the faulting stores
- *   tracked_pages.c    tracked pages, their protections and shadows, change detection,
- *                      running sync functions (and the design, and its invariant)
- *   sync_state.c       this state, G, and the lock (LOCK in tracked_pages.c)
- * The state is one struct so that one check (sync_api.c, overlaps_agent_state) keeps
- * tracked items off every page the handlers write. Only the lock holder reads or writes it,
- * except the fields marked atomic.
+ * The bottom layer of the sync machinery (the layers: tracked_pages.c, FILES): it uses none
+ * of the others. The state is one struct, G, so that one check (sync_api.c,
+ * overlaps_agent_state) keeps tracked items off every page the handlers write. Only the
+ * lock holder reads or writes it, except the lock's own words and the fields marked atomic.
  *
  * Include it after defining _GNU_SOURCE.
  */
