@@ -1,7 +1,7 @@
 /*
  * sync.h — the agent's write-through synchronisation (POLUS §2.2, §4.1.2): entry points
  * exported by libpolus-agent.so. The table they work on is registry.sync
- * (polus/agent_abi.h); see sync.c for the design and its invariant.
+ * (polus/agent_abi.h). Defined in sync_api.c; the design and its invariant: tracked_pages.c.
  *
  * The injector calls these through a borrowed thread (their symbol names:
  * POLUS_AGENT_SYNC_*_SYMBOL in polus/agent_abi.h); patches' pre-update callbacks and

@@ -17,7 +17,7 @@
 
 #pragma GCC visibility push(hidden)
 
-/* ---- /proc/self/mem -------------------------------------------------------------------- */
+/* ---- /proc/self/mem ------------------------------------------------------------------ */
 
 /* This process's descriptor on /proc/self/mem (reopened in a fork child, or when the
  * application closed ours), or -errno. */
@@ -30,7 +30,7 @@ int poke(uint64_t addr, const void *src, uint64_t n);
  * /proc/self/mem is open. */
 int may_emulate(void);
 
-/* ---- per-item arrays, shadows ------------------------------------------------------------ */
+/* ---- per-item arrays, shadows -------------------------------------------------------- */
 
 /* Room in the per-item arrays (flags, first changed offset, work list) for `capacity`
  * items. 0 or -ENOMEM. */
@@ -42,7 +42,7 @@ void *shadow_alloc(uint64_t size);
 /* Frees every shadow. */
 void shadows_free(void);
 
-/* ---- the page table, protections ---------------------------------------------------------- */
+/* ---- the page table, protections ----------------------------------------------------- */
 
 /* Index in G.pages of the page holding addr, -1 if none. */
 int32_t find_page(uint64_t addr);
@@ -66,7 +66,7 @@ void close_page(uint32_t idx);
 /* Every byte of [lo, lo+n) on a page we protect (and that is closed). */
 int range_tracked(uint64_t lo, uint64_t n);
 
-/* ---- change detection, the work list, sync functions --------------------------------------- */
+/* ---- change detection, the work list, sync functions --------------------------------- */
 
 /* Index of the first byte where a[0..n) and b[0..n) differ; n if none. */
 uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n);
