@@ -1,13 +1,13 @@
 /*
  * store_emulation.c — out-of-line execution of store instructions, for the write-through
- * sync of sync.c (POLUS §2.2, §4.1.2), inside libpolus-agent.so.
+ * sync (POLUS §2.2, §4.1.2), inside libpolus-agent.so.
  *
- * While sync is active, a tracked page is never writable (sync.c: MECHANISM, INVARIANT):
- * a store to it faults, and sync.c's SIGSEGV handler, holding the sync lock, asks emulate()
- * to carry the store out without opening the page. This file decodes the x86-64
- * instruction at the faulting rip and runs it against a scratch buffer; the sync
- * machinery's side (poke, range_tracked, run_pre_syncs, scan_written) is reached through
- * store_emulation.h.
+ * While sync is active, a tracked page is never writable (tracked_pages.c: MECHANISM,
+ * INVARIANT): a store to it faults, and the SIGSEGV handler (fault_handlers.c), holding the
+ * sync lock, asks emulate() to carry the store out without opening the page. This file
+ * decodes the x86-64 instruction at the faulting rip and runs it against a scratch buffer;
+ * the page layer's side (poke, range_tracked, run_pre_syncs, scan_written) is reached
+ * through tracked_pages.h, which never calls back here.
  *
  * For the instructions compilers emit for stores (mov, the read-modify-write ALU group,
  * inc/dec/neg/not, shifts, xchg/xadd/cmpxchg/cmpxchg8b/16b, setcc, bts/btr/btc imm, shld/
@@ -25,7 +25,7 @@
  * stos/movs are carried out directly (chunked, rep count honoured, DF=1 not emulated).
  * Anything else (x87 stores, fxsave/xsave, segment overrides, 32-bit addressing, an
  * operand straddling a page that is not ours) falls back to open-page + single-step, with
- * the window described in sync.c (MECHANISM, a): rare, counted in
+ * the window described in tracked_pages.c (MECHANISM, a): rare, counted in
  * polus_sync_stats.single_stepped.
  */
 #define _GNU_SOURCE
@@ -37,6 +37,7 @@
 
 #include "raw_syscall.h"
 #include "store_emulation.h"
+#include "tracked_pages.h"
 
 #define HIDDEN __attribute__((visibility("hidden")))
 
@@ -552,7 +553,7 @@ int emu_state_overlaps(uint64_t lo, uint64_t hi) {
     return (lo < x_hi && x_lo < hi) || (lo < e_hi && e_lo < hi);
 }
 
-void emu_get_stats(struct polus_sync_stats *out) {
+void emu_get_stats(struct emu_stats *out) {
     out->emulated = E.emulated;
     out->xol_slots_built = E.xol_slots_built;
 }

@@ -2,11 +2,12 @@
  * store_emulation.h — out-of-line execution of the store instructions that fault on pages
  * tracked by the sync machinery (internal to libpolus-agent.so, not installed; every symbol
  * here is hidden). How it works: store_emulation.c; why sync uses it instead of opening the
- * page: sync.c (MECHANISM).
+ * page: tracked_pages.c (MECHANISM).
  *
- * The interface goes both ways: store_emulation.c provides the emulation to sync.c's
- * SIGSEGV handler and entry points, and uses a few services of the sync machinery
- * (sync.c) to write tracked memory and account for what it wrote. Everything below is
+ * The emulator sits on the page layer (tracked_pages.h: it writes tracked memory with poke
+ * and accounts for what it wrote with scan_written) and is used by the layers above:
+ * fault_handlers.c's SIGSEGV handler emulates, sync_api.c's entry points map the XOL area,
+ * check items against the emulator's state and read its counters. Everything below is
  * called with the sync lock held, from a signal handler or an entry point: no malloc, no
  * errno, no locks.
  *
@@ -18,11 +19,7 @@
 #include <stdint.h>
 #include <ucontext.h>
 
-#include "sync.h"
-
 #pragma GCC visibility push(hidden)
-
-/* ---- provided by store_emulation.c ----------------------------------------------------- */
 
 /* What an emulation attempt did. */
 struct emu_result {
@@ -48,34 +45,15 @@ int xol_ready(void);
  * counters): tracked items must not, or the handler would fault on its own writes. */
 int emu_state_overlaps(uint64_t lo, uint64_t hi);
 
-/* The emulator's counters: fills out->emulated and out->xol_slots_built. */
-void emu_get_stats(struct polus_sync_stats *out);
+/* The emulator's counters (polus_sync_stats.emulated and .xol_slots_built). */
+struct emu_stats {
+    uint64_t emulated;        /* application writes executed out of line */
+    uint64_t xol_slots_built; /* distinct instructions relocated */
+};
+void emu_get_stats(struct emu_stats *out);
 
 /* Zeroes those counters (polus_agent_sync_clear). */
 void emu_clear_stats(void);
-
-/* ---- provided by sync.c: the sync machinery's side --------------------------------------- */
-
-/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured and
- * /proc/self/mem is open. */
-int may_emulate(void);
-
-/* Writes bytes to tracked pages without making them writable (/proc/self/mem). 0 or -1. */
-int poke(uint64_t addr, const void *src, uint64_t n);
-
-/* Every byte of [lo, lo+n) on a page we protect (and that is closed). */
-int range_tracked(uint64_t lo, uint64_t n);
-
-/* pre_sync of every item overlapping [lo, hi), before the write is let through. */
-void run_pre_syncs(uint64_t lo, uint64_t hi, int tid);
-
-/* After bytes [lo, hi) were written: compare them with the shadows of the items they
- * overlap (a sync function's writes, by_sync, are absorbed; others put the item on the
- * work list). Returns how many items changed. */
-uint32_t scan_written(uint64_t lo, uint64_t hi, int by_sync);
-
-/* Index of the first byte where a[0..n) and b[0..n) differ; n if none. */
-uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n);
 
 #pragma GCC visibility pop
 

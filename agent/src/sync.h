@@ -1,9 +1,10 @@
 /*
  * sync.h — the agent's write-through synchronisation (POLUS §2.2, §4.1.2): entry points
  * exported by libpolus-agent.so. The table they work on is registry.sync
- * (polus/agent_abi.h); see sync.c for the design and its invariant.
+ * (polus/agent_abi.h). Defined in sync_api.c; the design and its invariant: tracked_pages.c.
  *
- * The injector calls these through a borrowed thread; patches' pre-update callbacks and
+ * The injector calls these through a borrowed thread (their symbol names:
+ * POLUS_AGENT_SYNC_*_SYMBOL in polus/agent_abi.h); patches' pre-update callbacks and
  * sync functions may call polus_register_heap_data directly (declare it themselves, or
  * include this header).
  */
@@ -17,13 +18,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define POLUS_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
-#define POLUS_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
-#define POLUS_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
-#define POLUS_SYNC_END_SYMBOL "polus_agent_sync_end"
-#define POLUS_SYNC_CLEAR_SYMBOL "polus_agent_sync_clear"
-#define POLUS_REGISTER_HEAP_DATA_SYMBOL "polus_register_heap_data"
 
 /* Makes registry.sync.items hold at least `capacity` entries (entries already there are
  * kept, item_count is unchanged). Returns the array's address, 0 on failure. The caller

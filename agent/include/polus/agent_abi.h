@@ -25,6 +25,12 @@ extern "C" {
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
+#define POLUS_AGENT_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
+#define POLUS_AGENT_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
+#define POLUS_AGENT_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
+#define POLUS_AGENT_SYNC_END_SYMBOL "polus_agent_sync_end"
+#define POLUS_AGENT_SYNC_CLEAR_SYMBOL "polus_agent_sync_clear"
+#define POLUS_AGENT_REGISTER_HEAP_DATA_SYMBOL "polus_register_heap_data"
 
 #define POLUS_MAX_PATCHES 256u
 #define POLUS_MAX_ARENAS 32u
@@ -152,7 +158,7 @@ struct polus_sync_state {
 
 /* The root, a global of the agent found through its .dynsym. */
 struct polus_agent_registry {
-    uint64_t magic;            /* POLUS_AGENT_MAGIC once the agent's constructor ran */
+    uint64_t magic;            /* POLUS_AGENT_MAGIC from the moment the agent is mapped (static initialiser) */
     uint32_t abi_version;      /* POLUS_AGENT_ABI_VERSION */
     uint32_t patch_count;      /* entries used in `patches`, oldest first */
     uint64_t next_patch_id;
@@ -183,6 +189,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 48, "sync state must have no
  *   polus_agent_load_patch(path): dlopen(path, RTLD_NOW | RTLD_LOCAL). Returns the handle, or
  *       0 with registry.last_error set to dlerror()'s text.
  *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
+ *   polus_agent_sync_reserve/begin/initialize/end/clear, polus_register_heap_data: the
+ *       write-through of registry.sync, declared (and described) in the agent's sync.h.
  */
 
 #ifdef __cplusplus

@@ -1,0 +1,138 @@
+/*
+ * sync_state.h — the state of the agent's write-through sync and the lock that guards it
+ * (internal to libpolus-agent.so, not installed; every symbol here is hidden).
+ *
+ * The bottom layer of the sync machinery (the layers: tracked_pages.c, FILES): it uses none
+ * of the others. The state is one struct, G, so that one check (sync_api.c,
+ * overlaps_agent_state) keeps tracked items off every page the handlers write. Only the
+ * lock holder reads or writes it, except the lock's own words and the fields marked atomic.
+ *
+ * Include it after defining _GNU_SOURCE.
+ */
+#ifndef POLUS_AGENT_SYNC_STATE_H
+#define POLUS_AGENT_SYNC_STATE_H
+
+#include <signal.h>
+#include <stdint.h>
+#include <sys/mman.h>
+
+#include "polus/agent_abi.h"
+#include "sync.h"
+
+/* The registry (agent.c): exported, so declared outside the hidden section below. */
+extern struct polus_agent_registry polus_agent_registry;
+#define REG polus_agent_registry
+
+#pragma GCC visibility push(hidden)
+
+#define NO_ITEM UINT32_MAX
+
+struct page_info {
+    uint64_t addr;
+    uint32_t first_ref; /* refs[first_ref .. first_ref + ref_count): items on this page */
+    uint32_t ref_count;
+    int32_t prot;       /* protection before sync_begin */
+    uint8_t tracked;    /* originally writable: read-only while active */
+    uint8_t open;       /* opened (writable) by the lock holder: single-step / sync window */
+    uint8_t fresh;      /* added by the last table rebuild */
+    uint8_t reserved;
+};
+
+#define MAX_STEP_PAGES 8
+struct step {
+    uint32_t active;
+    uint32_t in_sync;    /* the stepped instruction belongs to a sync function */
+    uint32_t tf_was_set; /* the application had TF set itself */
+    uint32_t page_count;
+    uint32_t pages[MAX_STEP_PAGES];
+    uint64_t fault_addr;
+    uint64_t saved_mask;
+};
+
+#define F_DIRTY 0x1u
+#define F_PRE 0x2u
+
+struct shadow_chunk {
+    uint8_t *base;
+    uint64_t size;
+    uint64_t used;
+};
+
+struct sync_globals {
+    /* the lock */
+    int lock_word;
+    int lock_owner;
+    int lock_depth;
+    int lock_pid;
+    int holder_pid; /* getpid() of the current holder, computed once per acquisition */
+
+    uint32_t active;
+    uint32_t count; /* items covered by the page table / shadows */
+    uint32_t config;
+    uint32_t in_sync;        /* depth of sync functions running on the lock holder */
+    uint32_t sync_item;      /* item whose sync function runs (innermost) */
+    uint32_t sync_counterpart;
+    uint32_t draining;
+    uint32_t handlers_installed;
+    uint64_t write_fault_entries; /* SEGV_ACCERR write faults that entered our handler (atomic) */
+
+    struct page_info *pages;
+    uint32_t page_count;
+    uint32_t *refs;
+    uint64_t table_bytes;
+
+    uint8_t *item_flags;
+    uint64_t *item_offset;
+    uint32_t *work;
+    uint32_t work_count;
+    uint32_t aux_capacity;
+    uint64_t aux_bytes;
+
+    struct shadow_chunk chunks[64];
+    uint32_t chunk_count;
+
+    struct step step;
+
+    struct sigaction prev_segv;
+    struct sigaction prev_trap;
+
+    int mem_fd;
+    int mem_pid;
+    uint64_t mem_dev, mem_ino;
+
+    struct {
+        int tid;
+        uint64_t rip, addr;
+    } retry[64];
+
+    struct polus_sync_stats stats;
+};
+extern struct sync_globals G;
+
+static inline struct polus_tracked_item *items(void) {
+    return (struct polus_tracked_item *)(uintptr_t)REG.sync.items;
+}
+
+/* A tracked page's protection while sync is active: its original one minus PROT_WRITE. */
+static inline int closed_prot(const struct page_info *p) { return p->prot & ~PROT_WRITE; }
+
+/* Puts item i on the work list (once), its first changed byte at `offset`. The work list is
+ * what a lock holder still owes: drain (tracked_pages.c) runs the post_sync of each item. */
+static inline void note_change(uint32_t i, uint64_t offset) {
+    if (G.item_flags[i] & F_DIRTY) return;
+    G.item_flags[i] |= F_DIRTY;
+    G.item_offset[i] = offset;
+    G.work[G.work_count++] = i;
+}
+
+/* Takes the sync lock: recursive for its owner, timed (~2 s, then -ETIMEDOUT) for entry
+ * points, for ever in handlers. A lock left held by a thread of the parent process (we are
+ * a fork child) is reset first. 0 or -ETIMEDOUT. */
+int lock_acquire(int tid, int pid, int timed);
+
+/* Releases one level of it. */
+void lock_release(void);
+
+#pragma GCC visibility pop
+
+#endif /* POLUS_AGENT_SYNC_STATE_H */

@@ -1,0 +1,623 @@
+/*
+ * tracked_pages.c — the tracked pages and the shadows of the bidirectional write-through
+ * between the old and the new version of changed data (POLUS §2.2, §2.3, §3.1.5, §4.1.2),
+ * inside libpolus-agent.so; and the design of that write-through, whose invariant this
+ * file's data (protections, shadows, the work list) carries.
+ *
+ * ======================================================================================
+ * FILES (each uses only those listed below it: calls go one way)
+ *   sync_api.c         the exported entry points (sync.h)
+ *   fault_handlers.c   the SIGSEGV/SIGTRAP handlers (steps 1-4 below), the single-step
+ *                      fallback, CHAINING, END
+ *   store_emulation.c  the out-of-line execution of MECHANISM
+ *   tracked_pages.c    the page table, protections, /proc/self/mem, shadows, change
+ *                      detection, the work list, running sync functions
+ *   sync_state.c       the state they share (G, one struct) and the LOCK
+ *
+ * WHAT IT DOES
+ *
+ * registry.sync.items lists tracked items (globals, heap objects); each names its
+ * counterpart on the other side and a post_sync (optionally a pre_sync) function. While
+ * sync is active every page holding a tracked item is read-only (original protection minus
+ * PROT_WRITE), so every write to a tracked page raises SIGSEGV (SEGV_ACCERR, write bit in
+ * the page-fault error code). The handler, under one global lock:
+ *   1. runs the pre_sync of the item(s) about to be written;
+ *   2. carries out the write WITHOUT making the page writable (see MECHANISM);
+ *   3. compares the written bytes with the item's shadow (its last synced image): if they
+ *      changed, runs the item's post_sync, which brings the counterpart up to date; if no
+ *      tracked item changed, the fault was false sharing (counted, no sync call);
+ *   4. returns; the thread continues after the write, the counterpart already updated.
+ *
+ * MECHANISM: out-of-line execution ("emulation"), single-step as the fallback
+ *
+ * The classic way (and the paper's) is: make the page writable, let the instruction run
+ * with the trap flag, re-protect at the SIGTRAP. We do NOT do that for ordinary stores,
+ * for two reasons found while building this:
+ *
+ *  a) Correctness. mprotect is process-wide: while the page is open for thread A's one
+ *     instruction, thread B can write any other tracked item on that page without faulting.
+ *     The close-time shadow comparison does catch B's write and syncs it — but late: B may
+ *     already have released its mutex, and thread C (other side, same mutex) may have read
+ *     the still-stale counterpart and written a value computed from it (a load/add/store
+ *     increment). The sync of B's write then overwrites C's, or C's overwrites B's: a lost
+ *     update, although no write was ever "missed". The same holds for a counterpart page
+ *     opened for a sync function. Fencing the counterparts (PROT_NONE) does not close it,
+ *     because the sync function itself must read one side and write the other. The only
+ *     airtight rule with page protections is: a tracked page is NEVER writable while
+ *     sync is active. Measured (agent_sync_test threads_step: the test of 8 threads with
+ *     per-pair mutexes, forced to single-step): ~1% of the increments lost, identically on
+ *     both sides, and ~5% of the writes never faulted; with emulation: none, over
+ *     ~300 000 writes per run.
+ *  b) Cost. A TF trap is a #DB exception; under a hypervisor it is a VM exit: ~24 µs per
+ *     trap measured on the CI VM, against ~1.3-1.9 µs for a whole SIGSEGV round trip. And
+ *     mprotect in a multithreaded process pays TLB shootdowns: an RO+RW pair costs ~5 µs
+ *     alone, ~21 µs with 3 other threads running (same VM). The emulation path makes no
+ *     mprotect call at all.
+ *
+ * So for the instructions compilers emit for stores, the handler executes the faulting
+ * instruction out of line, against a scratch buffer, with the thread's registers, and
+ * writes the changed bytes back with pwrite(/proc/self/mem), which the kernel allows on a
+ * read-only private mapping (FOLL_FORCE) without making the page writable for anyone:
+ * store_emulation.c (which instructions, and how). Anything it does not emulate falls back
+ * to open-page + single-step, with the window of (a): rare, counted in
+ * polus_sync_stats.single_stepped.
+ *
+ * Sync functions write their counterparts by name (paper style) or through args: those
+ * writes hit protected pages too; the nested fault (same thread, lock re-entered) is
+ * emulated the same way, and the bytes it wrote are absorbed into the shadows (a sync
+ * function's writes are never propagated back: no ping-pong).
+ *
+ * INVARIANT (emulation path)
+ *   While sync is active and no single-step is in flight, every tracked page is mapped
+ *   without PROT_WRITE, and for every tracked item X: either shadow(X) == X, or X is on
+ *   the work list of the thread holding the sync lock, which will run X's post_sync
+ *   before it releases the lock.
+ * Why it holds:
+ *   - User-space stores to a page without PROT_WRITE fault; the faulting thread takes the
+ *     global lock before the store takes effect, and the store is performed only by the
+ *     lock holder (pwrite), followed, before the lock is released and before the thread
+ *     resumes, by the shadow comparison of exactly the bytes written and the post_sync of
+ *     every item they changed. So no write to a tracked item becomes visible without its
+ *     counterpart being updated before the writer executes its next instruction — in
+ *     particular before it can release the application's own lock protecting the item.
+ *   - Stores by sync functions are the only other writes; they are made by the lock
+ *     holder, are to counterparts (whose shadows absorb them) and happen inside the
+ *     writer's critical section (the paper's model: old and new code take the same lock).
+ *   - Shadows are only read/written by the lock holder.
+ *   - Readers are never blocked. A reader of X' sees it stale only between the write to X
+ *     and the end of X's post_sync, i.e. while the writer is still inside its critical
+ *     section: a reader that takes the same lock cannot observe it.
+ * With a single-step fallback in flight, one page is writable for one instruction of the
+ * lock holder; the close-time comparison of every item on that page (after mprotect has
+ * returned, i.e. after the TLB shootdown has made every earlier store of every CPU visible
+ * and every later one fault) catches other threads' writes, with the lateness described
+ * in (a).
+ *
+ * LOCK: one process-wide futex lock (0 free, 1 held, 2 held with waiters), recursive for
+ * its owner (a sync function's own faults re-enter it), timed for entry points. It is
+ * held from the fault until the write and its syncs are done (for a single-step: until the
+ * SIGTRAP). Our handlers block every asynchronous signal (sa_mask; and during a single
+ * step, the stepped instruction's uc_sigmask), so no application handler can run on a
+ * thread holding it. After fork, a lock inherited from a thread that does not exist in the
+ * child is reset (the lock records the holder's pid); /proc/self/mem is reopened likewise.
+ *
+ * CHAINING: a SIGSEGV that is not a write to a page we protected goes to the previous
+ * disposition as the kernel would have delivered it (SA_SIGINFO or not, its sa_mask, its
+ * SA_NODEFER and SA_RESETHAND); SIG_DFL/SIG_IGN: SIG_DFL is restored and the faulting
+ * instruction re-executes, so the process dies of that SIGSEGV exactly as without us.
+ * A write fault at an address we do not (or no longer) track is retried once first: a
+ * thread that faulted just before sync_end made the page writable again would otherwise
+ * be handed to the application's handler for a fault that is gone.
+ *
+ * END: sync_end makes the pages writable at once, but puts the previous dispositions back
+ * only after a quiet period (no SIGSEGV pending, no write fault entering our handler, for
+ * 50 ms): a fault raised while the pages were read-only can reach a handler later (kernel
+ * queueing after the VMA lock is dropped; a tracer re-injecting a signal it held). Without
+ * it, the fig2 counter under the injector died ~5% of the time (its own handler re-arms
+ * SIG_DFL on a fault it does not recognise). See sigsegv_pending_somewhere
+ * (fault_handlers.c).
+ *
+ * LIMITATIONS (documented for the injector / patch authors)
+ *   - Sync functions run inside a signal handler on the writing thread, with the sync lock
+ *     held: they must be async-signal-safe (no malloc, no application locks).
+ *   - System calls writing into tracked pages (read(2) into a tracked buffer) fail with
+ *     EFAULT while sync is active: the kernel honours the protection.
+ *   - Bytes stored on the application's behalf by the agent are copied by the kernel: a
+ *     lock-free reader racing with a tracked write could see a multi-byte value torn.
+ *     Data protected by locks (the paper's model) are unaffected.
+ *   - A sync function that faults for real (a bug) while we hold the lock is chained like
+ *     any fault; if the application's handler then longjmps away, the lock stays held.
+ *   - Under ptrace, the SIGSEGV/SIGTRAP of every tracked write is a signal-delivery-stop:
+ *     the tracer must pass them on. A thread stopped inside our handler holds the sync
+ *     lock: entry points called on it return -EDEADLK, on another thread they wait ~2 s
+ *     and return -ETIMEDOUT. Entry points never fault on the calling thread themselves
+ *     (polus_agent_sync_initialize and register_heap_data open the counterpart's pages
+ *     around the sync function instead), provided sync functions write only their
+ *     counterparts' pages.
+ *   - Instructions the agent does not emulate are single-stepped with the window of (a);
+ *     stores through a MAP_SHARED mapping too (/proc/self/mem cannot write them).
+ * ======================================================================================
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+#include "polus/agent_abi.h"
+#include "polus/patch.h"
+#include "raw_syscall.h"
+#include "sync.h"
+#include "sync_state.h"
+#include "tracked_pages.h"
+
+/* ---- /proc/self/mem ------------------------------------------------------------------ */
+
+/* The size of the descriptor table now (FDSize in /proc/self/status); 64 if unknown. */
+static long fd_table_size(void) {
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/status", O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return 64;
+    char buf[768]; /* FDSize is in the first few hundred bytes; this may run in a signal handler
+                    * on a small alternate stack (see read_protections) */
+    long got = RAW(SYS_read, fd, buf, sizeof buf - 1);
+    RAW(SYS_close, fd, 0, 0);
+    if (got <= 0) return 64;
+    buf[got] = 0;
+    static const char key[] = "\nFDSize:";
+    for (long i = 0; i + (long)sizeof key - 1 < got; ++i) {
+        if (memcmp(buf + i, key, sizeof key - 1) != 0) continue;
+        long size = 0;
+        for (const char *c = buf + i + sizeof key - 1; *c == ' ' || *c == '\t' || (*c >= '0' && *c <= '9'); ++c) {
+            if (*c >= '0' && *c <= '9') size = size * 10 + (*c - '0');
+        }
+        return size >= 64 ? size : 64;
+    }
+    return 64;
+}
+
+/* A high descriptor number that is free and inside the table as it is, or -1. Asking for a
+ * number beyond the table (F_DUPFD 600, as we once did) makes the kernel grow it, and growing
+ * a table shared by several threads waits for an RCU grace period (fs/file.c, expand_fdtable:
+ * synchronize_rcu) — seconds on a busy virtual machine, while Polus waited for the agent. */
+static long high_free_descriptor(void) {
+    long size = fd_table_size();
+    for (long k = size - 1, tries = 0; k >= 3 && tries < 64; --k, ++tries) {
+        if (RAW(SYS_fcntl, k, F_GETFD, 0) == -EBADF) return k;
+    }
+    return -1;
+}
+
+int mem_fd(void) {
+    int pid = G.holder_pid; /* set by lock_acquire: we always hold the lock here */
+    struct stat st;
+    if (G.mem_fd >= 0) {
+        if (G.mem_pid == pid && RAW(SYS_fstat, G.mem_fd, &st, 0) == 0 && (uint64_t)st.st_dev == G.mem_dev &&
+            (uint64_t)st.st_ino == G.mem_ino)
+            return G.mem_fd;
+        /* A fork child (the inherited fd writes the parent's memory), or the application
+         * closed our descriptor and the number now means something else: never use it. */
+        if (G.mem_pid != pid) RAW(SYS_close, G.mem_fd, 0, 0);
+        G.mem_fd = -1;
+    }
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/mem", O_RDWR | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return (int)fd;
+    /* Out of the way of applications that assume low descriptor numbers. */
+    long high = high_free_descriptor();
+    if (high > fd) high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, high);
+    if (high > fd) {
+        RAW(SYS_close, fd, 0, 0);
+        fd = high;
+    }
+    if (RAW(SYS_fstat, fd, &st, 0) != 0) {
+        RAW(SYS_close, fd, 0, 0);
+        return -EIO;
+    }
+    G.mem_fd = (int)fd;
+    G.mem_pid = pid;
+    G.mem_dev = (uint64_t)st.st_dev;
+    G.mem_ino = (uint64_t)st.st_ino;
+    return G.mem_fd;
+}
+
+/* Writes bytes to tracked pages without making them writable. */
+int poke(uint64_t addr, const void *src, uint64_t n) {
+    int fd = mem_fd();
+    if (fd < 0) return -1;
+    return sys_pwrite(fd, src, n, addr) == (long)n ? 0 : -1;
+}
+
+/* For store_emulation.c: emulation is not switched off, and stores can be poked. */
+int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP) && mem_fd() >= 0; }
+
+/* ---- per-item auxiliary arrays, shadows ----------------------------------------------- */
+
+int ensure_aux(uint32_t capacity) {
+    if (capacity <= G.aux_capacity) return 0;
+    uint64_t cap = capacity;
+    uint64_t bytes = (cap * (8 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
+    uint8_t *m = sys_mmap(bytes);
+    if (!m) return -ENOMEM;
+    uint64_t *off = (uint64_t *)(void *)m;
+    uint32_t *work = (uint32_t *)(void *)(m + cap * 8);
+    uint8_t *flags = m + cap * 12;
+    if (G.aux_capacity) {
+        memcpy(off, G.item_offset, G.aux_capacity * 8ull);
+        memcpy(work, G.work, G.aux_capacity * 4ull);
+        memcpy(flags, G.item_flags, G.aux_capacity);
+        sys_munmap(G.item_offset, G.aux_bytes);
+    }
+    G.item_offset = off;
+    G.work = work;
+    G.item_flags = flags;
+    G.aux_capacity = capacity;
+    G.aux_bytes = bytes;
+    return 0;
+}
+
+void *shadow_alloc(uint64_t size) {
+    size = (size + 15) & ~15ull;
+    for (uint32_t k = 0; k < G.chunk_count; k++) {
+        struct shadow_chunk *c = &G.chunks[k];
+        if (c->size - c->used >= size) {
+            void *p = c->base + c->used;
+            c->used += size;
+            return p;
+        }
+    }
+    if (G.chunk_count == sizeof G.chunks / sizeof G.chunks[0]) return NULL;
+    uint64_t bytes = size > (1ull << 20) ? (size + PAGE - 1) & ~(PAGE - 1) : (1ull << 20);
+    uint8_t *m = sys_mmap(bytes);
+    if (!m) return NULL;
+    G.chunks[G.chunk_count++] = (struct shadow_chunk){m, bytes, size};
+    return m;
+}
+
+void shadows_free(void) {
+    for (uint32_t k = 0; k < G.chunk_count; k++) sys_munmap(G.chunks[k].base, G.chunks[k].size);
+    G.chunk_count = 0;
+}
+
+/* ---- the page table -------------------------------------------------------------------- */
+
+int32_t find_page(uint64_t addr) {
+    uint64_t p = PAGE_OF(addr);
+    int64_t lo = 0, hi = (int64_t)G.page_count - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        uint64_t a = G.pages[mid].addr;
+        if (a == p) return (int32_t)mid;
+        if (a < p) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+static void sort_u64(uint64_t *a, uint64_t n) { /* heapsort: no recursion, no malloc */
+    if (n < 2) return;
+    for (uint64_t start = n / 2; start-- > 0;) {
+        for (uint64_t root = start;;) {
+            uint64_t child = 2 * root + 1;
+            if (child >= n) break;
+            if (child + 1 < n && a[child] < a[child + 1]) child++;
+            if (a[root] >= a[child]) break;
+            uint64_t t = a[root]; a[root] = a[child]; a[child] = t;
+            root = child;
+        }
+    }
+    for (uint64_t end = n - 1; end > 0; end--) {
+        uint64_t t = a[0]; a[0] = a[end]; a[end] = t;
+        for (uint64_t root = 0;;) {
+            uint64_t child = 2 * root + 1;
+            if (child >= end) break;
+            if (child + 1 < end && a[child] < a[child + 1]) child++;
+            if (a[root] >= a[child]) break;
+            t = a[root]; a[root] = a[child]; a[child] = t;
+            root = child;
+        }
+    }
+}
+
+/* Original protections of the sorted page addresses `addr[0..n)` from /proc/self/maps, for
+ * the entries with want[k] set. -EFAULT if one is not mapped. */
+static int read_protections(struct page_info *pages, uint32_t n) {
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/maps", O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return (int)fd;
+    char buf[1024]; /* may run on a small alternate signal stack (register from a sync function) */
+    uint64_t start = 0, end = 0;
+    int field = 0, prot = 0, perm_index = 0;
+    uint32_t k = 0;
+    while (k < n && !pages[k].fresh) k++;
+    int rc = 0;
+    for (;;) {
+        long got = RAW(SYS_read, fd, buf, sizeof buf);
+        if (got <= 0) break;
+        for (long j = 0; j < got; j++) {
+            char ch = buf[j];
+            if (ch == '\n') {
+                while (k < n && pages[k].addr < end) {
+                    if (pages[k].fresh) {
+                        if (pages[k].addr < start) { rc = -EFAULT; goto done; }
+                        pages[k].prot = prot;
+                    }
+                    k++;
+                }
+                start = end = 0;
+                field = prot = perm_index = 0;
+                continue;
+            }
+            if (field == 0) {
+                if (ch == '-') field = 1;
+                else start = start * 16 + (uint64_t)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            } else if (field == 1) {
+                if (ch == ' ') field = 2;
+                else end = end * 16 + (uint64_t)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            } else if (field == 2) {
+                if (ch == ' ') { field = 3; continue; }
+                if (perm_index == 0 && ch == 'r') prot |= PROT_READ;
+                if (perm_index == 1 && ch == 'w') prot |= PROT_WRITE;
+                if (perm_index == 2 && ch == 'x') prot |= PROT_EXEC;
+                perm_index++;
+            }
+        }
+    }
+    while (k < n && !pages[k].fresh) k++;
+    if (k < n) rc = -EFAULT;
+done:
+    RAW(SYS_close, fd, 0, 0);
+    return rc;
+}
+
+/* (Re)builds the table for items [0, n). Pages already in the old table keep their state. */
+int build_table(uint32_t n) {
+    struct polus_tracked_item *it = items();
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) total += (PAGE_OF(it[i].address + it[i].size - 1) - PAGE_OF(it[i].address)) / PAGE + 1;
+    if (total > (1ull << 26)) return -E2BIG;
+    uint64_t tmp_bytes = ((total ? total : 1) * 8 + PAGE - 1) & ~(PAGE - 1);
+    uint64_t *tmp = sys_mmap(tmp_bytes);
+    if (!tmp) return -ENOMEM;
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE) tmp[t++] = p;
+    sort_u64(tmp, total);
+    uint64_t m = 0;
+    for (uint64_t j = 0; j < total; j++)
+        if (m == 0 || tmp[m - 1] != tmp[j]) tmp[m++] = tmp[j];
+
+    uint64_t bytes = (m * sizeof(struct page_info) + total * 4 + PAGE - 1) & ~(PAGE - 1);
+    if (!bytes) bytes = PAGE;
+    struct page_info *pages = sys_mmap(bytes);
+    if (!pages) { sys_munmap(tmp, tmp_bytes); return -ENOMEM; }
+    uint32_t *refs = (uint32_t *)(void *)(pages + m);
+    for (uint64_t j = 0; j < m; j++) {
+        pages[j].addr = tmp[j];
+        int32_t old = G.pages ? find_page(tmp[j]) : -1;
+        if (old >= 0) {
+            pages[j].prot = G.pages[old].prot;
+            pages[j].tracked = G.pages[old].tracked;
+            pages[j].open = G.pages[old].open;
+        } else {
+            pages[j].fresh = 1;
+        }
+    }
+    int rc = read_protections(pages, (uint32_t)m);
+    if (rc) { sys_munmap(pages, bytes); sys_munmap(tmp, tmp_bytes); return rc; }
+    for (uint64_t j = 0; j < m; j++)
+        if (pages[j].fresh) pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0;
+
+    /* refs, grouped by page: count, prefix sums, fill (ref_count is the fill cursor). */
+    struct page_info *old_pages = G.pages;
+    uint32_t old_count = G.page_count;
+    G.pages = pages;
+    G.page_count = (uint32_t)m;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE)
+            pages[find_page(p)].first_ref++;
+    uint32_t sum = 0;
+    for (uint64_t j = 0; j < m; j++) {
+        uint32_t c = pages[j].first_ref;
+        pages[j].first_ref = sum;
+        pages[j].ref_count = 0;
+        sum += c;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        for (uint64_t p = PAGE_OF(it[i].address); p <= PAGE_OF(it[i].address + it[i].size - 1); p += PAGE) {
+            struct page_info *pg = &pages[find_page(p)];
+            refs[pg->first_ref + pg->ref_count++] = i;
+        }
+    (void)old_count;
+    if (old_pages) sys_munmap(old_pages, G.table_bytes);
+    G.refs = refs;
+    G.table_bytes = bytes;
+    sys_munmap(tmp, tmp_bytes);
+    return 0;
+}
+
+void table_free(void) {
+    if (G.pages) sys_munmap(G.pages, G.table_bytes);
+    G.pages = NULL;
+    G.refs = NULL;
+    G.page_count = 0;
+    G.table_bytes = 0;
+}
+
+/* ---- page protection ------------------------------------------------------------------- */
+
+/* Every tracked page (only the fresh ones if fresh_only) to its closed or original
+ * protection, in runs of adjacent pages. */
+int protect_pages(int closed, int fresh_only) {
+    uint32_t j = 0;
+    while (j < G.page_count) {
+        struct page_info *p = &G.pages[j];
+        if (!p->tracked || (fresh_only && !p->fresh)) { j++; continue; }
+        uint32_t k = j + 1;
+        while (k < G.page_count && G.pages[k].tracked && (!fresh_only || G.pages[k].fresh) &&
+               G.pages[k].addr == G.pages[k - 1].addr + PAGE && G.pages[k].prot == p->prot)
+            k++;
+        long r = sys_mprotect(p->addr, (uint64_t)(k - j) * PAGE, closed ? closed_prot(p) : p->prot);
+        if (r < 0) return (int)r;
+        j = k;
+    }
+    return 0;
+}
+
+void open_page(uint32_t idx) {
+    struct page_info *p = &G.pages[idx];
+    if (p->open++ == 0) sys_mprotect(p->addr, PAGE, p->prot);
+}
+
+void close_page(uint32_t idx) {
+    struct page_info *p = &G.pages[idx];
+    if (p->open && --p->open == 0) sys_mprotect(p->addr, PAGE, closed_prot(p));
+}
+
+/* Every byte of [lo, lo+n) on a page we protect (and that is closed). */
+int range_tracked(uint64_t lo, uint64_t n) {
+    for (uint64_t p = PAGE_OF(lo); p <= PAGE_OF(lo + n - 1); p += PAGE) {
+        int32_t k = find_page(p);
+        if (k < 0 || !G.pages[k].tracked || G.pages[k].open) return 0;
+    }
+    return 1;
+}
+
+/* ---- change detection and the work list ----------------------------------------------- */
+
+uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n) {
+    for (uint64_t k = 0; k < n; k++)
+        if (a[k] != b[k]) return k;
+    return n;
+}
+
+/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
+#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
+    do {                                                                                        \
+        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
+            int32_t pk_ = find_page(pg_);                                                       \
+            if (pk_ < 0) continue;                                                              \
+            struct page_info *pp_ = &G.pages[pk_];                                              \
+            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
+                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
+                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
+                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
+                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
+                body                                                                            \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+
+/* After bytes [lo, hi) were written: compare them with the shadows of the items they
+ * overlap. A sync function's writes are absorbed; others put the item on the work list.
+ * Returns how many items changed. */
+uint32_t scan_written(uint64_t lo, uint64_t hi, int by_sync) {
+    uint32_t changed = 0;
+    FOR_ITEMS_IN_RANGE(lo, hi, i, {
+        struct polus_tracked_item *it = &items()[i];
+        uint64_t a = it->address > lo ? it->address : lo;
+        uint64_t b = it->address + it->size < hi ? it->address + it->size : hi;
+        uint8_t *shadow = (uint8_t *)(uintptr_t)it->shadow + (a - it->address);
+        uint64_t d = first_diff((const uint8_t *)(uintptr_t)a, shadow, b - a);
+        if (d == b - a) continue;
+        changed++;
+        if (by_sync) memcpy(shadow, (const void *)(uintptr_t)a, b - a);
+        else note_change(i, a - it->address + d);
+    });
+    return changed;
+}
+
+/* After page `idx` was open: compare every item on it. Items written by the sync function
+ * that opened it (absorb_item, or containing absorb_addr) are absorbed. */
+uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int absorb_at_addr) {
+    uint32_t changed = 0;
+    struct page_info *p = &G.pages[idx];
+    for (uint32_t r = 0; r < p->ref_count; r++) {
+        uint32_t i = G.refs[p->first_ref + r];
+        struct polus_tracked_item *it = &items()[i];
+        uint8_t *shadow = (uint8_t *)(uintptr_t)it->shadow;
+        uint64_t d = first_diff((const uint8_t *)(uintptr_t)it->address, shadow, it->size);
+        if (d == it->size) continue;
+        changed++;
+        int absorb = i == absorb_item ||
+                     (absorb_at_addr && absorb_addr >= it->address && absorb_addr < it->address + it->size);
+        if (absorb) memcpy(shadow, (const void *)(uintptr_t)it->address, it->size);
+        else note_change(i, d);
+    }
+    return changed;
+}
+
+/* Runs a sync function for item i. windowed (entry points only, never in a handler): the
+ * counterpart's pages are opened around the call so that it does not fault (the injector's
+ * borrowed thread must not take signals); in a handler its writes fault and are emulated. */
+void run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, int windowed, int tid) {
+    struct polus_tracked_item *it = &items()[i];
+    uint32_t c = it->counterpart;
+    int has_cp = c != NO_ITEM && c < G.count;
+    struct polus_sync_args args = {(void *)(uintptr_t)it->address,
+                                   has_cp ? (void *)(uintptr_t)items()[c].address : NULL, offset, (uint64_t)tid};
+    uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
+    G.sync_item = i;
+    G.sync_counterpart = has_cp ? c : NO_ITEM;
+    G.in_sync++;
+    uint64_t lo = 0, hi = 0;
+    if (windowed && has_cp) {
+        lo = PAGE_OF(items()[c].address);
+        hi = PAGE_OF(items()[c].address + items()[c].size - 1);
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) open_page((uint32_t)k);
+        }
+    }
+    fn(&args);
+    if (windowed && has_cp) {
+        /* Close first (mprotect returns after the TLB shootdown: every store made through
+         * the window is visible, every later one faults), then compare. */
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) close_page((uint32_t)k);
+        }
+        for (uint64_t p = lo; p <= hi; p += PAGE) {
+            int32_t k = find_page(p);
+            if (k >= 0 && G.pages[k].tracked) scan_page((uint32_t)k, c, 0, 0);
+        }
+    }
+    G.in_sync--;
+    G.sync_item = saved_item;
+    G.sync_counterpart = saved_cp;
+}
+
+/* Runs the post_sync of every item on the work list (and of what that changes). */
+void drain(int windowed, int tid) {
+    if (G.draining) return; /* the outer drain picks the new work up */
+    G.draining = 1;
+    while (G.work_count) {
+        uint32_t i = G.work[--G.work_count];
+        G.item_flags[i] &= ~F_DIRTY;
+        struct polus_tracked_item *it = &items()[i];
+        memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
+        if (it->post_sync) {
+            run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, G.item_offset[i], windowed, tid);
+            items()[i].sync_calls++;
+        }
+    }
+    G.draining = 0;
+}
+
+/* pre_sync of every item overlapping [lo, hi), before the write is let through. */
+void run_pre_syncs(uint64_t lo, uint64_t hi, int tid) {
+    for (;;) {
+        uint32_t found = NO_ITEM;
+        uint64_t off = 0;
+        FOR_ITEMS_IN_RANGE(lo, hi, i, {
+            if (found == NO_ITEM && items()[i].pre_sync && !(G.item_flags[i] & F_PRE)) {
+                found = i;
+                off = lo > items()[i].address ? lo - items()[i].address : 0;
+            }
+        });
+        if (found == NO_ITEM) break;
+        G.item_flags[found] |= F_PRE;
+        run_sync((polus_sync_fn)(uintptr_t)items()[found].pre_sync, found, off, 0, tid);
+    }
+    FOR_ITEMS_IN_RANGE(lo, hi, i, { G.item_flags[i] &= (uint8_t)~F_PRE; });
+}
