@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/ucontext.h>
 #include <unistd.h>
 
@@ -21,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "binary/dwarf_expression.h"
+#include "process/proc_files.h"
 
 namespace polus {
 
@@ -693,62 +693,31 @@ const Unwinder::CfiRow* Unwinder::find_row(ProcessMemory& memory, uint64_t pc) {
 
 namespace {
 
-/// Opens the file of `object` as the target maps it: through /proc/PID/root, the path itself,
-/// then /proc/PID/map_files; a file counts only if its build-id (or inode) is the mapped one.
-int open_object_file(const LoadedObject& object, const std::vector<MappedRegion>& maps, pid_t pid,
-                     std::string& opened) {
-  const MappedRegion* region = nullptr;
-  for (const MappedRegion& r : maps) {
-    if (r.path == object.path) {
-      region = &r;
-      break;
-    }
+/// Opens the file of `object` as the target maps it (open_mapped_file: /proc/PID/root, the
+/// path itself, /proc/PID/map_files, /proc/PID/exe); a file counts only if its build-id (or,
+/// without one, its inode) is the mapped one. fd = -1 if none could be opened.
+MappedFile open_object_file(const LoadedObject& object, const std::vector<MappedRegion>& maps, pid_t pid) {
+  auto region = std::find_if(maps.begin(), maps.end(), [&](const MappedRegion& r) { return r.path == object.path; });
+  if (region == maps.end()) return MappedFile{};  // not mapped (objects come from these maps)
+  SameBuildCheck same_build;
+  if (!object.build_id_hex.empty()) {
+    same_build = [&object](const std::string& path) {
+      try {
+        return read_build_id(path) == object.build_id_hex;
+      } catch (const std::exception&) {
+        return false;
+      }
+    };
   }
-  std::vector<std::string> candidates;
-  if (pid > 0) candidates.push_back("/proc/" + std::to_string(pid) + "/root" + object.path);
-  candidates.push_back(object.path);
-  if (pid > 0 && region) {
-    std::ostringstream range;
-    range << std::hex << region->start << '-' << region->end;
-    candidates.push_back("/proc/" + std::to_string(pid) + "/map_files/" + range.str());
-  }
+  MappedFile opened = open_mapped_file(pid, *region, object.is_main_executable, same_build);
   // Without a build-id only the inode can tell, and overlayfs may report another one: such a
   // file is used if nothing better turns up (as ProcessSymbols does), with a warning.
-  int fallback = -1;
-  std::string fallback_path;
-  for (const std::string& candidate : candidates) {
-    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    bool same = true;
-    if (!object.build_id_hex.empty()) {
-      try {
-        same = read_build_id(candidate) == object.build_id_hex;
-      } catch (const std::exception&) {
-        same = false;
-      }
-    } else if (region && region->inode != 0) {
-      struct stat st;
-      same = ::fstat(fd, &st) == 0 && st.st_ino == region->inode;
-      if (!same && fallback < 0) {
-        fallback = fd;
-        fallback_path = candidate;
-        continue;
-      }
-    }
-    if (same) {
-      if (fallback >= 0) ::close(fallback);
-      opened = candidate;
-      return fd;
-    }
-    ::close(fd);
-  }
-  if (fallback >= 0) {
+  if (opened.unverified) {
     spdlog::warn("{} on disk may not be the file the process mapped (different inode, no build-id); "
                  "unwinding with its CFI anyway",
                  object.path);
-    opened = fallback_path;
   }
-  return fallback;
+  return opened;
 }
 
 /// The vdso is not a file: copy its image out of the target into a memfd libdwarf can read.
@@ -810,11 +779,10 @@ Unwinder::ObjectCfi* Unwinder::object_cfi(ProcessMemory& memory, uint64_t pc) {
   std::string why;
   if (object) {
     cfi->bias = object->load_bias;
-    std::string opened;
-    int fd = open_object_file(*object, symbols_->maps(), pid_, opened);
-    if (fd < 0) {
+    MappedFile opened = open_object_file(*object, symbols_->maps(), pid_);
+    if (opened.fd < 0) {
       why = "cannot open " + object->path + " (or it is not the build the process mapped)";
-    } else if (auto source = open_cfi(fd, opened, true, why)) {
+    } else if (auto source = open_cfi(opened.fd, opened.path, true, why)) {
       cfi->sources.push_back(std::move(source));
     }
     // .debug_frame from a separate debug file, for code the object's .eh_frame misses.

@@ -33,4 +33,29 @@ std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid = 0);
 /// and their memory is released or being released.
 bool task_exited(pid_t pid, pid_t tid = 0);
 
+/// A file open_mapped_file opened: the caller owns `fd`.
+struct MappedFile {
+  int fd = -1;              // -1: no candidate could be opened (or none passed the check)
+  std::string path;         // the candidate that was opened, e.g. "/proc/123/map_files/..."
+  bool unverified = false;  // its inode differs from the mapped one and no build-id could
+                            // tell: it may be another build, and the caller should warn
+};
+
+/// Whether the file at `path` is the build the process mapped, e.g. because its build-id is
+/// the one the caller knows. Returns false rather than throw on unreadable files.
+using SameBuildCheck = std::function<bool(const std::string& path)>;
+
+/// Opens the file `region` maps. The candidates, in order: /proc/PID/root + path (the
+/// target's mount namespace), the path itself, /proc/PID/map_files/START-END and, for the
+/// main executable (`is_main`), /proc/PID/exe; the /proc ones only if pid > 0. The path in
+/// maps may since have been replaced (an upgrade installed a new build while the old one
+/// keeps running), so a candidate counts only if it is the mapped file: `same_build` decides
+/// when given (the caller knows the object's build-id; process/ does not read ELF files),
+/// otherwise the inode must be the mapped one. The map_files and exe links always reach the
+/// mapped file itself. overlayfs can report other inodes, so without `same_build` a
+/// candidate whose inode differs is still used if nothing better turns up, marked
+/// unverified. Never throws; fd = -1 if nothing could be opened.
+MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main,
+                            const SameBuildCheck& same_build = {});
+
 }  // namespace polus
