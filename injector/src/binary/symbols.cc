@@ -11,12 +11,12 @@
 #include <cstring>
 #include <map>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "binary/elf_reader.h"
+#include "common/format.h"
 #include "polus/error.h"
 #include "process/proc_files.h"
 
@@ -27,17 +27,6 @@ namespace {
 constexpr uint64_t kPageSize = 4096;
 
 uint64_t page_down(uint64_t value) { return value & ~(kPageSize - 1); }
-
-std::string hex(uint64_t value) {
-  std::ostringstream out;
-  out << "0x" << std::hex << value;
-  return out.str();
-}
-
-std::string_view basename_of(std::string_view path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string_view::npos ? path : path.substr(slash + 1);
-}
 
 std::string strip_deleted(std::string path) {
   constexpr std::string_view kDeleted = " (deleted)";
@@ -652,7 +641,7 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
 
   if (!spec.object.empty() && !object_seen) {
     std::string names;
-    for (const LoadedObject& object : objects_) names += (names.empty() ? "" : ", ") + std::string(basename_of(object.path));
+    for (const LoadedObject& object : objects_) names += (names.empty() ? "" : ", ") + basename_of(object.path);
     throw Error(ErrorCode::kSymbolNotFound, "no object named '" + spec.object + "' is mapped in the process (for " +
                                                 kind_text + " '" + std::string(text) + "'); its objects are: " + names);
   }

@@ -12,7 +12,6 @@
 #include <cstddef>
 #include <cstring>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include <libdwarf/dwarf.h>
@@ -20,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "binary/dwarf_expression.h"
+#include "common/format.h"
 #include "process/proc_files.h"
 
 namespace polus {
@@ -35,12 +35,6 @@ constexpr size_t kScanLimit = 1u << 20;   // bytes of stack one fallback scan ma
 constexpr size_t kRowCacheLimit = 1u << 16;
 
 bool is_callee_saved(int reg) { return reg == 3 || reg == 6 || (reg >= 12 && reg <= 15); }
-
-std::string hex(uint64_t value) {
-  std::ostringstream out;
-  out << "0x" << std::hex << value;
-  return out.str();
-}
 
 Registers from_user_regs(const user_regs_struct& r) {
   Registers regs;
