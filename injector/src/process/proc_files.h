@@ -1,7 +1,7 @@
 // process/proc_files.h — one home for reading /proc: whole /proc files, a task's stat line,
 // and the file behind a mapping (through /proc/PID/root, map_files and exe).
 //
-// The maps parser (process_maps.h) stays apart: it is pure text in, regions out.
+// /proc/PID/maps has its own header, process_maps.h (the parser and the free-range search).
 #pragma once
 
 #include <sys/types.h>
