@@ -5,20 +5,20 @@
 #include <gelf.h>
 #include <limits.h>
 #include <link.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "binary/elf_reader.h"
+#include "common/format.h"
 #include "polus/error.h"
+#include "process/proc_files.h"
 
 namespace polus {
 
@@ -27,17 +27,6 @@ namespace {
 constexpr uint64_t kPageSize = 4096;
 
 uint64_t page_down(uint64_t value) { return value & ~(kPageSize - 1); }
-
-std::string hex(uint64_t value) {
-  std::ostringstream out;
-  out << "0x" << std::hex << value;
-  return out.str();
-}
-
-std::string_view basename_of(std::string_view path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string_view::npos ? path : path.substr(slash + 1);
-}
 
 std::string strip_deleted(std::string path) {
   constexpr std::string_view kDeleted = " (deleted)";
@@ -48,47 +37,11 @@ std::string strip_deleted(std::string path) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Finding the file behind a mapping.
+// Finding the file behind a mapping (open_mapped_file, process/proc_files.h, opens it).
 
 bool has_elf_magic(int fd) {
   unsigned char magic[SELFMAG];
   return ::pread(fd, magic, SELFMAG, 0) == SELFMAG && std::memcmp(magic, ELFMAG, SELFMAG) == 0;
-}
-
-/// Opens the file a mapping came from. The path in maps may since have been replaced (an
-/// upgrade installed a new build while the old one keeps running), so a candidate counts
-/// only if its inode is the mapped one; the map_files and exe links always reach the mapped
-/// file itself. Returns -1 if nothing could be opened.
-int open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main) {
-  std::string proc = "/proc/" + std::to_string(pid);
-  std::vector<std::string> candidates = {proc + "/root" + region.path, region.path};
-  std::ostringstream range;
-  range << std::hex << region.start << '-' << region.end;
-  candidates.push_back(proc + "/map_files/" + range.str());
-  if (is_main) candidates.push_back(proc + "/exe");
-
-  int fallback = -1;  // opened, but the inode differs (overlayfs can report other inodes)
-  for (const std::string& candidate : candidates) {
-    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    struct stat st;
-    if (::fstat(fd, &st) == 0 && (region.inode == 0 || st.st_ino == region.inode)) {
-      if (fallback >= 0) ::close(fallback);
-      return fd;
-    }
-    if (fallback < 0) {
-      fallback = fd;
-    } else {
-      ::close(fd);
-    }
-  }
-  if (fallback >= 0) {
-    spdlog::warn("{} on disk is not the file process {} mapped (different inode); its symbols may "
-                 "belong to another build. If the binary was upgraded, run Polus as root so it can "
-                 "read the mapped file through /proc/{}/map_files",
-                 region.path, pid, pid);
-  }
-  return fallback;
 }
 
 std::string main_executable_path(pid_t pid) {
@@ -271,7 +224,14 @@ struct MappedObject {
 /// itself is stripped). nullopt for files that are not ELF objects or cannot be read (logged);
 /// throws if that file is the main executable, without which nothing can be resolved.
 std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, bool is_main, DebugFiles& debug_files) {
-  int fd = open_mapped_file(pid, *file.regions.front(), is_main);
+  MappedFile opened = open_mapped_file(pid, *file.regions.front(), is_main);
+  if (opened.unverified) {
+    spdlog::warn("{} on disk is not the file process {} mapped (different inode); its symbols may "
+                 "belong to another build. If the binary was upgraded, run Polus as root so it can "
+                 "read the mapped file through /proc/{}/map_files",
+                 file.path, pid, pid);
+  }
+  int fd = opened.fd;
   if (fd < 0) {
     if (is_main) {
       throw Error(ErrorCode::kPermissionDenied,
@@ -681,7 +641,7 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
 
   if (!spec.object.empty() && !object_seen) {
     std::string names;
-    for (const LoadedObject& object : objects_) names += (names.empty() ? "" : ", ") + std::string(basename_of(object.path));
+    for (const LoadedObject& object : objects_) names += (names.empty() ? "" : ", ") + basename_of(object.path);
     throw Error(ErrorCode::kSymbolNotFound, "no object named '" + spec.object + "' is mapped in the process (for " +
                                                 kind_text + " '" + std::string(text) + "'); its objects are: " + names);
   }

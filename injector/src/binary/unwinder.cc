@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/ucontext.h>
 #include <unistd.h>
 
@@ -13,21 +12,20 @@
 #include <cstddef>
 #include <cstring>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include <libdwarf/dwarf.h>
 #include <libdwarf/libdwarf.h>
 #include <spdlog/spdlog.h>
 
+#include "binary/dwarf_expression.h"
+#include "common/format.h"
+#include "process/proc_files.h"
+
 namespace polus {
 
 namespace unwind_detail {
 
-// DWARF register numbers on x86-64 (System V psABI, figure 3.36).
-constexpr int kRegCount = 17;  // rax rdx rcx rbx rsi rdi rbp rsp r8..r15, then 16 = return address
-constexpr int kRsp = 7;
-constexpr int kRip = 16;
 // Columns libdwarf keeps per row: comfortably more than the 17 we use, so CFI that mentions
 // vector registers (17+) does not make libdwarf fail.
 constexpr Dwarf_Half kTableSize = 64;
@@ -37,23 +35,6 @@ constexpr size_t kScanLimit = 1u << 20;   // bytes of stack one fallback scan ma
 constexpr size_t kRowCacheLimit = 1u << 16;
 
 bool is_callee_saved(int reg) { return reg == 3 || reg == 6 || (reg >= 12 && reg <= 15); }
-
-std::string hex(uint64_t value) {
-  std::ostringstream out;
-  out << "0x" << std::hex << value;
-  return out.str();
-}
-
-/// A register set in DWARF numbering, with which values are known.
-struct Registers {
-  uint64_t value[kRegCount] = {};
-  uint32_t valid = 0;
-  bool has(int reg) const { return reg >= 0 && reg < kRegCount && ((valid >> reg) & 1u); }
-  void set(int reg, uint64_t v) {
-    value[reg] = v;
-    valid |= 1u << reg;
-  }
-};
 
 Registers from_user_regs(const user_regs_struct& r) {
   Registers regs;
@@ -84,11 +65,11 @@ struct Rule {
 
 /// Reads of the target's stack and code during one unwind, a page at a time: a frame costs
 /// a memcpy, not a syscall. Falls back to an exact read when a page is only partly readable.
-class CachedReader {
+class CachedReader : public ExpressionMemory {
  public:
   explicit CachedReader(ProcessMemory& memory) : memory_(memory) {}
 
-  bool read(uint64_t address, void* out, size_t size) {
+  bool read(uint64_t address, void* out, size_t size) override {
     uint64_t page = address & ~(kPageSize - 1);
     if (address - page + size <= kPageSize) {
       auto it = pages_.find(page);
@@ -119,219 +100,6 @@ class CachedReader {
   ProcessMemory& memory_;
   std::unordered_map<uint64_t, std::unique_ptr<Page>> pages_;
 };
-
-// ---------------------------------------------------------------------------------------
-// DWARF expressions (DW_CFA_def_cfa_expression, DW_CFA_expression, DW_CFA_val_expression).
-
-bool read_uleb(const std::vector<uint8_t>& e, size_t& at, uint64_t& out) {
-  out = 0;
-  for (unsigned shift = 0; at < e.size(); shift += 7) {
-    uint8_t byte = e[at++];
-    if (shift < 64) out |= static_cast<uint64_t>(byte & 0x7f) << shift;
-    if (!(byte & 0x80)) return true;
-  }
-  return false;
-}
-
-bool read_sleb(const std::vector<uint8_t>& e, size_t& at, int64_t& out) {
-  uint64_t result = 0;
-  unsigned shift = 0;
-  uint8_t byte = 0;
-  do {
-    if (at >= e.size()) return false;
-    byte = e[at++];
-    if (shift < 64) result |= static_cast<uint64_t>(byte & 0x7f) << shift;
-    shift += 7;
-  } while (byte & 0x80);
-  if (shift < 64 && (byte & 0x40)) result |= ~0ull << shift;
-  out = static_cast<int64_t>(result);
-  return true;
-}
-
-template <typename T>
-bool read_fixed(const std::vector<uint8_t>& e, size_t& at, T& out) {
-  if (at + sizeof(T) > e.size()) return false;
-  std::memcpy(&out, e.data() + at, sizeof(T));
-  at += sizeof(T);
-  return true;
-}
-
-/// Evaluates a DWARF location expression over the registers of a frame (register 16 is the
-/// frame's pc, which the PLT's CFA expression uses). `initial` is pushed first (the CFA, for
-/// register rules). Returns nullopt with `why` on anything unsupported or unreadable.
-std::optional<uint64_t> evaluate(const std::vector<uint8_t>& e, const Registers& regs, CachedReader& reader,
-                                 std::optional<uint64_t> initial, std::string& why) {
-  std::vector<uint64_t> stack;
-  if (initial) stack.push_back(*initial);
-  auto need = [&](size_t n) {
-    if (stack.size() >= n) return true;
-    why = "DWARF expression underflows its stack";
-    return false;
-  };
-  auto pop = [&]() {
-    uint64_t v = stack.back();
-    stack.pop_back();
-    return v;
-  };
-  size_t at = 0;
-  for (int steps = 0; at < e.size(); ++steps) {
-    if (steps > 1000 || stack.size() > 64) {
-      why = "DWARF expression too long";
-      return std::nullopt;
-    }
-    uint8_t op = e[at++];
-    if (op >= DW_OP_lit0 && op <= DW_OP_lit31) {
-      stack.push_back(op - DW_OP_lit0);
-      continue;
-    }
-    if ((op >= DW_OP_breg0 && op <= DW_OP_breg31) || op == DW_OP_bregx) {
-      uint64_t reg = op - DW_OP_breg0;
-      if (op == DW_OP_bregx && !read_uleb(e, at, reg)) break;
-      int64_t offset = 0;
-      if (!read_sleb(e, at, offset)) break;
-      if (!regs.has(static_cast<int>(reg))) {
-        why = "DWARF expression uses register " + std::to_string(reg) + ", whose value is unknown";
-        return std::nullopt;
-      }
-      stack.push_back(regs.value[reg] + static_cast<uint64_t>(offset));
-      continue;
-    }
-    switch (op) {
-      case DW_OP_nop: break;
-      case DW_OP_addr: {
-        uint64_t v;
-        if (!read_fixed(e, at, v)) goto truncated;
-        stack.push_back(v);
-        break;
-      }
-      case DW_OP_const1u: { uint8_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(v); break; }
-      case DW_OP_const1s: { int8_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(static_cast<uint64_t>(int64_t{v})); break; }
-      case DW_OP_const2u: { uint16_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(v); break; }
-      case DW_OP_const2s: { int16_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(static_cast<uint64_t>(int64_t{v})); break; }
-      case DW_OP_const4u: { uint32_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(v); break; }
-      case DW_OP_const4s: { int32_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(static_cast<uint64_t>(int64_t{v})); break; }
-      case DW_OP_const8u:
-      case DW_OP_const8s: { uint64_t v; if (!read_fixed(e, at, v)) goto truncated; stack.push_back(v); break; }
-      case DW_OP_constu: { uint64_t v; if (!read_uleb(e, at, v)) goto truncated; stack.push_back(v); break; }
-      case DW_OP_consts: { int64_t v; if (!read_sleb(e, at, v)) goto truncated; stack.push_back(static_cast<uint64_t>(v)); break; }
-      case DW_OP_plus_uconst: {
-        uint64_t v;
-        if (!read_uleb(e, at, v) || !need(1)) goto fail;
-        stack.back() += v;
-        break;
-      }
-      case DW_OP_dup: if (!need(1)) goto fail; stack.push_back(stack.back()); break;
-      case DW_OP_drop: if (!need(1)) goto fail; stack.pop_back(); break;
-      case DW_OP_over: if (!need(2)) goto fail; stack.push_back(stack[stack.size() - 2]); break;
-      case DW_OP_pick: {
-        uint8_t index;
-        if (!read_fixed(e, at, index) || !need(size_t{index} + 1)) goto fail;
-        stack.push_back(stack[stack.size() - 1 - index]);
-        break;
-      }
-      case DW_OP_swap: if (!need(2)) goto fail; std::swap(stack[stack.size() - 1], stack[stack.size() - 2]); break;
-      case DW_OP_rot: {
-        if (!need(3)) goto fail;
-        size_t n = stack.size();
-        uint64_t top = stack[n - 1];
-        stack[n - 1] = stack[n - 2];
-        stack[n - 2] = stack[n - 3];
-        stack[n - 3] = top;
-        break;
-      }
-      case DW_OP_deref:
-      case DW_OP_deref_size: {
-        uint8_t size = 8;
-        if (op == DW_OP_deref_size && !read_fixed(e, at, size)) goto truncated;
-        if (!need(1) || size == 0 || size > 8) goto fail;
-        uint64_t address = pop(), value = 0;
-        if (!reader.read(address, &value, size)) {
-          why = "cannot read " + hex(address) + " for a DWARF expression";
-          return std::nullopt;
-        }
-        stack.push_back(value);
-        break;
-      }
-      case DW_OP_abs: {
-        if (!need(1)) goto fail;
-        auto v = static_cast<int64_t>(stack.back());
-        stack.back() = static_cast<uint64_t>(v < 0 ? -v : v);
-        break;
-      }
-      case DW_OP_neg: if (!need(1)) goto fail; stack.back() = ~stack.back() + 1; break;
-      case DW_OP_not: if (!need(1)) goto fail; stack.back() = ~stack.back(); break;
-      case DW_OP_and: case DW_OP_or: case DW_OP_xor: case DW_OP_plus: case DW_OP_minus:
-      case DW_OP_mul: case DW_OP_div: case DW_OP_mod: case DW_OP_shl: case DW_OP_shr: case DW_OP_shra:
-      case DW_OP_eq: case DW_OP_ne: case DW_OP_lt: case DW_OP_le: case DW_OP_gt: case DW_OP_ge: {
-        if (!need(2)) goto fail;
-        uint64_t b = pop(), a = pop();
-        auto sa = static_cast<int64_t>(a), sb = static_cast<int64_t>(b);
-        uint64_t r = 0;
-        switch (op) {
-          case DW_OP_and: r = a & b; break;
-          case DW_OP_or: r = a | b; break;
-          case DW_OP_xor: r = a ^ b; break;
-          case DW_OP_plus: r = a + b; break;
-          case DW_OP_minus: r = a - b; break;
-          case DW_OP_mul: r = a * b; break;
-          case DW_OP_div:
-            if (sb == 0) { why = "DWARF expression divides by zero"; return std::nullopt; }
-            r = static_cast<uint64_t>(sa / sb);
-            break;
-          case DW_OP_mod:
-            if (b == 0) { why = "DWARF expression divides by zero"; return std::nullopt; }
-            r = a % b;
-            break;
-          case DW_OP_shl: r = b >= 64 ? 0 : a << b; break;
-          case DW_OP_shr: r = b >= 64 ? 0 : a >> b; break;
-          case DW_OP_shra: r = static_cast<uint64_t>(b >= 64 ? (sa < 0 ? -1 : 0) : sa >> b); break;
-          case DW_OP_eq: r = sa == sb; break;
-          case DW_OP_ne: r = sa != sb; break;
-          case DW_OP_lt: r = sa < sb; break;
-          case DW_OP_le: r = sa <= sb; break;
-          case DW_OP_gt: r = sa > sb; break;
-          case DW_OP_ge: r = sa >= sb; break;
-          default: break;
-        }
-        stack.push_back(r);
-        break;
-      }
-      case DW_OP_skip:
-      case DW_OP_bra: {
-        int16_t delta;
-        if (!read_fixed(e, at, delta)) goto truncated;
-        bool jump = true;
-        if (op == DW_OP_bra) {
-          if (!need(1)) goto fail;
-          jump = pop() != 0;
-        }
-        if (jump) {
-          auto target = static_cast<int64_t>(at) + delta;
-          if (target < 0 || target > static_cast<int64_t>(e.size())) {
-            why = "DWARF expression branches out of itself";
-            return std::nullopt;
-          }
-          at = static_cast<size_t>(target);
-        }
-        break;
-      }
-      default:
-        why = "unsupported DWARF expression operator " + hex(op);
-        return std::nullopt;
-    }
-  }
-  if (stack.empty()) {
-    why = "DWARF expression leaves no value";
-    return std::nullopt;
-  }
-  return stack.back();
-truncated:
-  why = "truncated DWARF expression";
-  return std::nullopt;
-fail:
-  if (why.empty()) why = "malformed DWARF expression";
-  return std::nullopt;
-}
 
 // ---------------------------------------------------------------------------------------
 // libdwarf plumbing.
@@ -919,62 +687,31 @@ const Unwinder::CfiRow* Unwinder::find_row(ProcessMemory& memory, uint64_t pc) {
 
 namespace {
 
-/// Opens the file of `object` as the target maps it: through /proc/PID/root, the path itself,
-/// then /proc/PID/map_files; a file counts only if its build-id (or inode) is the mapped one.
-int open_object_file(const LoadedObject& object, const std::vector<MappedRegion>& maps, pid_t pid,
-                     std::string& opened) {
-  const MappedRegion* region = nullptr;
-  for (const MappedRegion& r : maps) {
-    if (r.path == object.path) {
-      region = &r;
-      break;
-    }
+/// Opens the file of `object` as the target maps it (open_mapped_file: /proc/PID/root, the
+/// path itself, /proc/PID/map_files, /proc/PID/exe); a file counts only if its build-id (or,
+/// without one, its inode) is the mapped one. fd = -1 if none could be opened.
+MappedFile open_object_file(const LoadedObject& object, const std::vector<MappedRegion>& maps, pid_t pid) {
+  auto region = std::find_if(maps.begin(), maps.end(), [&](const MappedRegion& r) { return r.path == object.path; });
+  if (region == maps.end()) return MappedFile{};  // not mapped (objects come from these maps)
+  SameBuildCheck same_build;
+  if (!object.build_id_hex.empty()) {
+    same_build = [&object](const std::string& path) {
+      try {
+        return read_build_id(path) == object.build_id_hex;
+      } catch (const std::exception&) {
+        return false;
+      }
+    };
   }
-  std::vector<std::string> candidates;
-  if (pid > 0) candidates.push_back("/proc/" + std::to_string(pid) + "/root" + object.path);
-  candidates.push_back(object.path);
-  if (pid > 0 && region) {
-    std::ostringstream range;
-    range << std::hex << region->start << '-' << region->end;
-    candidates.push_back("/proc/" + std::to_string(pid) + "/map_files/" + range.str());
-  }
+  MappedFile opened = open_mapped_file(pid, *region, object.is_main_executable, same_build);
   // Without a build-id only the inode can tell, and overlayfs may report another one: such a
   // file is used if nothing better turns up (as ProcessSymbols does), with a warning.
-  int fallback = -1;
-  std::string fallback_path;
-  for (const std::string& candidate : candidates) {
-    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    bool same = true;
-    if (!object.build_id_hex.empty()) {
-      try {
-        same = read_build_id(candidate) == object.build_id_hex;
-      } catch (const std::exception&) {
-        same = false;
-      }
-    } else if (region && region->inode != 0) {
-      struct stat st;
-      same = ::fstat(fd, &st) == 0 && st.st_ino == region->inode;
-      if (!same && fallback < 0) {
-        fallback = fd;
-        fallback_path = candidate;
-        continue;
-      }
-    }
-    if (same) {
-      if (fallback >= 0) ::close(fallback);
-      opened = candidate;
-      return fd;
-    }
-    ::close(fd);
-  }
-  if (fallback >= 0) {
+  if (opened.unverified) {
     spdlog::warn("{} on disk may not be the file the process mapped (different inode, no build-id); "
                  "unwinding with its CFI anyway",
                  object.path);
-    opened = fallback_path;
   }
-  return fallback;
+  return opened;
 }
 
 /// The vdso is not a file: copy its image out of the target into a memfd libdwarf can read.
@@ -1036,11 +773,10 @@ Unwinder::ObjectCfi* Unwinder::object_cfi(ProcessMemory& memory, uint64_t pc) {
   std::string why;
   if (object) {
     cfi->bias = object->load_bias;
-    std::string opened;
-    int fd = open_object_file(*object, symbols_->maps(), pid_, opened);
-    if (fd < 0) {
+    MappedFile opened = open_object_file(*object, symbols_->maps(), pid_);
+    if (opened.fd < 0) {
       why = "cannot open " + object->path + " (or it is not the build the process mapped)";
-    } else if (auto source = open_cfi(fd, opened, true, why)) {
+    } else if (auto source = open_cfi(opened.fd, opened.path, true, why)) {
       cfi->sources.push_back(std::move(source));
     }
     // .debug_frame from a separate debug file, for code the object's .eh_frame misses.

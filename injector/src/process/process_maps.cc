@@ -1,12 +1,6 @@
 #include "process/process_maps.h"
 
-#include <fstream>
-#include <sstream>
-#include <iterator>
-
 #include <errno.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -92,26 +86,6 @@ MappedRegion parse_line(std::string_view line) {
   if (path.size() > kDeleted.size() && path.ends_with(kDeleted)) path.remove_suffix(kDeleted.size());
   region.path = std::string(path);
   return region;
-}
-
-/// Reads a whole /proc file; returns errno on failure (0 on success).
-int read_whole_file(const std::string& path, std::string& out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  char buffer[65536];
-  for (;;) {
-    ssize_t got = ::read(fd, buffer, sizeof(buffer));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      int saved = errno;
-      ::close(fd);
-      return saved;
-    }
-    if (got == 0) break;
-    out.append(buffer, static_cast<size_t>(got));
-  }
-  ::close(fd);
-  return 0;
 }
 
 uint64_t distance_to_code(uint64_t address, uint64_t size, uint64_t near_start, uint64_t near_end) {
@@ -210,28 +184,6 @@ std::optional<uint64_t> find_free_range_near(const std::vector<MappedRegion>& ma
   }
   if (cursor < kUserSpaceEnd) consider(cursor, kUserSpaceEnd + kPageSize);
   return best;
-}
-
-std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid) {
-  std::string path = "/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat";
-  std::ifstream stat(path);
-  if (!stat) return std::nullopt;
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto paren = text.rfind(')');  // the command name may contain spaces and parentheses
-  if (paren == std::string::npos || paren + 2 >= text.size()) return std::nullopt;
-  std::istringstream fields(text.substr(paren + 2));
-  TaskStat result;
-  std::string pgrp, session, tty, tpgid;
-  fields >> result.state >> result.parent >> pgrp >> session >> tty >> tpgid >> result.flags;
-  return result;
-}
-
-bool task_exited(pid_t pid, pid_t tid) {
-  std::optional<TaskStat> stat = read_task_stat(pid, tid);
-  if (!stat) return true;
-  // Z/X, or still running its exit with its memory already gone (PF_EXITING).
-  constexpr unsigned long kPfExiting = 0x4;
-  return stat->state == 'Z' || stat->state == 'X' || (stat->flags & kPfExiting) != 0;
 }
 
 }  // namespace polus

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "process/proc_files.h"  // task_exited, read_task_stat: their users include this header
 #include "process/remote_ptr.h"
 
 namespace polus {
@@ -27,19 +28,6 @@ struct MappedRegion {
 
 /// Reads /proc/PID/maps. Throws Error(kNoSuchProcess) if the process is gone.
 std::vector<MappedRegion> read_process_maps(pid_t pid);
-
-/// Whether a process (tid = 0) or one of its threads is gone, a zombie or exiting: no /proc
-/// entry, state Z or X, or PF_EXITING in its stat file. ptrace refuses such tasks with EPERM
-/// and their memory is released or being released.
-bool task_exited(pid_t pid, pid_t tid = 0);
-
-/// The fields of /proc/PID[/task/TID]/stat that Polus reads; nullopt if the task is gone.
-struct TaskStat {
-  char state = '?';        // R, S, D, Z, X, t, ...
-  pid_t parent = 0;
-  unsigned long flags = 0;  // PF_* (include/linux/sched.h)
-};
-std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid = 0);
 
 /// Parses the text of a maps file (exposed for tests and fuzzing).
 std::vector<MappedRegion> parse_process_maps(const std::string& text);

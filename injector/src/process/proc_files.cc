@@ -1,0 +1,94 @@
+#include "process/proc_files.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+#include "process/process_maps.h"
+
+namespace polus {
+
+int read_whole_file(const std::string& path, std::string& out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  char buffer[65536];
+  for (;;) {
+    ssize_t got = ::read(fd, buffer, sizeof(buffer));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      int saved = errno;
+      ::close(fd);
+      return saved;
+    }
+    if (got == 0) break;
+    out.append(buffer, static_cast<size_t>(got));
+  }
+  ::close(fd);
+  return 0;
+}
+
+std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid) {
+  std::string path = "/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat";
+  std::ifstream stat(path);
+  if (!stat) return std::nullopt;
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');  // the command name may contain spaces and parentheses
+  if (paren == std::string::npos || paren + 2 >= text.size()) return std::nullopt;
+  std::istringstream fields(text.substr(paren + 2));
+  TaskStat result;
+  std::string pgrp, session, tty, tpgid;
+  fields >> result.state >> result.parent >> pgrp >> session >> tty >> tpgid >> result.flags;
+  return result;
+}
+
+bool task_exited(pid_t pid, pid_t tid) {
+  std::optional<TaskStat> stat = read_task_stat(pid, tid);
+  if (!stat) return true;
+  // Z/X, or still running its exit with its memory already gone (PF_EXITING).
+  constexpr unsigned long kPfExiting = 0x4;
+  return stat->state == 'Z' || stat->state == 'X' || (stat->flags & kPfExiting) != 0;
+}
+
+MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main, const SameBuildCheck& same_build) {
+  std::vector<std::string> candidates;
+  const std::string proc = "/proc/" + std::to_string(pid);
+  if (pid > 0) candidates.push_back(proc + "/root" + region.path);
+  candidates.push_back(region.path);
+  if (pid > 0) {
+    std::ostringstream range;
+    range << std::hex << region.start << '-' << region.end;
+    candidates.push_back(proc + "/map_files/" + range.str());
+    if (is_main) candidates.push_back(proc + "/exe");
+  }
+
+  MappedFile fallback;  // opened, but the inode differs (overlayfs can report other inodes)
+  for (const std::string& candidate : candidates) {
+    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    bool same = false;
+    if (same_build) {
+      same = same_build(candidate);  // a known build-id is decisive: no fallback on a mismatch
+    } else {
+      struct stat st;
+      same = region.inode == 0 || (::fstat(fd, &st) == 0 && st.st_ino == region.inode);
+      if (!same && fallback.fd < 0) {
+        fallback = MappedFile{fd, candidate, true};
+        continue;
+      }
+    }
+    if (same) {
+      if (fallback.fd >= 0) ::close(fallback.fd);
+      return MappedFile{fd, candidate, false};
+    }
+    ::close(fd);
+  }
+  return fallback;
+}
+
+}  // namespace polus

@@ -1,0 +1,61 @@
+// process/proc_files.h — one home for reading /proc: whole /proc files, a task's stat line,
+// and the file behind a mapping (through /proc/PID/root, map_files and exe).
+//
+// /proc/PID/maps has its own header, process_maps.h (the parser and the free-range search).
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace polus {
+
+struct MappedRegion;  // process_maps.h
+
+/// Reads a whole /proc file (or any file) into `out`, appending; returns errno on failure
+/// (0 on success). /proc files report no size, so it reads until EOF.
+int read_whole_file(const std::string& path, std::string& out);
+
+/// The fields of /proc/PID[/task/TID]/stat that Polus reads.
+struct TaskStat {
+  char state = '?';        // R, S, D, Z, X, t, ...
+  pid_t parent = 0;
+  unsigned long flags = 0;  // PF_* (include/linux/sched.h)
+};
+
+/// Reads /proc/PID/stat (tid = 0) or /proc/PID/task/TID/stat; nullopt if the task is gone.
+std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid = 0);
+
+/// Whether a process (tid = 0) or one of its threads is gone, a zombie or exiting: no /proc
+/// entry, state Z or X, or PF_EXITING in its stat file. ptrace refuses such tasks with EPERM
+/// and their memory is released or being released.
+bool task_exited(pid_t pid, pid_t tid = 0);
+
+/// A file open_mapped_file opened: the caller owns `fd`.
+struct MappedFile {
+  int fd = -1;              // -1: no candidate could be opened (or none passed the check)
+  std::string path;         // the candidate that was opened, e.g. "/proc/123/map_files/..."
+  bool unverified = false;  // its inode differs from the mapped one and no build-id could
+                            // tell: it may be another build, and the caller should warn
+};
+
+/// Whether the file at `path` is the build the process mapped, e.g. because its build-id is
+/// the one the caller knows. Returns false rather than throw on unreadable files.
+using SameBuildCheck = std::function<bool(const std::string& path)>;
+
+/// Opens the file `region` maps. The candidates, in order: /proc/PID/root + path (the
+/// target's mount namespace), the path itself, /proc/PID/map_files/START-END and, for the
+/// main executable (`is_main`), /proc/PID/exe; the /proc ones only if pid > 0. The path in
+/// maps may since have been replaced (an upgrade installed a new build while the old one
+/// keeps running), so a candidate counts only if it is the mapped file: `same_build` decides
+/// when given (the caller knows the object's build-id; process/ does not read ELF files),
+/// otherwise the inode must be the mapped one. The map_files and exe links always reach the
+/// mapped file itself. overlayfs can report other inodes, so without `same_build` a
+/// candidate whose inode differs is still used if nothing better turns up, marked
+/// unverified. Never throws; fd = -1 if nothing could be opened.
+MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main,
+                            const SameBuildCheck& same_build = {});
+
+}  // namespace polus
