@@ -1,5 +1,7 @@
 #include "process/proc_files.h"
 
+#include <dirent.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -89,6 +91,57 @@ MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main,
     ::close(fd);
   }
   return fallback;
+}
+
+std::set<pid_t> list_tasks(pid_t pid) {
+  std::set<pid_t> tids;
+  std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return tids;
+  while (dirent* entry = ::readdir(d)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    tids.insert(static_cast<pid_t>(std::stol(entry->d_name)));
+  }
+  ::closedir(d);
+  return tids;
+}
+
+namespace {
+
+std::string task_dir(pid_t pid, pid_t tid) {
+  return "/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "");
+}
+
+}  // namespace
+
+std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid) {
+  std::string text;
+  if (read_whole_file(task_dir(pid, tid) + "/status", text) != 0) return std::nullopt;
+  TaskStatus status;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    auto value = [&](int base) { return std::stoull(line.substr(line.find(':') + 1), nullptr, base); };
+    if (line.rfind("TracerPid:", 0) == 0) status.tracer = static_cast<pid_t>(value(10));
+    if (line.rfind("SigPnd:", 0) == 0) status.pending = value(16);
+    if (line.rfind("ShdPnd:", 0) == 0) status.shared_pending = value(16);
+    if (line.rfind("SigBlk:", 0) == 0) status.blocked = value(16);
+  }
+  return status;
+}
+
+std::string task_name(pid_t pid, pid_t tid) {
+  std::string name;
+  read_whole_file(task_dir(pid, tid) + "/comm", name);
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return name.empty() ? "?" : name;
+}
+
+std::string describe_wait(pid_t pid, pid_t tid) {
+  std::optional<TaskStat> stat = read_task_stat(pid, tid);
+  std::string state(1, stat ? stat->state : '?');
+  std::string wchan;
+  read_whole_file(task_dir(pid, tid) + "/wchan", wchan);
+  return "thread state " + state + (wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
 }
 
 }  // namespace polus

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace polus {
@@ -32,6 +33,26 @@ std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid = 0);
 /// entry, state Z or X, or PF_EXITING in its stat file. ptrace refuses such tasks with EPERM
 /// and their memory is released or being released.
 bool task_exited(pid_t pid, pid_t tid = 0);
+
+/// The thread ids listed in /proc/PID/task (empty if the process is gone).
+std::set<pid_t> list_tasks(pid_t pid);
+
+/// The lines of /proc/PID[/task/TID]/status that Polus reads.
+struct TaskStatus {
+  pid_t tracer = 0;          // TracerPid: 0 if nobody traces it
+  uint64_t pending = 0;      // SigPnd: signals queued for this thread
+  uint64_t shared_pending = 0;  // ShdPnd: signals queued for the whole process
+  uint64_t blocked = 0;      // SigBlk
+};
+
+/// Reads /proc/PID/status (tid = 0) or /proc/PID/task/TID/status; nullopt if the task is gone.
+std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid = 0);
+
+/// The command name (/proc/PID[/task/TID]/comm), "?" if unreadable.
+std::string task_name(pid_t pid, pid_t tid = 0);
+
+/// "thread state S, in the kernel at futex_wait_queue": where a thread waits, for messages.
+std::string describe_wait(pid_t pid, pid_t tid);
 
 /// A file open_mapped_file opened: the caller owns `fd`.
 struct MappedFile {

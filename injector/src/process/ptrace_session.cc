@@ -21,48 +21,16 @@
 
 #include "polus/error.h"
 #include "process/process_maps.h"
+#include "process/proc_files.h"
 
 namespace polus {
 
 namespace {
 
-std::set<pid_t> list_tasks(pid_t pid) {
-  std::set<pid_t> tids;
-  std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return tids;
-  while (dirent* entry = ::readdir(d)) {
-    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-    tids.insert(static_cast<pid_t>(std::stol(entry->d_name)));
-  }
-  ::closedir(d);
-  return tids;
-}
-
-/// The TracerPid line of /proc/PID/status: who already traces the process (0 if nobody).
-pid_t tracer_of(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("TracerPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(10)));
-  }
-  return 0;
-}
-
-pid_t tracer_of_task(pid_t pid, pid_t tid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("TracerPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(10)));
-  }
-  return 0;
-}
-
-std::string process_name(pid_t pid) {
-  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
-  std::string name;
-  std::getline(comm, name);
-  return name.empty() ? "?" : name;
+/// Who already traces the process or thread (0 if nobody).
+pid_t tracer_of(pid_t pid, pid_t tid = 0) {
+  std::optional<TaskStatus> status = read_task_status(pid, tid);
+  return status ? status->tracer : 0;
 }
 
 bool is_job_control_stop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
@@ -102,14 +70,8 @@ bool returns_eintr_on_stop(long syscall_number) {
 /// Whether a signal the thread does not block is pending for it (thread or process queue):
 /// then EINTR is the call's true outcome, after that signal's handler.
 bool unblocked_signal_pending(pid_t tid) {
-  std::ifstream status("/proc/" + std::to_string(tid) + "/status");
-  uint64_t pending = 0, blocked = 0;
-  for (std::string line; std::getline(status, line);) {
-    auto value = [&] { return std::stoull(line.substr(line.find(':') + 1), nullptr, 16); };
-    if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) pending |= value();
-    if (line.rfind("SigBlk:", 0) == 0) blocked = value();
-  }
-  return (pending & ~blocked) != 0;
+  std::optional<TaskStatus> status = read_task_status(tid);
+  return status && ((status->pending | status->shared_pending) & ~status->blocked) != 0;
 }
 
 void restart_call_aborted_by_stop(pid_t tid) {
@@ -136,7 +98,7 @@ PtraceSession PtraceSession::seize(pid_t pid) {
   }
   if (pid_t tracer = tracer_of(pid); tracer != 0) {
     throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid) + " is already traced by process " +
-                                               std::to_string(tracer) + " (" + process_name(tracer) +
+                                               std::to_string(tracer) + " (" + task_name(tracer) +
                                                "); detach that debugger and try again");
   }
   PtraceSession session(pid);
@@ -177,7 +139,7 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   // A thread that is exiting refuses to be seized with EPERM (kernel/ptrace.c): skip it.
   if (err == EPERM && !first && task_exited(pid_, tid)) return;
   // Born from a thread we already hold: PTRACE_O_TRACECLONE attached it to us already.
-  if (err == EPERM && !first && tracer_of_task(pid_, tid) == ::getpid()) {
+  if (err == EPERM && !first && tracer_of(pid_, tid) == ::getpid()) {
     threads_[tid].tid = tid;
     return;
   }
@@ -187,7 +149,7 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   if (err == EPERM) {
     if (pid_t tracer = tracer_of(pid_); tracer != 0 && tracer != ::getpid()) {
       throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid_) + " is already traced by process " +
-                                                 std::to_string(tracer) + " (" + process_name(tracer) +
+                                                 std::to_string(tracer) + " (" + task_name(tracer) +
                                                  "); detach that debugger and try again");
     }
     throw Error(ErrorCode::kPermissionDenied,
@@ -469,14 +431,6 @@ void PtraceSession::set_borrowed(pid_t tid, bool borrowed) {
 
 namespace {
 /// "state D, in the kernel at synchronize_rcu_normal": what a thread is doing, for messages.
-std::string describe_wait(pid_t pid, pid_t tid) {
-  std::optional<TaskStat> stat = read_task_stat(pid, tid);
-  std::string state(1, stat ? stat->state : '?');
-  std::ifstream wchan_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/wchan");
-  std::string wchan;
-  std::getline(wchan_file, wchan);
-  return "thread state " + state + (wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
-}
 }  // namespace
 
 BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, int inject) {

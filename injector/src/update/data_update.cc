@@ -13,6 +13,7 @@
 
 #include "polus/error.h"
 #include "common/format.h"
+#include "process/proc_files.h"
 #include "binary/unwinder.h"
 
 namespace polus {
@@ -154,10 +155,7 @@ void unblock_fault_signals(PtraceSession& session, bool since_start) {
   if (!changed.empty() && since_start) {
     std::string who;
     for (pid_t tid : changed) {
-      std::ifstream comm("/proc/" + std::to_string(session.pid()) + "/task/" + std::to_string(tid) + "/comm");
-      std::string name;
-      std::getline(comm, name);
-      who += (who.empty() ? "" : ", ") + std::to_string(tid) + " (" + name + ")";
+      who += (who.empty() ? "" : ", ") + std::to_string(tid) + " (" + task_name(session.pid(), tid) + ")";
     }
     spdlog::warn("process {}: thread(s) {} blocked SIGSEGV/SIGTRAP while the update synced (born since, or "
                  "blocked again); unblocked them — a tracked write in that state would have killed the process",

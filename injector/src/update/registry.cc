@@ -31,10 +31,10 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
   agent.load_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_LOAD_SYMBOL));
   agent.unload_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_UNLOAD_SYMBOL));
   // Write tracking is optional: an agent without it still serves code-only patches.
-  if (symbol_value_or_zero(object, "polus_agent_sync_begin")) {
-    agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_reserve"));
-    agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_begin"));
-    agent.sync_end = RemoteAddr(load_bias + symbol_value(object, "polus_agent_sync_end"));
+  if (symbol_value_or_zero(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL)) {
+    agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_RESERVE_SYMBOL));
+    agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL));
+    agent.sync_end = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_END_SYMBOL));
   }
   return agent;
 }

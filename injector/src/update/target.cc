@@ -19,6 +19,7 @@
 
 #include "polus/error.h"
 #include "common/format.h"
+#include "process/proc_files.h"
 
 namespace polus {
 
@@ -35,18 +36,11 @@ constexpr const char* kLockHoldingFunctions[] = {
     "__libc_calloc", "__libc_realloc", "__libc_memalign", "__libc_dlopen_mode", "__libc_dlclose",
 };
 
-/// Whether a synchronous fault signal (SIGSEGV, SIGTRAP, SIGBUS) is pending for `tid`
-/// (SigPnd of /proc/PID/task/TID/status).
+/// Whether a synchronous fault signal (SIGSEGV, SIGTRAP, SIGBUS) is queued for `tid`.
 bool has_pending_fault(pid_t pid, pid_t tid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("SigPnd:", 0) != 0) continue;
-    uint64_t mask = std::stoull(line.substr(7), nullptr, 16);
-    auto bit = [](int sig) { return 1ull << (sig - 1); };
-    return mask & (bit(SIGSEGV) | bit(SIGTRAP) | bit(SIGBUS));
-  }
-  return false;
+  std::optional<TaskStatus> status = read_task_status(pid, tid);
+  auto bit = [](int sig) { return 1ull << (sig - 1); };
+  return status && (status->pending & (bit(SIGSEGV) | bit(SIGTRAP) | bit(SIGBUS)));
 }
 
 }  // namespace
