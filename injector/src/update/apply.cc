@@ -330,7 +330,7 @@ class Applier {
 
   /// Stops every thread, and when no thread is in the way: runs pre-update callbacks,
   /// initialises and protects the new data, writes the jumps; then resumes. The only time
-  /// the whole target is stopped; it holds no file I/O and no symbol work.
+  /// the whole target is stopped; it reads /proc/PID/maps for the stack checks but no symbol tables.
   void commit() {
     commit_started_ = Clock::now();
     const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {

@@ -23,7 +23,7 @@
 namespace polus {
 
 /// One Polus operation at a time per target: polusd's rounds, polusctl commands and tests
-/// all take an flock(2) on /run/polus/PID.lock (released by the kernel if we die). ptrace
+/// all take an flock(2) on /run/polus/polus-PID.lock (/tmp if /run/polus cannot be made) (released by the kernel if we die). ptrace
 /// alone does not serialize them, since the sync phase detaches between inspections.
 class OperationLock {
  public:
