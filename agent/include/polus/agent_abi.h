@@ -41,10 +41,11 @@ extern "C" {
 
 enum polus_patch_state {
     POLUS_STATE_EMPTY = 0,
-    POLUS_STATE_APPLYING = 1,   /* loaded, jumps not yet (all) written */
+    POLUS_STATE_APPLYING = 1,   /* recorded before the commit: loaded, jumps not yet (all) written */
     POLUS_STATE_SYNCING = 2,    /* jumps written, old code still active on changed data */
     POLUS_STATE_COMMITTED = 3,  /* the update is complete */
     POLUS_STATE_ROLLED_BACK = 4,
+    POLUS_STATE_ROLLING_BACK = 5, /* recorded before the first original byte is put back */
 };
 
 /* Flags of struct polus_redirect_record. */

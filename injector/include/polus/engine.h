@@ -50,7 +50,8 @@ struct PatchInfo {
   uint64_t id = 0;
   std::string name;
   std::string path;
-  std::string state;        // "applying", "syncing", "committed", "rolled-back"
+  std::string state;        // "applying", "syncing", "committed", "rolling-back", "rolled-back", and in status
+                            // "interrupted-apply" / "interrupted-rollback" (the next command completes it)
   std::string direction;    // of the in-flight or last data update: "apply" / "rollback"
   uint64_t applied_at_unix_ns = 0;
   uint64_t committed_at_unix_ns = 0;

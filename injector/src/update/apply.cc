@@ -155,6 +155,11 @@ class Applier {
         target_(pid, options.symbols, started_ + options.timeout) {}
 
   PatchInfo run() {
+    // An operation cut short on this process is seen through before anything else.
+    if (std::optional<PatchInfo> recovered = recover_interrupted(target_, options_)) {
+      spdlog::warn("process {}: {} patch {} first, as an interrupted operation left it", target_.pid(),
+                   recovered->state == "rolled-back" ? "rolled back" : "finished", recovered->name);
+    }
     if (patch_.path.size() >= POLUS_PATH_BYTES) {
       throw Error(ErrorCode::kPatchMalformed, "patch path " + patch_.path + " is longer than " +
                                                   std::to_string(POLUS_PATH_BYTES - 1) + " bytes; move the patch to a shorter path");
@@ -190,6 +195,14 @@ class Applier {
     if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
       throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
                                                  std::to_string(POLUS_MAX_PATCHES) + " patches; roll some back first");
+    }
+    const bool any_syncing = std::any_of(registry_.patches.begin(), registry_.patches.end(),
+                                         [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
+    if (registry_.registry.sync.active && !any_syncing) {
+      // Its table would be replaced under the agent's running fault handler.
+      throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) +
+                                                 " has write tracking on, but no recorded update owns it (left by "
+                                                 "a Polus older than this one?); the target is unchanged");
     }
     for (const PatchRecordView& p : registry_.patches) {
       if (p.header.state == POLUS_STATE_SYNCING) {
@@ -279,6 +292,37 @@ class Applier {
     h.redirect_count = static_cast<uint32_t>(record_view_.redirects.size());
     h.watch_count = static_cast<uint32_t>(record_view_.watched.size());
     write_record();
+    list_in_registry();
+  }
+
+  /// The intent, before the first byte of the target's code changes: the record (state
+  /// `applying`, every redirect with the bytes it replaces) and the arenas mapped for it join
+  /// the registry. An apply cut short from here on is undone by the next Polus command.
+  void list_in_registry() {
+    polus_agent_registry& reg = registry_.registry;
+    reg.patches[reg.patch_count++] = record_view_.address.address();
+    reg.next_patch_id++;
+    for (uint64_t arena : target_.arena().new_arenas()) {
+      if (reg.arena_count < POLUS_MAX_ARENAS) reg.arenas[reg.arena_count++] = polus_arena{arena, kArenaSize};
+    }
+    write_registry_bookkeeping(target_.memory(), *agent_, reg);
+    listed_ = true;
+  }
+
+  /// Takes what list_in_registry() added out again (a failed apply, the target unchanged).
+  void unlist_from_registry() {
+    polus_agent_registry reg = target_.memory().read(agent_->registry);
+    auto patch_end = std::remove(reg.patches, reg.patches + reg.patch_count, record_view_.address.address());
+    reg.patch_count = static_cast<uint32_t>(patch_end - reg.patches);
+    std::fill(patch_end, reg.patches + POLUS_MAX_PATCHES, 0);
+    const std::vector<uint64_t>& mapped = target_.arena().new_arenas();
+    auto arena_end = std::remove_if(reg.arenas, reg.arenas + reg.arena_count, [&](const polus_arena& a) {
+      return std::find(mapped.begin(), mapped.end(), a.base) != mapped.end();
+    });
+    reg.arena_count = static_cast<uint32_t>(arena_end - reg.arenas);
+    std::fill(arena_end, reg.arenas + POLUS_MAX_ARENAS, polus_arena{});
+    write_registry_bookkeeping(target_.memory(), *agent_, reg);
+    listed_ = false;
   }
 
   /// A trampoline slot within reach of `site` (ScratchArena::allocate_slot), near the
@@ -364,6 +408,8 @@ class Applier {
       if (run_code) run_code_in_pause();
       uint64_t code_ns = pause.elapsed();
       for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+      // The outcome, still in the pause: cut short after this, the record says what is true.
+      write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
       spdlog::debug("commit pause: checked at {} us, code run at {} us", checked_ns / 1000, code_ns / 1000);
     };
@@ -419,13 +465,6 @@ class Applier {
     h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
     if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
     write_record();
-    polus_agent_registry& reg = registry_.registry;
-    reg.patches[reg.patch_count++] = record_view_.address.address();
-    reg.next_patch_id++;
-    for (uint64_t arena : target_.arena().new_arenas()) {
-      if (reg.arena_count < POLUS_MAX_ARENAS) reg.arenas[reg.arena_count++] = polus_arena{arena, kArenaSize};
-    }
-    write_registry_bookkeeping(target_.memory(), *agent_, reg);
     spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
                  target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
   }
@@ -452,6 +491,7 @@ class Applier {
       const std::vector<uint64_t>& new_arenas = target_.arena().new_arenas();
       if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas.empty() && !record_view_.address) return;
       target_.extend_deadline(std::chrono::seconds(5));
+      if (listed_) unlist_from_registry();
       target_.session().resume_all();
       BorrowedThread thread = target_.borrow_safe_thread();
       if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_});
@@ -483,6 +523,7 @@ class Applier {
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
   bool committed_ = false;
+  bool listed_ = false;  // the record is in the registry
 };
 
 }  // namespace

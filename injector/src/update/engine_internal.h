@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "common/clock.h"
 #include "polus/engine.h"
@@ -15,6 +16,11 @@ PatchInfo info_from_record(const PatchRecordView& record);
 
 /// The agent, its registry and the load bias of a loaded patch, read from the target.
 uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header);
+
+/// Completes or undoes an operation on `target` that was cut short (a record left `applying`
+/// is undone, one left `rolling-back` is completed); call it holding the operation lock.
+/// Returns what it did, or nullopt when nothing was interrupted.
+std::optional<PatchInfo> recover_interrupted(TargetContext& target, const EngineOptions& options);
 
 /// After a rollback has taken every jump out: unloads the patch when no thread runs its code
 /// (checked now, with every thread stopped), frees its record and drops it from the registry.

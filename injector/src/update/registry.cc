@@ -1,5 +1,8 @@
 #include "update/registry.h"
 
+#include <algorithm>
+#include <cstddef>
+
 #include <string>
 
 #include "polus/error.h"
@@ -117,6 +120,7 @@ const char* patch_state_name(uint32_t state) {
     case POLUS_STATE_SYNCING: return "syncing";
     case POLUS_STATE_COMMITTED: return "committed";
     case POLUS_STATE_ROLLED_BACK: return "rolled-back";
+    case POLUS_STATE_ROLLING_BACK: return "rolling-back";
     default: return "empty";
   }
 }
@@ -132,6 +136,18 @@ void adopt_arenas(ScratchArena& arena, const RegistrySnapshot& registry) {
       if (r.trampoline) arena.mark_used(r.trampoline);
     }
   }
+}
+
+void write_record_state(ProcessMemory& memory, const PatchRecordView& record, uint32_t state) {
+  memory.write(RemotePtr<uint32_t>(record.address.address() + offsetof(polus_patch_record, state)), state);
+}
+
+void unlist_patch(ProcessMemory& memory, const AgentLocation& agent, uint64_t record_address) {
+  polus_agent_registry reg = memory.read(agent.registry);
+  auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record_address);
+  reg.patch_count = static_cast<uint32_t>(end - reg.patches);
+  std::fill(end, reg.patches + POLUS_MAX_PATCHES, 0);
+  write_registry_bookkeeping(memory, agent, reg);
 }
 
 }  // namespace polus

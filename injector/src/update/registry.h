@@ -77,6 +77,13 @@ struct RegistrySnapshot {
 /// unknown ABI version or a corrupt record.
 RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent);
 
+/// Writes only the state of a record: the one word that says, at any instant, how far an
+/// operation got (the intent before the first byte changes, the outcome right after the last).
+void write_record_state(ProcessMemory& memory, const PatchRecordView& record, uint32_t state);
+
+/// Takes a record out of the registry's list of patches (the record's memory stays).
+void unlist_patch(ProcessMemory& memory, const AgentLocation& agent, uint64_t record_address);
+
 /// Hands the arenas the registry records to `arena`, with every trampoline slot a recorded
 /// patch uses marked as taken.
 void adopt_arenas(ScratchArena& arena, const RegistrySnapshot& registry);

@@ -1,6 +1,7 @@
 // Rolling back (paper §4.2.1: a rollback is an update run the other way, reusing the sync
 // functions) and finishing updates left `syncing`.
 #include <algorithm>
+#include <cstddef>
 #include <optional>
 #include <thread>
 
@@ -99,18 +100,34 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     if (!sync_active && Clock::now() - first_attempt < kMaskResetWait) return mask_reset_pending(target.session());
     return std::string();
   };
+  auto run_rollback_code = [&] {
+    if (!run_code) return;
+    BorrowedThread thread = target.borrow(borrower);
+    thread.set_pass_faults(sync_active);
+    run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
+    if (!sync_active) {
+      initialize_counterparts(thread, plan, POLUS_UPDATE_ROLLBACK);
+      unblock_fault_signals(target.session());
+      begin_sync(thread, ctx.agent);
+    }
+  };
+  const uint32_t state_before = record.header.state;
   request.act = [&](const Pause&) {
-    if (run_code) {
-      BorrowedThread thread = target.borrow(borrower);
-      thread.set_pass_faults(sync_active);
-      run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
-      if (!sync_active) {
-        initialize_counterparts(thread, plan, POLUS_UPDATE_ROLLBACK);
-        unblock_fault_signals(target.session());
-        begin_sync(thread, ctx.agent);
-      }
+    // The intent first: a rollback cut short from here on is completed by the next command.
+    write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
+    try {
+      run_rollback_code();
+    } catch (...) {
+      write_record_state(target.memory(), record, state_before);  // nothing was put back
+      throw;
     }
     restore_jumps(target.memory(), record);
+    // The outcome, still in the pause: the rollback now syncs.
+    record.header.state = POLUS_STATE_SYNCING;
+    record.header.direction = POLUS_UPDATE_ROLLBACK;
+    write_record_state(target.memory(), record, POLUS_STATE_SYNCING);
+    target.memory().write(RemotePtr<uint32_t>(record.address.address() + offsetof(polus_patch_record, direction)),
+                          static_cast<uint32_t>(POLUS_UPDATE_ROLLBACK));
   };
   const uint64_t pause_ns = target.pause_when_free(request);
   target.release();  // write tracking is on: never hold the target between inspections
@@ -162,11 +179,7 @@ void retire_patch(TargetContext& target, const AgentLocation& agent, const Patch
     for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
       if (thread_touches(thread, patch_code)) still_running = "thread " + std::to_string(thread.tid);
     }
-    polus_agent_registry reg = target.memory().read(agent.registry);
-    auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record.address.address());
-    reg.patch_count = static_cast<uint32_t>(end - reg.patches);
-    std::fill(end, reg.patches + POLUS_MAX_PATCHES, 0);
-    write_registry_bookkeeping(target.memory(), agent, reg);
+    unlist_patch(target.memory(), agent, record.address.address());
   }
 
   BorrowedThread thread = target.borrow_safe_thread();
@@ -180,10 +193,71 @@ void retire_patch(TargetContext& target, const AgentLocation& agent, const Patch
   thread.unmap_memory(record.address.address(), record.header.record_bytes);
 }
 
+namespace {
+
+/// Completes or undoes the operation on the newest record if one was cut short (its polusctl
+/// or polusd killed): we hold the operation lock, so a record still `applying` or
+/// `rolling-back` has nobody working on it. An apply is undone (the operator never saw it
+/// succeed), a rollback is completed.
+std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx, const EngineOptions& options) {
+  if (ctx.registry.patches.empty()) return std::nullopt;
+  PatchRecordView record = ctx.registry.patches.back();
+  const uint32_t state = record.header.state;
+  if (state != POLUS_STATE_APPLYING && state != POLUS_STATE_ROLLING_BACK) return std::nullopt;
+  const auto started = Clock::now();
+  const bool applying = state == POLUS_STATE_APPLYING;
+  spdlog::warn("process {}: the {} of patch {} (id {}) was interrupted (the Polus process running it died); {} it",
+               target.pid(), applying ? "apply" : "rollback", record.header.name, record.header.id,
+               applying ? "undoing" : "completing");
+  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
+  const bool sync_active = ctx.registry.registry.sync.active != 0;
+  if (!patch && (sync_active || !record.watched.empty())) {
+    throw Error(ErrorCode::kPatchMalformed, "patch " + std::string(record.header.name) + " was interrupted while "
+                                                "changing data, and its file " + record.header.path +
+                                                " is gone: its sync functions are needed to undo it; put the "
+                                                "file back and run the command again");
+  }
+  target.seize();
+  // Write tracking starts before the first jump is written and is this record's (one data
+  // update at a time): the data rollback protocol takes it from there. A committed data patch
+  // whose rollback was cut short before tracking began needs that protocol from the start.
+  if (has_data && (sync_active || !applying)) return rollback_data_patch(target, ctx, record, *patch, options, started);
+  uint64_t pause_ns = 0;
+  {
+    // An apply cut short before tracking began wrote no jump yet (they are written after it);
+    // putting the saved bytes back is harmless either way.
+    Pause pause(target.session());
+    if (!applying) write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
+    restore_jumps(target.memory(), record);
+    pause_ns = pause.end();
+  }
+  retire_patch(target, ctx.agent, record);
+  PatchInfo info = info_from_record(record);
+  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
+  info.pause_ns = pause_ns;
+  info.apply_wall_ns = elapsed_ns(started);
+  return info;
+}
+
+}  // namespace
+
+std::optional<PatchInfo> recover_interrupted(TargetContext& target, const EngineOptions& options) {
+  std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
+  if (!agent) return std::nullopt;
+  RegistryContext ctx{*agent, read_registry(target.memory(), *agent)};
+  adopt_arenas(target.arena(), ctx.registry);
+  std::optional<PatchInfo> info = recover_in(target, ctx, options);
+  if (info) target.reload_symbols();  // the patch is gone
+  return info;
+}
+
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   auto started = Clock::now();
   TargetContext target(pid, options.symbols, started + options.timeout);
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
+  // An interrupted operation on the newest patch is seen through first: that is the rollback.
+  if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
   PatchRecordView record = ctx.registry.patches.back();
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
@@ -201,6 +275,8 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   uint64_t pause_ns = 0;
   {
     Pause pause(target.session());
+    // The intent first: cut short after this, the next command completes the rollback.
+    write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
     restore_jumps(target.memory(), record);
     pause_ns = pause.end();
   }
@@ -217,6 +293,7 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
 PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
   TargetContext target(pid, options.symbols, Clock::now() + options.timeout);
   RegistryContext ctx = open_registry(target, "has no Polus update in flight");
+  if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
   auto syncing = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
   if (syncing == ctx.registry.patches.end()) {

@@ -86,8 +86,13 @@ ProcessStatus read_status(pid_t pid) {
   status.false_sharing = sync.false_sharing;
   status.chained_faults = sync.chained_faults;
   std::optional<ProcessSymbols> symbols;
+  // Taking the operation lock serialises operations; a record left mid-operation while no
+  // operation holds it was cut short (the next command completes or undoes it).
+  const bool operation_running = OperationLock::busy(pid);
   for (const PatchRecordView& p : registry.patches) {
     PatchInfo info = info_from_record(p);
+    if (!operation_running && p.header.state == POLUS_STATE_APPLYING) info.state = "interrupted-apply";
+    if (!operation_running && p.header.state == POLUS_STATE_ROLLING_BACK) info.state = "interrupted-rollback";
     if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
       if (!symbols) symbols = ProcessSymbols::load(pid);
       for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {

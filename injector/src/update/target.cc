@@ -45,10 +45,26 @@ bool has_pending_fault(pid_t pid, pid_t tid) {
 
 }  // namespace
 
-OperationLock::OperationLock(pid_t pid, Clock::time_point deadline) {
+namespace {
+
+std::string lock_path(pid_t pid) {
   std::string dir = "/run/polus";
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) dir = "/tmp";
-  std::string path = dir + "/polus-" + std::to_string(pid) + ".lock";
+  return dir + "/polus-" + std::to_string(pid) + ".lock";
+}
+
+}  // namespace
+
+bool OperationLock::busy(pid_t pid) {
+  int fd = ::open(lock_path(pid).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // never taken
+  bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return held;
+}
+
+OperationLock::OperationLock(pid_t pid, Clock::time_point deadline) {
+  std::string path = lock_path(pid);
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd_ < 0) {
     spdlog::warn("cannot open {}: {}; going on without the operation lock", path, std::strerror(errno));

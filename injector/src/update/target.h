@@ -30,6 +30,9 @@ class OperationLock {
   /// Waits until `deadline` for the lock; throws Error(kTimeout) naming the holder's kind.
   OperationLock(pid_t pid, Clock::time_point deadline);
   ~OperationLock();
+  /// Whether a Polus operation on `pid` holds the lock right now (a record left applying or
+  /// rolling-back without one was interrupted).
+  static bool busy(pid_t pid);
   OperationLock(const OperationLock&) = delete;
   OperationLock& operator=(const OperationLock&) = delete;
 
