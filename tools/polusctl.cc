@@ -34,6 +34,9 @@ options:
   --json               machine-readable output on stdout
   --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
   --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
+  --no-rehearsal       load the patch into PID directly, without trying it first in a copy of
+                       the process (for huge or seccomp-confined processes: a crashing
+                       constructor or a forbidden system call then hits PID itself)
   --timeout MS         how long to wait for a safe moment (default 10000)
   --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000);
                        past it the update stays syncing and `polusctl finish` completes it
@@ -90,6 +93,7 @@ Args parse(int argc, char** argv) {
     if (a == "--json") args.json = true;
     else if (a == "-v" || a == "--verbose") args.verbose = true;
     else if (a == "--agent") args.engine.agent_path = value();
+    else if (a == "--no-rehearsal") args.engine.rehearse = false;
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
     else if (a == "--timeout") args.engine.timeout = std::chrono::milliseconds(std::atol(value().c_str()));
     else if (a == "--sync-timeout") args.engine.sync_timeout = std::chrono::milliseconds(std::atol(value().c_str()));

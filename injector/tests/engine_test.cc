@@ -316,6 +316,38 @@ TEST_CASE("bad input is refused precisely and the target is left as it was", "[e
     }
     check_untouched(server);
   }
+  SECTION("patch code that crashes runs only in the rehearsal's copy") {
+    for (const char* name : {"bad-ctor-abort.so", "bad-ctor-segv.so", "bad-pre-update-segv.so"}) {
+      INFO(name);
+      try {
+        polus::apply_patch(server.pid(), patch_path(name), options());
+        FAIL("applied");
+      } catch (const Error& e) {
+        CHECK(e.code() == ErrorCode::kLoadFailed);
+        CHECK_THAT(e.what(), Catch::Contains("rehearsed in a copy") && Catch::Contains("not touched"));
+      }
+      check_untouched(server);
+    }
+    // Nothing raised in the copy reaches the target later.
+    std::this_thread::sleep_for(300ms);
+    CHECK(server.alive());
+    CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  }
+  SECTION("without the rehearsal, a constructor's abort() is not delivered to the target") {
+    polus::EngineOptions direct = options();
+    direct.rehearse = false;
+    try {
+      polus::apply_patch(server.pid(), patch_path("bad-ctor-abort.so"), direct);
+      FAIL("applied");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kLoadFailed);
+      CHECK_THAT(e.what(), Catch::Contains("signal 6"));
+    }
+    std::this_thread::sleep_for(300ms);
+    CHECK(server.alive());
+    CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+    CHECK(polus::read_status(server.pid()).patches.empty());
+  }
   SECTION("no such process") {
     // Above pid_max: no process can have it.
     std::ifstream pid_max_file("/proc/sys/kernel/pid_max");
@@ -481,10 +513,26 @@ TEST_CASE("a target living in malloc, dlopen and thread creation is patched with
   polus::testing::ChildProcess target({BUSY_FIXTURE});
   REQUIRE(target.read_line() == "READY");
   CHECK(target.ask("value 5") == "15");
+  // One of its threads never leaves dlopen/dlclose: no consistent copy of it can be made to
+  // rehearse a load in (the copy would inherit the loader's lock held by a thread it lacks).
+  // The apply says so and changes nothing; the operator can choose to load without it.
+  polus::EngineOptions rehearsed = options();
+  rehearsed.timeout = 1s;
+  try {
+    polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-busy.so", rehearsed);
+    FAIL("a copy was made while a thread held the dynamic loader's lock");
+  } catch (const polus::Error& e) {
+    CHECK(e.code() == polus::ErrorCode::kUnsafeToPatch);
+    CHECK_THAT(e.what(), Catch::Contains("copy") && Catch::Contains("dynamic loader"));
+  }
+  CHECK(target.ask("value 5") == "15");
+  CHECK(polus::read_status(target.pid()).patches.empty());
+  polus::EngineOptions direct = options();
+  direct.rehearse = false;
   for (int i = 0; i < 20; ++i) {
-    polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-busy.so", options());
+    polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-busy.so", direct);
     REQUIRE(target.ask("value 5") == "4205");
-    polus::rollback_patch(target.pid(), options());
+    polus::rollback_patch(target.pid(), direct);
     REQUIRE(target.ask("value 5") == "15");
   }
   // Every storm is still making progress: nothing was left holding a lock.

@@ -20,6 +20,9 @@ struct EngineOptions {
   SymbolOptions symbols;
   /// libpolus-agent.so to load into targets that do not have it yet (absolute path).
   std::string agent_path;
+  /// Try the load (agent, patch constructors, pre-update callbacks) in a copy of the target
+  /// first, and refuse the patch if the copy dies, hangs or faults (update/rehearsal.h).
+  bool rehearse = true;
   /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
   std::chrono::milliseconds timeout{10000};
   /// How long apply/rollback/finish wait for a data update's sync phase to end before

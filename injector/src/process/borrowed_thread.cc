@@ -111,6 +111,22 @@ int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> arg
   return static_cast<int64_t>(run(regs, frame, arena_.sigreturn_pc(), -1, "system call"));
 }
 
+pid_t BorrowedThread::clone_process() {
+  SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
+  user_regs_struct regs = call_regs(frame);
+  regs.rax = SYS_clone;
+  regs.rdi = 0;  // flags: a new process, exit signal 0; the child continues on this stack (a copy)
+  regs.rsi = regs.rdx = regs.r10 = regs.r8 = 0;
+  regs.rsp = frame.sigreturn_sp();
+  regs.rip = arena_.clone_stub().address();
+  int64_t result = static_cast<int64_t>(run(regs, frame, arena_.sigreturn_pc(), -1, "clone"));
+  if (result <= 0) {
+    throw Error(ErrorCode::kInternal, "the target could not make a copy of itself (clone: " +
+                                          std::string(std::strerror(static_cast<int>(-result))) + ")");
+  }
+  return static_cast<pid_t>(result);
+}
+
 uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {
   SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
   user_regs_struct regs = call_regs(frame);

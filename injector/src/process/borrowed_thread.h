@@ -78,6 +78,12 @@ class BorrowedThread {
   /// Calls `function(path, more...)` with `text` copied to the arena (dlopen, the agent's loader).
   uint64_t call_with_string(RemoteAddr function, const std::string& text, std::initializer_list<uint64_t> more = {});
 
+  /// Makes a copy of the whole process, of which this thread is the only thread (clone with
+  /// no CLONE_VM and no exit signal: the target gets no SIGCHLD and its waitpid() without
+  /// __WALL never sees it). The session attaches it (PTRACE_O_TRACECLONE); a copy whose
+  /// tracer is gone exits at once. Returns the copy's pid. Throws Error(kInternal) if refused.
+  pid_t clone_process();
+
   /// mmap()s `size` bytes in the target within rel32 reach of [near_start, near_end), or
   /// anywhere if near_start is 0. Throws kUnsafeToPatch when no range is in reach, kInternal
   /// if the target refuses.

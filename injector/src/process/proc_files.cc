@@ -125,6 +125,7 @@ std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid) {
     if (line.rfind("SigPnd:", 0) == 0) status.pending = value(16);
     if (line.rfind("ShdPnd:", 0) == 0) status.shared_pending = value(16);
     if (line.rfind("SigBlk:", 0) == 0) status.blocked = value(16);
+    if (line.rfind("Seccomp:", 0) == 0) status.seccomp = static_cast<int>(value(10));
   }
   return status;
 }

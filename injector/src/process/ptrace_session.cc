@@ -199,6 +199,9 @@ void PtraceSession::handle_event(pid_t tid, int status) {
   if (it == threads_.end()) {
     it = threads_.emplace(tid, ThreadState{}).first;
     it->second.tid = tid;
+    // Reported before its creator's clone event: a thread of the target runs on like its
+    // siblings, but a process copy made for a rehearsal must never run on its own.
+    it->second.held = list_tasks(pid_).count(tid) == 0;
   }
   ThreadState& t = it->second;
 
@@ -468,7 +471,15 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
       return {StopKind::kSignal, sig};
     }
     siginfo_t info{};
-    if (::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) == 0) t->deferred.push_back(info);
+    bool have_info = ::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) == 0;
+    // The thread blocks every other signal while our code runs, so a signal it sent itself
+    // that reaches it now was raised by that code after unblocking it (abort() in a patch's
+    // constructor): a crash of our code, never to be delivered as the target's own.
+    if (have_info && info.si_pid == pid_ && (info.si_code == SI_TKILL || info.si_code == SI_USER)) {
+      t->stop_signal = 0;
+      return {StopKind::kSignal, sig};
+    }
+    if (have_info) t->deferred.push_back(info);
     t->stop_signal = 0;
     spdlog::debug("deferred signal {} for borrowed thread {}", sig, tid);
   }
@@ -570,6 +581,40 @@ void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_poin
                  "this program exits",
                  tid, pid_, task_exited(pid_, tid) ? "exited" : "still running, e.g. in uninterruptible sleep");
   }
+}
+
+PtraceSession PtraceSession::split_off_process(pid_t child) {
+  PtraceSession copy(child);
+  ThreadState state;
+  if (auto it = threads_.find(child); it != threads_.end()) {
+    state = it->second;  // its first stop may already have been seen
+    threads_.erase(it);
+  }
+  state.tid = child;
+  state.held = true;
+  state.borrowed = false;
+  state.deferred.clear();
+  copy.threads_[child] = state;
+  return copy;
+}
+
+void PtraceSession::kill_and_reap() noexcept {
+  ::kill(pid_, SIGKILL);
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  for (pid_t tid : thread_ids()) {
+    for (;;) {
+      int status = 0;
+      pid_t got = ::waitpid(tid, &status, __WALL | WNOHANG);
+      if (got < 0 || (got == tid && (WIFEXITED(status) || WIFSIGNALED(status)))) break;
+      if (Clock::now() >= deadline) {
+        spdlog::warn("process {} did not die within 2 s of SIGKILL", pid_);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  threads_.clear();
+  process_exited_ = true;
 }
 
 }  // namespace polus

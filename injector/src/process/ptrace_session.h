@@ -39,7 +39,7 @@ enum class StopKind {
 };
 
 /// How a borrowed thread stopped: a syscall stop, or a signal-delivery-stop of a synchronous
-/// fault or SIGTRAP (other signals are deferred and never returned).
+/// fault, SIGTRAP or a signal the thread raised itself (others are deferred, never returned).
 struct BorrowedStop {
   StopKind kind = StopKind::kNone;
   int signal = 0;  // for kSignal
@@ -68,6 +68,8 @@ class PtraceSession {
   ~PtraceSession();
 
   pid_t pid() const { return pid_; }
+  /// Whether the process has exited (seen while waiting for our events).
+  bool process_exited() const { return process_exited_; }
   std::vector<pid_t> thread_ids() const;
   const ThreadState& thread(pid_t tid) const;
   bool has_thread(pid_t tid) const { return threads_.count(tid) != 0; }
@@ -113,6 +115,15 @@ class PtraceSession {
 
   /// Sets the signal mask of a stopped thread (PTRACE_SETSIGMASK). False if it is gone.
   bool set_signal_mask(pid_t tid, uint64_t mask);
+
+  /// Takes `child` — a copy of the process cloned by a borrowed thread, which
+  /// PTRACE_O_TRACECLONE attached as if it were one more thread — out of this session into a
+  /// session of its own (its only thread held).
+  PtraceSession split_off_process(pid_t child);
+
+  /// Kills the whole process with SIGKILL and reaps its threads as their tracer (for a
+  /// process copy: its real parent, the target, still has to reap the zombie). Bounded wait.
+  void kill_and_reap() noexcept;
 
   /// Handles pending wait events without blocking (new threads, signals to pass on).
   void poll_events();

@@ -13,8 +13,9 @@ namespace polus {
 
 namespace {
 
-constexpr uint64_t kStringOffset = 64;  // after the stubs
+constexpr uint64_t kStringOffset = 128;  // after the stubs
 constexpr uint64_t kSyscallStubOffset = 32;
+constexpr uint64_t kCloneStubOffset = 48;
 constexpr uint64_t kSigreturnPcOffset = 17;  // after the return stub's `syscall`
 
 // The return stub, at the scratch page's start; rsp points at the frame's ucontext (the
@@ -27,16 +28,25 @@ constexpr uint8_t kReturnStub[] = {0x48, 0x89, 0x84, 0x24, 0x30, 0x01, 0x00, 0x0
                                    0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
                                    0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
 constexpr uint8_t kSyscallStub[] = {0x0f, 0x05, 0xeb, static_cast<uint8_t>(-(int)(kSyscallStubOffset + 4)),
-                                    0xcc, 0xcc, 0xcc, 0xcc};
+                                    0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
+// At +48, the clone stub: the parent goes on to the return stub; a child that runs on its own
+// (its tracer died before taking it over) exits at once instead of running the target's code:
+//   syscall; test %rax,%rax; jz 1f; jmp <return stub>; 1: mov $231,%eax; xor %edi,%edi; syscall
+constexpr uint8_t kCloneStub[] = {0x0f, 0x05, 0x48, 0x85, 0xc0, 0x74, 0x02, 0xeb,
+                                  static_cast<uint8_t>(-(int)(kCloneStubOffset + 9)),
+                                  0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05, 0xcc, 0xcc};
 static_assert(sizeof kReturnStub == kSyscallStubOffset);
+static_assert(kSyscallStubOffset + sizeof kSyscallStub == kCloneStubOffset);
+static_assert(kCloneStubOffset + sizeof kCloneStub <= kStringOffset);
 constexpr uint64_t kArgsBytes = 64;     // the page's last bytes
 
 }  // namespace
 
 void ScratchArena::write_stubs(uint64_t base) {
-  uint8_t code[sizeof kReturnStub + sizeof kSyscallStub];
+  uint8_t code[sizeof kReturnStub + sizeof kSyscallStub + sizeof kCloneStub];
   std::memcpy(code, kReturnStub, sizeof kReturnStub);
   std::memcpy(code + sizeof kReturnStub, kSyscallStub, sizeof kSyscallStub);
+  std::memcpy(code + kCloneStubOffset, kCloneStub, sizeof kCloneStub);
   memory_.write_bytes(RemoteAddr(base), code, sizeof code);
 }
 
@@ -64,6 +74,8 @@ uint64_t ScratchArena::scratch() const {
 RemoteAddr ScratchArena::return_stub() const { return RemoteAddr(scratch()); }
 
 RemoteAddr ScratchArena::syscall_stub() const { return RemoteAddr(scratch() + kSyscallStubOffset); }
+
+RemoteAddr ScratchArena::clone_stub() const { return RemoteAddr(scratch() + kCloneStubOffset); }
 
 RemoteAddr ScratchArena::sigreturn_pc() const { return RemoteAddr(scratch() + kSigreturnPcOffset); }
 

@@ -47,6 +47,10 @@ class ScratchArena {
   /// `syscall`, then the return stub: runs one system call on a frame-prepared thread.
   RemoteAddr syscall_stub() const;
 
+  /// `clone` for a process copy: the parent goes on to the return stub, a child left to
+  /// itself exits at once (see the rehearsal).
+  RemoteAddr clone_stub() const;
+
   /// The pc a thread reports at the syscall-entry stop of the return stub's rt_sigreturn.
   RemoteAddr sigreturn_pc() const;
 
@@ -67,6 +71,9 @@ class ScratchArena {
   /// [near_start, near_end). The slot counts as used from then on.
   uint64_t allocate_slot(BorrowedThread& thread, const std::function<bool(uint64_t slot)>& reaches,
                          uint64_t near_start, uint64_t near_end);
+
+  /// Every arena known, the scratch one first.
+  const std::vector<uint64_t>& arenas() const { return arenas_; }
 
   /// Arenas this operation mapped (to record in the registry, or to unmap when it fails).
   const std::vector<uint64_t>& new_arenas() const { return new_arenas_; }

@@ -25,7 +25,9 @@
 #include "update/registry.h"
 #include "update/target.h"
 #include "binary/unwinder.h"
+#include "process/proc_files.h"
 #include "update/data_update.h"
+#include "update/rehearsal.h"
 #include "update/engine_internal.h"
 
 namespace polus {
@@ -176,6 +178,7 @@ class Applier {
 
     target_.seize();
     try {
+      if (options_.rehearse) rehearse();
       load();
       commit();
     } catch (...) {
@@ -228,6 +231,21 @@ class Applier {
     for (const PatchImport& imp : patch_.imports) {
       slot_values_.emplace_back(imp.slot, target_.symbols().resolve(imp.name, SymbolKind::kAny).address.address());
     }
+  }
+
+  /// The load tried first in a copy of the process (update/rehearsal.h).
+  void rehearse() {
+    std::optional<TaskStatus> status = read_task_status(target_.pid());
+    if (status && status->seccomp != 0) {
+      // The copy is made with clone(2), and loading makes openat/mmap/mprotect calls: a
+      // filter that kills on one of them would kill the process, and Polus cannot read it yet.
+      throw Error(ErrorCode::kUnsafeToPatch,
+                  "process " + std::to_string(target_.pid()) + " runs under a seccomp filter, which could kill it for "
+                  "a system call of the rehearsal (clone) or of loading the patch; Polus cannot check the filter yet. "
+                  "Nothing was changed. If the filter allows clone, openat, mmap and mprotect, apply with "
+                  "--no-rehearsal");
+    }
+    rehearsal_ns_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -522,6 +540,7 @@ class Applier {
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
+  uint64_t rehearsal_ns_ = 0;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry
 };

@@ -1,0 +1,151 @@
+#include "update/rehearsal.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <spdlog/spdlog.h>
+
+#include "binary/unwinder.h"
+#include "common/clock.h"
+#include "polus/error.h"
+#include "update/data_update.h"
+
+namespace polus {
+
+namespace {
+
+bool is_allocator(const std::string& name) {
+  static const std::vector<std::string> kAllocator = {
+      "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc", "memalign", "valloc",
+      "pvalloc", "malloc_trim", "malloc_stats", "malloc_info", "mallinfo", "mallinfo2", "__libc_malloc",
+      "__libc_free", "__libc_calloc", "__libc_realloc", "__libc_memalign"};
+  return std::find(kAllocator.begin(), kAllocator.end(), name) != kAllocator.end();
+}
+
+/// Runs the load in the copy; throws Error describing what went wrong there.
+void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& memory, const PatchDescription& patch,
+                  const std::string& agent_path, std::optional<AgentLocation> agent) {
+  const pid_t copy = session.pid();
+  if (!session.stop_thread(copy, step_deadline())) {
+    throw Error(ErrorCode::kTargetDied, "the copy exited before Polus could use it");
+  }
+  ScratchArena arena(memory);
+  arena.adopt(target.arena().arenas());
+  BorrowedThread thread(session, memory, copy, arena, [&target] { return target.bootstrap_entries(); });
+  if (!agent) {
+    uint64_t handle = thread.call_with_string(target.libc_function("dlopen"), agent_path, {RTLD_NOW | RTLD_GLOBAL});
+    if (handle == 0) {
+      uint64_t message = thread.call(target.libc_function("dlerror"), {});
+      throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + agent_path + ": " +
+                                              memory.read_c_string(RemoteAddr(message), 1024));
+    }
+    agent = agent_location_at(agent_path, memory.read(RemotePtr<uint64_t>(handle)));
+  }
+  uint64_t patch_handle = thread.call_with_string(agent->load_patch, patch.path);
+  if (patch_handle == 0) {
+    polus_agent_registry registry = memory.read(agent->registry);
+    throw Error(ErrorCode::kLoadFailed,
+                "dlopen of the patch failed: " + std::string(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error)));
+  }
+  // Pre-update callbacks of a code-only patch need nothing of the update's state: try them
+  // too. (A data patch's callbacks register heap data with the agent's tracking, which only
+  // the real commit sets up.)
+  if (patch.mappings_of(POLUS_MAP_DATA).empty()) {
+    const uint64_t bias = memory.read(RemotePtr<uint64_t>(patch_handle));
+    int refused = run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
+    if (refused) spdlog::debug("rehearsal: the pre-update callback refused ({}); the real commit will say so", refused);
+  }
+}
+
+}  // namespace
+
+uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+                       const std::optional<AgentLocation>& agent) {
+  const auto started = Clock::now();
+  // The copy runs our stubs: the arena must exist before it is made.
+  {
+    BorrowedThread thread = target.borrow_safe_thread();
+    const LoadedObject& main = target.symbols().main_executable();
+    target.arena().ensure(thread, main.text_start, main.text_end);
+  }
+  pid_t cloner = 0;
+  pid_t copy = 0;
+  PauseRequest request;
+  request.giving_up = "cannot make a copy of the process to rehearse the load in";
+  request.prepare = [&] {
+    if (!cloner) cloner = target.stop_thread_safe_to_borrow();
+    return cloner;
+  };
+  // A lock held by any thread at the moment of the copy stays held in the copy for good. The
+  // frames are found by CFI unwinding: every word of a stack, as the borrowing check reads
+  // it, holds stale return addresses that may never clear on a busy server.
+  Unwinder unwinder(target.symbols(), target.pid());
+  request.why_busy = [&] {
+    // Allocator locks are left out: a server's threads live in malloc, and each thread mostly
+    // allocates from its own arena; the copy's one thread rarely needs another's. If it
+    // does, the copy hangs and the rehearsal says so, the target unharmed.
+    std::vector<AddressRange> locks;
+    for (const AddressRange& range : target.lock_holding_ranges()) {
+      if (!is_allocator(range.what)) locks.push_back(range);
+    }
+    std::vector<MappedRegion> maps;
+    for (pid_t tid : target.session().thread_ids()) {
+      const user_regs_struct regs = target.session().get_regs(tid);
+      UnwindResult stack = unwinder.unwind(target.memory(), regs);
+      const AddressRange* hit = nullptr;
+      for (size_t i = 0; i < stack.frames.size() && !hit; ++i) {
+        const uint64_t pc = i == 0 ? stack.frames[i].pc : stack.frames[i].pc - 1;  // the call, not what follows it
+        for (const AddressRange& range : locks) {
+          if (pc >= range.start && pc < range.end) hit = &range;
+        }
+      }
+      if (!hit && !stack.complete) {  // what the walk did not see may hold a lock: every word counts
+        if (maps.empty()) maps = read_process_maps(target.pid());
+        hit = thread_touches(snapshot_thread(target.memory(), maps, tid, regs), locks);
+      }
+      if (hit) return "thread " + std::to_string(tid) + " is inside " + hit->what;
+    }
+    return std::string();
+  };
+  std::optional<PtraceSession> session;
+  request.act = [&](const Pause&) {
+    copy = target.borrow(cloner).clone_process();
+    // Out of the target's session before the pause ends, or resuming every thread would
+    // let the copy go too.
+    session.emplace(target.session().split_off_process(copy));
+  };
+  target.pause_when_free(request);
+
+  std::string failure;
+  try {
+    ProcMemory memory(copy);
+    load_in_copy(target, *session, memory, patch, agent_path, agent);
+  } catch (const Error& e) {
+    failure = e.code() == ErrorCode::kTargetDied ? "the copy died (" + std::string(e.what()) + ")" : e.what();
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  session->kill_and_reap();
+  // The copy is a zombie child of the target now: the target reaps it (exit signal 0 means
+  // no SIGCHLD; only a wait with __WALL sees it, and this one takes exactly that pid).
+  try {
+    BorrowedThread thread = target.borrow_safe_thread();
+    int64_t reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy), 0, __WALL, 0});
+    if (reaped != copy) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
+  } catch (const std::exception& e) {
+    spdlog::warn("the rehearsal's copy {} was not reaped by process {}: {}", copy, target.pid(), e.what());
+  }
+  if (!failure.empty()) {
+    throw Error(ErrorCode::kLoadFailed, "patch " + patch.name + " failed when its load was rehearsed in a copy of process " +
+                                            std::to_string(target.pid()) + ": " + failure +
+                                            ". The process itself was not touched; fix the patch");
+  }
+  uint64_t took = elapsed_ns(started);
+  spdlog::debug("rehearsal of patch {} in copy {} of process {}: {} us", patch.name, copy, target.pid(), took / 1000);
+  return took;
+}
+
+}  // namespace polus
