@@ -18,6 +18,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "polus/stop_request.h"
 #include "polus/engine.h"
 #include "polus/error.h"
 
@@ -255,6 +256,10 @@ int run(const Args& args) {
     for (const auto& p : status.patches) print_patch_human(p);
     return 0;
   }
+  // Ctrl-C, kill and a dropped ssh session wait until the engine reaches a point where it can
+  // stop cleanly (it asks at every such point): they never cut a change to the target short.
+  sigset_t stop = polus::stop_signals();
+  sigprocmask(SIG_BLOCK, &stop, nullptr);
   polus::PatchInfo info = args.command == "apply"      ? polus::apply_patch(args.pid, args.patch, args.engine)
                          : args.command == "rollback" ? polus::rollback_patch(args.pid, args.engine)
                                                       : polus::finish_update(args.pid, args.engine);
@@ -271,6 +276,10 @@ int run(const Args& args) {
   } else {
     print_header();
     print_patch_human(info);
+  }
+  if (int sig = polus::stop_requested()) {
+    std::fprintf(stderr, "polusctl %s: stopped by %s once the target was in a recorded state\n", args.command.c_str(),
+                 strsignal(sig));
   }
   if (info.state == "syncing" && !args.json) {
     std::printf("the %s of %s is still syncing (threads above still run code it retires); it completes with "

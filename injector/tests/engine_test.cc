@@ -547,3 +547,38 @@ TEST_CASE("a target living in malloc, dlopen and thread creation is patched with
   auto after = progress();
   for (int i = 0; i < 3; ++i) CHECK(after[i] > before[i]);
 }
+
+TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target unchanged", "[engine][live][errors]") {
+  polus::testing::ChildProcess target({BUSY_FIXTURE});
+  REQUIRE(target.read_line() == "READY");
+  // The busy fixture never leaves dlopen, so the rehearsal keeps waiting for a moment to copy it.
+  int err_pipe[2];
+  REQUIRE(pipe(err_pipe) == 0);
+  pid_t polusctl = fork();
+  if (polusctl == 0) {
+    dup2(err_pipe[1], 2);
+    close(err_pipe[0]);
+    std::string pid = std::to_string(target.pid());
+    execl(POLUSCTL_PATH, "polusctl", "apply", pid.c_str(), PROLOGUE_PATCH_DIR "/prologue-busy.so", "--agent",
+          POLUS_AGENT_PATH, "--timeout", "20000", nullptr);
+    _exit(127);
+  }
+  close(err_pipe[1]);
+  std::this_thread::sleep_for(500ms);
+  const auto sent = std::chrono::steady_clock::now();
+  kill(polusctl, SIGINT);
+  int status = 0;
+  REQUIRE(waitpid(polusctl, &status, 0) == polusctl);
+  const auto took = std::chrono::steady_clock::now() - sent;
+  std::string err;
+  std::array<char, 4096> buf;
+  for (ssize_t n; (n = read(err_pipe[0], buf.data(), buf.size())) > 0;) err.append(buf.data(), static_cast<size_t>(n));
+  close(err_pipe[0]);
+  INFO(err);
+  REQUIRE(WIFEXITED(status));  // not killed by the signal: it stopped by itself
+  CHECK(WEXITSTATUS(status) == 15);
+  CHECK_THAT(err, Catch::Contains("stopped by") && Catch::Contains("target unchanged"));
+  CHECK(took < 3s);
+  CHECK(target.ask("value 5") == "15");
+  CHECK(polus::read_status(target.pid()).patches.empty());
+}

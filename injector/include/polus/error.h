@@ -22,6 +22,7 @@ enum class ErrorCode {
   kNothingToRollBack,  // rollback asked but no applied patch
   kTargetDied,         // the target exited during the operation
   kTimeout,            // the target did not reach a safe point in time
+  kInterrupted,        // the operator asked Polus to stop (SIGINT/SIGTERM/SIGHUP) before it changed anything
   kInternal,           // a bug in Polus or an unexpected kernel answer
 };
 

@@ -20,6 +20,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kNothingToRollBack: return "nothing-to-roll-back";
     case ErrorCode::kTargetDied: return "target-died";
     case ErrorCode::kTimeout: return "timeout";
+    case ErrorCode::kInterrupted: return "interrupted";
     case ErrorCode::kInternal: return "internal";
   }
   return "internal";  // an out-of-range value is itself a bug
@@ -41,6 +42,7 @@ int error_exit_status(ErrorCode code) {
     case ErrorCode::kNothingToRollBack: return 12;
     case ErrorCode::kTargetDied: return 13;
     case ErrorCode::kTimeout: return 14;
+    case ErrorCode::kInterrupted: return 15;
     case ErrorCode::kInternal: return 1;
   }
   return 1;

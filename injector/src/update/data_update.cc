@@ -13,6 +13,7 @@
 
 #include "polus/error.h"
 #include "common/format.h"
+#include "polus/stop_request.h"
 #include "process/proc_files.h"
 #include "binary/unwinder.h"
 
@@ -341,6 +342,10 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
     target.release();
     if (done) return true;
     if (Clock::now() >= until) return false;
+    if (int sig = stop_requested()) {  // the update stays syncing, recorded; `finish` takes it on
+      spdlog::warn("stopped by {} while the update syncs; it stays syncing", strsignal(sig));
+      return false;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }

@@ -19,6 +19,7 @@
 
 #include "polus/error.h"
 #include "common/format.h"
+#include "polus/stop_request.h"
 #include "process/proc_files.h"
 
 namespace polus {
@@ -181,6 +182,10 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
       session_->resume_thread(tid);
     }
+    if (int sig = stop_requested()) {
+      throw Error(ErrorCode::kInterrupted, "stopped by " + std::string(strsignal(sig)) +
+                                               " while looking for a thread to borrow; target unchanged");
+    }
     if (Clock::now() >= deadline_) {
       throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
                                            " reached a point where it can safely run code (" +
@@ -211,6 +216,10 @@ uint64_t TargetContext::pause_when_free(const PauseRequest& request) {
       pause.end(request.release_between_attempts ? 0 : keep);
     }
     if (request.release_between_attempts) release();
+    if (int sig = stop_requested()) {
+      throw Error(ErrorCode::kInterrupted, request.giving_up + ": stopped by " + strsignal(sig) +
+                                               " while waiting for a safe moment (" + reason + "); target unchanged");
+    }
     if (Clock::now() >= deadline_) {
       throw Error(ErrorCode::kUnsafeToPatch,
                   request.giving_up + ": " + reason + "; gave up after " +
