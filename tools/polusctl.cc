@@ -5,9 +5,11 @@
 // 7 ambiguous symbol, 8 malformed patch, 9 patch for another build, 10 load failed,
 // 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout.
 #include <limits.h>
+#include <pwd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -41,6 +43,8 @@ options:
   --timeout MS         how long to wait for a safe moment (default 10000)
   --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000);
                        past it the update stays syncing and `polusctl finish` completes it
+  --allow-owner USER   apply also trusts patch files (and directories) owned by USER, a name or
+                       uid (repeatable); otherwise, run as root, only root-owned ones (SECURITY.md)
   -v, --verbose        log what the engine does (to stderr)
 )";
 
@@ -75,6 +79,23 @@ std::string default_agent_path() {
   return "/usr/local/lib/libpolus-agent.so";
 }
 
+/// A user name or a numeric uid (for --allow-owner).
+uid_t parse_owner(const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    errno = 0;
+    unsigned long value = std::strtoul(text.c_str(), nullptr, 10);
+    if (errno != 0 || value >= static_cast<unsigned long>(static_cast<uid_t>(-1))) usage_error("'" + text + "' is not a uid");
+    return static_cast<uid_t>(value);
+  }
+  struct passwd pw;
+  struct passwd* found = nullptr;
+  char buf[4096];
+  if (text.empty() || getpwnam_r(text.c_str(), &pw, buf, sizeof buf, &found) != 0 || !found) {
+    usage_error("--allow-owner: no user named '" + text + "'");
+  }
+  return found->pw_uid;
+}
+
 pid_t parse_pid(const std::string& text) {
   char* end = nullptr;
   long value = std::strtol(text.c_str(), &end, 10);
@@ -98,6 +119,7 @@ Args parse(int argc, char** argv) {
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
     else if (a == "--timeout") args.engine.timeout = std::chrono::milliseconds(std::atol(value().c_str()));
     else if (a == "--sync-timeout") args.engine.sync_timeout = std::chrono::milliseconds(std::atol(value().c_str()));
+    else if (a == "--allow-owner") args.engine.allowed_owners.push_back(parse_owner(value()));
     else if (a == "-h" || a == "--help") { std::cout << kUsage; std::exit(0); }
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
     else positional.push_back(a);

@@ -46,3 +46,11 @@ add_test(NAME data_update_test COMMAND data_update_test --durations yes)
 # Each suite takes seconds; a hang should fail fast, and --durations shows (on failure) the
 # last test case that finished, so the one that hung is the next in the file.
 set_tests_properties(prologue_test engine_test data_update_test PROPERTIES TIMEOUT 120)
+
+# --- patch_trust_test: refusing patch files others could write (real owners; needs root) ---
+add_executable(patch_trust_test patch_trust_test.cc)
+target_link_libraries(patch_trust_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(patch_trust_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(patch_trust_test polus-agent polusctl)
+add_test(NAME patch_trust_test COMMAND patch_trust_test --durations yes)
+set_tests_properties(patch_trust_test PROPERTIES TIMEOUT 120)

@@ -1,6 +1,8 @@
 // polus/options.h — what a caller of the engine can choose (public API).
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <string>
 #include <vector>
@@ -28,6 +30,9 @@ struct EngineOptions {
   /// How long apply/rollback/finish wait for a data update's sync phase to end before
   /// returning with the update still `syncing` (finish it later with finish_update).
   std::chrono::milliseconds sync_timeout{10000};
+  /// Owners besides root and the caller whose patch files (and the directories holding them)
+  /// apply trusts (polusctl --allow-owner); SECURITY.md has the rules a patch file must pass.
+  std::vector<uid_t> allowed_owners;
 };
 
 }  // namespace polus

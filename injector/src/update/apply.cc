@@ -21,6 +21,7 @@
 #include "polus/error.h"
 #include "common/format.h"
 #include "update/patch_file.h"
+#include "update/patch_trust.h"
 #include "binary/prologue.h"
 #include "update/registry.h"
 #include "update/target.h"
@@ -552,6 +553,9 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
 }
 
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
+  // Before the Applier parses the file as root or locks the target, and on the path as given
+  // (run() has only the resolved one): refuse a file others could write or swap (SECURITY.md).
+  check_patch_trusted(patch_path, TrustOptions{options.allowed_owners});
   return Applier(pid, patch_path, options).run();
 }
 
