@@ -82,7 +82,7 @@ for f in "$work"/artifacts/*; do
 done
 for f in "$work"/loader/loader-*; do
   [ -e "$f" ] || continue
-  cp "$f" "$seeds/crash-loader-$(sha1sum "$f" | cut -c1-16).so"
+  cp "$f" "$seeds/crash-loader-$(sha1sum "$f" | cut -c1-16)"
 done
 
 # ---- RELIABILITY.md: this script's section only, between its markers. ------------------

@@ -282,72 +282,72 @@ TEST_CASE("what ld.so asserts on is refused with a message that names it", "[pat
   // Each of these once killed the target inside dlopen ("Inconsistency detected by ld.so")
   // or faulted it, after the file had passed validation.
   SECTION("DT_RELAENT") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.dynamic(DT_RELAENT)->d_un.d_val = 0;
     CHECK_THAT(refusal(elf, "relaent"), Catch::Contains("DT_RELAENT"));
   }
   SECTION("DT_PLTREL") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.dynamic(DT_PLTREL)->d_un.d_val = DT_REL;
     CHECK_THAT(refusal(elf, "pltrel"), Catch::Contains("DT_PLTREL"));
   }
   SECTION("a relocation counted by DT_RELACOUNT that is not relative") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     auto* rela = elf.at_vaddr<Elf64_Rela>(elf.dynamic(DT_RELA)->d_un.d_ptr);
     rela[0].r_info = ELF64_R_INFO(0, R_X86_64_64);
     CHECK_THAT(refusal(elf, "relacount"), Catch::Contains("DT_RELACOUNT"));
   }
   SECTION("a GNU hash bloom filter whose size is not a power of two") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.at_vaddr<uint32_t>(elf.dynamic(DT_GNU_HASH)->d_un.d_ptr)[2] = 3;
     CHECK_THAT(refusal(elf, "bloom"), Catch::Contains("bloom filter size 3"));
   }
   SECTION("a GNU hash table without buckets") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.at_vaddr<uint32_t>(elf.dynamic(DT_GNU_HASH)->d_un.d_ptr)[0] = 0;
     CHECK_THAT(refusal(elf, "buckets"), Catch::Contains("no buckets"));
   }
   SECTION("a version requirement for a library that is not needed") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     auto* need = elf.at_vaddr<Elf64_Verneed>(elf.dynamic(DT_VERNEED)->d_un.d_ptr);
     need->vn_file += 1;  // "ibc.so.6"
     CHECK_THAT(refusal(elf, "vn_file"), Catch::Contains("not one of its DT_NEEDED"));
   }
   SECTION("a symbol version index that nothing defines") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     Elf64_Shdr* versym = elf.section(SHT_GNU_versym);
     reinterpret_cast<uint16_t*>(elf.bytes.data() + versym->sh_offset)[1] = 9;
     CHECK_THAT(refusal(elf, "versym"), Catch::Contains("version index 9"));
   }
   SECTION("a symbol index past the symbol table") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     auto* plt = elf.at_vaddr<Elf64_Rela>(elf.dynamic(DT_JMPREL)->d_un.d_ptr);
     plt[0].r_info = ELF64_R_INFO(4000, R_X86_64_JUMP_SLOT);
     CHECK_THAT(refusal(elf, "symindex"), Catch::Contains("refers to symbol 4000"));
   }
   SECTION("a relocation that writes into read-only code") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     auto* rela = elf.at_vaddr<Elf64_Rela>(elf.dynamic(DT_RELA)->d_un.d_ptr);
     rela[0].r_offset = elf.dynamic(DT_INIT)->d_un.d_ptr;
     CHECK_THAT(refusal(elf, "textrel"), Catch::Contains("not in a writable segment"));
   }
   SECTION("a segment that reaches past the end of the file") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.bytes.resize(elf.bytes.size() - 4096 + 100);
     CHECK(read(elf.bytes, "truncated") == Outcome::kMalformed);
   }
   SECTION("a segment whose offset and address disagree modulo the page size") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.phdr(PT_LOAD)->p_vaddr += 0x10;
     CHECK_THAT(refusal(elf, "congruence"), Catch::Contains("modulo its alignment"));
   }
   SECTION("an executable stack") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     elf.phdr(PT_GNU_STACK)->p_flags |= PF_X;
     CHECK_THAT(refusal(elf, "execstack"), Catch::Contains("executable stack"));
   }
   SECTION("a dynamic section without DT_NULL") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     Elf64_Phdr* dyn = elf.phdr(PT_DYNAMIC);
     for (Elf64_Dyn* e = reinterpret_cast<Elf64_Dyn*>(elf.bytes.data() + dyn->p_offset);
          e < reinterpret_cast<Elf64_Dyn*>(elf.bytes.data() + dyn->p_offset + dyn->p_filesz); ++e) {
@@ -359,7 +359,7 @@ TEST_CASE("what ld.so asserts on is refused with a message that names it", "[pat
     CHECK_THAT(refusal(elf, "unterminated"), Catch::Contains("DT_NULL"));
   }
   SECTION("flags that would keep the patch loaded for good") {
-    Elf elf = seed_elf("greeter-v0-v1.so");
+    Elf elf = seed_elf("greeter-v0-v1.elf");
     Elf64_Dyn* count = elf.dynamic(DT_RELACOUNT);  // optional: free to become DT_FLAGS_1
     count->d_tag = DT_FLAGS_1;
     count->d_un.d_val = DF_1_NODELETE;
@@ -404,7 +404,7 @@ TEST_CASE("mutants of the valid seeds are accepted or refused as malformed, noth
 
 TEST_CASE("damaged patches applied to a live greeter: refused (8) or applied (0), the greeter keeps serving",
           "[patch_file][live]") {
-  Elf pristine = seed_elf("greeter-v0-v1.so");
+  Elf pristine = seed_elf("greeter-v0-v1.elf");
   const std::vector<uint64_t> positions = structure_offsets(pristine);
   char dir_template[] = "/tmp/polus-patch-file-test-XXXXXX";
   REQUIRE(mkdtemp(dir_template));

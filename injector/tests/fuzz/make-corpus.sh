@@ -2,7 +2,7 @@
 # Rebuilds the valid seeds of the patch reader's fuzz corpus (injector/tests/fuzz/corpus/)
 # from the test patches, in the link variants a patch can come in: GNU and SysV hash tables,
 # -z now, a version script with a soname, lld's layout, C++, thread-local data. Stripped, so
-# each stays small. crash-* files in the corpus (inputs that once broke the reader or the
+# each stays small, named *.elf (the repository ignores *.so). crash-* files in the corpus (inputs that once broke the reader or the
 # loader) are left as they are.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,7 +17,7 @@ build() {  # build NAME COMPILER SOURCE [extra flags...]
   local name=$1 cc=$2 src=$3
   shift 3
   "$cc" "${cflags[@]}" "$@" "$src" -o "$tmp/$name"
-  strip --strip-all -R .comment "$tmp/$name" -o "$out/$name"
+  strip --strip-all -R .comment "$tmp/$name" -o "$out/${name%.so}.elf"
 }
 
 mkdir -p "$out"

@@ -97,9 +97,16 @@ LoadEnd load_in_child(const uint8_t* data, size_t size) {
   if (child == 0) {
     // libFuzzer's and the sanitizers' handlers would report the child's death as the
     // fuzzer's own crash: take them out.
+    // On a stack of its own: damaged code may leave the stack pointer anywhere, and a signal
+    // that cannot be delivered kills the child as if the loader had.
+    static char alternate[1 << 16];
+    stack_t stack{};
+    stack.ss_sp = alternate;
+    stack.ss_size = sizeof alternate;
+    sigaltstack(&stack, nullptr);
     struct sigaction fault {};
     fault.sa_sigaction = classify_fault;
-    fault.sa_flags = SA_SIGINFO;
+    fault.sa_flags = SA_SIGINFO | SA_ONSTACK;
     for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT, SIGSYS}) sigaction(sig, &fault, nullptr);
     signal(SIGALRM, SIG_DFL);
     alarm(5);
@@ -130,7 +137,10 @@ void check_with_loader(const uint8_t* data, size_t size, const char* dir) {
                                               : "the child ended oddly";
   if (end == kOther) std::fprintf(stderr, "polus-fuzz: (child status %d)\n", last_status);
   bool code = end == kPatchCodeFault;
-  if (code && ++in_patch_code > 20) return;  // enough examples of what no reader can catch
+  if (code && ++in_patch_code > 20) {  // enough examples of what no reader can catch: count only
+    std::fprintf(stderr, "polus-fuzz: %s on an input the reader accepted\n", what);
+    return;
+  }
   std::string path = std::string(dir) + (code ? "/patch-code-" : "/loader-") + std::to_string(found++) + ".so";
   if (FILE* out = std::fopen(path.c_str(), "wb")) {
     std::fwrite(data, 1, size, out);
