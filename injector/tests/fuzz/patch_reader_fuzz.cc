@@ -86,6 +86,29 @@ void classify_fault(int, siginfo_t*, void* context) {
   iovec local{stack, sizeof stack}, remote{reinterpret_cast<void*>(regs[REG_RSP]), sizeof stack};
   if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(sizeof stack)) patch_code = true;
   for (int i = 0; i < 64 && !patch_code; ++i) patch_code = in_patch(stack[i]);
+  // A pc outside every mapped file (on a stack, in the heap, nowhere) is a wild jump: the
+  // loader never jumps there, damaged code does.
+  if (!patch_code) {
+    static char maps[1 << 16];
+    int fd = open("/proc/self/maps", O_RDONLY);
+    ssize_t n = 0, got;
+    while (fd >= 0 && n < static_cast<ssize_t>(sizeof maps) - 1 && (got = read(fd, maps + n, sizeof maps - 1 - n)) > 0) n += got;
+    if (fd >= 0) close(fd);
+    maps[n > 0 ? n : 0] = 0;
+    uint64_t pc = static_cast<uint64_t>(regs[REG_RIP]);
+    bool in_file = false;
+    for (char* line = maps; *line && !in_file;) {
+      char* end = std::strchr(line, '\n');
+      if (end) *end = 0;
+      const char* dash = std::strchr(line, '-');
+      if (dash && pc >= std::strtoull(line, nullptr, 16) && pc < std::strtoull(dash + 1, nullptr, 16)) {
+        in_file = std::strstr(line, " /") != nullptr && std::strstr(line, "[") == nullptr;
+      }
+      if (!end) break;
+      line = end + 1;
+    }
+    patch_code = !in_file;
+  }
   _exit(patch_code ? kPatchCodeFault : kLoaderFault);
 }
 
