@@ -10,9 +10,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -40,9 +44,10 @@ options:
   --no-rehearsal       load the patch into PID directly, without trying it first in a copy of
                        the process (for huge or seccomp-confined processes: a crashing
                        constructor or a forbidden system call then hits PID itself)
-  --timeout MS         how long to wait for a safe moment (default 10000)
-  --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000);
-                       past it the update stays syncing and `polusctl finish` completes it
+  --timeout MS         how long to wait for a safe moment (default 10000; 1 to 86400000)
+  --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000;
+                       0 to 86400000); past it the update stays syncing and `polusctl finish`
+                       completes it
   --allow-owner USER   apply also trusts patch files (and directories) owned by USER, a name or
                        uid (repeatable); otherwise, run as root, only root-owned ones (SECURITY.md)
   -v, --verbose        log what the engine does (to stderr)
@@ -96,11 +101,33 @@ uid_t parse_owner(const std::string& text) {
   return found->pw_uid;
 }
 
+/// A whole decimal number in [min, max]: digits only (no sign, space, fraction, hex or
+/// exponent), or nullopt.
+std::optional<uint64_t> whole_number(const std::string& text, uint64_t min, uint64_t max) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  uint64_t value = std::stoull(text);
+  if (value < min || value > max) return std::nullopt;
+  return value;
+}
+
 pid_t parse_pid(const std::string& text) {
-  char* end = nullptr;
-  long value = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != 0 || value <= 0 || value > INT_MAX) usage_error("'" + text + "' is not a process id");
-  return static_cast<pid_t>(value);
+  auto value = whole_number(text, 1, std::numeric_limits<pid_t>::max());
+  if (!value) {
+    usage_error("'" + text + "' is not a process id (a whole number from 1 to " +
+                std::to_string(std::numeric_limits<pid_t>::max()) + ")");
+  }
+  return static_cast<pid_t>(*value);
+}
+
+constexpr uint64_t kMaxMilliseconds = 86400000;  // a day
+
+std::chrono::milliseconds parse_ms(const std::string& option, const std::string& text, uint64_t min) {
+  auto value = whole_number(text, min, kMaxMilliseconds);
+  if (!value) {
+    usage_error(option + " needs a whole number of milliseconds from " + std::to_string(min) + " to " +
+                std::to_string(kMaxMilliseconds) + ", not '" + text + "'");
+  }
+  return std::chrono::milliseconds(*value);
 }
 
 Args parse(int argc, char** argv) {
@@ -117,8 +144,8 @@ Args parse(int argc, char** argv) {
     else if (a == "--agent") args.engine.agent_path = value();
     else if (a == "--no-rehearsal") args.engine.rehearse = false;
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
-    else if (a == "--timeout") args.engine.timeout = std::chrono::milliseconds(std::atol(value().c_str()));
-    else if (a == "--sync-timeout") args.engine.sync_timeout = std::chrono::milliseconds(std::atol(value().c_str()));
+    else if (a == "--timeout") args.engine.timeout = parse_ms(a, value(), 1);
+    else if (a == "--sync-timeout") args.engine.sync_timeout = parse_ms(a, value(), 0);
     else if (a == "--allow-owner") args.engine.allowed_owners.push_back(parse_owner(value()));
     else if (a == "-h" || a == "--help") { std::cout << kUsage; std::exit(0); }
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);

@@ -1,15 +1,19 @@
 // polusd — hosts the engine for updates that outlive one polusctl call.
 //
-//   polusd PID [--interval MS] [--give-up-after S]
+//   polusd PID [--interval MS] [--give-up-after S] [--agent PATH]
 //
 // Watches process PID and completes its in-flight data update (an apply or rollback left
 // `syncing` because a thread kept running code it retires): every interval it runs one
-// round of finish_update, then exits 0 once nothing is in flight, 3 if the process is gone.
+// round of finish_update, then exits 0 once nothing is in flight, 3 if the process is gone,
+// 14 after --give-up-after, 2 for a usage error (--interval 1 to 3600000 ms, --give-up-after
+// 1 to 31536000 s, PID a whole number that fits pid_t).
 // Between rounds it holds no ptrace attachment, so `polusctl status` and `rollback` work.
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -18,22 +22,44 @@
 #include "polus/engine.h"
 #include "polus/error.h"
 
-int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: polusd PID [--interval MS] [--give-up-after S] [--agent PATH]\n";
-    return 2;
+namespace {
+
+constexpr const char* kUsage = "usage: polusd PID [--interval MS] [--give-up-after S] [--agent PATH]\n";
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "polusd: " << message << "\n" << kUsage;
+  std::exit(2);
+}
+
+/// A whole decimal number in [min, max]: digits only (no sign, space, fraction, hex or
+/// exponent); anything else is a usage error naming `what`.
+uint64_t whole_number(const std::string& what, const std::string& text, uint64_t min, uint64_t max) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoull(text) < min || std::stoull(text) > max) {
+    usage_error(what + " must be a whole number from " + std::to_string(min) + " to " + std::to_string(max) +
+                ", not '" + text + "'");
   }
-  pid_t pid = static_cast<pid_t>(std::atol(argv[1]));
+  return std::stoull(text);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) usage_error("no process id");
+  pid_t pid = static_cast<pid_t>(whole_number("the process id", argv[1], 1, std::numeric_limits<pid_t>::max()));
   polus::EngineOptions options;
   if (const char* agent = std::getenv("POLUS_AGENT")) options.agent_path = agent;
   options.sync_timeout = std::chrono::milliseconds(200);
   auto interval = std::chrono::milliseconds(500);
   std::chrono::seconds give_up = std::chrono::hours(24 * 365);
-  for (int i = 2; i + 1 < argc; i += 2) {
+  for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--interval") interval = std::chrono::milliseconds(std::atol(argv[i + 1]));
-    else if (flag == "--give-up-after") give_up = std::chrono::seconds(std::atol(argv[i + 1]));
-    else if (flag == "--agent") options.agent_path = argv[i + 1];
+    if (flag != "--interval" && flag != "--give-up-after" && flag != "--agent") usage_error("unknown option " + flag);
+    if (i + 1 >= argc) usage_error(flag + " needs a value");
+    std::string value = argv[i + 1];
+    if (flag == "--interval") interval = std::chrono::milliseconds(whole_number("--interval (milliseconds)", value, 1, 3600000));
+    else if (flag == "--give-up-after") give_up = std::chrono::seconds(whole_number("--give-up-after (seconds)", value, 1, 31536000));
+    else options.agent_path = value;
   }
   auto deadline = std::chrono::steady_clock::now() + give_up;
   spdlog::info("polusd: watching process {}", pid);

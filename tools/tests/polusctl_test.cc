@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "greeter_process.h"
@@ -120,4 +121,54 @@ TEST_CASE("polusctl errors: documented exit statuses and specific messages", "[p
   // After all of that, the target serves v0, unpatched.
   CHECK(server.request("HELLO op") == "Hello, op! (v0)");
   CHECK_THAT(polusctl({"status", pid}).out, Catch::Contains("no patches applied"));
+}
+
+TEST_CASE("numeric options and process ids are checked: a usage error naming the option and its range",
+          "[polusctl][usage]") {
+  // No process is touched: all of these fail while the command line is read.
+  for (const std::string bad : {"abc", "-1", "1.5", "0x10", "", "12345678901234567890", " 5", "+5", "1e3"}) {
+    INFO("'" << bad << "'");
+    Run timeout = polusctl({"status", "1", "--timeout", bad});
+    CHECK(timeout.status == 2);
+    CHECK_THAT(timeout.err, Catch::Contains("--timeout needs a whole number of milliseconds from 1 to 86400000"));
+    Run sync = polusctl({"apply", "1", "x.so", "--sync-timeout", bad});
+    CHECK(sync.status == 2);
+    CHECK_THAT(sync.err, Catch::Contains("--sync-timeout needs a whole number of milliseconds from 0 to 86400000"));
+    Run pid = polusctl({"status", bad});
+    CHECK(pid.status == 2);
+    CHECK_THAT(pid.err, Catch::Contains(bad.rfind('-', 0) == 0 ? "unknown option" : "is not a process id (a whole number from 1 to 2147483647)"));
+  }
+  CHECK(polusctl({"status", "1", "--timeout", "0"}).status == 2);
+  CHECK(polusctl({"status", "1", "--timeout", "86400001"}).status == 2);
+  CHECK(polusctl({"status", "0"}).status == 2);
+  CHECK(polusctl({"status", "2147483648"}).status == 2);
+  CHECK(polusctl({"status", "1", "--timeout"}).status == 2);
+  // In range: read, and the command goes on (to a process that does not exist).
+  CHECK(polusctl({"rollback", "999999", "--timeout", "1", "--sync-timeout", "0"}).status == 3);
+  CHECK(polusctl({"rollback", "999999", "--timeout", "86400000"}).status == 3);
+}
+
+TEST_CASE("polusd checks its process id, --interval and --give-up-after", "[polusd][usage]") {
+  std::string polusd = POLUSCTL_PATH;
+  polusd = polusd.substr(0, polusd.rfind('/')) + "/polusd";
+  auto run = [&](std::vector<std::string> args) {
+    std::string command = polusd;
+    for (const auto& a : args) command += " '" + a + "'";
+    command += " >/dev/null 2>&1";
+    int status = std::system(command.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  for (const std::string bad : {"abc", "-1", "1.5", "0x10", "", "12345678901234567890", "0"}) {
+    INFO("'" << bad << "'");
+    CHECK(run({bad}) == 2);
+    CHECK(run({"999999", "--interval", bad}) == 2);
+    CHECK(run({"999999", "--give-up-after", bad}) == 2);
+  }
+  CHECK(run({}) == 2);
+  CHECK(run({"2147483648"}) == 2);
+  CHECK(run({"999999", "--interval"}) == 2);
+  CHECK(run({"999999", "--frobnicate", "1"}) == 2);
+  CHECK(run({"999999", "--interval", "3600001"}) == 2);
+  // In range: polusd starts, finds no such process and exits 3.
+  CHECK(run({"999999", "--interval", "10", "--give-up-after", "1"}) == 3);
 }

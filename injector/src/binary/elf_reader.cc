@@ -30,6 +30,17 @@ ElfFile::ElfFile(int fd, const std::string& path) : fd_(fd), path_(path) {
   }
 }
 
+ElfFile::ElfFile(std::vector<char> image, const std::string& label) : path_(label), image_(std::move(image)) {
+  static const bool initialised = elf_version(EV_CURRENT) != EV_NONE;
+  if (!initialised) throw Error(ErrorCode::kInternal, "libelf is unusable (elf_version failed): reinstall libelf");
+  elf_ = elf_memory(image_.data(), image_.size());
+  if (!elf_ || elf_kind(elf_) != ELF_K_ELF) {
+    const char* why = elf_ ? "not an ELF file" : elf_errmsg(-1);
+    if (elf_) elf_end(elf_);
+    throw Error(ErrorCode::kInternal, "cannot read " + label + " as ELF: " + why);
+  }
+}
+
 namespace {
 int open_or_throw(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -42,7 +53,7 @@ ElfFile::ElfFile(const std::string& path) : ElfFile(open_or_throw(path), path) {
 
 ElfFile::~ElfFile() {
   elf_end(elf_);
-  ::close(fd_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,9 +15,12 @@
 namespace polus::elf {
 
 /// An open file descriptor plus its libelf handle (the file mmapped read-only), released
-/// together.
+/// together; or an image in memory (a private copy) read with elf_memory.
 class ElfFile {
  public:
+  /// Reads `image` from memory (nothing is opened; `label` names it in messages). Throws
+  /// Error(kInternal) if it is not ELF.
+  ElfFile(std::vector<char> image, const std::string& label);
   /// Takes ownership of `fd`. Throws Error(kInternal) if the file is not ELF.
   ElfFile(int fd, const std::string& path);
   /// Opens `path`. Throws Error if it cannot be opened or is not ELF.
@@ -30,8 +33,9 @@ class ElfFile {
   const std::string& path() const { return path_; }
 
  private:
-  int fd_;
+  int fd_ = -1;
   std::string path_;
+  std::vector<char> image_;  // the memory image, when read with elf_memory
   Elf* elf_ = nullptr;
 };
 
