@@ -85,12 +85,9 @@ for f in "$work"/loader/loader-*; do
   cp "$f" "$seeds/crash-loader-$(sha1sum "$f" | cut -c1-16)"
 done
 
-# ---- RELIABILITY.md: this script's section only, between its markers. ------------------
-report=RELIABILITY.md
-begin='<!-- BEGIN patch-reader-fuzzing (written by bench/fuzz.sh: edit the script, not this section) -->'
-end='<!-- END patch-reader-fuzzing -->'
-section=$(cat <<EOF
-$begin
+# ---- RELIABILITY.md: this script's section only. ------------------------------------
+source "$(dirname "$0")/reliability-section.sh"
+cat >"$work/section.md" <<EOF
 ## Patch reader fuzzing
 
 Last run $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), ${seconds} s on this
@@ -111,22 +108,8 @@ the real loader in a child process, which must not die inside the loader.
 
 Findings are added to the corpus as \`crash-*\`; \`patch_file_test\` replays the corpus on
 every test run and requires each of them refused.
-$end
 EOF
-)
-if [ ! -f "$report" ]; then
-  printf '# Reliability\n\nHow Polus holds up against bad input and failures. Each section is written by the\nscript it names; a script rewrites only its own section.\n' >"$report"
-fi
-if grep -qF "$begin" "$report"; then
-  printf '%s\n' "$section" >"$work/section.md"
-  awk -v begin="$begin" -v end="$end" -v file="$work/section.md" '
-    $0 == begin { while ((getline line < file) > 0) print line; skip = 1; next }
-    $0 == end { skip = 0; next }
-    !skip { print }' "$report" >"$work/report.md"
-  mv "$work/report.md" "$report"
-else
-  printf '\n%s\n' "$section" >>"$report"
-fi
+write_reliability_section patch-reader-fuzzing bench/fuzz.sh "$work/section.md"
 
 echo "==> ${executions} executions, ${crashes} reader findings, ${loader_kills} loader kills," \
-  "${patch_code} patch-code faults, ${hangs} hangs, corpus ${seed_count} -> ${corpus_size}; wrote $report"
+  "${patch_code} patch-code faults, ${hangs} hangs, corpus ${seed_count} -> ${corpus_size}; wrote RELIABILITY.md"
