@@ -80,9 +80,10 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     return cloner;
   };
   // A lock held by any thread at the moment of the copy stays held in the copy for good. The
-  // frames are found by CFI unwinding: every word of a stack, as the borrowing check reads
-  // it, holds stale return addresses that may never clear on a busy server.
-  Unwinder unwinder(target.symbols(), target.pid());
+  // cheap check first: every word of each stack, as the borrowing check reads it. It also
+  // finds stale return addresses that may never clear on a busy server, so a thread it flags
+  // is unwound (CFI) to see whether it really is inside.
+  std::optional<Unwinder> unwinder;
   request.why_busy = [&] {
     // Allocator locks are left out: a server's threads live in malloc, and each thread mostly
     // allocates from its own arena; the copy's one thread rarely needs another's. If it
@@ -91,22 +92,18 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     for (const AddressRange& range : target.lock_holding_ranges()) {
       if (!is_allocator(range.what)) locks.push_back(range);
     }
-    std::vector<MappedRegion> maps;
-    for (pid_t tid : target.session().thread_ids()) {
-      const user_regs_struct regs = target.session().get_regs(tid);
-      UnwindResult stack = unwinder.unwind(target.memory(), regs);
-      const AddressRange* hit = nullptr;
-      for (size_t i = 0; i < stack.frames.size() && !hit; ++i) {
+    for (const ThreadSnapshot& snap : target.snapshot_threads(true)) {
+      const AddressRange* hit = thread_touches(snap, locks);
+      if (!hit) continue;
+      if (!unwinder) unwinder.emplace(target.symbols(), target.pid());
+      UnwindResult stack = unwinder->unwind(target.memory(), target.session().get_regs(snap.tid));
+      if (!stack.complete) return "thread " + std::to_string(snap.tid) + " may be inside " + hit->what;
+      for (size_t i = 0; i < stack.frames.size(); ++i) {
         const uint64_t pc = i == 0 ? stack.frames[i].pc : stack.frames[i].pc - 1;  // the call, not what follows it
         for (const AddressRange& range : locks) {
-          if (pc >= range.start && pc < range.end) hit = &range;
+          if (pc >= range.start && pc < range.end) return "thread " + std::to_string(snap.tid) + " is inside " + range.what;
         }
       }
-      if (!hit && !stack.complete) {  // what the walk did not see may hold a lock: every word counts
-        if (maps.empty()) maps = read_process_maps(target.pid());
-        hit = thread_touches(snapshot_thread(target.memory(), maps, tid, regs), locks);
-      }
-      if (hit) return "thread " + std::to_string(tid) + " is inside " + hit->what;
     }
     return std::string();
   };
