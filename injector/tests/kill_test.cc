@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "greeter_process.h"
+#include "polusctl_run.h"
 #include "polus/engine.h"
 
 using namespace std::chrono_literals;
@@ -27,34 +28,9 @@ using polus::testing::patch_path;
 
 namespace {
 
-/// Starts polusctl with `args`; returns its pid (stdout and stderr to /dev/null). Everything
-/// is prepared before fork(): the load generator's threads may hold malloc's lock at that
-/// instant, so the child does nothing but async-signal-safe calls until it execs.
-pid_t start_polusctl(std::vector<std::string> args) {
-  args.insert(args.begin(), {POLUSCTL_PATH});
-  args.push_back("--agent");
-  args.push_back(POLUS_AGENT_PATH);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t child = fork();
-  if (child == 0) {
-    int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    dup2(null, 2);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return child;
-}
+using polus::testing::start_polusctl;
 
-int wait_status(pid_t child) {
-  int status = 0;
-  waitpid(child, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-int polusctl(std::vector<std::string> args) { return wait_status(start_polusctl(std::move(args))); }
+int polusctl(std::vector<std::string> args) { return polus::testing::wait_polusctl(start_polusctl(std::move(args))); }
 
 /// Threads of `pid` that are still traced or in a tracing stop.
 std::vector<std::string> held_threads(pid_t pid) {
@@ -101,7 +77,7 @@ TEST_CASE("polusctl killed at any instant leaves a living target that the next c
                                                    : std::vector<std::string>{"apply", pid, patch, "--sync-timeout", "100"});
         std::this_thread::sleep_for(std::chrono::microseconds(rng() % phase.max_delay_us));
         kill(tool, sig);
-        const int status = wait_status(tool);
+        const int status = polus::testing::wait_polusctl(tool);
         INFO(phase.patch << (phase.rollback ? " rollback" : " apply") << ", signal " << sig << ", polusctl status "
                          << status);
         std::this_thread::sleep_for(20ms);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "greeter_process.h"
+#include "polusctl_run.h"
 #include "polus/error.h"
 #include "update/patch_file.h"
 
@@ -170,37 +171,9 @@ std::string refusal(Elf& elf, const std::string& label) {
 
 // ---- polusctl against a live greeter. -----------------------------------------------------
 
-struct Run {
-  int status = -1;
-  std::string err;
-};
+using Run = polus::testing::PolusctlRun;
 
-Run polusctl(const std::vector<std::string>& args) {
-  int err_pipe[2];
-  REQUIRE(pipe(err_pipe) == 0);
-  pid_t child = fork();
-  if (child == 0) {
-    dup2(err_pipe[1], 2);
-    int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    close(err_pipe[0]);
-    std::vector<char*> argv{const_cast<char*>(POLUSCTL_PATH)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    setenv("POLUS_AGENT", POLUS_AGENT_PATH, 1);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(err_pipe[1]);
-  Run run;
-  std::array<char, 4096> buf;
-  for (ssize_t n; (n = ::read(err_pipe[0], buf.data(), buf.size())) > 0;) run.err.append(buf.data(), n);
-  close(err_pipe[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return run;
-}
+Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
 
 /// File ranges of greeter-v0-v1.so that only the loader and the reader interpret: the ELF
 /// header and program headers, .dynamic, the hash and version tables, and the type byte of

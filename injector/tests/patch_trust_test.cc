@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "greeter_process.h"
+#include "polusctl_run.h"
 #include "polus/error.h"
 #include "update/patch_trust.h"
 
@@ -114,43 +115,10 @@ std::string refusal(const std::string& path, const TrustOptions& options = {}) {
   return "";
 }
 
-struct Run {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
+using Run = polus::testing::PolusctlRun;
 
 /// Runs polusctl with `args`, capturing stdout and stderr.
-Run polusctl(const std::vector<std::string>& args) {
-  int out_pipe[2], err_pipe[2];
-  REQUIRE(pipe(out_pipe) == 0);
-  REQUIRE(pipe(err_pipe) == 0);
-  pid_t child = fork();
-  if (child == 0) {
-    dup2(out_pipe[1], 1);
-    dup2(err_pipe[1], 2);
-    close(out_pipe[0]);
-    close(err_pipe[0]);
-    std::vector<char*> argv{const_cast<char*>(POLUSCTL_PATH)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    setenv("POLUS_AGENT", POLUS_AGENT_PATH, 1);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-  Run run;
-  std::array<char, 4096> buf;
-  for (ssize_t n; (n = read(out_pipe[0], buf.data(), buf.size())) > 0;) run.out.append(buf.data(), n);
-  for (ssize_t n; (n = read(err_pipe[0], buf.data(), buf.size())) > 0;) run.err.append(buf.data(), n);
-  close(out_pipe[0]);
-  close(err_pipe[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return run;
-}
+Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
 
 bool maps_mention(pid_t pid, const std::string& needle) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/maps");

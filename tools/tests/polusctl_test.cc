@@ -10,6 +10,7 @@
 #include <string>
 
 #include "greeter_process.h"
+#include "polusctl_run.h"
 
 using polus::testing::binary_path;
 using polus::testing::GreeterProcess;
@@ -17,43 +18,10 @@ using polus::testing::patch_path;
 
 namespace {
 
-struct Run {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
+using Run = polus::testing::PolusctlRun;
 
 /// Runs polusctl with `args`, capturing stdout and stderr separately.
-Run polusctl(const std::vector<std::string>& args) {
-  int out_pipe[2], err_pipe[2];
-  REQUIRE(pipe(out_pipe) == 0);
-  REQUIRE(pipe(err_pipe) == 0);
-  pid_t child = fork();
-  if (child == 0) {
-    dup2(out_pipe[1], 1);
-    dup2(err_pipe[1], 2);
-    close(out_pipe[0]);
-    close(err_pipe[0]);
-    std::vector<char*> argv{const_cast<char*>(POLUSCTL_PATH)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    setenv("POLUS_AGENT", POLUS_AGENT_PATH, 1);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-  Run run;
-  std::array<char, 4096> buf;
-  for (ssize_t n; (n = read(out_pipe[0], buf.data(), buf.size())) > 0;) run.out.append(buf.data(), n);
-  for (ssize_t n; (n = read(err_pipe[0], buf.data(), buf.size())) > 0;) run.err.append(buf.data(), n);
-  close(out_pipe[0]);
-  close(err_pipe[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return run;
-}
+Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
 
 }  // namespace
 

@@ -29,6 +29,13 @@ constexpr uint64_t kCallMask = ~kFaultSignals;
 
 constexpr uint64_t kRestorerSyscallEnd = 9;  // __restore_rt: mov $15,%rax (7 bytes); syscall
 
+/// The System V argument registers of a call (up to six integers).
+void set_call_arguments(user_regs_struct& regs, std::initializer_list<uint64_t> args) {
+  unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
+  size_t i = 0;
+  for (uint64_t arg : args) *slots[i++] = arg;
+}
+
 /// A syscall stop as PTRACE_GET_SYSCALL_INFO (Linux 5.3) tells it; glibc 2.36's
 /// <sys/ptrace.h> has the request but not the structure (uapi linux/ptrace.h).
 struct SyscallStop {
@@ -130,9 +137,7 @@ pid_t BorrowedThread::clone_process() {
 uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {
   SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
   user_regs_struct regs = call_regs(frame);
-  unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
-  size_t i = 0;
-  for (uint64_t arg : args) *slots[i++] = arg;
+  set_call_arguments(regs, args);
   regs.rip = function.address();
   return run(regs, frame, arena_.sigreturn_pc(), -1, "call");
 }
@@ -263,9 +268,7 @@ int64_t BorrowedThread::call_via_restorer(RemoteAddr function, std::initializer_
   const RemoteAddr restorer = bootstrap_().restorer;
   SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, restorer.address());
   user_regs_struct regs = call_regs(frame);
-  unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
-  size_t i = 0;
-  for (uint64_t arg : args) *slots[i++] = arg;
+  set_call_arguments(regs, args);
   regs.rip = function.address();
   return static_cast<int64_t>(
       run(regs, frame, RemoteAddr(restorer.address() + kRestorerSyscallEnd), syscall_nr, "call of libc"));

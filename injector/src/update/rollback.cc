@@ -57,6 +57,25 @@ std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& recor
   }
 }
 
+/// Rolls back a patch that changed no data: in one pause (after the rolling-back intent, when
+/// `write_intent`) the original bytes go back; then the patch is unloaded if no thread runs it.
+PatchInfo rollback_code_patch(TargetContext& target, RegistryContext& ctx, PatchRecordView& record,
+                              Clock::time_point started, bool write_intent) {
+  uint64_t pause_ns = 0;
+  {
+    Pause pause(target.session());
+    if (write_intent) write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
+    restore_jumps(target.memory(), record);
+    pause_ns = pause.end();
+  }
+  retire_patch(target, ctx.agent, record);
+  PatchInfo info = info_from_record(record);
+  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
+  info.pause_ns = pause_ns;
+  info.apply_wall_ns = elapsed_ns(started);
+  return info;
+}
+
 /// Rolls back a data patch: the new data syncs back into the old, the jumps come out, and the
 /// update syncs until no thread runs new code that uses the new data.
 PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, PatchRecordView& record,
@@ -223,21 +242,9 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   // update at a time): the data rollback protocol takes it from there. A committed data patch
   // whose rollback was cut short before tracking began needs that protocol from the start.
   if (has_data && (sync_active || !applying)) return rollback_data_patch(target, ctx, record, *patch, options, started);
-  uint64_t pause_ns = 0;
-  {
-    // An apply cut short before tracking began wrote no jump yet (they are written after it);
-    // putting the saved bytes back is harmless either way.
-    Pause pause(target.session());
-    if (!applying) write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
-    restore_jumps(target.memory(), record);
-    pause_ns = pause.end();
-  }
-  retire_patch(target, ctx.agent, record);
-  PatchInfo info = info_from_record(record);
-  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
-  info.pause_ns = pause_ns;
-  info.apply_wall_ns = elapsed_ns(started);
-  return info;
+  // An apply cut short before tracking began wrote no jump yet (they are written after it);
+  // putting the saved bytes back is harmless either way, and needs no rolling-back intent.
+  return rollback_code_patch(target, ctx, record, started, /*write_intent=*/!applying);
 }
 
 }  // namespace
@@ -271,22 +278,8 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   }
   target.seize();
   if (has_data) return rollback_data_patch(target, ctx, record, *patch, options, started);
-
-  uint64_t pause_ns = 0;
-  {
-    Pause pause(target.session());
-    // The intent first: cut short after this, the next command completes the rollback.
-    write_record_state(target.memory(), record, POLUS_STATE_ROLLING_BACK);
-    restore_jumps(target.memory(), record);
-    pause_ns = pause.end();
-  }
-  retire_patch(target, ctx.agent, record);
-
-  PatchInfo info = info_from_record(record);
-  info.state = patch_state_name(POLUS_STATE_ROLLED_BACK);
-  info.pause_ns = pause_ns;
-  info.apply_wall_ns = elapsed_ns(started);
-  spdlog::info("rolled back patch {} in process {}: pause {} us", info.name, pid, pause_ns / 1000);
+  PatchInfo info = rollback_code_patch(target, ctx, record, started, /*write_intent=*/true);
+  spdlog::info("rolled back patch {} in process {}: pause {} us", info.name, pid, info.pause_ns / 1000);
   return info;
 }
 
