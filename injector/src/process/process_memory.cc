@@ -122,37 +122,43 @@ size_t ProcMemory::write_bytes_fallible(RemoteAddr address, const void* buffer, 
   return done;
 }
 
-size_t ProcMemory::peek_fallible(RemoteAddr address, void* buffer, size_t size) {
+namespace {
+
+/// Walks [address, address + size) one aligned word at a time through PTRACE_PEEKDATA:
+/// `step(word, skip, done, take)` sees each word, where the range starts in it (`skip`), how
+/// far the walk got (`done`) and how many of its bytes belong to the range (`take`); it
+/// returns false to stop there. Returns the bytes walked.
+template <typename Step>
+size_t for_each_word(pid_t pid, RemoteAddr address, size_t size, Step step) {
   size_t done = 0;
   while (done < size) {
     uint64_t at = address.address() + done;
     uint64_t aligned = at & ~7ull;
     errno = 0;
-    long word = ::ptrace(PTRACE_PEEKDATA, pid_, reinterpret_cast<void*>(aligned), nullptr);
+    long word = ::ptrace(PTRACE_PEEKDATA, pid, reinterpret_cast<void*>(aligned), nullptr);
     if (errno != 0) break;
     size_t skip = at - aligned;
     size_t take = std::min(sizeof(word) - skip, size - done);
-    std::memcpy(static_cast<char*>(buffer) + done, reinterpret_cast<char*>(&word) + skip, take);
+    if (!step(word, aligned, skip, done, take)) break;
     done += take;
   }
   return done;
 }
 
+}  // namespace
+
+size_t ProcMemory::peek_fallible(RemoteAddr address, void* buffer, size_t size) {
+  return for_each_word(pid_, address, size, [&](long word, uint64_t, size_t skip, size_t done, size_t take) {
+    std::memcpy(static_cast<char*>(buffer) + done, reinterpret_cast<char*>(&word) + skip, take);
+    return true;
+  });
+}
+
 size_t ProcMemory::poke_fallible(RemoteAddr address, const void* buffer, size_t size) {
-  size_t done = 0;
-  while (done < size) {
-    uint64_t at = address.address() + done;
-    uint64_t aligned = at & ~7ull;
-    errno = 0;
-    long word = ::ptrace(PTRACE_PEEKDATA, pid_, reinterpret_cast<void*>(aligned), nullptr);
-    if (errno != 0) break;
-    size_t skip = at - aligned;
-    size_t take = std::min(sizeof(word) - skip, size - done);
+  return for_each_word(pid_, address, size, [&](long word, uint64_t aligned, size_t skip, size_t done, size_t take) {
     std::memcpy(reinterpret_cast<char*>(&word) + skip, static_cast<const char*>(buffer) + done, take);
-    if (::ptrace(PTRACE_POKEDATA, pid_, reinterpret_cast<void*>(aligned), reinterpret_cast<void*>(word)) != 0) break;
-    done += take;
-  }
-  return done;
+    return ::ptrace(PTRACE_POKEDATA, pid_, reinterpret_cast<void*>(aligned), reinterpret_cast<void*>(word)) == 0;
+  });
 }
 
 size_t FakeMemory::copy_fallible(uint64_t address, size_t size,
