@@ -8,6 +8,9 @@
 // 14 after --give-up-after, 2 for a usage error (--interval 1 to 3600000 ms, --give-up-after
 // 1 to 31536000 s, PID a whole number that fits pid_t).
 // Between rounds it holds no ptrace attachment, so `polusctl status` and `rollback` work.
+#include <signal.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -21,6 +24,7 @@
 
 #include "polus/engine.h"
 #include "polus/error.h"
+#include "polus/stop_request.h"
 
 namespace {
 
@@ -63,7 +67,15 @@ int main(int argc, char** argv) {
   }
   auto deadline = std::chrono::steady_clock::now() + give_up;
   spdlog::info("polusd: watching process {}", pid);
+  // SIGINT, SIGTERM (systemd's stop) and SIGHUP end polusd between rounds, or at the engine's
+  // next safe point within one (the update stays recorded as syncing): never mid-change.
+  sigset_t stop = polus::stop_signals();
+  sigprocmask(SIG_BLOCK, &stop, nullptr);
   while (std::chrono::steady_clock::now() < deadline) {
+    if (int sig = polus::stop_requested()) {
+      spdlog::info("polusd: stopped by {}; the update of process {} stays recorded", strsignal(sig), pid);
+      return 0;
+    }
     try {
       polus::PatchInfo info = polus::finish_update(pid, options);
       if (info.state != "syncing") {
@@ -76,7 +88,12 @@ int main(int argc, char** argv) {
       // Busy (another polusctl holds the process) or transient: try again next round.
       spdlog::warn("polusd: {}", e.what());
     }
-    std::this_thread::sleep_for(interval);
+    // Sleep the interval, but wake for a stop signal.
+    timespec wait{static_cast<time_t>(interval.count() / 1000), static_cast<long>(interval.count() % 1000) * 1000000};
+    if (sigtimedwait(&stop, nullptr, &wait) > 0) {
+      spdlog::info("polusd: stopped by a signal; the update of process {} stays recorded", pid);
+      return 0;
+    }
   }
   return 14;
 }

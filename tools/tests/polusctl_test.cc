@@ -1,6 +1,8 @@
 // polusctl as an operator runs it: real binary, real target, exit statuses and output.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -8,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "greeter_process.h"
 #include "polusctl_run.h"
@@ -139,4 +142,36 @@ TEST_CASE("polusd checks its process id, --interval and --give-up-after", "[polu
   CHECK(run({"999999", "--interval", "3600001"}) == 2);
   // In range: polusd starts, finds no such process and exits 3.
   CHECK(run({"999999", "--interval", "10", "--give-up-after", "1"}) == 3);
+}
+
+TEST_CASE("polusd stops on SIGTERM between rounds, leaving the update recorded", "[polusd][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const std::string pid = std::to_string(server.pid());
+  // The greeter's data patch stays syncing while its workers run (test-servers/README.md).
+  REQUIRE(polusctl({"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"}).status == 0);
+  std::string polusd = POLUSCTL_PATH;
+  polusd = polusd.substr(0, polusd.rfind('/')) + "/polusd";
+  std::string agent = std::string("POLUS_AGENT=") + POLUS_AGENT_PATH;
+  std::vector<char*> argv{polusd.data(), const_cast<char*>(pid.c_str()), const_cast<char*>("--interval"),
+                          const_cast<char*>("100"), nullptr};
+  pid_t daemon = fork();
+  if (daemon == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 2);
+    char* envp[] = {agent.data(), nullptr};
+    execve(argv[0], argv.data(), envp);
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // a few rounds
+  const auto sent = std::chrono::steady_clock::now();
+  kill(daemon, SIGTERM);
+  int status = 0;
+  REQUIRE(waitpid(daemon, &status, 0) == daemon);
+  REQUIRE(WIFEXITED(status));  // it stopped by itself, not killed by the signal
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(std::chrono::steady_clock::now() - sent < std::chrono::seconds(2));
+  CHECK(server.alive());
+  CHECK_THAT(polusctl({"status", pid}).out, Catch::Contains("syncing"));
+  CHECK(polusctl({"rollback", pid, "--sync-timeout", "5000"}).status == 0);
+  CHECK(server.request("HELLO op") == "Hello, op! (v0)");
 }
