@@ -513,14 +513,16 @@ TEST_CASE("a target living in malloc, dlopen and thread creation is patched with
   polus::testing::ChildProcess target({BUSY_FIXTURE});
   REQUIRE(target.read_line() == "READY");
   CHECK(target.ask("value 5") == "15");
-  // One of its threads never leaves dlopen/dlclose: no consistent copy of it can be made to
-  // rehearse a load in (the copy would inherit the loader's lock held by a thread it lacks).
-  // The apply says so and changes nothing; the operator can choose to load without it.
+  // One of its threads lives in dlopen/dlclose: a copy to rehearse the load in can be made
+  // only in the rare instant it is between two calls (the copy would inherit the loader's
+  // lock held by a thread it lacks). Within a short timeout the apply either finds that
+  // instant or says why not, changing nothing; the operator can choose to load without it.
   polus::EngineOptions rehearsed = options();
-  rehearsed.timeout = 1s;
+  rehearsed.timeout = 300ms;
   try {
     polus::apply_patch(target.pid(), PROLOGUE_PATCH_DIR "/prologue-busy.so", rehearsed);
-    FAIL("a copy was made while a thread held the dynamic loader's lock");
+    CHECK(target.ask("value 5") == "4205");
+    polus::rollback_patch(target.pid(), options());
   } catch (const polus::Error& e) {
     CHECK(e.code() == polus::ErrorCode::kUnsafeToPatch);
     CHECK_THAT(e.what(), Catch::Contains("copy") && Catch::Contains("dynamic loader"));
@@ -549,9 +551,10 @@ TEST_CASE("a target living in malloc, dlopen and thread creation is patched with
 }
 
 TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target unchanged", "[engine][live][errors]") {
-  polus::testing::ChildProcess target({BUSY_FIXTURE});
+  polus::testing::ChildProcess target({PROLOGUE_FIXTURE});
   REQUIRE(target.read_line() == "READY");
-  // The busy fixture never leaves dlopen, so the rehearsal keeps waiting for a moment to copy it.
+  // A thread spins in the bytes the jump would replace: the commit retries until SIGINT.
+  REQUIRE(target.ask("spin 60") == "SPINNING");
   int err_pipe[2];
   REQUIRE(pipe(err_pipe) == 0);
   pid_t polusctl = fork();
@@ -559,7 +562,7 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
     dup2(err_pipe[1], 2);
     close(err_pipe[0]);
     std::string pid = std::to_string(target.pid());
-    execl(POLUSCTL_PATH, "polusctl", "apply", pid.c_str(), PROLOGUE_PATCH_DIR "/prologue-busy.so", "--agent",
+    execl(POLUSCTL_PATH, "polusctl", "apply", pid.c_str(), PROLOGUE_PATCH_DIR "/prologue-spin.so", "--agent",
           POLUS_AGENT_PATH, "--timeout", "20000", nullptr);
     _exit(127);
   }
@@ -579,6 +582,8 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
   CHECK(WEXITSTATUS(status) == 15);
   CHECK_THAT(err, Catch::Contains("stopped by") && Catch::Contains("target unchanged"));
   CHECK(took < 3s);
-  CHECK(target.ask("value 5") == "15");
   CHECK(polus::read_status(target.pid()).patches.empty());
+  target.send("release");
+  CHECK(target.read_line() == "RELEASED");
+  CHECK(target.alive());
 }

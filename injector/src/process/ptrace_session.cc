@@ -449,6 +449,7 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
     inject = 0;
     t->stop = StopKind::kNone;
     t->stop_signal = 0;
+    const auto resumed = Clock::now();
     for (;;) {
       if (process_exited_ || !threads_.count(tid)) {
         throw Error(ErrorCode::kTargetDied,
@@ -457,6 +458,10 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
       }
       t = &threads_.at(tid);
       if (t->stop != StopKind::kNone) break;
+      if (Clock::now() - resumed > std::chrono::milliseconds(250) && probe_unreported_stop(tid)) {
+        t = &threads_.at(tid);
+        break;
+      }
       if (Clock::now() >= deadline) {
         throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) +
                                              " did not finish in time (" + describe_wait(pid_, tid) + ")");
@@ -483,6 +488,36 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
     t->stop_signal = 0;
     spdlog::debug("deferred signal {} for borrowed thread {}", sig, tid);
   }
+}
+
+bool PtraceSession::probe_unreported_stop(pid_t tid) {
+  // ptrace requests other than a few succeed only on a tracee in a ptrace-stop (ptrace(2)).
+  siginfo_t info{};
+  if (::ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) != 0) return false;  // running: nothing missed
+  int status = 0;
+  if (::waitpid(tid, &status, __WALL | WNOHANG) == tid) {  // the report had not been collected
+    handle_event(tid, status);
+    return threads_.count(tid) && threads_.at(tid).stop != StopKind::kNone;
+  }
+  // Stopped, but no wait report left to collect: someone else in this process took it.
+  // What kind of stop, from the siginfo the kernel made for it (kernel/ptrace.c,
+  // ptrace_do_notify: si_code is the reported status, SIGTRAP|0x80 for a syscall-stop,
+  // SIGTRAP | event << 8 for an event stop).
+  ThreadState& t = threads_.at(tid);
+  if (info.si_signo == SIGTRAP && info.si_code == (SIGTRAP | 0x80)) {
+    t.stop = StopKind::kSyscall;
+    t.stop_signal = 0;
+  } else if (info.si_signo == SIGTRAP && (info.si_code & 0xff) == SIGTRAP && (info.si_code >> 8) != 0) {
+    t.stop = StopKind::kEvent;
+    t.stop_signal = SIGTRAP;
+  } else {
+    t.stop = StopKind::kSignal;
+    t.stop_signal = info.si_signo;
+  }
+  spdlog::warn("thread {}: found in a ptrace-stop (signal {}, code {:#x}) whose wait report never reached Polus; "
+               "going on from it",
+               tid, info.si_signo, info.si_code);
+  return true;
 }
 
 bool PtraceSession::set_signal_mask(pid_t tid, uint64_t mask) {

@@ -142,6 +142,10 @@ class PtraceSession {
   void continue_thread(pid_t tid, int signal);
   void detach_all() noexcept { detach_where([](pid_t) { return true; }); }
   void detach_where(const std::function<bool(pid_t)>& which) noexcept;
+  /// A borrowed thread that has been quiet for a while may be in a ptrace-stop whose wait
+  /// report we never collected: looks (PTRACE_GETSIGINFO works only on a stopped tracee), and
+  /// records the stop if so. Returns whether it found one.
+  bool probe_unreported_stop(pid_t tid);
   /// Waits for threads that could not be detached because they were dying, so the kernel can
   /// release them (and report the process to its parent); gives up at `deadline`.
   void reap_dying_tracees(std::vector<pid_t> tids, Clock::time_point deadline) noexcept;
