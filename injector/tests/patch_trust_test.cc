@@ -406,11 +406,29 @@ TEST_CASE("polusctl apply refuses an untrusted patch and leaves the target alone
     INFO(allowed.err);
     REQUIRE(allowed.status == 0);
     CHECK(server.request("HELLO op") == "Hi there, op! (v1)");
+    // A code patch's rollback needs nothing of its file: no option needed.
     CHECK(polusctl({"rollback", pid}).status == 0);
 
     Run by_uid = polusctl({"apply", pid, patch, "--allow-owner", std::to_string(test_user())});
     INFO(by_uid.err);
     CHECK(by_uid.status == 0);
     CHECK(server.request("HELLO op") == "Hi there, op! (v1)");
+  }
+
+  SECTION("a data patch's file made untrusted after the apply: rollback refuses to run its sync functions") {
+    const std::string patch = dir / "greeter-v0-v1-data.so";
+    fs::copy_file(patch_path("greeter-v0-v1-data.so"), patch);
+    REQUIRE(chmod(patch.c_str(), 0644) == 0);
+    Run applied = polusctl({"apply", pid, patch, "--sync-timeout", "100"});
+    INFO(applied.err);
+    REQUIRE(applied.status == 0);
+    REQUIRE(chmod(patch.c_str(), 0666) == 0);  // anyone could now swap its sync functions
+    Run refused = polusctl({"rollback", pid});
+    CHECK(refused.status == 4);
+    CHECK_THAT(refused.err, Catch::Contains(patch) && Catch::Contains("writable"));
+    CHECK(server.alive());
+    REQUIRE(chmod(patch.c_str(), 0644) == 0);
+    CHECK(polusctl({"rollback", pid, "--sync-timeout", "5000"}).status == 0);
+    CHECK(server.request("HELLO op") == "Hello, op! (v0)");
   }
 }

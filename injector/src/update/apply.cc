@@ -154,7 +154,8 @@ class Applier {
   Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options)
       : started_(Clock::now()),
         options_(options),
-        patch_(read_patch_file(patch_path)),
+        // Checked as sshd's StrictModes does, then parsed from the bytes of the file checked.
+        patch_(read_trusted_patch(patch_path, TrustOptions{options.allowed_owners})),
         target_(pid, options.symbols, started_ + options.timeout) {}
 
   PatchInfo run() {
@@ -553,9 +554,6 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
 }
 
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
-  // Before the Applier parses the file as root or locks the target, and on the path as given
-  // (run() has only the resolved one): refuse a file others could write or swap (SECURITY.md).
-  check_patch_trusted(patch_path, TrustOptions{options.allowed_owners});
   return Applier(pid, patch_path, options).run();
 }
 

@@ -300,4 +300,9 @@ TrustedFile open_trusted_patch(const std::string& path, const TrustOptions& opti
 
 void check_patch_trusted(const std::string& path, const TrustOptions& options) { open_trusted_patch(path, options); }
 
+PatchDescription read_trusted_patch(const std::string& path, const TrustOptions& options) {
+  TrustedFile file = open_trusted_patch(path, options);
+  return read_patch_bytes(file.read_all(), file.path());
+}
+
 }  // namespace polus

@@ -23,6 +23,8 @@
 // bytes that were checked (read_all) instead of opening the path again.
 #pragma once
 
+#include "update/patch_file.h"
+
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -68,6 +70,10 @@ class TrustedFile {
 
 /// Resolves `path`, checks it as above, and returns the checked file open.
 TrustedFile open_trusted_patch(const std::string& path, const TrustOptions& options);
+
+/// open_trusted_patch, then read_patch_bytes on the bytes of that open file: the bytes
+/// validated are the bytes that were checked, whatever happens to the path meanwhile.
+PatchDescription read_trusted_patch(const std::string& path, const TrustOptions& options);
 
 /// open_trusted_patch, closing the file again: throws if `path` is not trusted.
 void check_patch_trusted(const std::string& path, const TrustOptions& options);

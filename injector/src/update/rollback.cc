@@ -13,6 +13,7 @@
 #include "polus/error.h"
 #include "common/format.h"
 #include "update/patch_file.h"
+#include "update/patch_trust.h"
 
 namespace polus {
 
@@ -47,11 +48,15 @@ void restore_jumps(ProcessMemory& memory, const PatchRecordView& record) {
   }
 }
 
-/// The patch file of a record, if it can still be read.
-std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& record) {
+/// The patch file of a record, if it can still be read — and still trusted: its sync and
+/// callback addresses are run in the target, so a file others could swap is refused.
+std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& record, const EngineOptions& options) {
   try {
-    return read_patch_file(record.header.path);
+    return read_trusted_patch(record.header.path, TrustOptions{options.allowed_owners});
   } catch (const Error& e) {
+    // A data patch's sync functions and callbacks would run from a file now untrusted: say so.
+    // A code patch's rollback needs nothing of its file.
+    if (e.code() == ErrorCode::kPermissionDenied && !record.watched.empty()) throw;
     spdlog::warn("cannot read the patch file of {}: {}", record.header.name, e.what());
     return std::nullopt;
   }
@@ -229,7 +234,7 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   spdlog::warn("process {}: the {} of patch {} (id {}) was interrupted (the Polus process running it died); {} it",
                target.pid(), applying ? "apply" : "rollback", record.header.name, record.header.id,
                applying ? "undoing" : "completing");
-  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   const bool sync_active = ctx.registry.registry.sync.active != 0;
   if (!patch && (sync_active || !record.watched.empty())) {
@@ -270,7 +275,7 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
   }
-  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   if (!patch && !record.watched.empty()) {
     throw Error(ErrorCode::kPatchMalformed, "patch " + std::string(record.header.name) +
@@ -300,7 +305,7 @@ PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
 namespace {
 
 PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options) {
-  std::optional<PatchDescription> patch = read_recorded_patch(record);
+  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "the file of patch " + std::string(record.header.name) + " (" +
                                                 record.header.path + ") is gone; it is needed to finish the update");
