@@ -179,6 +179,7 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
       if (info.op == SyscallStop::kEntry) {
         if (info.number == SYS_rt_sigreturn && info.pc == sigreturn_pc.address()) {
           if (!have_result) result = memory_.read(RemotePtr<uint64_t>(frame.result_slot));
+          rewrite_signal_frame(memory_, saved_, frame);  // the callee's stack was right below it
           // Fault signals the engine unblocked meanwhile stay unblocked (see unblock_signals).
           set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
           finish_sigreturn(sigreturn_pc, deadline);
@@ -226,6 +227,7 @@ void BorrowedThread::abandon(const SignalFrame& frame, RemoteAddr sigreturn_pc) 
     regs.rip = sigreturn_pc.address() - 2;  // the `syscall` of the stub (or of __restore_rt)
     regs.eflags &= ~0x100ull;
     session_.set_regs(tid_, regs);
+    rewrite_signal_frame(memory_, saved_, frame);  // faulting code may have written over it
     set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
     const Clock::time_point deadline = step_deadline();
     for (;;) {

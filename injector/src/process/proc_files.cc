@@ -126,6 +126,7 @@ std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid) {
     if (line.rfind("ShdPnd:", 0) == 0) status.shared_pending = value(16);
     if (line.rfind("SigBlk:", 0) == 0) status.blocked = value(16);
     if (line.rfind("Seccomp:", 0) == 0) status.seccomp = static_cast<int>(value(10));
+    if (line.rfind("x86_Thread_features:", 0) == 0) status.shadow_stack = line.find("shstk") != std::string::npos;
   }
   return status;
 }

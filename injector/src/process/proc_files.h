@@ -44,6 +44,7 @@ struct TaskStatus {
   uint64_t shared_pending = 0;  // ShdPnd: signals queued for the whole process
   uint64_t blocked = 0;      // SigBlk
   int seccomp = 0;           // Seccomp: 0 off, 1 strict, 2 filter
+  bool shadow_stack = false; // x86_Thread_features lists shstk (CET user shadow stacks on)
 };
 
 /// Reads /proc/PID/status (tid = 0) or /proc/PID/task/TID/status; nullopt if the task is gone.

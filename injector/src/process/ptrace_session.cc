@@ -480,7 +480,8 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
     // The thread blocks every other signal while our code runs, so a signal it sent itself
     // that reaches it now was raised by that code after unblocking it (abort() in a patch's
     // constructor): a crash of our code, never to be delivered as the target's own.
-    if (have_info && info.si_pid == pid_ && (info.si_code == SI_TKILL || info.si_code == SI_USER)) {
+    if (have_info && info.si_pid == pid_ && (info.si_code == SI_TKILL || info.si_code == SI_USER) &&
+        !is_job_control_stop(sig)) {
       t->stop_signal = 0;
       return {StopKind::kSignal, sig};
     }
@@ -504,7 +505,10 @@ bool PtraceSession::probe_unreported_stop(pid_t tid) {
   // ptrace_do_notify: si_code is the reported status, SIGTRAP|0x80 for a syscall-stop,
   // SIGTRAP | event << 8 for an event stop).
   ThreadState& t = threads_.at(tid);
-  if (info.si_signo == SIGTRAP && info.si_code == (SIGTRAP | 0x80)) {
+  if ((info.si_code >> 8) == PTRACE_EVENT_STOP) {  // si_signo is the group-stop's signal, or SIGTRAP
+    t.stop = is_job_control_stop(info.si_signo) ? StopKind::kGroupStop : StopKind::kInterrupt;
+    t.stop_signal = info.si_signo;
+  } else if (info.si_signo == SIGTRAP && info.si_code == (SIGTRAP | 0x80)) {
     t.stop = StopKind::kSyscall;
     t.stop_signal = 0;
   } else if (info.si_signo == SIGTRAP && (info.si_code & 0xff) == SIGTRAP && (info.si_code >> 8) != 0) {

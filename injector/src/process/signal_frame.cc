@@ -1,6 +1,9 @@
 #include "process/signal_frame.h"
 
+#include <cpuid.h>
 #include <signal.h>
+
+#include <algorithm>
 
 #include <cstddef>
 #include <cstring>
@@ -53,7 +56,22 @@ constexpr size_t kSwReservedOffset = 464;  // struct _fpx_sw_bytes inside the FX
 
 // Error numbers the kernel keeps to itself (include/linux/errno.h).
 constexpr long kRestartSys = 512, kRestartNoIntr = 513, kRestartNoHand = 514, kRestartBlock = 516;
-constexpr long kNrRestartSyscall = 219;
+
+constexpr uint64_t kXfeatureTileData = 1ull << 18;  // AMX tile data: the one dynamic feature
+
+/// The end of the XSAVE image's last component among `features` (standard format: CPUID
+/// leaf 0xD sub-leaf i gives component i's size in EAX and offset in EBX).
+uint32_t non_dynamic_xstate_size(uint64_t features) {
+  uint32_t end = 512 + 64;  // legacy area and XSAVE header
+  for (unsigned i = 2; i < 63; ++i) {
+    if (!(features & (1ull << i))) continue;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(0xd, i, &eax, &ebx, &ecx, &edx) || eax == 0) continue;
+    if (ecx & 1) continue;  // a supervisor component: not in a user image
+    end = std::max(end, ebx + eax);
+  }
+  return end;
+}
 
 }  // namespace
 
@@ -61,11 +79,13 @@ user_regs_struct restarted_regs(const user_regs_struct& saved) {
   user_regs_struct regs = saved;
   if (static_cast<long>(saved.orig_rax) >= 0) {
     long result = -static_cast<long>(saved.rax);
-    if (result == kRestartSys || result == kRestartNoIntr || result == kRestartNoHand) {
+    // -ERESTART_RESTARTBLOCK (nanosleep, poll with a timeout, futex waits with a timeout)
+    // would become restart_syscall, but rt_sigreturn resets the thread's restart block
+    // (restore_sigcontext: restart_block.fn = do_no_restart_syscall), so that would return
+    // EINTR. The original call is made again instead: an absolute timeout is kept exactly, a
+    // relative one starts over (a longer wait, never an EINTR the application did not cause).
+    if (result == kRestartSys || result == kRestartNoIntr || result == kRestartNoHand || result == kRestartBlock) {
       regs.rax = saved.orig_rax;
-      regs.rip -= 2;
-    } else if (result == kRestartBlock) {
-      regs.rax = kNrRestartSyscall;
       regs.rip -= 2;
     }
   }
@@ -89,17 +109,30 @@ SignalFrame write_signal_frame(ProcessMemory& memory, const SavedContext& contex
   uint64_t xfeatures = 0;
   std::memcpy(&xfeatures, fp.data() + kSwReservedOffset, 8);
   if (xfeatures == 0) xfeatures = ~uint64_t{0};  // the kernel keeps only what it supports
-  const uint32_t extended_size = xstate_size + 4;
+  // NT_X86_XSTATE is as large as every feature the CPU has, AMX tile data included; a signal
+  // frame larger than the thread's own buffer (which has no room for tiles unless the process
+  // asked for AMX) is refused by check_xstate_in_sigframe(), and the kernel then restores
+  // FP/SSE only — AVX, AVX-512 and PKRU would come back at their initial values. Without tile
+  // data in use, the frame carries the image up to the last non-dynamic feature only.
+  uint64_t xstate_bv = 0;
+  std::memcpy(&xstate_bv, fp.data() + 512, 8);
+  uint32_t frame_size = xstate_size;
+  if (!(xstate_bv & kXfeatureTileData) && (xfeatures & kXfeatureTileData)) {
+    frame_size = std::min(frame_size, non_dynamic_xstate_size(xfeatures & ~kXfeatureTileData));
+    xfeatures &= ~kXfeatureTileData;
+  }
+  fp.resize(frame_size);
+  const uint32_t extended_size = frame_size + 4;
   std::memset(fp.data() + kSwReservedOffset, 0, 48);
   std::memcpy(fp.data() + kSwReservedOffset, &kFpXstateMagic1, 4);
   std::memcpy(fp.data() + kSwReservedOffset + 4, &extended_size, 4);
   std::memcpy(fp.data() + kSwReservedOffset + 8, &xfeatures, 8);
-  std::memcpy(fp.data() + kSwReservedOffset + 16, &xstate_size, 4);
+  std::memcpy(fp.data() + kSwReservedOffset + 16, &frame_size, 4);
   fp.resize(extended_size);
-  std::memcpy(fp.data() + xstate_size, &kFpXstateMagic2, 4);
+  std::memcpy(fp.data() + frame_size, &kFpXstateMagic2, 4);
 
   // Leave the red zone (128 bytes below rsp) and some slack untouched.
-  uint64_t fpstate = (below_sp - 512 - (xstate_size + 4)) & ~uint64_t{63};
+  uint64_t fpstate = (below_sp - 512 - extended_size) & ~uint64_t{63};
   // As the kernel places a handler's frame (get_sigframe): (frame + 8) 16-byte aligned, as at
   // any function's entry.
   uint64_t frame = ((fpstate - sizeof(KernelRtSigframe)) & ~uint64_t{15}) - 8;
@@ -122,7 +155,12 @@ SignalFrame write_signal_frame(ProcessMemory& memory, const SavedContext& contex
 
   memory.write_bytes(RemoteAddr(fpstate), fp.data(), fp.size());
   memory.write_bytes(RemoteAddr(frame), &f, sizeof f);
-  return SignalFrame{frame, frame + 8 + kResultOffset, frame};
+  return SignalFrame{frame, frame + 8 + kResultOffset, frame, below_sp, return_address};
+}
+
+void rewrite_signal_frame(ProcessMemory& memory, const SavedContext& context, const SignalFrame& frame) {
+  SignalFrame again = write_signal_frame(memory, context, frame.below_sp, frame.return_address);
+  if (again.frame != frame.frame) throw Error(ErrorCode::kInternal, "a signal frame moved when written again");
 }
 
 void set_frame_signal_mask(ProcessMemory& memory, const SignalFrame& frame, uint64_t mask) {

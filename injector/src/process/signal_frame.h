@@ -38,6 +38,8 @@ struct SignalFrame {
   uint64_t frame = 0;        // &rt_sigframe (its pretcode slot): rsp at a called function's entry
   uint64_t result_slot = 0;  // where the return stub stores rax: rsp + kResultOffset at the stub
   uint64_t bottom = 0;       // lowest byte used (the called code's stack starts below)
+  uint64_t below_sp = 0;     // what it was written below
+  uint64_t return_address = 0;
 
   /// rsp when rt_sigreturn is made: the pretcode slot popped, pointing at the ucontext.
   uint64_t sigreturn_sp() const { return frame + 8; }
@@ -50,6 +52,10 @@ inline constexpr uint32_t kResultOffset = 304;
 /// is `return_address`. Throws Error(kInternal) when the vector state is no XSAVE image.
 SignalFrame write_signal_frame(ProcessMemory& memory, const SavedContext& context, uint64_t below_sp,
                                uint64_t return_address);
+
+/// Writes `frame` again, whole, from `context`: before rt_sigreturn trusts it, since the code
+/// we ran had its stack right below the frame and may have overwritten it.
+void rewrite_signal_frame(ProcessMemory& memory, const SavedContext& context, const SignalFrame& frame);
 
 /// Changes the mask a written frame restores.
 void set_frame_signal_mask(ProcessMemory& memory, const SignalFrame& frame, uint64_t mask);

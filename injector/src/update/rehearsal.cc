@@ -1,8 +1,11 @@
 #include "update/rehearsal.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <sys/ptrace.h>
 
 #include <algorithm>
+#include <thread>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -32,9 +35,18 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
   if (!session.stop_thread(copy, step_deadline())) {
     throw Error(ErrorCode::kTargetDied, "the copy exited before Polus could use it");
   }
+  // If Polus dies from here on, the kernel kills the copy (it could otherwise hang in a lock
+  // it inherited, keeping every descriptor of the target open).
+  constexpr long kOptions = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
+  if (::ptrace(PTRACE_SETOPTIONS, copy, nullptr, reinterpret_cast<void*>(kOptions)) != 0) {
+    throw_errno("PTRACE_SETOPTIONS of the copy", errno);
+  }
   ScratchArena arena(memory);
   arena.adopt(target.arena().arenas());
   BorrowedThread thread(session, memory, copy, arena, [&target] { return target.bootstrap_entries(); });
+  // The copy must not touch what it shares with the target through inherited descriptors:
+  // sockets, files, the agent's /proc/self/mem (which is the target's memory).
+  thread.syscall(SYS_close_range, {3, ~0u, 0});
   if (!agent) {
     uint64_t handle = thread.call_with_string(target.libc_function("dlopen"), agent_path, {RTLD_NOW | RTLD_GLOBAL});
     if (handle == 0) {
@@ -115,6 +127,9 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     session.emplace(target.session().split_off_process(copy));
   };
   target.pause_when_free(request);
+  // Let go of the target while the copy is driven: its threads' signals and new threads must
+  // not wait for the rehearsal.
+  target.release();
 
   std::string failure;
   try {
@@ -129,8 +144,14 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   // The copy is a zombie child of the target now: the target reaps it (exit signal 0 means
   // no SIGCHLD; only a wait with __WALL sees it, and this one takes exactly that pid).
   try {
+    target.seize();
     BorrowedThread thread = target.borrow_safe_thread();
-    int64_t reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy), 0, __WALL, 0});
+    int64_t reaped = 0;
+    for (int attempt = 0; attempt < 200 && reaped != copy; ++attempt) {
+      reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy), 0, __WALL | WNOHANG, 0});
+      if (reaped < 0 && reaped != -EINTR) break;
+      if (reaped != copy) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     if (reaped != copy) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
   } catch (const std::exception& e) {
     spdlog::warn("the rehearsal's copy {} was not reaped by process {}: {}", copy, target.pid(), e.what());

@@ -96,7 +96,15 @@ void TargetContext::reload_symbols() {
 }
 
 void TargetContext::seize() {
-  if (!session_) session_.emplace(PtraceSession::seize(pid_));
+  if (session_) return;
+  if (std::optional<TaskStatus> status = read_task_status(pid_); status && status->shadow_stack) {
+    // A call's `ret` to our stub and our rt_sigreturn frame carry no shadow-stack entries:
+    // the thread would fault at the first return.
+    throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(pid_) + " runs with CET shadow stacks "
+                                           "(x86_Thread_features: shstk), which Polus cannot run code under yet; "
+                                           "nothing was changed");
+  }
+  session_.emplace(PtraceSession::seize(pid_));
 }
 
 const LoadedObject& TargetContext::libc() const {
