@@ -511,6 +511,7 @@ class Applier {
       const std::vector<uint64_t>& new_arenas = target_.arena().new_arenas();
       if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas.empty() && !record_view_.address) return;
       target_.extend_deadline(std::chrono::seconds(5));
+      target_.ignore_stop_requests();
       if (listed_) unlist_from_registry();
       target_.session().resume_all();
       BorrowedThread thread = target_.borrow_safe_thread();

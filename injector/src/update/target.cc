@@ -190,7 +190,7 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
       session_->resume_thread(tid);
     }
-    if (int sig = stop_requested()) {
+    if (int sig = honour_stop_requests_ ? stop_requested() : 0) {
       throw Error(ErrorCode::kInterrupted, "stopped by " + std::string(strsignal(sig)) +
                                                " while looking for a thread to borrow; target unchanged");
     }
@@ -224,7 +224,7 @@ uint64_t TargetContext::pause_when_free(const PauseRequest& request) {
       pause.end(request.release_between_attempts ? 0 : keep);
     }
     if (request.release_between_attempts) release();
-    if (int sig = stop_requested()) {
+    if (int sig = honour_stop_requests_ ? stop_requested() : 0) {
       throw Error(ErrorCode::kInterrupted, request.giving_up + ": stopped by " + strsignal(sig) +
                                                " while waiting for a safe moment (" + reason + "); target unchanged");
     }

@@ -70,6 +70,10 @@ class TargetContext {
   Clock::time_point deadline() const { return deadline_; }
   /// Gives cleanup after a failure its own time, whatever the operation's deadline was.
   void extend_deadline(Clock::duration extra) { deadline_ = std::max(deadline_, Clock::now() + extra); }
+
+  /// From now on a stop request (Ctrl-C) no longer ends waits: cleanup that puts the target
+  /// back must run to its end, and the request that caused it is often still pending.
+  void ignore_stop_requests() { honour_stop_requests_ = false; }
   /// Reads the target's symbols again (after the agent or a patch was loaded into it).
   void reload_symbols();
 
@@ -131,6 +135,7 @@ class TargetContext {
   ScratchArena arena_{memory_};
   std::optional<PtraceSession> session_;
   std::optional<BootstrapEntries> bootstrap_;
+  bool honour_stop_requests_ = true;
   std::vector<AddressRange> lock_holding_ranges_;
 };
 
