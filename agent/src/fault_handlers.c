@@ -309,7 +309,13 @@ int restore_fault_handler(int sig) {
     return restore_handler(SIGTRAP, on_trap, &G.prev_trap);
 }
 
-/* sync_end's wait for the quiet period described above (END). */
+/* sync_end's wait for the quiet period described above (END). Each millisecond costs one
+ * system call (nanosleep) and the pending scan (several per thread) runs once, when the
+ * window is over: sync_end usually runs in a thread borrowed by the injector, which stops at
+ * every system call the thread makes, and scanning every millisecond made the wait take
+ * seconds on a loaded machine. A SIGSEGV pending at some moment of the window was either
+ * delivered within it (a write fault entering our handler: the counter moved) or is still
+ * pending at its end. */
 int restore_fault_handlers_when_quiet(void) {
     uint64_t seen = __atomic_load_n(&G.write_fault_entries, __ATOMIC_RELAXED);
     int quiet_ms = 0;
@@ -317,16 +323,19 @@ int restore_fault_handlers_when_quiet(void) {
         struct timespec ms = {0, 1000 * 1000};
         RAW(SYS_nanosleep, &ms, NULL, 0);
         uint64_t now = __atomic_load_n(&G.write_fault_entries, __ATOMIC_RELAXED);
-        if (now != seen || sigsegv_pending_somewhere()) {
+        if (now != seen) {
             seen = now;
             quiet_ms = 0;
             continue;
         }
-        if (++quiet_ms >= QUIET_MS) {
-            int restored = restore_handler(SIGSEGV, on_segv, &G.prev_segv);
-            restored &= restore_handler(SIGTRAP, on_trap, &G.prev_trap);
-            return restored;
+        if (++quiet_ms < QUIET_MS) continue;
+        if (sigsegv_pending_somewhere()) {
+            quiet_ms = 0;
+            continue;
         }
+        int restored = restore_handler(SIGSEGV, on_segv, &G.prev_segv);
+        restored &= restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+        return restored;
     }
     return 0;
 }

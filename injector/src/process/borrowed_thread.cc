@@ -164,14 +164,16 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
     try {
       stop = session_.run_borrowed(tid_, deadline, inject);
     } catch (const Error& e) {
-      if (e.code() == ErrorCode::kTimeout) {
-        try {
-          session_.stop_thread(tid_, step_deadline());
-        } catch (const std::exception&) {
-        }
-        abandon(frame, sigreturn_pc);  // a lock it took stays taken: the call did not finish
+      if (e.code() != ErrorCode::kTimeout) throw;
+      std::string where;
+      try {
+        session_.stop_thread(tid_, step_deadline());
+        where = " at " + hex(session_.get_regs(tid_).rip);
+      } catch (const std::exception&) {
       }
-      throw;
+      abandon(frame, sigreturn_pc);  // a lock it took stays taken: the call did not finish
+      throw Error(ErrorCode::kTimeout, std::string(e.what()) + "; the " + what + " was" + where +
+                                           " when given up, and the thread was put back as it was");
     }
     inject = 0;
     if (stop.kind == StopKind::kSyscall) {
