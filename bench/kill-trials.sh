@@ -5,6 +5,8 @@
 # and the next `polusctl rollback` commands must see the interrupted operation through and
 # leave the server answering v0 with no patch recorded. Writes its section of RELIABILITY.md.
 #   bench/kill-trials.sh [TRIALS_PER_PHASE]     (default 200; the suite's kill_test runs 24)
+# polusctl runs in-process here: these runs time and kill the engine itself, not polusd.
+export POLUS_NO_DAEMON=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 trials=${1:-200}

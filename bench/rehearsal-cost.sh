@@ -6,6 +6,8 @@
 # per GiB is what an operator weighs before --no-rehearsal on a huge process. Writes its
 # section of RELIABILITY.md.
 #   bench/rehearsal-cost.sh [REPS]     (default 7 per cell)
+# polusctl runs in-process here: these runs time and kill the engine itself, not polusd.
+export POLUS_NO_DAEMON=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-7}

@@ -4,6 +4,8 @@
 # loop patches a decoy greeter instead (the baseline: the same CPU load, nothing held). The greeter counts what its handler received.
 # Writes its section of RELIABILITY.md.
 #   bench/signal-trials.sh [CYCLES]     (default 130)
+# polusctl runs in-process here: these runs time and kill the engine itself, not polusd.
+export POLUS_NO_DAEMON=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cycles=${1:-130}

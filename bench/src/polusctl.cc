@@ -14,6 +14,7 @@ namespace {
 CliOp run(const Paths& paths, std::vector<std::string> args) {
   args.insert(args.begin(), paths.polusctl);
   args.push_back("--json");
+  if (args[1] != "status") args.push_back("--no-daemon");  // the engine's own cost, not polusd's
   ProcResult r = run_process(args, 60s);
   CliOp op;
   op.wall_ns = r.wall_ns;

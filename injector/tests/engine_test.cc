@@ -563,7 +563,7 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
     close(err_pipe[0]);
     std::string pid = std::to_string(target.pid());
     execl(POLUSCTL_PATH, "polusctl", "apply", pid.c_str(), PROLOGUE_PATCH_DIR "/prologue-spin.so", "--agent",
-          POLUS_AGENT_PATH, "--timeout", "20000", nullptr);
+          POLUS_AGENT_PATH, "--timeout", "20000", "--no-daemon", nullptr);
     _exit(127);
   }
   close(err_pipe[1]);

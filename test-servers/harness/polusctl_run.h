@@ -22,6 +22,14 @@ struct PolusctlRun {
   std::string err;
 };
 
+/// Whether polusctl runs its commands through polusd (the daemon tests turn this on, with
+/// $POLUS_SOCKET set to a socket of their own); otherwise it runs them in-process
+/// ($POLUS_NO_DAEMON=1), as the engine's tests expect.
+inline bool& polusctl_through_daemon() {
+  static bool through = false;
+  return through;
+}
+
 /// Starts polusctl with `args` (the test's agent in $POLUS_AGENT), stdout and stderr into the
 /// given descriptors (-1: /dev/null). Returns its pid.
 inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int err_fd = -1) {
@@ -33,6 +41,8 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
   std::vector<char*> envp;
   for (char** e = environ; *e; ++e) envp.push_back(*e);
   envp.push_back(agent.data());
+  std::string no_daemon = "POLUS_NO_DAEMON=1";
+  if (!polusctl_through_daemon()) envp.push_back(no_daemon.data());
   envp.push_back(nullptr);
   pid_t child = fork();
   if (child == 0) {

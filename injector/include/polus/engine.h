@@ -84,6 +84,12 @@ PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOpti
 /// options.sync_timeout (finish_update completes it later).
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options);
 
+/// Rolls back the applied patch with id `patch_id` (as status shows it), which need not be the
+/// newest: refused with Error(kUnsafeToPatch) naming the later patch when one builds on it
+/// (replaces a function it replaces, or one of its new functions); Error(kNothingToRollBack)
+/// when no applied patch has that id. Otherwise as rollback_patch.
+PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& options);
+
 /// Waits (up to options.sync_timeout) for the in-flight data update of `pid` (an apply or a
 /// rollback left `syncing`) to end, and completes it. Returns the patch as it is afterwards.
 /// Throws Error(kNothingToRollBack) when no update is in flight.
@@ -101,5 +107,101 @@ std::vector<ThreadStack> inspect_stacks(pid_t pid);
 
 /// Reads the patch registry of `pid` without stopping it.
 ProcessStatus read_status(pid_t pid);
+
+/// `root` and every process descended from it (children, grandchildren, ...), root first,
+/// read from /proc; empty if `root` does not exist.
+std::vector<pid_t> process_tree(pid_t root);
+
+/// Every process whose executable is the file at `path` (the same file as /proc/PID/exe:
+/// device and inode), in pid order. Throws Error(kNoSuchProcess) if `path` cannot be read.
+std::vector<pid_t> processes_running(const std::string& path);
+
+/// Every process whose executable has build-id `hex` (lowercase), in pid order.
+std::vector<pid_t> processes_with_build_id(const std::string& hex);
+
+/// The processes that have the Polus agent loaded (found through /proc/*/maps; the ones this
+/// process may not read are left out), in pid order.
+std::vector<pid_t> patched_processes();
+
+/// The build-id (lowercase hex) of the executable process `pid` runs, read through
+/// /proc/PID/exe; "" if it has none or cannot be read.
+std::string executable_build_id(pid_t pid);
+
+/// What a patch file holds, read and validated without any target (polusctl info).
+struct PatchFileInfo {
+  std::string path;          // absolute
+  std::string name;
+  std::string description;
+  std::string sha256;        // of the file's bytes
+  uint64_t size_bytes = 0;
+  struct Replacement {
+    std::string old_name, new_name;
+  };
+  std::vector<Replacement> replaces;      // old function -> new function
+  std::vector<std::string> adds;          // new functions that replace nothing
+  struct DataChange {
+    std::string old_name, new_name;
+    uint64_t old_size = 0, new_size = 0;
+    bool read_only = false;  // POLUS_DATA_READ_ONLY: not kept in sync
+    bool heap_root = false;  // POLUS_DATA_HEAP_ROOT: nodes registered by a callback
+    bool has_sync = false;   // a post_sync function converts between the two
+  };
+  std::vector<DataChange> syncs;          // changed globals kept in sync while the update runs
+  std::vector<std::string> uses;          // target functions and data it calls or reads
+  std::vector<std::string> callbacks;     // kinds: "pre-update", "post-update", ...
+  struct BuildId {
+    std::string object;  // "" = the main executable
+    std::string hex;
+  };
+  std::vector<BuildId> build_ids;
+  std::string trust;  // "" when apply would trust the file now, else why it would refuse it
+};
+
+/// Reads and validates the patch file at `path` (no target involved) and says what it holds,
+/// and whether apply would trust it under `options.allowed_owners`. Throws
+/// Error(kPatchMalformed) for a file that is not a valid patch.
+PatchFileInfo describe_patch_file(const std::string& path, const EngineOptions& options);
+
+/// What a dry run of apply found (polusctl check).
+struct CheckReport {
+  pid_t pid = 0;
+  PatchFileInfo patch;
+  struct Name {
+    std::string kind;    // "function", "data", "import"
+    std::string name;    // as the target names it (file.c:name for file-static symbols)
+    uint64_t address = 0;
+    std::string object;  // the object defining it
+  };
+  std::vector<Name> resolved;  // every name of the target the patch uses, resolved now
+  struct BuildIdCheck {
+    std::string object, wanted, found;
+  };
+  std::vector<BuildIdCheck> build_ids;  // all matched (a mismatch throws kBuildMismatch)
+  struct Function {
+    std::string old_name;
+    uint64_t old_address = 0;
+    std::string new_name;
+    uint64_t stacked_on = 0;       // id of the older patch whose redirect it replaces, 0: fresh
+    std::string must_be_inactive;  // "" or why the function must not run at the commit
+    std::vector<pid_t> active_threads;  // threads with the function on their stack now
+  };
+  std::vector<Function> functions;
+  /// A data patch's watched functions (old functions using changed data: while a thread runs
+  /// one, the update keeps syncing), with the threads running them now; new_name is empty.
+  std::vector<Function> watched;
+  bool changes_data = false;
+  bool agent_loaded = false;
+  size_t patches_applied = 0;
+  std::vector<pid_t> threads_not_inspected;  // running on a CPU while read (not stopped to see)
+  std::vector<std::string> notes;            // what apply would wait for, what was not tried
+};
+
+/// Plans an apply of `patch_path` to `pid` exactly as apply_patch does (the patch file's
+/// trust and checks, build-ids, every name, each redirect's prologue, the registry) and reads
+/// where the target's threads are through /proc, but never attaches to, stops or writes to
+/// the target. Throws the Error apply_patch would throw before touching the target (every
+/// unresolvable name listed at once); returns the report when the apply would go ahead.
+/// Not tried: the rehearsal, the trampoline slots, the load itself.
+CheckReport check_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options);
 
 }  // namespace polus

@@ -131,6 +131,25 @@ std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid) {
   return status;
 }
 
+std::optional<TaskSyscall> read_task_syscall(pid_t pid, pid_t tid) {
+  std::string text;
+  if (read_whole_file(task_dir(pid, tid) + "/syscall", text) != 0 || text.empty()) return std::nullopt;
+  TaskSyscall result;
+  if (text.rfind("running", 0) == 0) {
+    result.running = true;
+    return result;
+  }
+  // "NR arg1 ... arg6 SP PC", or "-1 SP PC" for a thread blocked outside a system call: the
+  // last two fields are the user stack pointer and pc either way (fs/proc/base.c).
+  std::istringstream fields(text);
+  std::vector<std::string> tokens;
+  for (std::string t; fields >> t;) tokens.push_back(t);
+  if (tokens.size() < 3) return std::nullopt;
+  result.sp = std::stoull(tokens[tokens.size() - 2], nullptr, 16);
+  result.pc = std::stoull(tokens[tokens.size() - 1], nullptr, 16);
+  return result;
+}
+
 std::string task_name(pid_t pid, pid_t tid) {
   std::string name;
   read_whole_file(task_dir(pid, tid) + "/comm", name);

@@ -50,6 +50,18 @@ struct TaskStatus {
 /// Reads /proc/PID/status (tid = 0) or /proc/PID/task/TID/status; nullopt if the task is gone.
 std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid = 0);
 
+/// Where a thread is, read from /proc/PID/task/TID/syscall without stopping it: the kernel
+/// fills it only for a thread that is not running on a CPU (blocked in a system call, or
+/// preempted), so a thread that is running now has running = true and no pc or sp.
+struct TaskSyscall {
+  bool running = false;
+  uint64_t sp = 0;
+  uint64_t pc = 0;  // the user pc (after the syscall instruction for a thread in a call)
+};
+
+/// Reads /proc/PID/task/TID/syscall; nullopt if the thread is gone or it is unreadable.
+std::optional<TaskSyscall> read_task_syscall(pid_t pid, pid_t tid);
+
 /// The command name (/proc/PID[/task/TID]/comm), "?" if unreadable.
 std::string task_name(pid_t pid, pid_t tid = 0);
 

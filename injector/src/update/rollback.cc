@@ -225,10 +225,14 @@ namespace {
 /// `rolling-back` has nobody working on it. An apply is undone (the operator never saw it
 /// succeed), a rollback is completed.
 std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx, const EngineOptions& options) {
-  if (ctx.registry.patches.empty()) return std::nullopt;
-  PatchRecordView record = ctx.registry.patches.back();
+  // An apply cut short is always the newest record; a rollback cut short can be any record
+  // (rollback --id), but only one operation runs at a time, so there is at most one.
+  auto cut_short = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(), [](const PatchRecordView& p) {
+    return p.header.state == POLUS_STATE_APPLYING || p.header.state == POLUS_STATE_ROLLING_BACK;
+  });
+  if (cut_short == ctx.registry.patches.end()) return std::nullopt;
+  PatchRecordView record = *cut_short;
   const uint32_t state = record.header.state;
-  if (state != POLUS_STATE_APPLYING && state != POLUS_STATE_ROLLING_BACK) return std::nullopt;
   const auto started = Clock::now();
   const bool applying = state == POLUS_STATE_APPLYING;
   spdlog::warn("process {}: the {} of patch {} (id {}) was interrupted (the Polus process running it died); {} it",
@@ -265,13 +269,78 @@ std::optional<PatchInfo> recover_interrupted(TargetContext& target, const Engine
   return info;
 }
 
+namespace {
+
+/// Refuses to roll back `record` while a later patch builds on it: replaces a function it
+/// replaces (its jump leads through this patch's record) or one of its new functions, or
+/// while another patch's data update syncs and this one changes data too.
+void check_nothing_builds_on(TargetContext& target, const RegistrySnapshot& registry, const PatchRecordView& record) {
+  std::vector<AddressRange> own;
+  for (const MappedRegion& region : target.symbols().maps()) {
+    if (region.executable && region.path == record.header.path) own.push_back({region.start, region.end, ""});
+  }
+  bool later = false;
+  for (const PatchRecordView& p : registry.patches) {
+    if (p.address == record.address) {
+      later = true;
+      continue;
+    }
+    if (!later) continue;
+    for (const polus_redirect_record& r : p.redirects) {
+      bool same_function = std::any_of(record.redirects.begin(), record.redirects.end(),
+                                       [&](const polus_redirect_record& mine) { return mine.old_function == r.old_function; });
+      bool into_mine = std::any_of(own.begin(), own.end(), [&](const AddressRange& a) { return a.contains(r.old_function); });
+      if (same_function || into_mine) {
+        throw Error(ErrorCode::kUnsafeToPatch,
+                    "patch " + std::string(p.header.name) + " (id " + std::to_string(p.header.id) + ") builds on patch " +
+                        record.header.name + " (id " + std::to_string(record.header.id) + "): it replaces " + r.old_name +
+                        (same_function ? " too" : ", a function of that patch") + "; roll back id " +
+                        std::to_string(p.header.id) + " first. Nothing was changed");
+      }
+    }
+  }
+}
+
+/// Rolls back `record` (recovery already done, the registry read under the lock).
+PatchInfo rollback_record(TargetContext& target, RegistryContext& ctx, PatchRecordView record, const EngineOptions& options,
+                          Clock::time_point started);
+
+}  // namespace
+
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   auto started = Clock::now();
   TargetContext target(pid, options.symbols, started + options.timeout);
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
   // An interrupted operation on the newest patch is seen through first: that is the rollback.
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
-  PatchRecordView record = ctx.registry.patches.back();
+  return rollback_record(target, ctx, ctx.registry.patches.back(), options, started);
+}
+
+PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& options) {
+  auto started = Clock::now();
+  TargetContext target(pid, options.symbols, started + options.timeout);
+  RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
+  if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) {
+    if (recovered->id == patch_id) return *recovered;  // that was the one, cut short
+    target.reload_symbols();  // the recovered patch may be unloaded
+    ctx.registry = read_registry(target.memory(), ctx.agent);
+  }
+  auto found = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
+                            [&](const PatchRecordView& p) { return p.header.id == patch_id; });
+  if (found == ctx.registry.patches.end()) {
+    throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no applied patch with id " +
+                                                   std::to_string(patch_id) + " (`polusctl status " +
+                                                   std::to_string(pid) + "` lists them)");
+  }
+  check_nothing_builds_on(target, ctx.registry, *found);
+  return rollback_record(target, ctx, *found, options, started);
+}
+
+namespace {
+
+PatchInfo rollback_record(TargetContext& target, RegistryContext& ctx, PatchRecordView record, const EngineOptions& options,
+                          Clock::time_point started) {
+  const pid_t pid = target.pid();
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
   }
@@ -282,12 +351,24 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
                                                 " changed data, and its file " + record.header.path +
                                                 " is gone: its sync functions' description is needed to roll back");
   }
+  if (has_data && record.header.state != POLUS_STATE_SYNCING) {
+    for (const PatchRecordView& other : ctx.registry.patches) {
+      if (other.header.state == POLUS_STATE_SYNCING) {
+        throw Error(ErrorCode::kUnsafeToPatch, "patch " + std::string(other.header.name) + " (id " +
+                                                   std::to_string(other.header.id) + ") is still syncing its data update, and " +
+                                                   "one data update runs at a time; run `polusctl finish " +
+                                                   std::to_string(pid) + "` first");
+      }
+    }
+  }
   target.seize();
   if (has_data) return rollback_data_patch(target, ctx, record, *patch, options, started);
   PatchInfo info = rollback_code_patch(target, ctx, record, started, /*write_intent=*/true);
   spdlog::info("rolled back patch {} in process {}: pause {} us", info.name, pid, info.pause_ns / 1000);
   return info;
 }
+
+}  // namespace
 
 PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
   TargetContext target(pid, options.symbols, Clock::now() + options.timeout);

@@ -1,0 +1,170 @@
+// What every polusctl command unit shares (cli.h): option parsing and checking, the agent's
+// default path, and running a request with its errors mapped to exit statuses.
+#include <limits.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <limits>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli.h"
+
+namespace polusctl {
+
+namespace {
+
+constexpr uint64_t kMaxMilliseconds = 86400000;  // a day
+
+}  // namespace
+
+bool whole_number(const std::string& text, uint64_t min, uint64_t max, uint64_t& value) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+  value = std::stoull(text);
+  return value >= min && value <= max;
+}
+
+pid_t parse_pid(const std::string& text) {
+  uint64_t value = 0;
+  if (!whole_number(text, 1, std::numeric_limits<pid_t>::max(), value)) {
+    throw UsageError("'" + text + "' is not a process id (a whole number from 1 to " +
+                     std::to_string(std::numeric_limits<pid_t>::max()) + ")");
+  }
+  return static_cast<pid_t>(value);
+}
+
+uid_t parse_owner(const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    errno = 0;
+    unsigned long value = std::strtoul(text.c_str(), nullptr, 10);
+    if (errno != 0 || value >= static_cast<unsigned long>(static_cast<uid_t>(-1))) throw UsageError("'" + text + "' is not a uid");
+    return static_cast<uid_t>(value);
+  }
+  struct passwd pw;
+  struct passwd* found = nullptr;
+  char buf[4096];
+  if (text.empty() || getpwnam_r(text.c_str(), &pw, buf, sizeof buf, &found) != 0 || !found) {
+    throw UsageError("--allow-owner: no user named '" + text + "'");
+  }
+  return found->pw_uid;
+}
+
+std::chrono::milliseconds parse_ms(const std::string& option, const std::string& text, uint64_t min) {
+  uint64_t value = 0;
+  if (!whole_number(text, min, kMaxMilliseconds, value)) {
+    throw UsageError(option + " needs a whole number of milliseconds from " + std::to_string(min) + " to " +
+                     std::to_string(kMaxMilliseconds) + ", not '" + text + "'");
+  }
+  return std::chrono::milliseconds(value);
+}
+
+std::string default_agent_path() {
+  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = 0;
+    std::string dir(self);
+    dir = dir.substr(0, dir.rfind('/'));
+    // The build tree (tools/ beside agent/), then a relocated install (sbin/ beside lib/).
+    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/../lib/polus/libpolus-agent.so",
+                                         dir + "/../lib/libpolus-agent.so", dir + "/libpolus-agent.so"}) {
+      char resolved[PATH_MAX];
+      if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
+    }
+  }
+  return POLUS_INSTALLED_AGENT;
+}
+
+void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
+  if (which & kAgent) {
+    sub->add_option("--agent", args.agent, "libpolus-agent.so to load (default: $POLUS_AGENT, next to polusctl, or "
+                                           POLUS_INSTALLED_AGENT ")")->type_name("PATH");
+    sub->add_flag("--no-rehearsal", args.no_rehearsal,
+                  "load the patch into PID directly, without trying it first in a copy of the process (for huge or "
+                  "seccomp-confined processes: a crashing constructor or a forbidden system call then hits PID itself)");
+  }
+  if (which & kDebugFiles) {
+    sub->add_option("--debug-file", args.debug_files, "separate debug file with the symbols of a stripped target (repeatable)")
+        ->type_name("PATH")->take_all();
+  }
+  if (which & kAllowOwner) {
+    sub->add_option("--allow-owner", args.allow_owners,
+                    "also trust patch files (and directories) owned by USER, a name or uid (repeatable); otherwise, "
+                    "run as root, only root-owned ones (SECURITY.md)")->type_name("USER");
+  }
+  if (which & kTimeout) {
+    args.timeout_given = sub->add_option("--timeout", args.timeout_ms, "how long to wait for a safe moment (default 10000; 1 to 86400000)")
+        ->type_name("MS");
+  }
+  if (which & kSyncTimeout) {
+    args.sync_timeout_given = sub->add_option("--sync-timeout", args.sync_timeout_ms,
+                    "how long to wait for a data update's sync phase to end (default 10000; 0 to 86400000); past it "
+                    "the update stays syncing and is completed later (by polusd, or `polusctl finish`)")
+        ->type_name("MS");
+  }
+}
+
+Json engine_request(const EngineArgs& args) {
+  Json e;
+  e["agent"] = args.agent.empty() ? default_agent_path() : args.agent;
+  e["rehearse"] = !args.no_rehearsal;
+  e["debug_files"] = args.debug_files;
+  e["allowed_owners"] = Json::array();
+  for (const std::string& owner : args.allow_owners) e["allowed_owners"].push_back(parse_owner(owner));
+  if (args.timeout_given && args.timeout_given->count()) e["timeout_ms"] = parse_ms("--timeout", args.timeout_ms, 1).count();
+  if (args.sync_timeout_given && args.sync_timeout_given->count()) e["sync_timeout_ms"] = parse_ms("--sync-timeout", args.sync_timeout_ms, 0).count();
+  return e;
+}
+
+polus::EngineOptions engine_options(const Json& request) {
+  polus::EngineOptions options;
+  if (!request.contains("engine")) return options;
+  const Json& e = request["engine"];
+  options.agent_path = e.value("agent", std::string());
+  options.rehearse = e.value("rehearse", true);
+  for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());
+  for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
+  if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());
+  if (e.contains("sync_timeout_ms")) options.sync_timeout = std::chrono::milliseconds(e["sync_timeout_ms"].get<uint64_t>());
+  return options;
+}
+
+void add_output_flags(CLI::App* sub, bool& json, bool& verbose) {
+  sub->add_flag("--json", json, "machine-readable output on stdout");
+  sub->add_flag("-v,--verbose", verbose, "log what the engine does (to stderr)");
+}
+
+Output run_request(const Json& request) {
+  Output out;
+  const std::string command = request.value("command", std::string());
+  const bool json = request.value("json", false);
+  spdlog::set_level(request.value("verbose", false) ? spdlog::level::debug : spdlog::level::warn);
+  try {
+    for (const CommandUnit& unit : command_units()) {
+      if (command == unit.name) {
+        unit.run(request, out);
+        return out;
+      }
+    }
+    throw UsageError("unknown command '" + command + "'");
+  } catch (const polus::Error& e) {
+    if (json) {
+      out.out += Json{{"result", "error"}, {"error", polus::error_code_name(e.code())}, {"message", e.what()}}.dump() + "\n";
+    }
+    out.err += "polusctl " + command + ": " + e.what() + "\n";
+    out.status = polus::error_exit_status(e.code());
+  } catch (const UsageError& e) {
+    out.err += "polusctl " + command + ": " + e.what() + "\n";
+    out.status = 2;
+  } catch (const std::exception& e) {
+    out.err += "polusctl " + command + ": internal error: " + e.what() + "\n";
+    out.status = 1;
+  }
+  return out;
+}
+
+}  // namespace polusctl

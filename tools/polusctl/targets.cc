@@ -1,0 +1,135 @@
+// Which processes a command acts on, and applying to many of them all or none (targets.h).
+#include "targets.h"
+
+#include <signal.h>
+#include <string.h>
+
+#include <algorithm>
+#include <set>
+
+#include "commands.h"
+#include "polus/stop_request.h"
+#include "render.h"
+
+namespace polusctl {
+
+void add_target_options(CLI::App* sub, TargetArgs& args) {
+  sub->add_option("--tree", args.trees, "process PID and all its descendants (a master and its workers; repeatable)")
+      ->type_name("PID");
+  sub->add_option("--exe", args.exes, "every process running the executable at PATH (repeatable)")->type_name("PATH");
+  sub->add_option("--build-id", args.build_ids, "every process whose executable has build-id HEX (repeatable)")
+      ->type_name("HEX");
+}
+
+Json target_request(const std::vector<std::string>& pids, const TargetArgs& args) {
+  Json t{{"pids", Json::array()}, {"trees", Json::array()}, {"exes", Json::array()}, {"build_ids", Json::array()}};
+  for (const std::string& p : pids) t["pids"].push_back(parse_pid(p));
+  for (const std::string& p : args.trees) t["trees"].push_back(parse_pid(p));
+  for (const std::string& e : args.exes) t["exes"].push_back(absolute_path(e));
+  for (std::string b : args.build_ids) {
+    std::transform(b.begin(), b.end(), b.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (b.empty() || b.size() > 128 || b.size() % 2 || b.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      throw UsageError("--build-id needs an even number of hex digits, not '" + b + "'");
+    }
+    t["build_ids"].push_back(b);
+  }
+  if (t["pids"].empty() && t["trees"].empty() && t["exes"].empty() && t["build_ids"].empty()) {
+    throw UsageError("no process given (PID, --tree PID, --exe PATH or --build-id HEX)");
+  }
+  return t;
+}
+
+bool single_pid(const Json& t) {
+  return t["pids"].size() == 1 && t["trees"].empty() && t["exes"].empty() && t["build_ids"].empty();
+}
+
+std::vector<pid_t> resolve_targets(const Json& t) {
+  std::set<pid_t> pids;
+  for (const auto& p : t["pids"]) pids.insert(p.get<pid_t>());
+  for (const auto& p : t["trees"]) {
+    std::vector<pid_t> tree = polus::process_tree(p.get<pid_t>());
+    if (tree.empty()) {
+      throw polus::Error(polus::ErrorCode::kNoSuchProcess, "--tree " + std::to_string(p.get<pid_t>()) + ": process " +
+                                                               std::to_string(p.get<pid_t>()) + " does not exist");
+    }
+    pids.insert(tree.begin(), tree.end());
+  }
+  for (const auto& e : t["exes"]) {
+    std::vector<pid_t> found = polus::processes_running(e.get<std::string>());
+    if (found.empty()) {
+      throw polus::Error(polus::ErrorCode::kNoSuchProcess, "--exe " + e.get<std::string>() + ": no process runs it");
+    }
+    pids.insert(found.begin(), found.end());
+  }
+  for (const auto& b : t["build_ids"]) {
+    std::vector<pid_t> found = polus::processes_with_build_id(b.get<std::string>());
+    if (found.empty()) {
+      throw polus::Error(polus::ErrorCode::kNoSuchProcess,
+                         "--build-id " + b.get<std::string>() + ": no process runs an executable with that build-id");
+    }
+    pids.insert(found.begin(), found.end());
+  }
+  pids.erase(getpid());  // never ourselves (a selector by executable could match polusd's own)
+  return {pids.begin(), pids.end()};
+}
+
+void apply_all_or_none(const Json& request, const std::vector<pid_t>& pids, const std::string& patch,
+                       const polus::EngineOptions& options, Output& out) {
+  const bool json = request.value("json", false);
+  std::vector<std::pair<pid_t, polus::PatchInfo>> applied;
+  auto undo = [&](Json& rolled_back, Json& not_rolled_back) {
+    for (auto it = applied.rbegin(); it != applied.rend(); ++it) {
+      try {
+        polus::PatchInfo info = polus::rollback_patch(it->first, it->second.id, options);
+        note_in_flight(request, it->first, info);
+        rolled_back.push_back(it->first);
+      } catch (const polus::Error& e) {
+        not_rolled_back.push_back({{"pid", it->first}, {"message", e.what()}});
+      }
+    }
+  };
+  for (pid_t pid : pids) {
+    std::optional<polus::Error> failure;
+    try {
+      if (int sig = polus::stop_requested()) {
+        throw polus::Error(polus::ErrorCode::kInterrupted, std::string("stopped by ") + strsignal(sig) +
+                                                               " before process " + std::to_string(pid));
+      }
+      applied.emplace_back(pid, polus::apply_patch(pid, patch, options));
+      continue;
+    } catch (const polus::Error& e) {
+      failure = e;
+    }
+    Json rolled_back = Json::array(), not_rolled_back = Json::array();
+    undo(rolled_back, not_rolled_back);
+    std::string message = "process " + std::to_string(pid) + ": " + failure->what();
+    if (!rolled_back.empty()) message += "; rolled the patch back in process(es) " + rolled_back.dump();
+    for (const auto& n : not_rolled_back) {
+      message += "; could not roll back process " + std::to_string(n["pid"].get<pid_t>()) + ": " + n["message"].get<std::string>();
+    }
+    if (json) {
+      out.out += Json{{"result", "error"}, {"error", polus::error_code_name(failure->code())}, {"message", message},
+                      {"failed_pid", pid}, {"rolled_back", rolled_back}, {"not_rolled_back", not_rolled_back}}
+                     .dump() + "\n";
+    }
+    out.err += "polusctl apply: " + message + "\n";
+    out.status = polus::error_exit_status(failure->code());
+    return;
+  }
+  for (const auto& [pid, info] : applied) note_in_flight(request, pid, info);
+  if (json) {
+    Json processes = Json::array();
+    for (const auto& [pid, info] : applied) processes.push_back({{"pid", pid}, {"patch", patch_json(info)}});
+    out.out += Json{{"result", "ok"}, {"action", "apply"}, {"processes", processes}}.dump() + "\n";
+    return;
+  }
+  Table table({"PID", "ID", "NAME", "STATE", "FUNCTIONS", "APPLY", "PAUSE"}, {true, true, false, false, true, true, true});
+  for (const auto& [pid, info] : applied) {
+    table.add_row({std::to_string(pid), std::to_string(info.id), info.name, info.state, std::to_string(info.redirects.size()),
+                   duration(info.apply_wall_ns), duration(info.pause_ns)});
+  }
+  out.out += "applied " + applied.front().second.name + " to " + std::to_string(applied.size()) + " processes\n" +
+             table.render();
+}
+
+}  // namespace polusctl
