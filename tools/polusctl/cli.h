@@ -110,8 +110,9 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
 /// exponent); false if `text` is not one.
 bool whole_number(const std::string& text, uint64_t min, uint64_t max, uint64_t& value);
 
-/// libpolus-agent.so: $POLUS_AGENT, else next to this program (../agent/, ../lib/polus/,
-/// ../lib/, its own directory), else the installed one (POLUS_INSTALLED_AGENT, from CMake).
+/// libpolus-agent.so: $POLUS_AGENT, else next to this program (../agent/ in a build tree; where
+/// cmake --install puts it relative to polusctl; ../lib/polus/; its own directory), else the
+/// installed one (POLUS_INSTALLED_AGENT, from CMake).
 std::string default_agent_path();
 
 }  // namespace polusctl

@@ -69,9 +69,10 @@ std::string default_agent_path() {
     self[n] = 0;
     std::string dir(self);
     dir = dir.substr(0, dir.rfind('/'));
-    // The build tree (tools/ beside agent/), then a relocated install (sbin/ beside lib/).
-    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/../lib/polus/libpolus-agent.so",
-                                         dir + "/../lib/libpolus-agent.so", dir + "/libpolus-agent.so"}) {
+    // The build tree (tools/ beside agent/), then an install at any prefix (sbin/ and
+    // lib/polus/ as cmake --install lays them out).
+    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/" POLUS_AGENT_FROM_SBIN,
+                                         dir + "/../lib/polus/libpolus-agent.so", dir + "/libpolus-agent.so"}) {
       char resolved[PATH_MAX];
       if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
     }
