@@ -110,6 +110,10 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
 /// exponent); false if `text` is not one.
 bool whole_number(const std::string& text, uint64_t min, uint64_t max, uint64_t& value);
 
+/// polusd's socket: $POLUS_SOCKET, else /run/polus/polusd.sock for root, else
+/// $XDG_RUNTIME_DIR/polus/polusd.sock (or /tmp/polus-UID/polusd.sock) for other users.
+std::string default_socket_path();
+
 /// libpolus-agent.so: $POLUS_AGENT, else next to this program (../agent/ in a build tree; where
 /// cmake --install puts it relative to polusctl; ../lib/polus/; its own directory), else the
 /// installed one (POLUS_INSTALLED_AGENT, from CMake).

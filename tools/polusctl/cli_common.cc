@@ -61,6 +61,13 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
   return std::chrono::milliseconds(value);
 }
 
+std::string default_socket_path() {
+  if (const char* env = std::getenv("POLUS_SOCKET"); env && *env) return env;
+  if (geteuid() == 0) return "/run/polus/polusd.sock";
+  if (const char* runtime = std::getenv("XDG_RUNTIME_DIR"); runtime && *runtime) return std::string(runtime) + "/polus/polusd.sock";
+  return "/tmp/polus-" + std::to_string(geteuid()) + "/polusd.sock";
+}
+
 std::string default_agent_path() {
   if (const char* env = std::getenv("POLUS_AGENT")) return env;
   char self[PATH_MAX];

@@ -33,13 +33,13 @@ std::string absolute_path(const std::string& path) {
   return std::string(cwd) + "/" + path;
 }
 
-std::function<void(pid_t)>& in_flight_hook() {
-  static std::function<void(pid_t)> hook;
+std::function<void(pid_t, const polus::EngineOptions&)>& in_flight_hook() {
+  static std::function<void(pid_t, const polus::EngineOptions&)> hook;
   return hook;
 }
 
-void note_in_flight(const Json&, pid_t pid, const polus::PatchInfo& info) {
-  if (info.state == "syncing" && in_flight_hook()) in_flight_hook()(pid);
+void note_in_flight(const Json& request, pid_t pid, const polus::PatchInfo& info) {
+  if (info.state == "syncing" && in_flight_hook()) in_flight_hook()(pid, engine_options(request));
 }
 
 }  // namespace polusctl

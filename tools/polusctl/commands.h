@@ -36,8 +36,9 @@ void add_daemon_option(CLI::App* sub, bool& no_daemon);
 std::string absolute_path(const std::string& path);
 
 /// Set by polusd: told of every process a request left with an update in flight (syncing),
-/// so that it keeps driving it to the end after its client is gone.
-std::function<void(pid_t)>& in_flight_hook();
+/// with the request's engine options, so that it keeps driving it to the end after its client
+/// is gone.
+std::function<void(pid_t, const polus::EngineOptions&)>& in_flight_hook();
 
 /// Tells in_flight_hook() about `pid` if `info` is still syncing.
 void note_in_flight(const Json& request, pid_t pid, const polus::PatchInfo& info);

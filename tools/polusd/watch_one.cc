@@ -1,4 +1,5 @@
-// polusd — hosts the engine for updates that outlive one polusctl call.
+// polusd PID — drives one process's update in flight to its end, then exits (polusd's first
+// form, before it served polusctl; kept for scripts that run it per process).
 //
 //   polusd PID [--interval MS] [--give-up-after S] [--agent PATH]
 //
@@ -28,7 +29,7 @@
 
 namespace {
 
-constexpr const char* kUsage = "usage: polusd PID [--interval MS] [--give-up-after S] [--agent PATH]\n";
+constexpr const char* kUsage = "usage: polusd --serve [--socket PATH] [--interval MS]\n       polusd PID [--interval MS] [--give-up-after S] [--agent PATH]\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << "polusd: " << message << "\n" << kUsage;
@@ -48,7 +49,9 @@ uint64_t whole_number(const std::string& what, const std::string& text, uint64_t
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace polusd {
+
+int watch_one(int argc, char** argv) {
   if (argc < 2) usage_error("no process id");
   pid_t pid = static_cast<pid_t>(whole_number("the process id", argv[1], 1, std::numeric_limits<pid_t>::max()));
   polus::EngineOptions options;
@@ -97,3 +100,5 @@ int main(int argc, char** argv) {
   }
   return 14;
 }
+
+}  // namespace polusd

@@ -1,0 +1,241 @@
+// polusd's socket and its requests (server.h).
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "authorise.h"
+#include "cli.h"
+#include "commands.h"
+#include "polus/stop_request.h"
+#include "targets.h"
+
+namespace polusd {
+
+namespace {
+
+constexpr int kSdListenFdsStart = 3;  // sd_listen_fds(3): passed sockets start at fd 3
+
+/// The socket systemd passed (socket activation), or -1: LISTEN_PID must be ours and
+/// LISTEN_FDS at least 1 (the protocol of sd_listen_fds(3), without libsystemd).
+int socket_from_systemd() {
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  if (!listen_pid || !listen_fds || std::atol(listen_pid) != getpid() || std::atoi(listen_fds) < 1) return -1;
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  int fd = kSdListenFdsStart;
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what + ": " + std::strerror(errno)); }
+
+/// Reads one line (up to 16 MiB) from `fd` into `line`; false at EOF or error.
+bool read_line(int fd, std::string& buffer, std::string& line) {
+  for (;;) {
+    size_t newline = buffer.find('\n');
+    if (newline != std::string::npos) {
+      line = buffer.substr(0, newline);
+      buffer.erase(0, newline + 1);
+      return true;
+    }
+    if (buffer.size() > (16u << 20)) return false;
+    char chunk[4096];
+    ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    buffer.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+polusctl::Output refuse(const Caller& caller, const std::string& command, pid_t target) {
+  polusctl::Output out;
+  out.err = "polusctl " + command + ": polusd does not let uid " + std::to_string(caller.uid) + " " + command +
+            (target ? " process " + std::to_string(target) : std::string()) + " (permission denied)\n";
+  out.status = polus::error_exit_status(polus::ErrorCode::kPermissionDenied);
+  return out;
+}
+
+/// Serves one connection: authorise, run the request (watching for a cancel line meanwhile),
+/// answer.
+void serve_connection(int fd, Drivers& drivers) {
+  Caller caller;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    ::close(fd);
+    return;
+  }
+  caller = Caller{cred.pid, cred.uid, cred.gid};
+  std::string buffer, line;
+  if (!read_line(fd, buffer, line)) {
+    ::close(fd);
+    return;
+  }
+  polusctl::Output out;
+  polusctl::Json request;
+  try {
+    request = polusctl::Json::parse(line);
+  } catch (const std::exception& e) {
+    out.err = std::string("polusd: unreadable request: ") + e.what() + "\n";
+    out.status = 2;
+  }
+  const std::string command = request.is_object() ? request.value("command", std::string()) : "";
+  if (out.status == 0) {
+    // Every process the request selects, each checked (a selector is resolved again when the
+    // command runs; a process that appears in between is checked by nobody: the policy's
+    // business is who, and who does not change).
+    std::vector<pid_t> targets;
+    try {
+      if (request.contains("targets")) targets = polusctl::resolve_targets(request["targets"]);
+    } catch (const std::exception&) {
+      // The command reports it.
+    }
+    if (targets.empty() && !may_act(caller, 0, command)) out = refuse(caller, command, 0);
+    for (pid_t target : targets) {
+      if (!may_act(caller, target, command)) {
+        out = refuse(caller, command, target);
+        break;
+      }
+    }
+  }
+  if (out.status == 0 && out.err.empty()) {
+    spdlog::info("polusd: {} for pid {} uid {}", command, caller.pid, caller.uid);
+    request["daemon"] = true;
+    request["caller_uid"] = caller.uid;
+    // A relayed Ctrl-C ({"cancel": SIGNAL}) stops this operation alone, at its next safe point.
+    auto cancel = std::make_shared<std::atomic<int>>(0);
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    int watch_fd = ::dup(fd);
+    std::thread watcher([watch_fd, cancel, done, buffer]() mutable {
+      std::string cancel_line;
+      while (!done->load()) {
+        pollfd p{watch_fd, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        if (!read_line(watch_fd, buffer, cancel_line)) break;  // the client went away: the operation goes on
+        try {
+          int sig = polusctl::Json::parse(cancel_line).value("cancel", 0);
+          if (sig > 0) cancel->store(sig);
+        } catch (const std::exception&) {
+        }
+      }
+      ::close(watch_fd);
+    });
+    polus::thread_stop_flag() = cancel.get();
+    out = polusctl::run_request(request);
+    polus::thread_stop_flag() = nullptr;
+    done->store(true);
+    watcher.join();
+  }
+  std::string answer = polusctl::Json{{"status", out.status}, {"out", out.out}, {"err", out.err}}.dump() + "\n";
+  size_t sent = 0;
+  while (sent < answer.size()) {
+    ssize_t n = ::send(fd, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  (void)drivers;
+}
+
+}  // namespace
+
+Listener::Listener(const std::string& path) : path_(path) {
+  fd_ = socket_from_systemd();
+  if (fd_ >= 0) {
+    from_systemd_ = true;
+    return;
+  }
+  const std::string dir = path.substr(0, path.rfind('/'));
+  if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) fail("cannot make " + dir);
+  // One polusd per socket: the lock decides, and only its holder touches the socket's path.
+  lock_fd_ = ::open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) fail("cannot open " + path + ".lock");
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      already_served_ = true;
+      return;
+    }
+    fail("cannot lock " + path + ".lock");
+  }
+  std::string pid = std::to_string(getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    spdlog::warn("polusd: cannot write its pid into {}.lock", path);
+  }
+  sockaddr_un address{};
+  if (path.size() >= sizeof address.sun_path) {
+    errno = ENAMETOOLONG;
+    fail("socket path " + path);
+  }
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) fail("socket");
+  ::unlink(path.c_str());  // a socket left by a polusd that was killed (we hold the lock)
+  mode_t old = ::umask(0077);
+  int bound = ::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  ::umask(old);
+  if (bound != 0) fail("cannot bind " + path);
+  if (::listen(fd_, 64) != 0) fail("cannot listen on " + path);
+}
+
+Listener::~Listener() {
+  if (fd_ >= 0) ::close(fd_);
+  if (lock_fd_ >= 0) {
+    if (!already_served_) ::unlink(path_.c_str());
+    ::close(lock_fd_);
+  }
+}
+
+void serve(Listener& listener, Drivers& drivers) {
+  polusctl::in_flight_hook() = [&drivers](pid_t pid, const polus::EngineOptions& options) { drivers.adopt(pid, options); };
+  struct Connection {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Connection> connections;
+  while (!polus::stop_requested()) {
+    // Threads of connections served are joined as we go (a finished thread keeps its stack
+    // until then).
+    for (auto it = connections.begin(); it != connections.end();) {
+      if (it->done->load()) {
+        it->thread.join();
+        it = connections.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    pollfd p{listener.fd(), POLLIN, 0};
+    // A bounded wait: the stop signals are blocked (they wait for us), so look at them often.
+    if (::poll(&p, 1, 100) <= 0) continue;
+    int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    connections.push_back({std::thread([fd, &drivers, done] {
+                             serve_connection(fd, drivers);
+                             done->store(true);
+                           }),
+                           done});
+  }
+  for (auto& c : connections) c.thread.join();
+}
+
+}  // namespace polusd

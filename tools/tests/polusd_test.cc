@@ -1,0 +1,236 @@
+// polusd as a service: a real daemon on a real socket (in a directory of the test's own),
+// started on demand by polusctl, owning updates after polusctl returned, killed with SIGKILL
+// during and between operations and restarted with nothing lost, serving two clients at once.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.h"
+#include "greeter_process.h"
+#include "polusctl_run.h"
+
+using polus::testing::binary_path;
+using polus::testing::ChildProcess;
+using polus::testing::GreeterProcess;
+using polus::testing::patch_path;
+using namespace std::chrono_literals;
+
+namespace {
+
+using Run = polus::testing::PolusctlRun;
+
+Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
+
+/// A socket directory of this test's own, polusctl pointed at it ($POLUS_SOCKET) and set to go
+/// through polusd; the daemon it started is stopped at the end.
+class DaemonDir {
+ public:
+  DaemonDir() {
+    char tmpl[] = "/tmp/polusd-test.XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    socket_ = dir_ + "/polusd.sock";
+    setenv("POLUS_SOCKET", socket_.c_str(), 1);
+    polus::testing::polusctl_through_daemon() = true;
+  }
+  ~DaemonDir() {
+    stop();
+    polus::testing::polusctl_through_daemon() = false;
+    unsetenv("POLUS_SOCKET");
+    std::system(("rm -rf '" + dir_ + "'").c_str());
+  }
+  const std::string& socket() const { return socket_; }
+
+  /// The pid of the polusd holding the socket's lock, 0 if none does.
+  pid_t daemon() const {
+    int fd = open((socket_ + ".lock").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    bool held = flock(fd, LOCK_SH | LOCK_NB) != 0;
+    close(fd);
+    if (!held) return 0;
+    std::ifstream in(socket_ + ".lock");
+    pid_t pid = 0;
+    in >> pid;
+    return pid;
+  }
+
+  /// Kills the daemon with `sig` and waits until its lock is free (the kernel drops it when
+  /// the process is gone).
+  void kill_daemon(int sig) {
+    pid_t pid = daemon();
+    if (pid <= 0) return;
+    ::kill(pid, sig);
+    while (daemon() == pid) std::this_thread::sleep_for(5ms);
+  }
+
+  void stop() { kill_daemon(SIGTERM); }
+
+ private:
+  std::string dir_;
+  std::string socket_;
+};
+
+/// The state of patch `id` of `pid` in `status --json` ("" if not listed).
+std::string state_of(pid_t pid, int id) {
+  Run status = polusctl({"status", std::to_string(pid), "--json"});
+  std::string key = "{\"id\":" + std::to_string(id) + ",";
+  size_t at = status.out.find(key);
+  if (at == std::string::npos) return "";
+  size_t state = status.out.find("\"state\":\"", at) + 9;
+  return status.out.substr(state, status.out.find('"', state) - state);
+}
+
+/// Waits until patch `id` of `pid` is in `want` (polusd works on it meanwhile); the test's
+/// timeout bounds it. Returns the state seen last.
+std::string wait_for_state(pid_t pid, int id, const std::string& want) {
+  std::string state;
+  for (int i = 0; i < 6000 && (state = state_of(pid, id)) != want; ++i) std::this_thread::sleep_for(10ms);
+  return state;
+}
+
+}  // namespace
+
+TEST_CASE("polusctl starts polusd on demand; polusd completes a data update after polusctl returned",
+          "[polusd][live]") {
+  DaemonDir dir;
+  REQUIRE(dir.daemon() == 0);
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");  // a thread stays in hold(), which uses the changed data
+  const std::string pid = std::to_string(target.pid());
+
+  Run apply = polusctl({"apply", pid, patch_path("counter-v0-v1.so"), "--sync-timeout", "0"});
+  INFO(apply.err);
+  REQUIRE(apply.status == 0);
+  CHECK_THAT(apply.out, Catch::Contains("still syncing") && Catch::Contains("polusd completes it"));
+  const pid_t daemon = dir.daemon();
+  CHECK(daemon > 0);
+  struct stat st {};
+  REQUIRE(stat(dir.socket().c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 0077) == 0);  // the caller's own: nobody else connects
+
+  // Nobody runs `polusctl finish`: once the thread leaves hold(), polusd commits the update.
+  CHECK(state_of(target.pid(), 1) == "syncing");
+  REQUIRE(target.ask("release") == "RELEASED");
+  CHECK(wait_for_state(target.pid(), 1, "committed") == "committed");
+  CHECK(target.ask("report").find("version=1") != std::string::npos);
+  CHECK(dir.daemon() == daemon);  // the same polusd served it all
+
+  // A code-only rollback through polusd, then polusd stops on SIGTERM (its lock is freed).
+  CHECK(polusctl({"rollback", pid, "--sync-timeout", "10000"}).status == 0);
+  dir.stop();
+  CHECK(dir.daemon() == 0);
+}
+
+TEST_CASE("polusd killed between operations: a restarted polusd takes the update in flight up again",
+          "[polusd][live]") {
+  DaemonDir dir;
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");
+  const std::string pid = std::to_string(target.pid());
+  REQUIRE(polusctl({"apply", pid, patch_path("counter-v0-v1.so"), "--sync-timeout", "0"}).status == 0);
+  const pid_t first = dir.daemon();
+  REQUIRE(first > 0);
+  dir.kill_daemon(SIGKILL);
+  CHECK(target.alive());
+  CHECK(state_of(target.pid(), 1) == "syncing");  // recorded in the target, not in polusd
+
+  // Any command that goes through polusd starts a new one, which rediscovers the process.
+  Run other = polusctl({"finish", "999999"});
+  CHECK(other.status == 3);
+  const pid_t second = dir.daemon();
+  CHECK(second > 0);
+  CHECK(second != first);
+  REQUIRE(target.ask("release") == "RELEASED");
+  CHECK(wait_for_state(target.pid(), 1, "committed") == "committed");
+  CHECK(target.ask("report").find("version=1") != std::string::npos);
+}
+
+TEST_CASE("polusd killed during operations: nothing is lost, the next polusd sees each one through",
+          "[polusd][live][kill]") {
+  DaemonDir dir;
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const std::string pid = std::to_string(server.pid());
+  // Start polusd (and load the agent) with a first apply and rollback.
+  REQUIRE(polusctl({"apply", pid, patch_path("greeter-v0-v1.so")}).status == 0);
+  REQUIRE(polusctl({"rollback", pid}).status == 0);
+  for (int trial = 0; trial < 12; ++trial) {
+    INFO("trial " << trial);
+    const bool rolling_back = trial % 2 == 1;
+    if (rolling_back) REQUIRE(polusctl({"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"}).status == 0);
+    pid_t client = polus::testing::start_polusctl(
+        rolling_back ? std::vector<std::string>{"rollback", pid, "--sync-timeout", "100"}
+                     : std::vector<std::string>{"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"});
+    // Kill polusd at a different instant of the operation each trial: before, during, after.
+    std::this_thread::sleep_for(std::chrono::milliseconds(trial * 7));
+    dir.kill_daemon(SIGKILL);
+    const int status = polus::testing::wait_polusctl(client);
+    INFO("polusctl status " << status);
+    CHECK((status == 0 || status == 1));  // 1: "polusd went away before it answered"
+    REQUIRE(server.alive());
+    // The next command starts a new polusd, which first sees the interrupted operation through;
+    // then everything can be rolled back and the greeter answers as v0.
+    int rollbacks = 0;
+    Run rollback;
+    while ((rollback = polusctl({"rollback", pid, "--sync-timeout", "5000"})).status == 0 && rollbacks < 6) ++rollbacks;
+    CHECK(rollback.status == 12);  // nothing left to roll back
+    CHECK_THAT(polusctl({"status", pid}).out, Catch::Contains("no patches applied"));
+    CHECK(server.request("HELLO op") == "Hello, op! (v0)");
+  }
+  CHECK(server.alive());
+}
+
+TEST_CASE("two clients at once: two polusctl start one polusd, which serves both", "[polusd][live]") {
+  DaemonDir dir;
+  auto first = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  auto second = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  pid_t a = polus::testing::start_polusctl({"apply", std::to_string(first.pid()), patch_path("greeter-v0-v1.so")});
+  pid_t b = polus::testing::start_polusctl({"apply", std::to_string(second.pid()), patch_path("greeter-v0-v1.so")});
+  CHECK(polus::testing::wait_polusctl(a) == 0);
+  CHECK(polus::testing::wait_polusctl(b) == 0);
+  CHECK(first.request("HELLO op") == "Hi there, op! (v1)");
+  CHECK(second.request("HELLO op") == "Hi there, op! (v1)");
+  CHECK(dir.daemon() > 0);
+  // And two at once on the same process: the engine's operation lock orders them.
+  pid_t c = polus::testing::start_polusctl({"apply", std::to_string(first.pid()), patch_path("greeter-v1-v2.so")});
+  pid_t d = polus::testing::start_polusctl({"apply", std::to_string(first.pid()), patch_path("greeter-tag.so")});
+  CHECK(polus::testing::wait_polusctl(c) == 0);
+  CHECK(polus::testing::wait_polusctl(d) == 0);
+  CHECK(first.request("HELLO op") == "Greetings, op! (v2) #");
+}
+
+TEST_CASE("Ctrl-C of polusctl is relayed: polusd stops that operation cleanly", "[polusd][live]") {
+  DaemonDir dir;
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");
+  const std::string pid = std::to_string(target.pid());
+  int err[2];
+  REQUIRE(pipe2(err, O_CLOEXEC) == 0);
+  // A long sync phase: polusctl waits in polusd until we interrupt it.
+  pid_t client = polus::testing::start_polusctl({"apply", pid, patch_path("counter-v0-v1.so"), "--sync-timeout", "600000"},
+                                                -1, err[1]);
+  close(err[1]);
+  REQUIRE(wait_for_state(target.pid(), 1, "syncing") == "syncing");
+  kill(client, SIGINT);
+  CHECK(polus::testing::wait_polusctl(client) == 0);  // the apply itself succeeded; it stopped waiting
+  std::string stderr_text;
+  char buf[4096];
+  for (ssize_t n; (n = read(err[0], buf, sizeof buf)) > 0;) stderr_text.append(buf, static_cast<size_t>(n));
+  close(err[0]);
+  CHECK_THAT(stderr_text, Catch::Contains("stopped by Interrupt"));
+  // polusd still owns the update: it completes once hold() is left.
+  REQUIRE(target.ask("release") == "RELEASED");
+  CHECK(wait_for_state(target.pid(), 1, "committed") == "committed");
+}
