@@ -6,11 +6,13 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -233,4 +235,45 @@ TEST_CASE("Ctrl-C of polusctl is relayed: polusd stops that operation cleanly", 
   // polusd still owns the update: it completes once hold() is left.
   REQUIRE(target.ask("release") == "RELEASED");
   CHECK(wait_for_state(target.pid(), 1, "committed") == "committed");
+}
+
+TEST_CASE("polusd takes the socket systemd passes (socket activation)", "[polusd][live]") {
+  const char* activate = "/usr/bin/systemd-socket-activate";
+  if (access(activate, X_OK) != 0) {
+    WARN("no systemd-socket-activate: socket activation not tried");
+    return;
+  }
+  DaemonDir dir;
+  std::string polusd = POLUSCTL_PATH;
+  polusd = polusd.substr(0, polusd.rfind('/')) + "/polusd";
+  std::string log = dir.socket() + ".activated.log";
+  // systemd-socket-activate listens, then execs polusd with the socket as fd 3 and
+  // LISTEN_PID/LISTEN_FDS set, as systemd does for polusd.socket.
+  std::vector<std::string> args{activate, "-l", dir.socket(), polusd, "--serve"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t activator = fork();
+  if (activator == 0) {
+    int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(out, 1);
+    dup2(out, 2);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  struct stat st {};
+  while (stat(dir.socket().c_str(), &st) != 0) std::this_thread::sleep_for(5ms);
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 2);
+  Run apply = polusctl({"apply", std::to_string(server.pid()), patch_path("greeter-v0-v1.so")});
+  INFO(apply.err);
+  CHECK(apply.status == 0);
+  CHECK(server.request("HELLO op") == "Hi there, op! (v1)");
+  CHECK(dir.daemon() == 0);  // no polusd of polusctl's own: the activated one served it
+  kill(activator, SIGTERM);  // now polusd itself (exec'd in its place)
+  int status = 0;
+  REQUIRE(waitpid(activator, &status, 0) == activator);
+  CHECK(WIFEXITED(status));
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Catch::Contains("serving the socket systemd passed"));
 }
