@@ -97,12 +97,12 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
   }
   if (which & kDebugFiles) {
     sub->add_option("--debug-file", args.debug_files, "separate debug file with the symbols of a stripped target (repeatable)")
-        ->type_name("PATH")->take_all();
+        ->type_name("PATH")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
   if (which & kAllowOwner) {
     sub->add_option("--allow-owner", args.allow_owners,
                     "also trust patch files (and directories) owned by USER, a name or uid (repeatable); otherwise, "
-                    "run as root, only root-owned ones (SECURITY.md)")->type_name("USER");
+                    "run as root, only root-owned ones (SECURITY.md)")->type_name("USER")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
   if (which & kTimeout) {
     args.timeout_given = sub->add_option("--timeout", args.timeout_ms, "how long to wait for a safe moment (default 10000; 1 to 86400000)")

@@ -15,10 +15,10 @@ namespace polusctl {
 
 void add_target_options(CLI::App* sub, TargetArgs& args) {
   sub->add_option("--tree", args.trees, "process PID and all its descendants (a master and its workers; repeatable)")
-      ->type_name("PID");
-  sub->add_option("--exe", args.exes, "every process running the executable at PATH (repeatable)")->type_name("PATH");
+      ->type_name("PID")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--exe", args.exes, "every process running the executable at PATH (repeatable)")->type_name("PATH")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--build-id", args.build_ids, "every process whose executable has build-id HEX (repeatable)")
-      ->type_name("HEX");
+      ->type_name("HEX")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
 Json target_request(const std::vector<std::string>& pids, const TargetArgs& args) {
@@ -44,22 +44,26 @@ bool single_pid(const Json& t) {
 }
 
 std::vector<pid_t> resolve_targets(const Json& t) {
+  std::vector<pid_t> ordered;  // pids as given first, then what the selectors find, each once
   std::set<pid_t> pids;
-  for (const auto& p : t["pids"]) pids.insert(p.get<pid_t>());
+  auto add = [&](pid_t pid) {
+    if (pid != getpid() && pids.insert(pid).second) ordered.push_back(pid);  // never ourselves
+  };
+  for (const auto& p : t["pids"]) add(p.get<pid_t>());
   for (const auto& p : t["trees"]) {
     std::vector<pid_t> tree = polus::process_tree(p.get<pid_t>());
     if (tree.empty()) {
       throw polus::Error(polus::ErrorCode::kNoSuchProcess, "--tree " + std::to_string(p.get<pid_t>()) + ": process " +
                                                                std::to_string(p.get<pid_t>()) + " does not exist");
     }
-    pids.insert(tree.begin(), tree.end());
+    for (pid_t pid : tree) add(pid);
   }
   for (const auto& e : t["exes"]) {
     std::vector<pid_t> found = polus::processes_running(e.get<std::string>());
     if (found.empty()) {
       throw polus::Error(polus::ErrorCode::kNoSuchProcess, "--exe " + e.get<std::string>() + ": no process runs it");
     }
-    pids.insert(found.begin(), found.end());
+    for (pid_t pid : found) add(pid);
   }
   for (const auto& b : t["build_ids"]) {
     std::vector<pid_t> found = polus::processes_with_build_id(b.get<std::string>());
@@ -67,10 +71,9 @@ std::vector<pid_t> resolve_targets(const Json& t) {
       throw polus::Error(polus::ErrorCode::kNoSuchProcess,
                          "--build-id " + b.get<std::string>() + ": no process runs an executable with that build-id");
     }
-    pids.insert(found.begin(), found.end());
+    for (pid_t pid : found) add(pid);
   }
-  pids.erase(getpid());  // never ourselves (a selector by executable could match polusd's own)
-  return {pids.begin(), pids.end()};
+  return ordered;
 }
 
 void apply_all_or_none(const Json& request, const std::vector<pid_t>& pids, const std::string& patch,

@@ -25,7 +25,8 @@ void add_target_options(CLI::App* sub, TargetArgs& args);
 /// writes them as a request's "targets" object. Throws UsageError when nothing is selected.
 Json target_request(const std::vector<std::string>& pids, const TargetArgs& args);
 
-/// The processes a "targets" object selects now, each once, in ascending order. Throws
+/// The processes a "targets" object selects now, each once: the pids in the order given, then
+/// what --tree (root first), --exe and --build-id find (never this process itself). Throws
 /// polus::Error(kNoSuchProcess) when a selector matches no process (named).
 std::vector<pid_t> resolve_targets(const Json& targets);
 
