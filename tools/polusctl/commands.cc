@@ -16,6 +16,7 @@ const std::vector<CommandUnit>& command_units() {
       {"check", add_check, run_check, false},
       {"info", add_info, run_info, false},
       {"stacks", add_stacks, run_stacks, false},
+      {"store", add_store, run_store, false},
   };
   return units;
 }

@@ -1,7 +1,7 @@
 // polusd — the Polus daemon: serves polusctl on a Unix socket and owns every update in flight
 // (server.h, drivers.h); `polusd PID` is its older single-process form (watch_one.cc).
 //
-//   polusd --serve [--socket PATH] [--interval MS]
+//   polusd --serve [--socket PATH] [--store DIR] [--interval MS]
 //   polusd PID [--interval MS] [--give-up-after S] [--agent PATH]
 #include <signal.h>
 #include <string.h>
@@ -17,6 +17,8 @@
 #include "drivers.h"
 #include "polus/stop_request.h"
 #include "server.h"
+#include "sticky.h"
+#include "store.h"
 
 namespace polusd {
 int watch_one(int argc, char** argv);
@@ -26,19 +28,21 @@ namespace {
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << "polusd: " << message
-            << "\nusage: polusd --serve [--socket PATH] [--interval MS]\n       polusd PID [--interval MS] "
+            << "\nusage: polusd --serve [--socket PATH] [--store DIR] [--interval MS]\n       polusd PID [--interval MS] "
                "[--give-up-after S] [--agent PATH]\n";
   std::exit(2);
 }
 
 int serve_main(int argc, char** argv) {
   std::string socket = polusctl::default_socket_path();
+  std::string store = polusctl::default_store_path();
   uint64_t interval_ms = 100;
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag != "--socket" && flag != "--interval") usage_error("unknown option " + flag);
+    if (flag != "--socket" && flag != "--interval" && flag != "--store") usage_error("unknown option " + flag);
     if (i + 1 >= argc) usage_error(flag + " needs a value");
     if (flag == "--socket") socket = argv[i + 1];
+    else if (flag == "--store") store = argv[i + 1];
     else if (!polusctl::whole_number(argv[i + 1], 1, 3600000, interval_ms)) {
       usage_error("--interval must be a whole number of milliseconds from 1 to 3600000, not '" + std::string(argv[i + 1]) + "'");
     }
@@ -57,6 +61,9 @@ int serve_main(int argc, char** argv) {
     polusd::Drivers drivers(std::chrono::milliseconds(interval_ms), std::chrono::milliseconds(200));
     // Nothing is lost across a kill: the truth is in the targets' registries.
     for (pid_t pid : drivers.rediscover()) spdlog::info("polusd: took up the update in flight in process {}", pid);
+    // Stored patches: to new processes of their build as they start, and to running ones now.
+    polusd::Sticky sticky(store, drivers);
+    sticky.apply_to_running();
     polusd::serve(listener, drivers);
     spdlog::info("polusd: stopped by {}; updates in flight stay recorded in their targets",
                  strsignal(polus::stop_requested()));
