@@ -89,6 +89,7 @@ mount -t tmpfs tmpfs "$work/ov"
 mkdir "$work/ov/upper" "$work/ov/work"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/ov/upper,workdir=$work/ov/work" "$work/root"
 mount -t proc proc "$work/root/proc"
+mount -t tmpfs tmpfs "$work/root/run"  # the package's scripts must not reach this machine's services
 mount --rbind /dev "$work/root/dev"
 chroot "$work/root" /bin/bash -e -c '
   export POLUS_NO_DAEMON=1

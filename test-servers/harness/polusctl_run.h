@@ -6,6 +6,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,14 +45,26 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
   std::string no_daemon = "POLUS_NO_DAEMON=1";
   if (!polusctl_through_daemon()) envp.push_back(no_daemon.data());
   envp.push_back(nullptr);
+  // A signal sent to the child before it execs (a test may kill "polusctl" at any instant)
+  // must not run the test's own handlers there (Catch's would malloc in a forked copy of a
+  // threaded process): signals stay blocked across fork until the child has put the default
+  // dispositions back.
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, &old);
   pid_t child = fork();
   if (child == 0) {
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+    }
+    sigprocmask(SIG_SETMASK, &old, nullptr);
     int null = open("/dev/null", O_WRONLY);
     dup2(out_fd >= 0 ? out_fd : null, 1);
     dup2(err_fd >= 0 ? err_fd : null, 2);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
+  sigprocmask(SIG_SETMASK, &old, nullptr);
   return child;
 }
 

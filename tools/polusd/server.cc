@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -122,27 +123,39 @@ void serve_connection(int fd, Drivers& drivers) {
     request["caller_uid"] = caller.uid;
     // A relayed Ctrl-C ({"cancel": SIGNAL}) stops this operation alone, at its next safe point.
     auto cancel = std::make_shared<std::atomic<int>>(0);
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    int watch_fd = ::dup(fd);
-    std::thread watcher([watch_fd, cancel, done, buffer]() mutable {
+    // The watcher sleeps in poll() on the client and on `wake`, which says the request is done
+    // (no timeout to wait out: the answer goes back as soon as the command ends).
+    int wake = ::eventfd(0, EFD_CLOEXEC);
+    std::thread watcher([fd, wake, cancel, buffer]() mutable {
       std::string cancel_line;
-      while (!done->load()) {
-        pollfd p{watch_fd, POLLIN, 0};
-        if (::poll(&p, 1, 100) <= 0) continue;
-        if (!read_line(watch_fd, buffer, cancel_line)) break;  // the client went away: the operation goes on
+      for (;;) {
+        pollfd p[2] = {{fd, POLLIN, 0}, {wake, POLLIN, 0}};
+        if (::poll(p, 2, -1) < 0) {
+          if (errno == EINTR) continue;
+          break;
+        }
+        if (p[1].revents & POLLIN) break;
+        if (!read_line(fd, buffer, cancel_line)) {
+          // The client went away: the operation goes on; wait only for its end.
+          pollfd done{wake, POLLIN, 0};
+          while (::poll(&done, 1, -1) < 0 && errno == EINTR) {
+          }
+          break;
+        }
         try {
           int sig = polusctl::Json::parse(cancel_line).value("cancel", 0);
           if (sig > 0) cancel->store(sig);
         } catch (const std::exception&) {
         }
       }
-      ::close(watch_fd);
     });
     polus::thread_stop_flag() = cancel.get();
     out = polusctl::run_request(request);
     polus::thread_stop_flag() = nullptr;
-    done->store(true);
+    uint64_t one = 1;
+    (void)!::write(wake, &one, sizeof one);
     watcher.join();
+    ::close(wake);
   }
   std::string answer = polusctl::Json{{"status", out.status}, {"out", out.out}, {"err", out.err}}.dump() + "\n";
   size_t sent = 0;
