@@ -247,7 +247,7 @@ class Applier {
                   "Nothing was changed. If the filter allows clone, openat, mmap and mprotect, apply with "
                   "--no-rehearsal");
     }
-    rehearsal_ns_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
+    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -480,13 +480,20 @@ class Applier {
   void record_commit() {
     polus_patch_record& h = record_view_.header;
     h.applied_at_unix_ns = unix_now_ns();
-    h.pause_ns = pause_ns_;
+    // The longest time the target stood still: the commit, or the rehearsal's copy of a
+    // big process.
+    h.pause_ns = std::max(pause_ns_, rehearsal_.pause_ns);
     h.apply_wall_ns = elapsed_ns(started_);
     h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
     if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
     write_record();
     spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
-                 target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+                 target_.pid(), plans_.size(), data_.pairs.size(), h.pause_ns / 1000, h.apply_wall_ns / 1000000);
+    if (rehearsal_.pause_ns > pause_ns_ && rehearsal_.pause_ns > 10'000'000) {
+      spdlog::warn("process {} stood still {} ms while the copy for the rehearsal was made (clone copies its page "
+                   "tables; see RELIABILITY.md); --no-rehearsal skips the copy",
+                   target_.pid(), rehearsal_.pause_ns / 1000000);
+    }
   }
 
   /// Waits for old code using changed data to drain, then commits the data update.
@@ -543,7 +550,7 @@ class Applier {
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
-  uint64_t rehearsal_ns_ = 0;
+  RehearsalCost rehearsal_;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry
 };
