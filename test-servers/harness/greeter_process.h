@@ -278,11 +278,13 @@ public:
     // The child gets PR_SET_PDEATHSIG(SIGKILL): it dies if the *thread* that spawned it
     // exits, so a crashed test leaves no server behind holding ctest's output pipe.
     static GreeterProcess spawn(const std::string &binary, int workers = 4,
-                                std::chrono::milliseconds startup_timeout = 5000ms)
+                                std::chrono::milliseconds startup_timeout = 5000ms,
+                                const std::vector<std::string> &extra_args = {})
     {
         if (::access(binary.c_str(), X_OK) != 0)
             detail::throw_errno("greeter binary " + binary + " is not executable (built?)");
         std::vector<std::string> args = {binary, "--port", "0", "--workers", std::to_string(workers)};
+        args.insert(args.end(), extra_args.begin(), extra_args.end());
         std::vector<char *> argv;
         for (auto &arg : args)
             argv.push_back(arg.data());

@@ -29,6 +29,7 @@
 #include "process/proc_files.h"
 #include "update/data_update.h"
 #include "update/rehearsal.h"
+#include "update/seccomp_check.h"
 #include "update/engine_internal.h"
 
 namespace polus {
@@ -179,6 +180,7 @@ class Applier {
     plans_ = plan_redirects(patch_, target_, active_);
 
     target_.seize();
+    check_seccomp_allows(target_, {.rehearsal = options_.rehearse, .data_update = has_data_});
     try {
       if (options_.rehearse) rehearse();
       load();
@@ -237,16 +239,6 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    std::optional<TaskStatus> status = read_task_status(target_.pid());
-    if (status && status->seccomp != 0) {
-      // The copy is made with clone(2), and loading makes openat/mmap/mprotect calls: a
-      // filter that kills on one of them would kill the process, and Polus cannot read it yet.
-      throw Error(ErrorCode::kUnsafeToPatch,
-                  "process " + std::to_string(target_.pid()) + " runs under a seccomp filter, which could kill it for "
-                  "a system call of the rehearsal (clone) or of loading the patch; Polus cannot check the filter yet. "
-                  "Nothing was changed. If the filter allows clone, openat, mmap and mprotect, apply with "
-                  "--no-rehearsal");
-    }
     rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
   }
 
