@@ -397,18 +397,27 @@ class Applier {
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
       return !p.stacked_on || writes_new_slot(p);
     });
-    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    // Each write with what it replaces: a write that fails (the mapping gone, say) puts the
+    // ones before it back, so no jump leads into a patch that the failed apply unloads.
+    struct Write {
+      uint64_t address;
+      std::vector<uint8_t> bytes, original;
+    };
+    std::vector<Write> writes;
     for (const PlannedRedirect& plan : plans_) {
       const polus_redirect_record& r = plan.record;
       if (r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
-        std::vector<uint8_t> target(8);
+        std::vector<uint8_t> target(8), previous(8);
         std::memcpy(target.data(), &r.new_function, 8);
-        writes.emplace_back(r.trampoline + 6, target);  // the .quad of `jmp *0(%rip)`
+        std::memcpy(previous.data(), &r.previous_target, 8);
+        writes.push_back({r.trampoline + 6, target, previous});  // the .quad of `jmp *0(%rip)`
       } else {
         // The slot before the jump that leads to it; both while every thread is stopped and
-        // none is on the slot (busy_reason), since a freed slot may be handed out again.
-        if (r.trampoline) writes.emplace_back(r.trampoline, encode_trampoline(r.new_function));
-        writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
+        // none is on the slot (busy_reason), since a freed slot may be handed out again. (A
+        // slot nothing jumps to needs nothing put back.)
+        if (r.trampoline) writes.push_back({r.trampoline, encode_trampoline(r.new_function), {}});
+        std::vector<uint8_t> jump = encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function);
+        writes.push_back({r.patch_site, jump, std::vector<uint8_t>(r.saved_bytes, r.saved_bytes + jump.size())});
       }
     }
     PauseRequest request;
@@ -419,7 +428,21 @@ class Applier {
       uint64_t checked_ns = pause.elapsed();
       if (run_code) run_code_in_pause();
       uint64_t code_ns = pause.elapsed();
-      for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+      for (size_t i = 0; i < writes.size(); ++i) {
+        try {
+          target_.memory().write_bytes(RemoteAddr(writes[i].address), writes[i].bytes.data(), writes[i].bytes.size());
+        } catch (...) {
+          for (size_t j = i; j-- > 0;) {
+            if (writes[j].original.empty()) continue;
+            try {
+              target_.memory().write_bytes(RemoteAddr(writes[j].address), writes[j].original.data(), writes[j].original.size());
+            } catch (const std::exception& e) {
+              spdlog::error("could not put back the bytes at {} after a failed commit: {}", hex(writes[j].address), e.what());
+            }
+          }
+          throw;
+        }
+      }
       // The outcome, still in the pause: cut short after this, the record says what is true.
       write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
