@@ -255,9 +255,11 @@ def _rewrite_line(line, plan, refs, fixups, bindings, findings):
         action = plan.define(name)
         new = action[1] if action[0] == "keep" else name + "__polus_unused"
         lines = []
-        if action[0] == "keep" and bindings.get(name) and not is_generated_name(name):
-            lines.append("\t.%s\t%s" % ("weak" if bindings[name] == "weak" else "globl", new))
-            lines.append("\t.protected\t%s" % new)
+        if action[0] == "keep" and not is_generated_name(name) and new != name:
+            # Exported (protected: it binds within the patch) so later patches can name it; a
+            # file-static one is hidden, linkable from patch.c's descriptor only.
+            lines.append("\t.%s\t%s" % ("weak" if bindings.get(name) == "weak" else "globl", new))
+            lines.append("\t.%s\t%s" % ("protected" if bindings.get(name) else "hidden", new))
         lines.append(new + ":" + lm.group(2))
         return lines
     if lm:

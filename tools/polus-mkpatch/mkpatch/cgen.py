@@ -36,7 +36,7 @@ def generate(plan, units, build_id, name, description, author_file, findings, ve
     a = plan.a
     types = TypeWriter(plan.suffix)
     desc = Descriptor()
-    body, decls, skeleton = [], [], []
+    body, decls, skeleton, author_protos = [], [], [], []
     record = {}
     new_fns = set()
     # Functions: redirects first, then added ones.
@@ -77,45 +77,49 @@ def generate(plan, units, build_id, name, description, author_file, findings, ve
             continue
         if change.kind == "layout":
             fwd, back = "polus_sync_old_" + ident, "polus_sync_new_" + ident
+            funcs, holes = [], []
             for fn, src_t, dst_t, dst_new in ((fwd, ot, nt, True), (back, nt, ot, False)):
                 cw = CopyWriter(types, findings, key)
                 cw.copy("(*dst)", dst_t, "(*src)", src_t, key, dst_new)
                 for link in cw.heap_links:
                     findings.warn("heap", "%s: %s points to a changed type; the objects it leads to are not converted "
-                                          "(write a pre-update callback; see the heap skeleton)" % (key, link))
+                                          "(write a pre-update callback in an --author file)" % (key, link))
                 src_decl = types.declare(src_t, "*src", not dst_new)
                 dst_decl = types.declare(dst_t, "*dst", dst_new)
-                guard = "POLUS_AUTHOR_SYNC_" + ident
-                body.append("#ifndef %s" % guard)
-                body.append("/* After a write to the %s %s: bring the %s one up to date. */" %
-                            ("old" if dst_new else "new", key, "new" if dst_new else "old"))
-                body.append("static void %s(const struct polus_sync_args *args) {" % fn)
-                body.append("    const %s = (const void *)args->written;" % src_decl)
-                body.append("    %s = (void *)args->counterpart;" % dst_decl)
-                body.extend(line.replace("(*dst).", "dst->").replace("(*src).", "src->") for line in cw.lines)
-                body.append("}")
-                body.append("#endif")
-                for p in cw.placeholders:
-                    findings.placeholder("sync", p + " (define %s and both sync functions in an author file)" % guard)
+                funcs.append(["/* After a write to the %s %s: bring the %s one up to date. */" %
+                              ("old" if dst_new else "new", key, "new" if dst_new else "old"),
+                              "static void %s(const struct polus_sync_args *args) {" % fn,
+                              "    const %s = (const void *)args->written;" % src_decl,
+                              "    %s = (void *)args->counterpart;" % dst_decl]
+                             + [_arrow(line) for line in cw.lines] + ["}"])
+                holes += cw.placeholders
+            if holes:
+                for h in holes:
+                    findings.placeholder("sync", h + " (write %s and %s in an --author file; author-skeleton.c has "
+                                                 "what could be generated)" % (fwd, back))
+                author_protos.append("static void %s(const struct polus_sync_args *args);" % fwd)
+                author_protos.append("static void %s(const struct polus_sync_args *args);" % back)
+                skeleton.append("\n".join(line for f in funcs for line in f) + "\n")
+            else:
+                for f in funcs:
+                    body.extend(f)
+            _lock_warning(findings, key, nt)
         else:  # heap: the global keeps its layout, what it points to changed
             flags = "POLUS_DATA_HEAP_ROOT"
             fwd = back = None
             pairs = _pointee_pairs(ot, nt)
+            names = [(types.c_name(po, False), types.c_name(pn, True)) for po, pn in pairs]
             findings.warn("heap", "%s (%s) leads to heap data of a changed type (%s): the generator cannot know how "
-                                  "that data is shaped; fill in the pre-update callback of the skeleton (--author)"
-                          % (key, dwarf.tag_name(ot), ", ".join("%s -> %s" % (dwarf.tag_name(o), dwarf.tag_name(n))
-                                                               for o, n in pairs)))
+                                  "that data is shaped; write the pre-update callback that converts it (author-skeleton.c, "
+                                  "--author)" % (key, dwarf.tag_name(ot), ", ".join("struct %s -> struct %s" % n
+                                                                                   for n in names)))
             for po, pn in pairs:
                 body.extend(_node_functions(types, findings, po, pn, key))
-            guard = "POLUS_AUTHOR_HEAP_" + ident
-            findings.placeholder("heap", "%s: define %s and polus_author_heap_%s() in an author file (see "
-                                         "author-skeleton.c)" % (key, guard, ident))
-            body.append("#ifndef %s" % guard)
-            body.append('#error "polus-mkpatch: heap data reachable through %s changed type: write '
-                        'polus_author_heap_%s() (see author-skeleton.c) and pass it with --author"' % (key, ident))
-            body.append("#endif")
+            findings.placeholder("heap", "%s: write polus_author_heap_%s() in an --author file (see author-skeleton.c)"
+                                 % (key, ident))
+            author_protos.append("static int polus_author_heap_%s(const struct polus_callback_args *args);" % ident)
             callbacks_pre.append("polus_author_heap_%s" % ident)
-            skeleton.append(_heap_skeleton(types, key, ident, slot, new_sym, ot, nt, pairs))
+            skeleton.append(_heap_skeleton(key, ident, slot, new_sym, names))
         o_idx = len(desc.data)
         desc.data.append('{"%s", 0, (void **)&%s, 0, %s, 0, POLUS_OLD, %s}' % (old_spec, slot, fwd or "0", flags))
         n_idx = len(desc.data)
@@ -171,11 +175,16 @@ def generate(plan, units, build_id, name, description, author_file, findings, ve
     for fn in sorted(new_fns):
         out.append("void %s(void); /* carried code (prototype only for its address) */" % fn)
     out.append(BITS_HELPER)
-    if author_file:
-        out.append("/* ---- The author's code ---- */")
-        out.append('#include "%s"' % author_file)
     out.append("/* ---- Sync functions ---- */")
     out.extend(body)
+    if author_protos:
+        out.append("/* ---- Written by the patch's author (--author) ---- */")
+        out.extend(author_protos)
+    if author_file:
+        out.append('#include "%s"' % author_file)
+    elif findings.placeholders:
+        for code, msg in findings.placeholders:
+            out.append('#error "polus-mkpatch: %s"' % msg.replace('"', "'").replace("\\", ""))
     if fixup_tables:
         out.append("struct polus_mkpatch_fixup { void **where; void **slot; long addend; };")
         for t in fixup_tables:
@@ -193,8 +202,9 @@ def generate(plan, units, build_id, name, description, author_file, findings, ve
     out.append('POLUS_PATCH("%s", "%s", %s);' % (name, description.replace('"', "'"), _counts(desc, build_id)))
     sk = None
     if skeleton:
-        sk = ("/*\n * Author file skeleton for patch %d (%s): copy it, fill it in, and pass it to polus-mkpatch with\n"
-              " * --author FILE. It is compiled inside the generated patch.c, after the types and slots.\n */\n"
+        sk = ("/*\n * Author file skeleton for patch %d (%s): copy it, fill in every #error, and pass it to\n"
+              " * polus-mkpatch with --author FILE. It is compiled at the end of the generated patch.c, which\n"
+              " * defines the types, the slots (polus_old_*), the new globals and the polus_copy_* helpers.\n */\n"
               "#include <stdlib.h>\n\n" % (version, name)) + "\n".join(skeleton)
     return "\n".join(out) + "\n", sk, record
 
@@ -260,6 +270,10 @@ def _node_functions(types, findings, po, pn, key):
                               ("polus_copy_%s_to_%s" % (nname, oname), pn, po, False)):
         cw = CopyWriter(types, findings, "heap node " + dwarf.tag_name(s))
         cw.copy("(*dst)", d, "(*src)", s, dwarf.tag_name(s), dst_new)
+        cw.lines = [_arrow(line) for line in cw.lines]
+        if cw.placeholders:
+            for p in cw.placeholders:
+                findings.placeholder("heap-node", p)
         out.append("/* Copies the members of an old node into a new one, or back (pointers to changed types are "
                    "left to the author). */")
         out.append("static __attribute__((unused)) void %s(%s, const %s) {" % (
@@ -274,22 +288,55 @@ def _node_functions(types, findings, po, pn, key):
     return out
 
 
-def _heap_skeleton(types, key, ident, slot, new_sym, ot, nt, pairs):
-    lines = ["#define POLUS_AUTHOR_HEAP_%s 1" % ident,
-             "/*",
+def _heap_skeleton(key, ident, slot, new_sym, names):
+    steps = []
+    for o, n in names:
+        on, nn = c_ident(o), c_ident(n)
+        steps.append(" *   struct %s -> struct %s: allocate `struct %s *n`, polus_copy_%s_to_%s(n, old), link n like\n"
+                     " *   the old node, then polus_register_heap_data(old, n, sizeof *old, sizeof *n,\n"
+                     " *   polus_sync_old_%s, polus_sync_new_%s); on rollback polus_copy_%s_to_%s(old, n) and\n"
+                     " *   register the pair again." % (o, n, n, on, nn, on, nn, nn, on))
+    lines = ["/*",
              " * Pre-update callback for the heap data reachable from %s. It runs in the commit pause" % key,
              " * (every other thread stopped, none inside malloc) and again with args->rollback set on a",
-             " * rollback. Old global: *%s. New global: %s." % (slot, new_sym),
-             " * For each old node: allocate a new one, copy it with the generated polus_copy_*() function,",
-             " * link it like the old one, and register the pair so writes are synced while the update syncs:",
-             " *   polus_register_heap_data(old, new, sizeof *old, sizeof *new, polus_sync_old_T, polus_sync_new_T);",
-             " * On rollback, copy each new node back into its old one and register the pairs again.",
+             " * rollback. The old global is *%s; the new one is %s (it starts as the new" % (slot, new_sym),
+             " * program's initial value). For every old node:"] + steps + [
              " * Return non-zero to cancel the update (nothing is changed then).",
              " */",
              "static int polus_author_heap_%s(const struct polus_callback_args *args) {" % ident,
              "    if (!polus_register_heap_data) return -1; /* not running under the Polus agent */",
              "    (void)args;",
-             "    /* fill in */",
+             '#error "fill in polus_author_heap_%s"' % ident,
              "    return -1;",
              "}"]
     return "\n".join(lines) + "\n"
+
+
+def _arrow(line):
+    return line.replace("(*dst).", "dst->").replace("(*src).", "src->")
+
+
+LOCK_TYPES = ("pthread_mutex_t", "pthread_cond_t", "pthread_rwlock_t", "pthread_spinlock_t", "sem_t",
+              "pthread_barrier_t")
+
+
+def _lock_warning(findings, key, die, depth=0):
+    """A lock inside changed data: old code locks the old copy, new code the new one."""
+    if die is None or depth > 6:
+        return
+    name = dwarf.attr(die, "DW_AT_name")
+    if die.tag == "DW_TAG_typedef" and name in LOCK_TYPES:
+        findings.warn("lock-in-data", "%s contains a %s: while the update syncs, old code locks the old copy and new "
+                                      "code the new one, so they do not exclude each other. Keep locks out of changed "
+                                      "types, or make sure no old code using them runs (status shows holders)"
+                      % (key, name))
+        return
+    d = strip_qualifiers(die) if die.tag != "DW_TAG_typedef" else type_of(die)
+    if d is None:
+        return
+    if d.tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+        for m in d.iter_children():
+            if m.tag == "DW_TAG_member":
+                _lock_warning(findings, key, type_of(m), depth + 1)
+    elif d.tag == "DW_TAG_array_type" or d.tag == "DW_TAG_typedef":
+        _lock_warning(findings, key, type_of(d), depth + 1)

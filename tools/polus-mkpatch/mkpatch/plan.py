@@ -19,13 +19,22 @@ class Plan:
         self.static_locals = {}  # (obj, asm name) -> target spec
         self._decide()
 
-    def new_name(self, name):
-        base = name + self.suffix
-        taken = set()
-        for tu in self.a.contributing:
-            if tu.new:
-                taken |= set(tu.new.functions) | set(tu.new.data)
-        return base if base not in taken else name + "__polus" + self.suffix
+    def new_name(self, name, tu=None):
+        """name_vN, unique in the patch (two units' statics of one name get the file in it)."""
+        if not hasattr(self, "_taken"):
+            self._taken = set()
+            for t in self.a.contributing:
+                if t.new:
+                    self._taken |= set(t.new.functions) | set(t.new.data)
+        cands = [name + self.suffix]
+        if tu is not None:
+            cands.append("%s__%s%s" % (name, tu.file.replace(".", "_").replace("-", "_"), self.suffix))
+        cands.append(name + "__polus" + self.suffix)
+        for cand in cands:
+            if cand not in self._taken:
+                self._taken.add(cand)
+                return cand
+        raise Refused("cannot find a free name for %s" % name)
 
     def _in_old_binary(self, tu, name):
         return self.old_bin.lookup(tu.key(name, new=tu.new is not None)) is not None
@@ -37,7 +46,7 @@ class Plan:
                 continue
             tu = a.tus[obj]
             existed = tu.old is not None and name in tu.old.functions and self._in_old_binary(tu, name)
-            new = self.new_name(name)
+            new = self.new_name(name, tu)
             global_ = tu.new.functions[name].symbol.is_global
             if existed and (obj, name) not in a.sig_changed:
                 spec = self.v.call(tu.key(name))
@@ -54,7 +63,7 @@ class Plan:
             ent = tu.new.data.get(name) if tu.new else None
             if ent is None:
                 continue
-            new = self.new_name(name) if not is_generated_name(name) else name
+            new = self.new_name(name, tu) if not is_generated_name(name) else name
             self.kept_data[key] = new
             if ent.symbol.is_global:
                 self.global_renames[name] = new

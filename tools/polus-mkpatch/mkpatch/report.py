@@ -53,7 +53,8 @@ class Report:
             for (obj, name) in a.removed:
                 lines.append("  removed   %s (left in the target, unused by new code)" % a.tus[obj].key(name, False))
             lines.append("")
-            lines.append("Data")
+            if a.data_changes or a.new_data or a.const_changed or a.removed_data:
+                lines.append("Data")
             for (obj, name), ch in sorted(a.data_changes.items()):
                 what = {"layout": "type changed: old/new pair, sync functions both ways",
                         "heap": "points to a changed type: heap root, pre-update callback",

@@ -54,12 +54,13 @@ class Binary:
         return found[0] if len(found) == 1 else None
 
 
-def compare_builds(rebuilt, running, specs, findings):
+def compare_builds(rebuilt, running, specs, findings, quiet_identity=False):
     """Says what differs between the rebuilt old binary and the running one, for the names the
     patch uses; and that the code itself cannot be compared when they are different builds."""
     if rebuilt.build_id == running.build_id:
         return
-    findings.cannot_verify("the running binary %s (build-id %s) is not the rebuilt old version (build-id %s): the "
+    if not quiet_identity:
+        findings.cannot_verify("the running binary %s (build-id %s) is not the rebuilt old version (build-id %s): the "
                            "generator compared the old and new sources as rebuilt with its flags, and cannot verify "
                            "that the running code equals the rebuilt old code (other compiler flags, another "
                            "compiler or source). Names are resolved in the running binary, as polusctl does"
@@ -72,7 +73,7 @@ def compare_builds(rebuilt, running, specs, findings):
         if b is None and running.has_symtab:
             findings.cannot_verify("%s is not in the running binary's symbol table (inlined or removed there?): "
                                    "polusctl will refuse the patch" % spec)
-        elif a and b and a[1] and a[0] != b[0]:
+        elif a and b and a[1] and a[0] != b[0] and not quiet_identity:
             findings.cannot_verify("%s is %d bytes in the running binary, %d in the rebuilt one: the running code "
                                    "was built differently (e.g. without -flive-patching=inline-clone, so callers may "
                                    "rely on what gcc learnt about its body)" % (spec, b[0], a[0]))
