@@ -5,7 +5,7 @@ import shutil
 import sys
 import tempfile
 
-from . import build, closure, compare, patchbuild, report
+from . import build, closure, compare, heuristics, patchbuild, report
 from .asmpatch import rewrite
 from .cgen import generate
 from .common import (EXIT_BUILD, EXIT_INCOMPLETE, EXIT_OK, EXIT_PATCH_BUILD, EXIT_REFUSED, BuildFailed, Findings,
@@ -107,6 +107,8 @@ def _generate(args, out, workdir, findings, rep):
     rep.analysis = analysis
     if not analysis.kept and not analysis.data_changes:
         raise Refused("the fix changes no function and no data of %s (compared object by object)" % binary)
+    heuristics.void_casts(analysis, new.root, findings)
+    heuristics.stored_addresses(analysis, findings)
     plan = Plan(analysis, versions, old_bin, findings)
     rep.plan = plan
     units = []
