@@ -148,10 +148,15 @@ class ObjectFile:
     # -- what a relocation refers to ----------------------------------------------------------
 
     def _entity_at(self, sec, offset):
+        """The named symbol whose bytes hold `offset` (or that ends exactly there: a pointer one
+        past an array), preferring the one that contains it."""
+        end_match = None
         for sym in sec.symbols:
-            if sym.value <= offset < sym.value + max(sym.size, 1) or (offset == sym.value + sym.size and sym.size):
+            if sym.value <= offset < sym.value + max(sym.size, 1):
                 return sym
-        return None
+            if offset == sym.value + sym.size and sym.size and end_match is None:
+                end_match = sym
+        return end_match
 
     def _merge_content(self, sec, offset):
         if sec.flags & SHF_STRINGS:
