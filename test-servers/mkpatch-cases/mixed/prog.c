@@ -1,10 +1,17 @@
-/* A small C program with a C++ part and thread-local state: the cases polus-mkpatch refuses
- * (mkpatch_test). `tally()` uses a __thread variable of the running program; `helper()` is C++. */
+/* A small C program with a C++ part and thread-local state: the cases polus-mkpatch refuses or
+ * leaves to the author (mkpatch_test). `tally()` uses a __thread variable of the running program;
+ * `helper()` is C++; `budget` is a global whose type budget-struct.diff changes incompatibly. */
 #include <stdio.h>
 
 int helper(int x); /* helper.cc */
 
 static __thread long tally_here;
+long budget = 5;
+
+__attribute__((noinline)) long spend(long n) {
+    budget -= n;
+    return budget;
+}
 
 __attribute__((noinline)) long tally(long n) {
     tally_here += n;
@@ -12,6 +19,6 @@ __attribute__((noinline)) long tally(long n) {
 }
 
 int main(void) {
-    printf("%ld %d\n", tally(2), helper(3));
+    printf("%ld %d %ld\n", tally(2), helper(3), spend(1));
     return 0;
 }

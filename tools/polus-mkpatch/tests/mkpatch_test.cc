@@ -168,6 +168,8 @@ TEST_CASE("the greeter's data change, generated from source, keeps the request c
                                          "--target", binary_path("greeter-v0"), "--name", "greeter-data-generated"});
   REQUIRE(g.status == 0);
   CHECK(g.report.find("requests_count                     -> requests_count_v1") != std::string::npos);
+  // handle_line, whose STATS format changed, is inlined into serve_connection: the caller changed.
+  CHECK(g.report.find("replaced  greeter.c:serve_connection") != std::string::npos);
 
   auto server = polus::testing::GreeterProcess::spawn(binary_path("greeter-v0"), 6);
   polus::testing::LoadGenerator load(server.port(), 3);
@@ -282,4 +284,20 @@ TEST_CASE("changes the generator cannot carry are refused with the reason", "[mk
   Generated tls = mkpatch("tls", {"--old", cases + "/mixed", "--fix", cases + "/tls-use.diff", "--build", build});
   CHECK(tls.status == 4);
   CHECK(tls.report.find("thread-local variable prog.c:tally_here") != std::string::npos);
+}
+
+TEST_CASE("a type change it cannot match is left to the author: no build until written", "[mkpatch][author]") {
+  const std::string cases = kServers + "/mkpatch-cases";
+  const std::string build = "cc -O2 -c prog.c && c++ -O2 -c helper.cc && c++ -o prog prog.o helper.o";
+  std::vector<std::string> args = {"--old", cases + "/mixed", "--fix", cases + "/budget-struct.diff", "--build", build,
+                                   "--name", "budget"};
+  Generated missing = mkpatch("budget-incomplete", args);
+  CHECK(missing.status == 5);
+  CHECK(missing.report.find("cannot copy budget (long int -> struct budget)") != std::string::npos);
+  CHECK(slurp(missing.dir + "/patch.c").find("#error \"polus-mkpatch: budget") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(missing.patch("budget")));
+  args.insert(args.end(), {"--author", cases + "/budget-author.c"});
+  Generated written = mkpatch("budget", args);
+  CHECK(written.status == 0);
+  CHECK(std::filesystem::exists(written.patch("budget")));
 }
