@@ -11,7 +11,9 @@
  *                      fallback, CHAINING, END
  *   store_emulation.c  the out-of-line execution of MECHANISM
  *   tracked_pages.c    the page table, protections, /proc/self/mem, shadows, change
- *                      detection, the work list, running sync functions
+ *                      detection, the work list, running sync functions (fenced)
+ *   sync_fence.c       the fence around sync functions: a fault in one is unwound, recorded
+ *                      and never reaches the target (see sync_fence.h)
  *   sync_state.c       the state they share (G, one struct) and the LOCK
  *
  * WHAT IT DOES
@@ -125,8 +127,9 @@
  *   - Bytes stored on the application's behalf by the agent are copied by the kernel: a
  *     lock-free reader racing with a tracked write could see a multi-byte value torn.
  *     Data protected by locks (the paper's model) are unaffected.
- *   - A sync function that faults for real (a bug) while we hold the lock is chained like
- *     any fault; if the application's handler then longjmps away, the lock stays held.
+ *   - A sync function that faults for real (a bug) while we hold the lock is unwound to its
+ *     fence (sync_fence.h): recorded, disabled, its counterpart put back; the update is then
+ *     the injector's to abandon. One that loops for ever or calls abort() is not caught.
  *   - Under ptrace, the SIGSEGV/SIGTRAP of every tracked write is a signal-delivery-stop:
  *     the tracer must pass them on. A thread stopped inside our handler holds the sync
  *     lock: entry points called on it return -EDEADLK, on another thread they wait ~2 s
