@@ -6,6 +6,8 @@
 #pragma once
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,14 +36,27 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
   for (char** e = environ; *e; ++e) envp.push_back(*e);
   envp.push_back(agent.data());
   envp.push_back(nullptr);
+  // A signal a test sends polusctl can arrive before the child has made execve: it must not
+  // run the test's own handlers there (Catch reports a "fatal error" from SIGINT, and its
+  // output takes malloc's lock, which a load thread may have held at the fork: the child hung
+  // for good). Blocked over the fork; in the child every disposition goes back to SIG_DFL
+  // before the mask comes back, so such a signal ends the child as it would end polusctl.
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
   pid_t child = fork();
   if (child == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for KILL/STOP
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
     int null = open("/dev/null", O_WRONLY);
     dup2(out_fd >= 0 ? out_fd : null, 1);
     dup2(err_fd >= 0 ? err_fd : null, 2);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   return child;
 }
 
