@@ -49,7 +49,12 @@ struct HolderInfo {
 struct PatchInfo {
   uint64_t id = 0;
   std::string name;
-  std::string path;
+  std::string path;          // the file the operator named (the target loaded a sealed memfd copy of its bytes)
+  std::string sha256;        // lowercase hex SHA-256 of the patch's bytes: its identity
+  uint32_t applied_by_uid = 0;  // the caller who applied it
+  bool already_applied = false; // apply: a patch with this SHA-256 was active already; nothing changed
+  bool details_withheld = false; // status for a caller other than root: applied by someone else,
+                                 // so only id, name, state and applied_by_uid are filled
   std::string state;        // "applying", "syncing", "committed", "rolling-back", "rolled-back", and in status
                             // "interrupted-apply" / "interrupted-rollback" (the next command completes it)
   std::string direction;    // of the in-flight or last data update: "apply" / "rollback"
@@ -76,7 +81,9 @@ struct ProcessStatus {
   uint64_t chained_faults = 0;     // faults handed to the target's own SIGSEGV handler
 };
 
-/// Applies the patch at `patch_path` to process `pid`. Returns what was applied.
+/// Applies the patch at `patch_path` to process `pid`. Returns what was applied; if a patch
+/// with the same content (SHA-256) is already active, returns it with already_applied set and
+/// changes nothing.
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options);
 
 /// Rolls back the newest applied patch of `pid`. Returns what was rolled back: state
@@ -99,7 +106,9 @@ struct ThreadStack {
 /// Stops `pid` briefly and unwinds every thread (the same unwinding the sync phase uses).
 std::vector<ThreadStack> inspect_stacks(pid_t pid);
 
-/// Reads the patch registry of `pid` without stopping it.
-ProcessStatus read_status(pid_t pid);
+/// Reads the patch registry of `pid` without stopping it. For a `caller` other than root,
+/// patches someone else applied are listed with their details withheld, and a process the
+/// caller may not act on is refused (Error(kPermissionDenied)).
+ProcessStatus read_status(pid_t pid, const Caller& caller = Caller::self());
 
 }  // namespace polus

@@ -150,6 +150,13 @@ uint64_t BorrowedThread::call_with_string(RemoteAddr function, const std::string
   return call(function, {args[0], args[1], args[2], args[3], args[4], args[5]});
 }
 
+int64_t BorrowedThread::syscall_with_string(long number, const std::string& text, std::initializer_list<uint64_t> more) {
+  uint64_t args[6] = {arena_.put_string(text).address()};
+  size_t n = 1;
+  for (uint64_t arg : more) args[n++] = arg;
+  return syscall(number, {args[0], args[1], args[2], args[3], args[4], args[5]});
+}
+
 uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, RemoteAddr sigreturn_pc,
                              long syscall_result_of, const char* what) {
   const Clock::time_point deadline = step_deadline();

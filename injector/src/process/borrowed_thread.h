@@ -63,6 +63,10 @@ class BorrowedThread {
   /// Throws Error(kTimeout) when it does not return within step_deadline().
   int64_t syscall(long number, std::initializer_list<uint64_t> args);
 
+  /// Executes system call `number` with `text` (NUL-terminated, copied to the arena) as its
+  /// first argument and `more` after it (memfd_create's name); raw result as syscall().
+  int64_t syscall_with_string(long number, const std::string& text, std::initializer_list<uint64_t> more = {});
+
   /// Calls `function(args...)` (System V ABI, up to 6 integer arguments). Returns rax.
   /// Throws Error(kLoadFailed) if the code faults, Error(kTimeout) if it does not return
   /// within step_deadline(); either way the thread is put back in its own context first.
