@@ -583,7 +583,7 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
   CHECK_THAT(err, Catch::Contains("stopped by") && Catch::Contains("target unchanged"));
   CHECK(took < 3s);
   CHECK(polus::read_status(target.pid()).patches.empty());
-  CHECK_FALSE(maps_mention(target.pid(), "prologue-spin.so"));  // the interrupted load was undone
+  CHECK_FALSE(maps_mention(target.pid(), "/memfd:polus:"));  // the interrupted load was undone
   target.send("release");
   CHECK(target.read_line() == "RELEASED");
   CHECK(target.alive());

@@ -55,6 +55,14 @@ add_dependencies(patch_trust_test polus-agent polusctl)
 add_test(NAME patch_trust_test COMMAND patch_trust_test --durations yes)
 set_tests_properties(patch_trust_test PROPERTIES TIMEOUT 120)
 
+# --- trusted_load_test: the target loads the bytes checked (sealed memfd); needs root ------
+add_executable(trusted_load_test trusted_load_test.cc)
+target_link_libraries(trusted_load_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(trusted_load_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(trusted_load_test polus-agent polusctl)
+add_test(NAME trusted_load_test COMMAND trusted_load_test --durations yes)
+set_tests_properties(trusted_load_test PROPERTIES TIMEOUT 180)
+
 add_executable(kill_test kill_test.cc)
 target_link_libraries(kill_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
 target_compile_definitions(kill_test PRIVATE ${POLUS_TEST_DEFINITIONS})

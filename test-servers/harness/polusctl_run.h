@@ -6,6 +6,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,20 +23,46 @@ struct PolusctlRun {
   std::string err;
 };
 
+/// Who polusctl runs as: the test's own user (uid -1), or another (the test must be root).
+struct RunAs {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+};
+
+/// Where polusctl run by tests writes its audit records unless a test says otherwise
+/// ($POLUS_AUDIT_LOG set by the test, or --audit-log): not the machine's /var/log/polus.
+inline std::string test_audit_log() {
+#ifdef POLUS_BUILD_DIR
+  return std::string(POLUS_BUILD_DIR) + "/polusctl-test-audit.log";
+#else
+  return "/tmp/polusctl-test-audit.log";
+#endif
+}
+
 /// Starts polusctl with `args` (the test's agent in $POLUS_AGENT), stdout and stderr into the
-/// given descriptors (-1: /dev/null). Returns its pid.
-inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int err_fd = -1) {
+/// given descriptors (-1: /dev/null), as `as`. Returns its pid.
+inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int err_fd = -1, RunAs as = {}) {
   args.insert(args.begin(), POLUSCTL_PATH);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::string agent = std::string("POLUS_AGENT=") + POLUS_AGENT_PATH;
+  std::string audit = "POLUS_AUDIT_LOG=" + test_audit_log();
   std::vector<char*> envp;
-  for (char** e = environ; *e; ++e) envp.push_back(*e);
+  bool audit_set = false;
+  for (char** e = environ; *e; ++e) {
+    envp.push_back(*e);
+    audit_set = audit_set || std::string(*e).rfind("POLUS_AUDIT_LOG=", 0) == 0;
+  }
   envp.push_back(agent.data());
+  if (!audit_set) envp.push_back(audit.data());
   envp.push_back(nullptr);
   pid_t child = fork();
   if (child == 0) {
+    if (as.uid != static_cast<uid_t>(-1) &&
+        (setgroups(0, nullptr) != 0 || setresgid(as.gid, as.gid, as.gid) != 0 || setresuid(as.uid, as.uid, as.uid) != 0)) {
+      _exit(126);
+    }
     int null = open("/dev/null", O_WRONLY);
     dup2(out_fd >= 0 ? out_fd : null, 1);
     dup2(err_fd >= 0 ? err_fd : null, 2);
@@ -52,11 +79,11 @@ inline int wait_polusctl(pid_t child) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-/// Runs polusctl with `args` to the end, capturing stdout and stderr.
-inline PolusctlRun run_polusctl(std::vector<std::string> args) {
+/// Runs polusctl with `args` to the end, as `as`, capturing stdout and stderr.
+inline PolusctlRun run_polusctl(std::vector<std::string> args, RunAs as = {}) {
   int out_pipe[2], err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) return {};
-  pid_t child = start_polusctl(std::move(args), out_pipe[1], err_pipe[1]);
+  pid_t child = start_polusctl(std::move(args), out_pipe[1], err_pipe[1], as);
   close(out_pipe[1]);
   close(err_pipe[1]);
   PolusctlRun run;

@@ -118,7 +118,7 @@ int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> arg
   return static_cast<int64_t>(run(regs, frame, arena_.sigreturn_pc(), -1, "system call"));
 }
 
-pid_t BorrowedThread::clone_process() {
+pid_t BorrowedThread::clone_process(pid_t* in_target) {
   SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
   user_regs_struct regs = call_regs(frame);
   regs.rax = SYS_clone;
@@ -131,7 +131,11 @@ pid_t BorrowedThread::clone_process() {
     throw Error(ErrorCode::kInternal, "the target could not make a copy of itself (clone: " +
                                           std::string(std::strerror(static_cast<int>(-result))) + ")");
   }
-  return static_cast<pid_t>(result);
+  // `result` numbers the copy in the target's pid namespace; a target in a container of its
+  // own sees another number than we do. The clone event told us ours.
+  if (in_target) *in_target = static_cast<pid_t>(result);
+  pid_t ours = session_.last_clone_of(tid_);
+  return ours > 0 ? ours : static_cast<pid_t>(result);
 }
 
 uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {

@@ -83,6 +83,7 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   }
   pid_t cloner = 0;
   pid_t copy = 0;
+  pid_t copy_in_target = 0;  // the target's number for it (another in a pid namespace of its own)
   PauseRequest request;
   request.giving_up = "cannot make a copy of the process to rehearse the load in";
   request.prepare = [&] {
@@ -119,7 +120,7 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   };
   std::optional<PtraceSession> session;
   request.act = [&](const Pause&) {
-    copy = target.borrow(cloner).clone_process();
+    copy = target.borrow(cloner).clone_process(&copy_in_target);
     // Out of the target's session before the pause ends, or resuming every thread would
     // let the copy go too.
     session.emplace(target.session().split_off_process(copy));
@@ -145,12 +146,12 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     target.seize();
     BorrowedThread thread = target.borrow_safe_thread();
     int64_t reaped = 0;
-    for (int attempt = 0; attempt < 200 && reaped != copy; ++attempt) {
-      reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy), 0, __WALL | WNOHANG, 0});
+    for (int attempt = 0; attempt < 200 && reaped != copy_in_target; ++attempt) {
+      reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy_in_target), 0, __WALL | WNOHANG, 0});
       if (reaped < 0 && reaped != -EINTR) break;
-      if (reaped != copy) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (reaped != copy_in_target) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (reaped != copy) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
+    if (reaped != copy_in_target) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
   } catch (const std::exception& e) {
     spdlog::warn("the rehearsal's copy {} was not reaped by process {}: {}", copy, target.pid(), e.what());
   }
