@@ -46,8 +46,8 @@ options:
   --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
   --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
   --no-rehearsal       load the patch into PID directly, without trying it first in a copy of
-                       the process (for huge or seccomp-confined processes: a crashing
-                       constructor or a forbidden system call then hits PID itself)
+                       the process (for huge processes: the copy pauses PID about 19 ms
+                       per GiB; a crashing constructor then hits PID itself)
   --timeout MS         how long to wait for a safe moment (default 10000; 1 to 86400000)
   --sync-timeout MS    how long to wait for a data update's sync phase to end (default 10000;
                        0 to 86400000); past it the update stays syncing and `polusctl finish`

@@ -116,14 +116,31 @@ static void handle(const char *line)
 
 int main(int argc, char **argv)
 {
-    long threads = 1;
+    long threads = 1, touch_mb = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             threads = strtol(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "--touch-mb") == 0 && i + 1 < argc) {
+            touch_mb = strtol(argv[++i], NULL, 10);
         } else {
-            fprintf(stderr, "usage: bench_target [--threads T]\n");
+            fprintf(stderr, "usage: bench_target [--threads T] [--touch-mb MB]\n");
             return 2;
         }
+    }
+    if (touch_mb < 0 || touch_mb > 65536) {
+        fprintf(stderr, "bench_target: --touch-mb must be 0..65536\n");
+        return 2;
+    }
+    if (touch_mb > 0) { /* resident memory, for what a copy of the process costs (rehearsal) */
+        size_t bytes = (size_t)touch_mb << 20;
+        char *heap = malloc(bytes);
+        if (!heap) {
+            fprintf(stderr, "bench_target: cannot allocate %ld MiB\n", touch_mb);
+            return 1;
+        }
+        for (size_t off = 0; off < bytes; off += 4096)
+            heap[off] = (char)off;
+        atomic_store_explicit(&sink, (unsigned long)heap[bytes - 4096], memory_order_relaxed);
     }
     if (threads < 1 || threads > 1024) {
         fprintf(stderr, "bench_target: --threads must be 1..1024\n");

@@ -114,8 +114,8 @@ TEST_CASE("a second user is refused on root's process and on a third user's, all
   if (!running_as_root()) return;
   const User second = user(kTestUser), third = user(kThirdUser);
   auto roots = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
-  auto thirds = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), third.spawn_as());
-  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), second.spawn_as());
+  auto thirds = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), {}, third.spawn_as());
+  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), {}, second.spawn_as());
   const std::string patch = patch_path("greeter-v0-v1.so");
 
   Run on_root = polusctl({"apply", std::to_string(roots.pid()), patch}, second.as());
@@ -157,7 +157,7 @@ TEST_CASE("a patch root applied to a user's process: the user may not roll it ba
     return;
   }
   const User second = user(kTestUser);
-  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), second.spawn_as());
+  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), {}, second.spawn_as());
   const std::string pid = std::to_string(own.pid());
   REQUIRE(polusctl({"apply", pid, patch_path("greeter-v0-v1.so")}).status == 0);  // by root
 
@@ -196,7 +196,7 @@ TEST_CASE("without root, rollback reads the named file: refused when untrusted o
   }
   const User second = user(kTestUser);
   TempDir dir;
-  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), second.spawn_as());
+  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 4, std::chrono::milliseconds(5000), {}, second.spawn_as());
   const std::string pid = std::to_string(own.pid());
   const std::string patch = copy_file(patch_path("greeter-v0-v1-data.so"), dir / "data.so");
   Run applied = polusctl({"apply", pid, patch, "--sync-timeout", "100"}, second.as());

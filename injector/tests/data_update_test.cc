@@ -222,7 +222,8 @@ TEST_CASE("a data update on a server whose worker threads block every signal", "
 }
 
 TEST_CASE("twenty data updates applied and rolled back under load and signals lose nothing", "[data][live][greeter]") {
-  auto server = polus::testing::GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  // Six workers: the four load clients keep four busy, the paced sender's STATS gets another.
+  auto server = polus::testing::GreeterProcess::spawn(binary_path("greeter-v0"), 6);
   polus::testing::LoadGenerator load(server.port(), 4);
   load.start();
   REQUIRE(load.wait_for_replies(200));
@@ -236,6 +237,30 @@ TEST_CASE("twenty data updates applied and rolled back under load and signals lo
       std::this_thread::sleep_for(500us);
     }
   });
+  // A standard signal, paced as a careful sender paces them: the next SIGUSR1 only once the
+  // greeter's handler counted the last one. Polus may delay one; it must never lose one
+  // (a signal kept in a ptrace-stop and raised again later, or dropped at a detach).
+  std::atomic<long> usr1_sent{0}, usr1_lost{0};
+  std::string paced_error;
+  std::jthread paced([&](std::stop_token stop) {
+    try {
+      const long base = server.stats()["sigusr1"];
+      while (!stop.stop_requested()) {
+        server.signal(SIGUSR1);
+        const long expected = base + ++usr1_sent;
+        const auto give_up = std::chrono::steady_clock::now() + 3s;
+        while (server.stats()["sigusr1"] < expected) {
+          if (std::chrono::steady_clock::now() > give_up) {
+            usr1_lost++;
+            break;
+          }
+          std::this_thread::sleep_for(200us);
+        }
+      }
+    } catch (const std::exception& e) {
+      paced_error = e.what();
+    }
+  });
   for (int cycle = 0; cycle < 20; ++cycle) {
     INFO("cycle " << cycle);
     auto applied = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1-data.so"), options(20ms));
@@ -247,6 +272,11 @@ TEST_CASE("twenty data updates applied and rolled back under load and signals lo
   }
   signaller.request_stop();
   signaller.join();
+  paced.request_stop();
+  paced.join();
+  CHECK(paced_error == "");
+  CHECK(usr1_sent > 100);
+  CHECK(usr1_lost == 0);
   load.stop();
   CHECK(load.failures() == 0);
   CHECK(polus::read_status(server.pid()).patches.empty());

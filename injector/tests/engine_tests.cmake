@@ -47,6 +47,13 @@ add_test(NAME data_update_test COMMAND data_update_test --durations yes)
 # last test case that finished, so the one that hung is the next in the file.
 set_tests_properties(prologue_test engine_test data_update_test PROPERTIES TIMEOUT 120)
 
+add_executable(seccomp_test seccomp_test.cc)
+target_link_libraries(seccomp_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(seccomp_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(seccomp_test polus-agent)
+add_test(NAME seccomp_test COMMAND seccomp_test --durations yes)
+set_tests_properties(seccomp_test PROPERTIES TIMEOUT 120)
+
 # --- patch_trust_test: refusing patch files others could write (real owners; needs root) ---
 add_executable(patch_trust_test patch_trust_test.cc)
 target_link_libraries(patch_trust_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)

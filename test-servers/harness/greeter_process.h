@@ -283,11 +283,13 @@ public:
     // supplementary groups.
     static GreeterProcess spawn(const std::string &binary, int workers = 4,
                                 std::chrono::milliseconds startup_timeout = 5000ms,
+                                const std::vector<std::string> &extra_args = {},
                                 std::optional<std::pair<uid_t, gid_t>> as_user = std::nullopt)
     {
         if (::access(binary.c_str(), X_OK) != 0)
             detail::throw_errno("greeter binary " + binary + " is not executable (built?)");
         std::vector<std::string> args = {binary, "--port", "0", "--workers", std::to_string(workers)};
+        args.insert(args.end(), extra_args.begin(), extra_args.end());
         std::vector<char *> argv;
         for (auto &arg : args)
             argv.push_back(arg.data());

@@ -4,7 +4,10 @@
 
 namespace polus {
 
-Pause::Pause(PtraceSession& session) : session_(session), started_(Clock::now()) { session_.stop_all(step_deadline()); }
+Pause::Pause(PtraceSession& session) : session_(session), started_(Clock::now()) {
+  session_.attach_missing_threads();  // threads let go while one was borrowed, or born since
+  session_.stop_all(step_deadline());
+}
 
 Pause::~Pause() {
   if (ended_) return;

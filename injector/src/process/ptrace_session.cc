@@ -102,27 +102,24 @@ PtraceSession PtraceSession::seize(pid_t pid) {
                                                "); detach that debugger and try again");
   }
   PtraceSession session(pid);
-  // Re-list until stable: a thread cloned by a not-yet-seized thread is not auto-attached.
-  for (bool added = true; added;) {
-    added = false;
-    std::set<pid_t> tids = list_tasks(pid);
-    if (tids.empty() && session.threads_.empty()) {
-      throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid) + " does not exist; check the pid");
-    }
-    // The leader first: only its failure means the process is gone (other tids come and
-    // go, and after pid wrap-around may sort before it).
-    if (session.threads_.empty()) {
-      session.seize_thread(pid, true);
-      added = true;
-    }
-    for (pid_t tid : tids) {
-      if (session.threads_.count(tid)) continue;
-      session.seize_thread(tid, false);
-      added = true;
-    }
-  }
+  session.seize_thread(pid, true);  // only the leader's failure means the process is gone
+  session.attach_missing_threads();
   spdlog::debug("seized {} threads of process {}", session.threads_.size(), pid);
   return session;
+}
+
+void PtraceSession::attach_missing_threads() {
+  // Re-list until stable: a thread cloned by a thread we do not trace is not auto-attached
+  // (PTRACE_O_TRACECLONE follows only our tracees' clones).
+  for (bool added = true; added;) {
+    added = false;
+    for (pid_t tid : list_tasks(pid_)) {
+      if (threads_.count(tid)) continue;
+      const size_t before = threads_.size();
+      seize_thread(tid, false);
+      added = added || threads_.size() != before;  // an exiting thread is skipped, not retried
+    }
+  }
 }
 
 void PtraceSession::seize_thread(pid_t tid, bool first) {

@@ -79,6 +79,10 @@ class PtraceSession {
   const ThreadState& thread(pid_t tid) const;
   bool has_thread(pid_t tid) const { return threads_.count(tid) != 0; }
 
+  /// Seizes the threads of the process not traced yet (all of them after detach_all_except,
+  /// and threads born since). They keep running. Throws as seize() does.
+  void attach_missing_threads();
+
   /// Interrupts one thread and waits until it is in a ptrace-stop. Returns false if the
   /// thread exited meanwhile. Throws kTimeout / kTargetDied.
   bool stop_thread(pid_t tid, Clock::time_point deadline);

@@ -32,6 +32,7 @@
 #include "process/proc_files.h"
 #include "update/data_update.h"
 #include "update/rehearsal.h"
+#include "update/seccomp_check.h"
 #include "update/engine_internal.h"
 
 namespace polus {
@@ -200,6 +201,7 @@ class Applier {
     plans_ = plan_redirects(patch_, target_, active_);
 
     target_.seize();
+    check_seccomp_allows(target_, {.rehearsal = options_.rehearse, .data_update = has_data_});
     try {
       if (options_.rehearse) rehearse();
       load();
@@ -274,17 +276,7 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    std::optional<TaskStatus> status = read_task_status(target_.pid());
-    if (status && status->seccomp != 0) {
-      // The copy is made with clone(2), and loading makes openat/mmap/mprotect calls: a
-      // filter that kills on one of them would kill the process, and Polus cannot read it yet.
-      throw Error(ErrorCode::kUnsafeToPatch,
-                  "process " + std::to_string(target_.pid()) + " runs under a seccomp filter, which could kill it for "
-                  "a system call of the rehearsal (clone) or of loading the patch; Polus cannot check the filter yet. "
-                  "Nothing was changed. If the filter allows clone, openat, mmap and mprotect, apply with "
-                  "--no-rehearsal");
-    }
-    rehearsal_ns_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
+    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -442,18 +434,27 @@ class Applier {
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
       return !p.stacked_on || writes_new_slot(p);
     });
-    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    // Each write with what it replaces: a write that fails (the mapping gone, say) puts the
+    // ones before it back, so no jump leads into a patch that the failed apply unloads.
+    struct Write {
+      uint64_t address;
+      std::vector<uint8_t> bytes, original;
+    };
+    std::vector<Write> writes;
     for (const PlannedRedirect& plan : plans_) {
       const polus_redirect_record& r = plan.record;
       if (r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
-        std::vector<uint8_t> target(8);
+        std::vector<uint8_t> target(8), previous(8);
         std::memcpy(target.data(), &r.new_function, 8);
-        writes.emplace_back(r.trampoline + 6, target);  // the .quad of `jmp *0(%rip)`
+        std::memcpy(previous.data(), &r.previous_target, 8);
+        writes.push_back({r.trampoline + 6, target, previous});  // the .quad of `jmp *0(%rip)`
       } else {
         // The slot before the jump that leads to it; both while every thread is stopped and
-        // none is on the slot (busy_reason), since a freed slot may be handed out again.
-        if (r.trampoline) writes.emplace_back(r.trampoline, encode_trampoline(r.new_function));
-        writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
+        // none is on the slot (busy_reason), since a freed slot may be handed out again. (A
+        // slot nothing jumps to needs nothing put back.)
+        if (r.trampoline) writes.push_back({r.trampoline, encode_trampoline(r.new_function), {}});
+        std::vector<uint8_t> jump = encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function);
+        writes.push_back({r.patch_site, jump, std::vector<uint8_t>(r.saved_bytes, r.saved_bytes + jump.size())});
       }
     }
     PauseRequest request;
@@ -464,7 +465,21 @@ class Applier {
       uint64_t checked_ns = pause.elapsed();
       if (run_code) run_code_in_pause();
       uint64_t code_ns = pause.elapsed();
-      for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+      for (size_t i = 0; i < writes.size(); ++i) {
+        try {
+          target_.memory().write_bytes(RemoteAddr(writes[i].address), writes[i].bytes.data(), writes[i].bytes.size());
+        } catch (...) {
+          for (size_t j = i; j-- > 0;) {
+            if (writes[j].original.empty()) continue;
+            try {
+              target_.memory().write_bytes(RemoteAddr(writes[j].address), writes[j].original.data(), writes[j].original.size());
+            } catch (const std::exception& e) {
+              spdlog::error("could not put back the bytes at {} after a failed commit: {}", hex(writes[j].address), e.what());
+            }
+          }
+          throw;
+        }
+      }
       // The outcome, still in the pause: cut short after this, the record says what is true.
       write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
@@ -517,13 +532,20 @@ class Applier {
   void record_commit() {
     polus_patch_record& h = record_view_.header;
     h.applied_at_unix_ns = unix_now_ns();
-    h.pause_ns = pause_ns_;
+    // The longest time the target stood still: the commit, or the rehearsal's copy of a
+    // big process.
+    h.pause_ns = std::max(pause_ns_, rehearsal_.pause_ns);
     h.apply_wall_ns = elapsed_ns(started_);
     h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
     if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
     write_record();
     spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
-                 target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+                 target_.pid(), plans_.size(), data_.pairs.size(), h.pause_ns / 1000, h.apply_wall_ns / 1000000);
+    if (rehearsal_.pause_ns > pause_ns_ && rehearsal_.pause_ns > 10'000'000) {
+      spdlog::warn("process {} stood still {} ms while the copy for the rehearsal was made (clone copies its page "
+                   "tables; see RELIABILITY.md); --no-rehearsal skips the copy",
+                   target_.pid(), rehearsal_.pause_ns / 1000000);
+    }
   }
 
   /// Waits for old code using changed data to drain, then commits the data update.
@@ -580,7 +602,7 @@ class Applier {
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
-  uint64_t rehearsal_ns_ = 0;
+  RehearsalCost rehearsal_;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry
 };

@@ -72,8 +72,8 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
 
 }  // namespace
 
-uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                       const std::optional<AgentLocation>& agent, const std::string& memfd_name) {
+RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name) {
   const auto started = Clock::now();
   // The copy runs our stubs: the arena must exist before it is made.
   {
@@ -125,7 +125,8 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     // let the copy go too.
     session.emplace(target.session().split_off_process(copy));
   };
-  target.pause_when_free(request);
+  RehearsalCost cost;
+  cost.pause_ns = target.pause_when_free(request);
   // Let go of the target while the copy is driven: its threads' signals and new threads must
   // not wait for the rehearsal.
   target.release();
@@ -160,9 +161,10 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
                                             std::to_string(target.pid()) + ": " + failure +
                                             ". The process itself was not touched; fix the patch");
   }
-  uint64_t took = elapsed_ns(started);
-  spdlog::debug("rehearsal of patch {} in copy {} of process {}: {} us", patch.name, copy, target.pid(), took / 1000);
-  return took;
+  cost.total_ns = elapsed_ns(started);
+  spdlog::debug("rehearsal of patch {} in copy {} of process {}: {} us, the copy made in a pause of {} us", patch.name,
+                copy, target.pid(), cost.total_ns / 1000, cost.pause_ns / 1000);
+  return cost;
 }
 
 }  // namespace polus

@@ -204,6 +204,12 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
   }
 }
 
+BorrowedThread TargetContext::borrow_safe_thread() {
+  const pid_t tid = stop_thread_safe_to_borrow();
+  session_->detach_all_except(tid);
+  return borrow(tid);
+}
+
 BorrowedThread TargetContext::borrow(pid_t tid) {
   return BorrowedThread(*session_, memory_, tid, arena_, [this] { return bootstrap_entries(); });
 }

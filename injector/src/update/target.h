@@ -96,8 +96,11 @@ class TargetContext {
   /// BorrowedThread ends). Calls return to the arena's trap.
   BorrowedThread borrow(pid_t tid);
 
-  /// stop_thread_safe_to_borrow(), then borrow() it.
-  BorrowedThread borrow_safe_thread() { return borrow(stop_thread_safe_to_borrow()); }
+  /// stop_thread_safe_to_borrow(), lets go of every other thread, then borrow()s it. The
+  /// others run untraced while our code runs (a Pause attaches them again): a traced thread
+  /// stops at each signal it is sent until we look, and two of the same standard signal
+  /// pending meanwhile are merged into one by the kernel.
+  BorrowedThread borrow_safe_thread();
 
   /// Stops every thread and asks request.why_busy; when nothing is in the way runs
   /// request.act in that same pause and returns its length in ns; otherwise lets the threads
