@@ -172,6 +172,24 @@ TEST_CASE("a rebuilt patch at the same path is new code; the same bytes twice ar
   }
 }
 
+TEST_CASE("two patches with the same DT_SONAME are two libraries", "[trust][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  const std::string pid = std::to_string(server.pid());
+  Run first = polusctl({"apply", pid, patch_path("soname-v1.so")});
+  INFO(first.err);
+  REQUIRE(first.status == 0);
+  Run second = polusctl({"apply", pid, patch_path("soname-v2.so")});
+  INFO(second.err);
+  REQUIRE(second.status == 0);
+  // glibc compares a loaded library's soname with the name asked for, never "/proc/self/fd/N".
+  CHECK(server.request("HELLO op") == "Greetings, op! (v2)");
+  CHECK(maps_mention(server.pid(), "/memfd:polus:greeter-v1:"));
+  CHECK(maps_mention(server.pid(), "/memfd:polus:greeter-v2:"));
+  CHECK(polusctl({"rollback", pid}).status == 0);
+  CHECK(server.request("HELLO op") == "Hi there, op! (v1)");
+  CHECK(polusctl({"rollback", pid}).status == 0);
+}
+
 TEST_CASE("a data patch whose file is gone is rolled back from the bytes the target loaded", "[trust][live]") {
   if (!running_as_root()) return;
   TempDir dir;
