@@ -71,7 +71,9 @@ MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main,
 
   MappedFile fallback;  // opened, but the inode differs (overlayfs can report other inodes)
   for (const std::string& candidate : candidates) {
-    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO put at a mapped file's path (in a container the target's root is
+    // another user's) must not block the open; for the regular files read here it changes nothing.
+    int fd = ::open(candidate.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) continue;
     bool same = false;
     if (same_build) {

@@ -1,8 +1,10 @@
 // Rolling back (paper §4.2.1: a rollback is an update run the other way, reusing the sync
 // functions) and finishing updates left `syncing`.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstddef>
 #include <optional>
 #include <thread>
@@ -14,7 +16,6 @@
 #include "polus/engine.h"
 #include "polus/error.h"
 #include "common/format.h"
-#include "process/proc_files.h"
 #include "update/access_policy.h"
 #include "update/audit.h"
 #include "update/patch_file.h"
@@ -62,14 +63,19 @@ std::optional<PatchDescription> read_loaded_copy(pid_t pid, const PatchRecordVie
   const std::string memfd = "/memfd:" + patch_memfd_name(record.header.name, sha256, record.header.id);
   for (const MappedRegion& region : read_process_maps(pid)) {
     if (region.path != memfd || !region.contains(record.header.code_start)) continue;
-    MappedFile file = open_mapped_file(pid, region, false);
-    if (file.fd < 0) return std::nullopt;
+    // Only the map_files link, which reaches the mapped memfd itself: a file of that name in
+    // the target's root is nothing of ours (and could be a FIFO that blocks the open).
+    char range[64];
+    std::snprintf(range, sizeof range, "/map_files/%llx-%llx", static_cast<unsigned long long>(region.start),
+                  static_cast<unsigned long long>(region.end));
+    int fd = ::open(("/proc/" + std::to_string(pid) + range).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;  // not root: the caller reads the named file instead
     std::vector<uint8_t> bytes;
     uint8_t buf[65536];
-    for (ssize_t n; bytes.size() <= kMaxPatchFileBytes && (n = ::pread(file.fd, buf, sizeof buf, static_cast<off_t>(bytes.size()))) > 0;) {
+    for (ssize_t n; bytes.size() <= kMaxPatchFileBytes && (n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(bytes.size()))) > 0;) {
       bytes.insert(bytes.end(), buf, buf + n);
     }
-    ::close(file.fd);
+    ::close(fd);
     try {
       PatchDescription patch = read_patch_bytes(std::move(bytes), record.header.path);
       if (patch.content_sha256 == sha256) return patch;  // (a planted lookalike file fails here)
