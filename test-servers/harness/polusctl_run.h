@@ -6,6 +6,8 @@
 #pragma once
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,8 +59,19 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
   envp.push_back(agent.data());
   if (!audit_set) envp.push_back(audit.data());
   envp.push_back(nullptr);
+  // A signal sent to the new polusctl before it has started (kill_test's earliest instants)
+  // must act as on polusctl, never run the test's own handlers (Catch's) in this copy of a
+  // multithreaded process, where another thread may have held malloc's lock at the fork: so
+  // every signal waits until the child has put back the default dispositions.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   pid_t child = fork();
   if (child == 0) {
+    struct sigaction default_action {};
+    default_action.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &default_action, nullptr);  // (SIGKILL, SIGSTOP: EINVAL)
+    sigprocmask(SIG_SETMASK, &old, nullptr);
     if (as.uid != static_cast<uid_t>(-1) &&
         (setgroups(0, nullptr) != 0 || setresgid(as.gid, as.gid, as.gid) != 0 || setresuid(as.uid, as.uid, as.uid) != 0)) {
       _exit(126);
@@ -69,6 +82,7 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return child;
 }
 
