@@ -141,7 +141,7 @@ TEST_CASE("polusd checks its process id, --interval and --give-up-after", "[polu
   CHECK(run({"999999", "--frobnicate", "1"}) == 2);
   CHECK(run({"999999", "--interval", "3600001"}) == 2);
   // In range: polusd starts, finds no such process and exits 3.
-  CHECK(run({"999999", "--interval", "10", "--give-up-after", "1"}) == 3);
+  CHECK(run({"999999", "--interval", "10", "--give-up-after", "1", "--audit-log", polus::testing::test_audit_log()}) == 3);
 }
 
 TEST_CASE("polusd stops on SIGTERM between rounds, leaving the update recorded", "[polusd][live]") {
