@@ -151,6 +151,11 @@ class PtraceSession {
   void continue_thread(pid_t tid, int signal);
   void detach_all() noexcept { detach_where([](pid_t) { return true; }); }
   void detach_where(const std::function<bool(pid_t)>& which) noexcept;
+  /// One round of detach_where over the threads the session lists.
+  void detach_known(const std::function<bool(pid_t)>& which) noexcept;
+  /// Takes into threads_ every thread of the process traced by us that it does not list;
+  /// returns how many.
+  size_t adopt_strays();
   /// A borrowed thread that has been quiet for a while may be in a ptrace-stop whose wait
   /// report we never collected: looks (PTRACE_GETSIGINFO works only on a stopped tracee), and
   /// records the stop if so. Returns whether it found one.
