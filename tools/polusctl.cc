@@ -3,7 +3,8 @@
 // Exit statuses (also in tools/README.md): 0 success, 1 internal error, 2 usage,
 // 3 no such process, 4 permission denied, 5 already traced, 6 symbol not found,
 // 7 ambiguous symbol, 8 malformed patch, 9 patch for another build, 10 load failed,
-// 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout.
+// 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout,
+// 15 interrupted, 16 audit log unavailable (root).
 #include <limits.h>
 #include <pwd.h>
 #include <time.h>
@@ -27,6 +28,7 @@
 #include "polus/stop_request.h"
 #include "polus/engine.h"
 #include "polus/error.h"
+#include "polus/signing.h"
 
 namespace {
 
@@ -36,6 +38,8 @@ constexpr const char* kUsage = R"(usage:
   polusctl status PID [--json]            show the patches applied to PID (does not stop it)
   polusctl finish PID [options]           wait for a data update left syncing to end, and complete it
   polusctl stacks PID                     print every thread's call stack (CFI unwinding; stops PID briefly)
+  polusctl keygen BASE [--comment TEXT]   make a signing key pair: BASE.key (secret) and BASE.pub
+  polusctl sign --key BASE.key PATCH.so   write PATCH.so.sig, an Ed25519 signature of the patch
 
 options:
   --json               machine-readable output on stdout
@@ -50,6 +54,12 @@ options:
                        completes it
   --allow-owner USER   apply also trusts patch files (and directories) owned by USER, a name or
                        uid (repeatable); otherwise, run as root, only root-owned ones (SECURITY.md)
+  --require-signature  apply only a patch with a valid PATCH.so.sig by a trusted key (also
+                       require-signature = yes in the configuration file; cannot be turned off here)
+  --trusted-keys DIR   public keys that may sign patches (default /etc/polus/trusted-keys)
+  --audit-log PATH     append the audit record there (default /var/log/polus/audit.log, or
+                       $POLUS_AUDIT_LOG, or audit-log in the configuration file)
+  --config PATH        configuration file (default /etc/polus/polus.conf, if it exists)
   -v, --verbose        log what the engine does (to stderr)
 )";
 
@@ -57,6 +67,8 @@ struct Args {
   std::string command;
   pid_t pid = 0;
   std::string patch;
+  std::string key;      // sign: the secret key; keygen: the base path
+  std::string comment;  // keygen
   bool json = false;
   bool verbose = false;
   polus::EngineOptions engine;
@@ -130,9 +142,27 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
   return std::chrono::milliseconds(*value);
 }
 
+/// The configuration file's settings first, then the environment's and the command line's.
+void read_configuration(const std::string& path, bool given, polus::EngineOptions& engine) {
+  try {
+    if (!polus::read_config_file(path, engine) && given) usage_error("--config: " + path + " does not exist");
+  } catch (const std::invalid_argument& e) {
+    usage_error(std::string("configuration: ") + e.what());
+  } catch (const polus::Error& e) {
+    std::cerr << "polusctl: " << e.what() << "\n";
+    std::exit(polus::error_exit_status(e.code()));
+  }
+  if (const char* audit = std::getenv("POLUS_AUDIT_LOG")) engine.audit.file = audit;
+}
+
 Args parse(int argc, char** argv) {
   Args args;
   std::vector<std::string> positional;
+  std::string config = polus::kDefaultConfigFile;
+  bool config_given = false;
+  // Options that must win over the configuration file, applied after it is read.
+  bool require_signature = false;
+  std::optional<std::string> trusted_keys, audit_log;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -147,6 +177,12 @@ Args parse(int argc, char** argv) {
     else if (a == "--timeout") args.engine.timeout = parse_ms(a, value(), 1);
     else if (a == "--sync-timeout") args.engine.sync_timeout = parse_ms(a, value(), 0);
     else if (a == "--allow-owner") args.engine.allowed_owners.push_back(parse_owner(value()));
+    else if (a == "--require-signature") require_signature = true;
+    else if (a == "--trusted-keys") trusted_keys = value();
+    else if (a == "--audit-log") audit_log = value();
+    else if (a == "--config") { config = value(); config_given = true; }
+    else if (a == "--key") args.key = value();
+    else if (a == "--comment") args.comment = value();
     else if (a == "-h" || a == "--help") { std::cout << kUsage; std::exit(0); }
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
     else positional.push_back(a);
@@ -155,13 +191,27 @@ Args parse(int argc, char** argv) {
   args.command = positional[0];
   size_t want = args.command == "apply" ? 3 : 2;
   if (args.command != "apply" && args.command != "rollback" && args.command != "status" && args.command != "finish" &&
-      args.command != "stacks") {
+      args.command != "stacks" && args.command != "keygen" && args.command != "sign") {
     usage_error("unknown command '" + args.command + "'");
   }
   if (positional.size() != want) usage_error("wrong number of arguments for " + args.command);
+  if (args.command == "keygen") {
+    args.key = positional[1];
+    return args;
+  }
+  if (args.command == "sign") {
+    if (args.key.empty()) usage_error("sign needs --key BASE.key (made by polusctl keygen)");
+    args.patch = positional[1];
+    return args;
+  }
   args.pid = parse_pid(positional[1]);
   if (args.command == "apply") args.patch = positional[2];
   if (args.engine.agent_path.empty()) args.engine.agent_path = default_agent_path();
+  read_configuration(config, config_given, args.engine);
+  if (require_signature) args.engine.signature.required = true;
+  if (trusted_keys) args.engine.signature.trusted_keys = *trusted_keys;
+  if (audit_log) args.engine.audit.file = *audit_log;
+  args.engine.audit.enabled = true;
   return args;
 }
 
@@ -211,6 +261,8 @@ std::string duration(uint64_t ns) {
 std::string patch_json(const polus::PatchInfo& p) {
   std::ostringstream out;
   out << "{\"id\":" << p.id << ",\"name\":" << json_string(p.name) << ",\"path\":" << json_string(p.path)
+      << ",\"sha256\":" << json_string(p.sha256) << ",\"applied_by_uid\":" << p.applied_by_uid
+      << ",\"details_withheld\":" << (p.details_withheld ? "true" : "false")
       << ",\"state\":" << json_string(p.state) << ",\"direction\":" << json_string(p.direction)
       << ",\"applied_at\":" << json_string(utc_time(p.applied_at_unix_ns))
       << ",\"applied_at_unix_ns\":" << p.applied_at_unix_ns << ",\"committed_at_unix_ns\":" << p.committed_at_unix_ns
@@ -252,9 +304,15 @@ std::string failure_json(const std::optional<polus::FailureInfo>& f) {
 }
 
 void print_patch_human(const polus::PatchInfo& p) {
-  std::printf("%-4llu %-24s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), p.name.c_str(),
-              p.state.c_str(), utc_time(p.applied_at_unix_ns).c_str(), duration(p.apply_wall_ns).c_str(),
-              duration(p.pause_ns).c_str());
+  if (p.details_withheld) {
+    std::printf("%-4llu %-24s %-12s %-12s %-21s (applied by uid %u; details withheld)\n",
+                static_cast<unsigned long long>(p.id), p.name.c_str(), "-", p.state.c_str(),
+                utc_time(p.applied_at_unix_ns).c_str(), p.applied_by_uid);
+    return;
+  }
+  std::printf("%-4llu %-24s %-12s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), p.name.c_str(),
+              p.sha256.substr(0, 12).c_str(), p.state.c_str(), utc_time(p.applied_at_unix_ns).c_str(),
+              duration(p.apply_wall_ns).c_str(), duration(p.pause_ns).c_str());
   for (const auto& r : p.redirects) {
     std::printf("       %s %s -> %s %s%s\n", r.old_name.c_str(), hex(r.old_function).c_str(), r.new_name.c_str(),
                 hex(r.new_function).c_str(),
@@ -277,7 +335,8 @@ void print_patch_human(const polus::PatchInfo& p) {
 }
 
 void print_header() {
-  std::printf("%-4s %-24s %-12s %-21s %10s %10s\n", "ID", "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE");
+  std::printf("%-4s %-24s %-12s %-12s %-21s %10s %10s\n", "ID", "NAME", "SHA256", "STATE", "APPLIED (UTC)", "APPLY",
+              "PAUSE");
 }
 
 int print_stacks(pid_t pid) {
@@ -289,7 +348,29 @@ int print_stacks(pid_t pid) {
   return 0;
 }
 
+int keygen(const Args& args) {
+  std::string comment = args.comment;
+  if (comment.empty()) {
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    comment = "uid " + std::to_string(getuid()) + "@" + host;
+  }
+  polus::SigningKey key = polus::generate_signing_key(args.key, comment);
+  std::printf("key %s: secret key %s (keep it where patches are built, not where they are applied), public key %s "
+              "(install it in the trusted-keys directory, e.g. /etc/polus/trusted-keys/)\n",
+              key.key_id.c_str(), key.secret_path.c_str(), key.public_path.c_str());
+  return 0;
+}
+
+int sign(const Args& args) {
+  std::string key_id = polus::sign_patch(args.key, args.patch);
+  std::printf("signed %s with key %s: %s.sig\n", args.patch.c_str(), key_id.c_str(), args.patch.c_str());
+  return 0;
+}
+
 int run(const Args& args) {
+  if (args.command == "keygen") return keygen(args);
+  if (args.command == "sign") return sign(args);
   if (args.command == "stacks") return print_stacks(args.pid);
   if (args.command == "status") {
     polus::ProcessStatus status = polus::read_status(args.pid);
@@ -329,7 +410,12 @@ int run(const Args& args) {
                          : args.command == "rollback" ? polus::rollback_patch(args.pid, args.engine)
                                                       : polus::finish_update(args.pid, args.engine);
   if (args.json) {
-    std::cout << "{\"result\":\"ok\",\"action\":" << json_string(args.command) << ",\"patch\":" << patch_json(info) << "}\n";
+    std::cout << "{\"result\":\"ok\",\"action\":" << json_string(args.command)
+              << ",\"already_applied\":" << (info.already_applied ? "true" : "false") << ",\"patch\":" << patch_json(info)
+              << "}\n";
+  } else if (info.already_applied) {
+    std::printf("%s is already applied to process %d (id %llu, sha256 %s, %s); nothing changed\n", info.name.c_str(),
+                args.pid, static_cast<unsigned long long>(info.id), info.sha256.substr(0, 12).c_str(), info.state.c_str());
   } else if (args.command == "apply") {
     std::printf("applied %s to process %d: %zu function(s) redirected in %s, target paused %s\n", info.name.c_str(),
                 args.pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());

@@ -62,6 +62,30 @@ add_dependencies(patch_trust_test polus-agent polusctl)
 add_test(NAME patch_trust_test COMMAND patch_trust_test --durations yes)
 set_tests_properties(patch_trust_test PROPERTIES TIMEOUT 120)
 
+# --- trusted_load_test: the target loads the bytes checked (sealed memfd); needs root ------
+add_executable(trusted_load_test trusted_load_test.cc)
+target_link_libraries(trusted_load_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(trusted_load_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(trusted_load_test polus-agent polusctl)
+add_test(NAME trusted_load_test COMMAND trusted_load_test --durations yes)
+set_tests_properties(trusted_load_test PROPERTIES TIMEOUT 180)
+
+# --- access_test: who may act on what, with real second and third users; needs root ---------
+add_executable(access_test access_test.cc)
+target_link_libraries(access_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(access_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(access_test polus-agent polusctl)
+add_test(NAME access_test COMMAND access_test --durations yes)
+set_tests_properties(access_test PROPERTIES TIMEOUT 120)
+
+# --- signature_audit_test: signed patches and the audit trail; needs root -------------------
+add_executable(signature_audit_test signature_audit_test.cc)
+target_link_libraries(signature_audit_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(signature_audit_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(signature_audit_test polus-agent polusctl)
+add_test(NAME signature_audit_test COMMAND signature_audit_test --durations yes)
+set_tests_properties(signature_audit_test PROPERTIES TIMEOUT 120)
+
 add_executable(kill_test kill_test.cc)
 target_link_libraries(kill_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
 target_compile_definitions(kill_test PRIVATE ${POLUS_TEST_DEFINITIONS})

@@ -66,6 +66,13 @@ TEST_CASE("a filter that kills on openat: every apply refused up front, the serv
   CHECK(load.failures() == 0);
 }
 
+TEST_CASE("a filter that kills on memfd_create: refused up front (the patch is loaded from a sealed memfd)",
+          "[seccomp][live]") {
+  auto server = confined("memfd_create");
+  expect_refusal(server, "greeter-v0-v1.so", true, "memfd_create");
+  expect_refusal(server, "greeter-v0-v1.so", false, "memfd_create");
+}
+
 TEST_CASE("a filter that kills on clone: refused with a rehearsal, applied without one", "[seccomp][live]") {
   auto server = confined("clone");
   expect_refusal(server, "greeter-v0-v1.so", true, "clone");

@@ -27,7 +27,7 @@
  *
  * Usage: greeter [--port N] [--workers N] [--seccomp-kill SYSCALL]...
  * --seccomp-kill: once every thread runs, a seccomp filter (all threads, TSYNC) kills the
- * process for that system call (openat, clone, mprotect or rt_sigaction), as a sandboxed
+ * process for that system call (openat, clone, mprotect, rt_sigaction or memfd_create), as a sandboxed
  * service's filter would for calls it never expects.
  * Prints "PORT <n>" on stdout once everything is running; exits 0 on SIGTERM, SIGINT or
  * SHUTDOWN. Preprocessor flags select the build variant, see test-servers/README.md.
@@ -453,6 +453,7 @@ static const struct {
     int number;
 } seccomp_names[] = {
     {"openat", SYS_openat}, {"clone", SYS_clone}, {"mprotect", SYS_mprotect}, {"rt_sigaction", SYS_rt_sigaction},
+    {"memfd_create", SYS_memfd_create},
 };
 static int seccomp_kill[8];
 static int seccomp_kill_count;

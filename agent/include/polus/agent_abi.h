@@ -21,7 +21,8 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 2u
+#define POLUS_AGENT_ABI_VERSION 2u /* 2: patch records carry the content hash, code range, applier;
+                                     the sync state a fault record, the registry last_failure */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
@@ -38,6 +39,7 @@ extern "C" {
 #define POLUS_PATH_BYTES 256u
 #define POLUS_ERROR_BYTES 512u
 #define POLUS_SAVED_BYTES 16u
+#define POLUS_SHA256_BYTES 32u
 
 enum polus_patch_state {
     POLUS_STATE_EMPTY = 0,
@@ -104,7 +106,13 @@ struct polus_patch_record {
     uint32_t direction;         /* enum polus_update_direction of the in-flight update */
     uint32_t unwind_fallbacks;  /* frames found by stack scanning (no CFI) at the last inspection */
     char name[POLUS_NAME_BYTES];
-    char path[POLUS_PATH_BYTES];
+    char path[POLUS_PATH_BYTES]; /* the file the operator named (resolved); the target loaded a
+                                    sealed memfd copy of its bytes, "/memfd:polus:NAME:SHA" in maps */
+    uint64_t code_start;        /* the patch's executable segments in the target: [code_start, code_end) */
+    uint64_t code_end;
+    uint32_t applied_by_uid;    /* who asked for the apply (the caller, not Polus's own uid) */
+    uint32_t reserved;
+    uint8_t content_sha256[POLUS_SHA256_BYTES]; /* SHA-256 of the patch file's bytes: its identity */
 };
 
 /* A function whose active frames keep a data update in `syncing`. */
@@ -226,7 +234,7 @@ struct polus_agent_registry {
 #define POLUS_ABI_ASSERT(cond, msg) _Static_assert(cond, msg)
 #endif
 POLUS_ABI_ASSERT(sizeof(struct polus_redirect_record) == 192, "redirect record must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 424, "patch record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 480, "patch record must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_watched_function) == 88, "watched function must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_holder) == 16, "holder must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_arena) == 16, "arena must have no padding");
@@ -238,7 +246,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure mus
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).
  *   polus_agent_load_patch(path): dlopen(path, RTLD_NOW | RTLD_LOCAL). Returns the handle, or
- *       0 with registry.last_error set to dlerror()'s text.
+ *       0 with registry.last_error set to dlerror()'s text. The injector passes
+ *       "/proc/self/fd/N", N a sealed memfd holding the bytes it validated.
  *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
  *   polus_agent_sync_reserve/begin/initialize/end/clear, polus_register_heap_data: the
  *       write-through of registry.sync, declared (and described) in the agent's sync.h.

@@ -50,7 +50,12 @@ struct HolderInfo {
 struct PatchInfo {
   uint64_t id = 0;
   std::string name;
-  std::string path;
+  std::string path;          // the file the operator named (the target loaded a sealed memfd copy of its bytes)
+  std::string sha256;        // lowercase hex SHA-256 of the patch's bytes: its identity
+  uint32_t applied_by_uid = 0;  // the caller who applied it
+  bool already_applied = false; // apply: a patch with this SHA-256 was active already; nothing changed
+  bool details_withheld = false; // status for a caller other than root: applied by someone else,
+                                 // so only id, name, state and applied_by_uid are filled
   std::string state;        // "applying", "syncing", "committed", "rolling-back", "rolled-back", and in status
                             // "interrupted-apply" / "interrupted-rollback" (the next command completes it) and
                             // "faulted" (a sync function faulted: the next command abandons the update)
@@ -90,9 +95,11 @@ struct ProcessStatus {
   std::optional<FailureInfo> last_failure;  // the last update abandoned because patch code faulted
 };
 
-/// Applies the patch at `patch_path` to process `pid`. Returns what was applied. When a sync
-/// function of the patch faults in the target, the update is abandoned (the target goes back to
-/// its old code and data) and Error(kLoadFailed) names the function; status keeps the failure.
+/// Applies the patch at `patch_path` to process `pid`. Returns what was applied; if a patch
+/// with the same content (SHA-256) is already active, returns it with already_applied set and
+/// changes nothing. When a sync function of the patch faults in the target, the update is
+/// abandoned (the target goes back to its old code and data) and Error(kLoadFailed) names the
+/// function; status keeps the failure.
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options);
 
 /// Rolls back the newest applied patch of `pid`. Returns what was rolled back: state
@@ -118,7 +125,9 @@ struct ThreadStack {
 /// Stops `pid` briefly and unwinds every thread (the same unwinding the sync phase uses).
 std::vector<ThreadStack> inspect_stacks(pid_t pid);
 
-/// Reads the patch registry of `pid` without stopping it.
-ProcessStatus read_status(pid_t pid);
+/// Reads the patch registry of `pid` without stopping it. For a `caller` other than root,
+/// patches someone else applied are listed with their details withheld, and a process the
+/// caller may not act on is refused (Error(kPermissionDenied)).
+ProcessStatus read_status(pid_t pid, const Caller& caller = Caller::self());
 
 }  // namespace polus

@@ -222,6 +222,7 @@ void PtraceSession::handle_event(pid_t tid, int status) {
     if (!threads_.count(child_tid)) threads_[child_tid].tid = child_tid;
     // A thread born while we hold the process stays stopped with the others.
     threads_[child_tid].held = t.held;
+    t.last_clone = child_tid;
     t.stop = StopKind::kEvent;
     t.stop_signal = sig;
     if (!t.held && !t.borrowed) continue_thread(tid, 0);
@@ -645,6 +646,11 @@ void PtraceSession::reap_dying_tracees(std::vector<pid_t> tids, Clock::time_poin
                  "this program exits",
                  tid, pid_, task_exited(pid_, tid) ? "exited" : "still running, e.g. in uninterruptible sleep");
   }
+}
+
+pid_t PtraceSession::last_clone_of(pid_t tid) const {
+  auto it = threads_.find(tid);
+  return it == threads_.end() ? 0 : it->second.last_clone;
 }
 
 PtraceSession PtraceSession::split_off_process(pid_t child) {

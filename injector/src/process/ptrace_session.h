@@ -53,6 +53,7 @@ struct ThreadState {
   bool borrowed = false;          // running injected code: its signals are deferred
   uint64_t unblock_on_return = 0; // signals unblock_signals() cleared while it was borrowed
   std::deque<siginfo_t> deferred; // signals to deliver when it is let go
+  pid_t last_clone = 0;           // the task its last clone made, as our pid namespace numbers it
 };
 
 class PtraceSession {
@@ -71,6 +72,10 @@ class PtraceSession {
   /// Whether the process has exited (seen while waiting for our events).
   bool process_exited() const { return process_exited_; }
   std::vector<pid_t> thread_ids() const;
+  /// The task thread `tid`'s latest clone(2) made, numbered in our pid namespace (the
+  /// PTRACE_EVENT_CLONE message): clone's own result is the number in the target's namespace,
+  /// which differs for a target in a pid namespace of its own. 0 if none was seen.
+  pid_t last_clone_of(pid_t tid) const;
   const ThreadState& thread(pid_t tid) const;
   bool has_thread(pid_t tid) const { return threads_.count(tid) != 0; }
 

@@ -22,6 +22,9 @@
 #include "common/format.h"
 #include "update/patch_file.h"
 #include "update/patch_trust.h"
+#include "update/audit.h"
+#include "update/patch_memfd.h"
+#include "update/patch_signature.h"
 #include "binary/prologue.h"
 #include "update/registry.h"
 #include "update/target.h"
@@ -124,13 +127,24 @@ std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& threa
   return jump_busy_reason(plan.analysis, name, thread);
 }
 
+/// The patch file, checked as sshd's StrictModes does, parsed from the bytes of the file
+/// checked and, when required, its signature verified over those same bytes.
+PatchDescription read_checked_patch(const std::string& patch_path, const EngineOptions& options, AuditEvent& audit) {
+  audit.patch_path = patch_path;
+  PatchDescription patch = read_trusted_patch(patch_path, TrustOptions{options.allowed_owners});
+  audit.patch_name = patch.name;
+  audit.patch_path = patch.path;
+  audit.sha256 = patch.content_sha256;
+  if (options.signature.required) audit.signed_by = verify_patch_signature(patch, patch_path, options.signature).key_id;
+  return patch;
+}
+
 class Applier {
  public:
-  Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options)
+  Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options, AuditEvent& audit)
       : started_(Clock::now()),
         options_(options),
-        // Checked as sshd's StrictModes does, then parsed from the bytes of the file checked.
-        patch_(read_trusted_patch(patch_path, TrustOptions{options.allowed_owners})),
+        patch_(read_checked_patch(patch_path, options, audit)),
         target_(pid, options.symbols, started_ + options.timeout) {}
 
   PatchInfo run() {
@@ -153,6 +167,13 @@ class Applier {
     has_data_ = !plan_data_update(patch_, target_.symbols(), 0, POLUS_UPDATE_APPLY).empty();
     agent_ = locate_agent(target_.pid(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
+    if (const PatchRecordView* same = find_active_copy()) {
+      PatchInfo info = info_from_record(*same);
+      info.already_applied = true;
+      spdlog::info("patch {} (sha256 {}) is already applied to process {} as id {}; nothing changed", patch_.name,
+                   patch_.content_sha256, target_.pid(), same->header.id);
+      return info;
+    }
     check_registry_has_room();
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
@@ -176,6 +197,22 @@ class Applier {
   }
 
  private:
+  /// The name of the memfd the patch is loaded from (the record's id is the next one).
+  std::string memfd_name() const {
+    return patch_memfd_name(patch_.name, patch_.content_sha256, agent_ ? registry_.registry.next_patch_id : 1);
+  }
+
+  /// An active patch (committed, or its data update syncing) with these very bytes.
+  const PatchRecordView* find_active_copy() const {
+    for (const PatchRecordView& p : registry_.patches) {
+      if ((p.header.state == POLUS_STATE_COMMITTED || p.header.state == POLUS_STATE_SYNCING) &&
+          record_sha256(p.header) == patch_.content_sha256) {
+        return &p;
+      }
+    }
+    return nullptr;
+  }
+
   void check_registry_has_room() {
     if (registry_.registry.patch_count >= POLUS_MAX_PATCHES) {
       throw Error(ErrorCode::kUnsafeToPatch, "process " + std::to_string(target_.pid()) + " already carries " +
@@ -217,7 +254,7 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
+    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -240,13 +277,9 @@ class Applier {
       registry_ = read_registry(target_.memory(), *agent_);
     }
 
-    patch_handle_ = thread.call_with_string(agent_->load_patch, patch_.path);
-    if (patch_handle_ == 0) {
-      polus_agent_registry registry = target_.memory().read(agent_->registry);
-      std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
-      throw Error(ErrorCode::kLoadFailed, "dlopen of patch " + patch_.path + " failed in process " +
-                                              std::to_string(target_.pid()) + ": " + error);
-    }
+    // The bytes validated, from a sealed memfd: never the path again (update/patch_memfd.h).
+    patch_handle_ = load_patch_from_memfd(thread, target_.memory(), target_.pid(), *agent_,
+                                          dynamic_loader_debug(target_.symbols()), patch_, memfd_name());
     patch_bias_ = target_.memory().read(RemotePtr<uint64_t>(patch_handle_));
     polus_patch loaded{};
     target_.memory().read_bytes(RemoteAddr(patch_bias_ + patch_.descriptor), &loaded, sizeof loaded);
@@ -277,6 +310,10 @@ class Applier {
     h.direction = POLUS_UPDATE_APPLY;
     copy_name(h.name, patch_.name);
     copy_name(h.path, patch_.path);
+    set_record_sha256(h, patch_.content_sha256);
+    h.code_start = patch_bias_ + patch_.text_start;
+    h.code_end = patch_bias_ + patch_.text_end;
+    h.applied_by_uid = options_.caller.uid;
     for (const PlannedRedirect& plan : plans_) record_view_.redirects.push_back(plan.record);
     record_view_.watched = data_.watched;
     h.redirect_count = static_cast<uint32_t>(record_view_.redirects.size());
@@ -535,8 +572,8 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
   return memory.read(RemotePtr<uint64_t>(header.dl_handle));  // struct link_map's l_addr
 }
 
-PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
-  return Applier(pid, patch_path, options).run();
+PatchInfo run_apply(pid_t pid, const std::string& patch_path, const EngineOptions& options, AuditEvent& audit) {
+  return Applier(pid, patch_path, options, audit).run();
 }
 
 }  // namespace polus

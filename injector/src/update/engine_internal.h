@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "common/clock.h"
 #include "polus/engine.h"
@@ -11,6 +12,15 @@
 #include "update/target.h"
 
 namespace polus {
+
+struct AuditEvent;  // update/audit.h
+
+/// The operations behind apply_patch, rollback_patch and finish_update (update/operations.cc
+/// wraps them in the caller check and the audit record); each names the patch it concerns
+/// in `audit` as soon as it knows it.
+PatchInfo run_apply(pid_t pid, const std::string& patch_path, const EngineOptions& options, AuditEvent& audit);
+PatchInfo run_rollback(pid_t pid, const EngineOptions& options, AuditEvent& audit);
+PatchInfo run_finish(pid_t pid, const EngineOptions& options, AuditEvent& audit);
 
 /// The operator's view of a patch record (item details are added by status only).
 PatchInfo info_from_record(const PatchRecordView& record);

@@ -21,7 +21,8 @@
 
 namespace polus {
 
-/// Loads the agent (unless `agent` says it is there) and `patch` into a copy of the target
+/// Loads the agent (unless `agent` says it is there) and `patch` into a copy of the target,
+/// from a sealed memfd named `memfd_name` holding the validated bytes (update/patch_memfd.h),
 /// and runs the patch's pre-update callbacks there (code-only patches). Throws
 /// Error(kLoadFailed) saying what happened in the copy; the target itself is unchanged
 /// (but for the scratch arena, which the copy needs and the caller unmaps on failure).
@@ -32,6 +33,6 @@ struct RehearsalCost {
                           // grows with the target's page tables (clone copies them)
 };
 RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                       const std::optional<AgentLocation>& agent);
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name);
 
 }  // namespace polus

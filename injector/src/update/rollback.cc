@@ -1,6 +1,10 @@
 // Rolling back (paper §4.2.1: a rollback is an update run the other way, reusing the sync
 // functions) and finishing updates left `syncing`.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstddef>
 #include <optional>
 #include <thread>
@@ -13,7 +17,10 @@
 #include "polus/engine.h"
 #include "polus/error.h"
 #include "common/format.h"
+#include "update/access_policy.h"
+#include "update/audit.h"
 #include "update/patch_file.h"
+#include "update/patch_memfd.h"
 #include "update/patch_trust.h"
 #include "update/redirects.h"
 
@@ -42,18 +49,79 @@ RegistryContext open_registry(TargetContext& target, const char* nothing_message
   return ctx;
 }
 
-/// The patch file of a record, if it can still be read — and still trusted: its sync and
-/// callback addresses are run in the target, so a file others could swap is refused.
-std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& record, const EngineOptions& options) {
+/// The bytes the target loaded for `record`, read back from its sealed memfd through
+/// /proc/PID/map_files (which needs root: CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), if they
+/// still have the recorded SHA-256.
+std::optional<PatchDescription> read_loaded_copy(pid_t pid, const PatchRecordView& record) {
+  const std::string sha256 = record_sha256(record.header);
+  const std::string memfd = "/memfd:" + patch_memfd_name(record.header.name, sha256, record.header.id);
+  for (const MappedRegion& region : read_process_maps(pid)) {
+    if (region.path != memfd || !region.contains(record.header.code_start)) continue;
+    // Only the map_files link, which reaches the mapped memfd itself: a file of that name in
+    // the target's root is nothing of ours (and could be a FIFO that blocks the open).
+    char range[64];
+    std::snprintf(range, sizeof range, "/map_files/%llx-%llx", static_cast<unsigned long long>(region.start),
+                  static_cast<unsigned long long>(region.end));
+    int fd = ::open(("/proc/" + std::to_string(pid) + range).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;  // not root: the caller reads the named file instead
+    std::vector<uint8_t> bytes;
+    uint8_t buf[65536];
+    for (ssize_t n; bytes.size() <= kMaxPatchFileBytes && (n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(bytes.size()))) > 0;) {
+      bytes.insert(bytes.end(), buf, buf + n);
+    }
+    ::close(fd);
+    try {
+      PatchDescription patch = read_patch_bytes(std::move(bytes), record.header.path);
+      if (patch.content_sha256 == sha256) return patch;  // (a planted lookalike file fails here)
+    } catch (const Error&) {
+    }
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+/// The description of the patch a record names: the very bytes the target loaded when they
+/// can be read back, else the file the operator named — if it is still trusted (its sync and
+/// callback addresses are run in the target, so a file others could swap is refused) and
+/// still has the recorded SHA-256 (a rebuilt file describes other code).
+std::optional<PatchDescription> read_recorded_patch(pid_t pid, const PatchRecordView& record, const EngineOptions& options) {
+  if (std::optional<PatchDescription> loaded = read_loaded_copy(pid, record)) return loaded;
+  // A data patch's sync functions and callbacks would run from a file now untrusted or
+  // changed: say so. A code patch's rollback needs nothing of its file.
+  const bool needed = !record.watched.empty();
+  std::optional<PatchDescription> patch;
   try {
-    return read_trusted_patch(record.header.path, TrustOptions{options.allowed_owners});
+    patch = read_trusted_patch(record.header.path, TrustOptions{options.allowed_owners});
   } catch (const Error& e) {
-    // A data patch's sync functions and callbacks would run from a file now untrusted: say so.
-    // A code patch's rollback needs nothing of its file.
-    if (e.code() == ErrorCode::kPermissionDenied && !record.watched.empty()) throw;
+    if (e.code() == ErrorCode::kPermissionDenied && needed) throw;
     spdlog::warn("cannot read the patch file of {}: {}", record.header.name, e.what());
     return std::nullopt;
   }
+  const std::string applied = record_sha256(record.header);
+  if (patch->content_sha256 != applied) {
+    std::string message = "the file " + std::string(record.header.path) + " is no longer the patch " + record.header.name +
+                          " that was applied (its SHA-256 is " + patch->content_sha256 + ", the applied one's " +
+                          applied + ")";
+    if (needed) {
+      throw Error(ErrorCode::kPatchMalformed, message + "; its sync functions must come from the applied bytes: put "
+                                              "the applied file back, or run as root (Polus then reads the loaded copy)");
+    }
+    spdlog::warn("{}; not needed to roll back a patch that changed no data", message);
+    return std::nullopt;
+  }
+  return patch;
+}
+
+/// The patch an operation on `record` concerns, for the access policy.
+PatchConcerned concerned(const PatchRecordView& record) {
+  return PatchConcerned{record.header.id, record.header.name, record.header.applied_by_uid};
+}
+
+/// Names the record's patch in the audit record (before anything can fail).
+void note_patch(AuditEvent& audit, const PatchRecordView& record) {
+  audit.patch_name = record.header.name;
+  audit.patch_path = record.header.path;
+  audit.sha256 = record_sha256(record.header);
 }
 
 /// Rolls back a patch that changed no data: in one pause (after the rolling-back intent, when
@@ -188,12 +256,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
 void retire_patch(TargetContext& target, const AgentLocation& agent, const PatchRecordView& record) {
   target.seize();
   // No jump leads into the patch any more; if no thread is inside its code right now, none
-  // ever will be again and it can be unloaded.
+  // ever will be again and it can be unloaded. (Its code range is recorded: the patch is
+  // mapped from a memfd, whose name in /proc/PID/maps is no file the operator knows.)
   std::vector<AddressRange> patch_code;
-  for (const MappedRegion& region : read_process_maps(target.pid())) {
-    if (region.executable && region.path == record.header.path) {
-      patch_code.push_back({region.start, region.end, record.header.name});
-    }
+  if (record.header.code_end > record.header.code_start) {
+    patch_code.push_back({record.header.code_start, record.header.code_end, record.header.name});
   }
   // A thread preempted on one of the patch's own trampoline slots (it took the old function's
   // jump before the rollback restored it) still goes on into the patch's code. (A slot reused
@@ -236,10 +303,12 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   if (state != POLUS_STATE_APPLYING && state != POLUS_STATE_ROLLING_BACK) return std::nullopt;
   const auto started = Clock::now();
   const bool applying = state == POLUS_STATE_APPLYING;
+  // Completing someone else's interrupted operation acts on their patch.
+  require_access(options.caller, target.pid(), applying ? Action::kApply : Action::kRollback, concerned(record));
   spdlog::warn("process {}: the {} of patch {} (id {}) was interrupted (the Polus process running it died); {} it",
                target.pid(), applying ? "apply" : "rollback", record.header.name, record.header.id,
                applying ? "undoing" : "completing");
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   const bool sync_active = ctx.registry.registry.sync.active != 0;
   if (!patch && (sync_active || !record.watched.empty())) {
@@ -267,7 +336,7 @@ std::optional<Abandoned> abandon_faulted_in(TargetContext& target, RegistryConte
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
   if (syncing == ctx.registry.patches.rend()) return std::nullopt;
   PatchRecordView record = *syncing;
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "a sync function of patch " + std::string(record.header.name) +
                                                 " faulted, and its file " + record.header.path +
@@ -299,10 +368,11 @@ std::optional<PatchInfo> recover_interrupted(TargetContext& target, const Engine
   return info;
 }
 
-PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
+PatchInfo run_rollback(pid_t pid, const EngineOptions& options, AuditEvent& audit) {
   auto started = Clock::now();
   TargetContext target(pid, options.symbols, started + options.timeout);
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
+  note_patch(audit, ctx.registry.patches.back());
   // An interrupted operation on the newest patch is seen through first: that is the rollback.
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
   // So is an update whose sync function faulted: abandoning it is the outcome to report.
@@ -310,10 +380,11 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
     throw Error(ErrorCode::kLoadFailed, abandoned->message);
   }
   PatchRecordView record = ctx.registry.patches.back();
+  require_access(options.caller, pid, Action::kRollback, concerned(record));
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
   }
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(pid, record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   if (!patch && !record.watched.empty()) {
     throw Error(ErrorCode::kPatchMalformed, "patch " + std::string(record.header.name) +
@@ -327,9 +398,10 @@ PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
   return info;
 }
 
-PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
+PatchInfo run_finish(pid_t pid, const EngineOptions& options, AuditEvent& audit) {
   TargetContext target(pid, options.symbols, Clock::now() + options.timeout);
   RegistryContext ctx = open_registry(target, "has no Polus update in flight");
+  note_patch(audit, ctx.registry.patches.back());
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
   if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
     throw Error(ErrorCode::kLoadFailed, abandoned->message);
@@ -340,13 +412,15 @@ PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
     throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no Polus update in flight");
   }
   PatchRecordView record = *syncing;
+  note_patch(audit, record);
+  require_access(options.caller, pid, Action::kFinish, concerned(record));
   return finish_in(target, ctx, record, options);
 }
 
 namespace {
 
 PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options) {
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "the file of patch " + std::string(record.header.name) + " (" +
                                                 record.header.path + ") is gone; it is needed to finish the update");

@@ -24,11 +24,15 @@ namespace {
 constexpr uint64_t kSomeAddress = 0x7f0000000000;  // a pointer argument's usual range
 
 /// The calls every apply makes: our stubs (mmap of the arena and the record, munmap,
-/// rt_sigreturn back to the thread's own context) and dlopen of a library (glibc 2.36's
-/// ld.so: openat, fstat, pread/read of the headers, mmap of each segment, mprotect of RELRO
-/// and of the gap, close; futex on the loader lock).
+/// rt_sigreturn back to the thread's own context), the patch's sealed memfd
+/// (update/patch_memfd: memfd_create, a descriptor duplicated upwards when its number names a
+/// loaded library, close) and dlopen of a library (glibc 2.36's ld.so: openat, fstat,
+/// pread/read of the headers, mmap of each segment, mprotect of RELRO and of the gap, close;
+/// futex on the loader lock).
 std::vector<SyscallProbe> load_calls() {
   return {
+      {"memfd_create (the patch's sealed copy)", SYS_memfd_create, {kSomeAddress, MFD_ALLOW_SEALING | MFD_CLOEXEC | 0x0010 /* MFD_EXEC */}},
+      {"fcntl (F_DUPFD_CLOEXEC of the patch's memfd)", SYS_fcntl, {3, F_DUPFD_CLOEXEC, 4}},
       {"mmap (Polus's scratch arena)", SYS_mmap, {kSomeAddress, 65536, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, ~0ull, 0}},
       {"mmap (anonymous memory)", SYS_mmap, {0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, ~0ull, 0}},
       {"munmap", SYS_munmap, {kSomeAddress, 4096}},

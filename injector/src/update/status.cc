@@ -10,6 +10,7 @@
 #include "common/format.h"
 #include "polus/engine.h"
 #include "update/abandon.h"
+#include "update/access_policy.h"
 #include "update/engine_internal.h"
 #include "update/registry.h"
 #include "update/target.h"
@@ -22,6 +23,8 @@ PatchInfo info_from_record(const PatchRecordView& record) {
   info.id = header.id;
   info.name = header.name;
   info.path = header.path;
+  info.sha256 = record_sha256(header);
+  info.applied_by_uid = header.applied_by_uid;
   info.state = patch_state_name(header.state);
   info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
   info.applied_at_unix_ns = header.applied_at_unix_ns;
@@ -73,7 +76,8 @@ std::vector<ThreadStack> inspect_stacks(pid_t pid) {
   return stacks;
 }
 
-ProcessStatus read_status(pid_t pid) {
+ProcessStatus read_status(pid_t pid, const Caller& caller) {
+  require_access(caller, pid, Action::kStatus);
   ProcessStatus status;
   status.pid = pid;
   std::vector<MappedRegion> maps = read_process_maps(pid);
@@ -105,6 +109,18 @@ ProcessStatus read_status(pid_t pid) {
   const bool operation_running = OperationLock::busy(pid);
   for (const PatchRecordView& p : registry.patches) {
     PatchInfo info = info_from_record(p);
+    if (!may_touch_patch(caller, p.header.applied_by_uid)) {
+      // Applied by someone else (root): the caller learns that it is there, not what it does.
+      PatchInfo withheld;
+      withheld.id = info.id;
+      withheld.name = info.name;
+      withheld.state = info.state;
+      withheld.applied_by_uid = info.applied_by_uid;
+      withheld.applied_at_unix_ns = info.applied_at_unix_ns;
+      withheld.details_withheld = true;
+      status.patches.push_back(std::move(withheld));
+      continue;
+    }
     if (!operation_running && p.header.state == POLUS_STATE_APPLYING) info.state = "interrupted-apply";
     if (!operation_running && p.header.state == POLUS_STATE_ROLLING_BACK) info.state = "interrupted-rollback";
     if (p.header.state == POLUS_STATE_SYNCING && status.sync_active && sync.fault.function) {
