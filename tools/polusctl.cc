@@ -267,7 +267,8 @@ std::string patch_json(const polus::PatchInfo& p) {
       << ",\"applied_at\":" << json_string(utc_time(p.applied_at_unix_ns))
       << ",\"applied_at_unix_ns\":" << p.applied_at_unix_ns << ",\"committed_at_unix_ns\":" << p.committed_at_unix_ns
       << ",\"apply_wall_ns\":" << p.apply_wall_ns << ",\"pause_ns\":" << p.pause_ns
-      << ",\"inspections\":" << p.inspections << ",\"unwind_fallbacks\":" << p.unwind_fallbacks << ",\"watched\":[";
+      << ",\"inspections\":" << p.inspections << ",\"unwind_fallbacks\":" << p.unwind_fallbacks
+      << ",\"fault\":" << (p.fault.empty() ? "null" : json_string(p.fault)) << ",\"watched\":[";
   for (size_t i = 0; i < p.watched.size(); ++i) out << (i ? "," : "") << json_string(p.watched[i]);
   out << "],\"holders\":[";
   for (size_t i = 0; i < p.holders.size(); ++i) {
@@ -293,6 +294,15 @@ std::string patch_json(const polus::PatchInfo& p) {
   return out.str();
 }
 
+std::string failure_json(const std::optional<polus::FailureInfo>& f) {
+  if (!f) return "null";
+  std::ostringstream out;
+  out << "{\"patch_id\":" << f->patch_id << ",\"patch\":" << json_string(f->patch_name)
+      << ",\"direction\":" << json_string(f->direction) << ",\"signal\":" << f->signal
+      << ",\"at\":" << json_string(utc_time(f->at_unix_ns)) << ",\"reason\":" << json_string(f->reason) << "}";
+  return out.str();
+}
+
 void print_patch_human(const polus::PatchInfo& p) {
   if (p.details_withheld) {
     std::printf("%-4llu %-24s %-12s %-12s %-21s (applied by uid %u; details withheld)\n",
@@ -308,6 +318,7 @@ void print_patch_human(const polus::PatchInfo& p) {
                 hex(r.new_function).c_str(),
                 r.trampoline ? (" (via trampoline " + hex(r.trampoline) + ")").c_str() : "");
   }
+  if (!p.fault.empty()) std::printf("       FAULTED: %s\n", p.fault.c_str());
   if (p.state != "syncing") return;
   std::printf("       data update (%s) syncing: %llu inspections%s\n", p.direction.c_str(),
               static_cast<unsigned long long>(p.inspections),
@@ -367,10 +378,15 @@ int run(const Args& args) {
       std::cout << "{\"pid\":" << status.pid << ",\"agent_loaded\":" << (status.agent_loaded ? "true" : "false")
                 << ",\"sync_active\":" << (status.sync_active ? "true" : "false") << ",\"write_faults\":" << status.write_faults
                 << ",\"false_sharing\":" << status.false_sharing << ",\"chained_faults\":" << status.chained_faults
-                << ",\"patches\":[";
+                << ",\"last_failure\":" << failure_json(status.last_failure) << ",\"patches\":[";
       for (size_t i = 0; i < status.patches.size(); ++i) std::cout << (i ? "," : "") << patch_json(status.patches[i]);
       std::cout << "]}\n";
       return 0;
+    }
+    if (status.last_failure) {
+      const polus::FailureInfo& f = *status.last_failure;
+      std::printf("last abandoned update: %s of patch %s (id %llu) at %s: %s\n", f.direction.c_str(), f.patch_name.c_str(),
+                  static_cast<unsigned long long>(f.patch_id), utc_time(f.at_unix_ns).c_str(), f.reason.c_str());
     }
     if (!status.agent_loaded || status.patches.empty()) {
       std::printf("process %d: no patches applied\n", args.pid);

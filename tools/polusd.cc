@@ -96,6 +96,9 @@ int main(int argc, char** argv) {
   // next safe point within one (the update stays recorded as syncing): never mid-change.
   sigset_t stop = polus::stop_signals();
   sigprocmask(SIG_BLOCK, &stop, nullptr);
+  // A sync function that faulted makes the engine abandon the update (load-failed); polusd goes
+  // on until that abandon is complete too, and then says so in its exit status.
+  bool abandoned = false;
   while (std::chrono::steady_clock::now() < deadline) {
     if (int sig = polus::stop_requested()) {
       spdlog::info("polusd: stopped by {}; the update of process {} stays recorded", strsignal(sig), pid);
@@ -105,17 +108,24 @@ int main(int argc, char** argv) {
       polus::PatchInfo info = polus::finish_update(pid, options);
       if (info.state != "syncing") {
         spdlog::info("polusd: {} of {} is {}", info.direction, info.name, info.state);
-        return 0;
+        return abandoned ? polus::error_exit_status(polus::ErrorCode::kLoadFailed) : 0;
       }
     } catch (const polus::Error& e) {
-      if (e.code() == polus::ErrorCode::kNothingToRollBack) return 0;  // nothing in flight
+      if (e.code() == polus::ErrorCode::kNothingToRollBack) {  // nothing (more) in flight
+        return abandoned ? polus::error_exit_status(polus::ErrorCode::kLoadFailed) : 0;
+      }
       if (e.code() == polus::ErrorCode::kNoSuchProcess || e.code() == polus::ErrorCode::kTargetDied) return 3;
       if (e.code() == polus::ErrorCode::kAuditFailed || e.code() == polus::ErrorCode::kPermissionDenied) {
         spdlog::error("polusd: {}", e.what());  // no later round can do better
         return polus::error_exit_status(e.code());
       }
-      // Busy (another polusctl holds the process) or transient: try again next round.
-      spdlog::warn("polusd: {}", e.what());
+      if (e.code() == polus::ErrorCode::kLoadFailed) {
+        spdlog::error("polusd: {}", e.what());  // an abandon left syncing is finished next round
+        abandoned = true;
+      } else {
+        // Busy (another polusctl holds the process) or transient: try again next round.
+        spdlog::warn("polusd: {}", e.what());
+      }
     }
     // Sleep the interval, but wake for a stop signal.
     timespec wait{static_cast<time_t>(interval.count() / 1000), static_cast<long>(interval.count() % 1000) * 1000000};

@@ -92,3 +92,11 @@ target_compile_definitions(kill_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(kill_test polus-agent polusctl)
 add_test(NAME kill_test COMMAND kill_test --durations yes)
 set_tests_properties(kill_test PROPERTIES TIMEOUT 240)
+
+# --- sync_fault_test: patches whose sync functions fault in the target (issue: never the reason a target dies) ---
+add_executable(sync_fault_test sync_fault_test.cc)
+target_link_libraries(sync_fault_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(sync_fault_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(sync_fault_test polus-agent polusctl)
+add_test(NAME sync_fault_test COMMAND sync_fault_test --durations yes)
+set_tests_properties(sync_fault_test PROPERTIES TIMEOUT 120)

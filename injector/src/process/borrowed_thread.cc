@@ -216,9 +216,10 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
     // lock held).
     uint64_t pc = session_.get_regs(tid_).rip;
     abandon(frame, sigreturn_pc);
-    throw Error(ErrorCode::kLoadFailed, std::string("code run in the target by a Polus ") + what + " faulted (signal " +
-                                            std::to_string(sig) + " " + strsignal(sig) + " at " + hex(pc) +
-                                            "); the signal was not delivered and the thread was put back as it was");
+    throw CodeFault(std::string("code run in the target by a Polus ") + what + " faulted (signal " + std::to_string(sig) +
+                        " " + strsignal(sig) + " at " + hex(pc) +
+                        "); the signal was not delivered and the thread was put back as it was",
+                    sig, pc);
   }
 }
 

@@ -26,6 +26,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "polus/error.h"
 #include "process/process_memory.h"
 #include "process/ptrace_session.h"
 #include "process/remote_ptr.h"
@@ -41,6 +42,20 @@ struct BootstrapEntries {
   RemoteAddr mmap;
   RemoteAddr munmap;
   RemoteAddr restorer;
+};
+
+/// What BorrowedThread::call throws when the code it ran faulted: the signal was not
+/// delivered and the thread is back in its own context.
+class CodeFault : public Error {
+ public:
+  CodeFault(const std::string& message, int signal, uint64_t pc)
+      : Error(ErrorCode::kLoadFailed, message), signal_(signal), pc_(pc) {}
+  int signal() const { return signal_; }
+  uint64_t pc() const { return pc_; }
+
+ private:
+  int signal_;
+  uint64_t pc_;
 };
 
 class BorrowedThread {
@@ -68,7 +83,7 @@ class BorrowedThread {
   int64_t syscall_with_string(long number, const std::string& text, std::initializer_list<uint64_t> more = {});
 
   /// Calls `function(args...)` (System V ABI, up to 6 integer arguments). Returns rax.
-  /// Throws Error(kLoadFailed) if the code faults, Error(kTimeout) if it does not return
+  /// Throws CodeFault (an Error(kLoadFailed)) if the code faults, Error(kTimeout) if it does not return
   /// within step_deadline(); either way the thread is put back in its own context first.
   uint64_t call(RemoteAddr function, std::initializer_list<uint64_t> args);
 

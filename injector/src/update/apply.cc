@@ -30,7 +30,9 @@
 #include "update/target.h"
 #include "binary/unwinder.h"
 #include "process/proc_files.h"
+#include "update/abandon.h"
 #include "update/data_update.h"
+#include "update/redirects.h"
 #include "update/rehearsal.h"
 #include "update/seccomp_check.h"
 #include "update/engine_internal.h"
@@ -77,18 +79,6 @@ std::map<uint64_t, const polus_redirect_record*> active_redirects(const Registry
   return active;
 }
 
-uint64_t next_symbol_after(const ProcessSymbols& symbols, const Symbol& symbol) {
-  uint64_t next = 0;
-  for (const LoadedObject& object : symbols.objects()) {
-    if (object.path != symbol.object_path) continue;
-    for (const Symbol& s : symbols.symbols_of(object)) {
-      uint64_t a = s.address.address();
-      if (a > symbol.address.address() && (next == 0 || a < next)) next = a;
-    }
-  }
-  return next;
-}
-
 /// Plans every redirect from the file and the target's memory, without stopping anything.
 std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, TargetContext& target,
                                             const std::map<uint64_t, const polus_redirect_record*>& active) {
@@ -107,12 +97,7 @@ std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, Targe
     if (auto it = active.find(plan.old_symbol.address.address()); it != active.end()) {
       plan.stacked_on = it->second;
     } else {
-      uint64_t address = plan.old_symbol.address.address();
-      std::vector<uint8_t> code(plan.old_symbol.size + 16);
-      code.resize(target.memory().read_bytes_fallible(RemoteAddr(address), code.data(), code.size()));
-      plan.analysis = analyze_prologue(code, address, plan.old_symbol.size,
-                                       next_symbol_after(target.symbols(), plan.old_symbol),
-                                       plan.old_symbol.qualified_name());
+      plan.analysis = analyze_function_entry(target.symbols(), target.memory(), plan.old_symbol);
     }
     plans.push_back(std::move(plan));
   }
@@ -139,18 +124,7 @@ std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& threa
     }
   }
   if (plan.stacked_on) return "";  // only a jump target changes: any pc is fine
-  const PrologueAnalysis& a = plan.analysis;
-  if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
-    return who + " is executing the first bytes of " + name;
-  }
-  if (thread_has_address(thread, a.interior_boundaries)) {
-    return who + " has the first bytes of " + name + " on its stack (a return address or an interrupted pc)";
-  }
-  if (a.requires_inactive_function) {
-    AddressRange whole{a.function, a.function + std::max<uint64_t>(a.function_size, 1), name};
-    if (thread_touches(thread, {whole})) return who + " is inside " + name + " and " + a.inactive_reason;
-  }
-  return "";
+  return jump_busy_reason(plan.analysis, name, thread);
 }
 
 /// The patch file, checked as sshd's StrictModes does, parsed from the bytes of the file
@@ -178,6 +152,10 @@ class Applier {
     if (std::optional<PatchInfo> recovered = recover_interrupted(target_, options_)) {
       spdlog::warn("process {}: {} patch {} first, as an interrupted operation left it", target_.pid(),
                    recovered->state == "rolled-back" ? "rolled back" : "finished", recovered->name);
+    }
+    // An update whose sync function faulted while nothing drove it is abandoned first.
+    if (std::optional<Abandoned> abandoned = abandon_if_faulted(target_, options_)) {
+      spdlog::error("process {}: before applying {}: {}", target_.pid(), patch_.name, abandoned->message);
     }
     if (patch_.path.size() >= POLUS_PATH_BYTES) {
       throw Error(ErrorCode::kPatchMalformed, "patch path " + patch_.path + " is longer than " +
@@ -434,28 +412,13 @@ class Applier {
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
       return !p.stacked_on || writes_new_slot(p);
     });
-    // Each write with what it replaces: a write that fails (the mapping gone, say) puts the
-    // ones before it back, so no jump leads into a patch that the failed apply unloads.
-    struct Write {
-      uint64_t address;
-      std::vector<uint8_t> bytes, original;
-    };
-    std::vector<Write> writes;
+    // Slots before the jumps that lead to them; both while every thread is stopped and none
+    // is on the slot (busy_reason), since a freed slot may be handed out again. Each with what
+    // it replaces: a write that fails (the mapping gone, say) puts the ones before it back, so
+    // no jump leads into a patch that the failed apply unloads.
+    std::vector<JumpWrite> writes;
     for (const PlannedRedirect& plan : plans_) {
-      const polus_redirect_record& r = plan.record;
-      if (r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
-        std::vector<uint8_t> target(8), previous(8);
-        std::memcpy(target.data(), &r.new_function, 8);
-        std::memcpy(previous.data(), &r.previous_target, 8);
-        writes.push_back({r.trampoline + 6, target, previous});  // the .quad of `jmp *0(%rip)`
-      } else {
-        // The slot before the jump that leads to it; both while every thread is stopped and
-        // none is on the slot (busy_reason), since a freed slot may be handed out again. (A
-        // slot nothing jumps to needs nothing put back.)
-        if (r.trampoline) writes.push_back({r.trampoline, encode_trampoline(r.new_function), {}});
-        std::vector<uint8_t> jump = encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function);
-        writes.push_back({r.patch_site, jump, std::vector<uint8_t>(r.saved_bytes, r.saved_bytes + jump.size())});
-      }
+      for (JumpWrite& write : jump_writes(plan.record)) writes.push_back(std::move(write));
     }
     PauseRequest request;
     request.giving_up = "cannot commit now";
@@ -465,21 +428,7 @@ class Applier {
       uint64_t checked_ns = pause.elapsed();
       if (run_code) run_code_in_pause();
       uint64_t code_ns = pause.elapsed();
-      for (size_t i = 0; i < writes.size(); ++i) {
-        try {
-          target_.memory().write_bytes(RemoteAddr(writes[i].address), writes[i].bytes.data(), writes[i].bytes.size());
-        } catch (...) {
-          for (size_t j = i; j-- > 0;) {
-            if (writes[j].original.empty()) continue;
-            try {
-              target_.memory().write_bytes(RemoteAddr(writes[j].address), writes[j].original.data(), writes[j].original.size());
-            } catch (const std::exception& e) {
-              spdlog::error("could not put back the bytes at {} after a failed commit: {}", hex(writes[j].address), e.what());
-            }
-          }
-          throw;
-        }
-      }
+      write_all(target_.memory(), writes);
       // The outcome, still in the pause: cut short after this, the record says what is true.
       write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
@@ -520,7 +469,12 @@ class Applier {
     }
     if (has_data_) {
       auto start = Clock::now();
-      initialize_counterparts(thread, data_, POLUS_UPDATE_APPLY);
+      try {
+        initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY);
+      } catch (const SyncFunctionFault& fault) {
+        failure_recorded_ = true;  // the agent keeps the record for status
+        throw abandon_before_start(target_, *agent_, record_view_.header, POLUS_UPDATE_APPLY, fault);
+      }
       uint64_t init_ns = elapsed_ns(start);
       unblock_fault_signals(target_.session());
       begin_sync(thread, *agent_);
@@ -551,8 +505,12 @@ class Applier {
   /// Waits for old code using changed data to drain, then commits the data update.
   void finish_sync() {
     uint64_t max_pause = record_view_.header.pause_ns;
-    bool done = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
-                                  Clock::now() + options_.sync_timeout, max_pause);
+    SyncOutcome outcome = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
+                                            Clock::now() + options_.sync_timeout, max_pause);
+    if (outcome == SyncOutcome::kFaulted) {
+      throw Error(ErrorCode::kLoadFailed, abandon_update(target_, *agent_, record_view_, patch_, options_.sync_timeout).message);
+    }
+    const bool done = outcome == SyncOutcome::kDone;
     polus_patch_record& h = record_view_.header;
     h.pause_ns = max_pause;
     h.apply_wall_ns = elapsed_ns(started_);
@@ -575,7 +533,7 @@ class Applier {
       target_.session().resume_all();
       BorrowedThread thread = target_.borrow_safe_thread();
       if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_});
-      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_});
+      if (agent_handle_ && !failure_recorded_) thread.call(target_.libc_function("dlclose"), {agent_handle_});
       if (record_view_.address) thread.unmap_memory(record_view_.address.address(), record_view_.header.record_bytes);
       // The scratch arena last: the calls above return to its trap.
       for (auto arena = new_arenas.rbegin(); arena != new_arenas.rend(); ++arena) thread.unmap_memory(*arena, kArenaSize);
@@ -605,6 +563,7 @@ class Applier {
   RehearsalCost rehearsal_;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry
+  bool failure_recorded_ = false;  // patch code faulted: the agent, loaded or not by us, stays for status
 };
 
 }  // namespace

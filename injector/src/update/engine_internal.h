@@ -7,6 +7,7 @@
 
 #include "common/clock.h"
 #include "polus/engine.h"
+#include "update/abandon.h"
 #include "update/registry.h"
 #include "update/target.h"
 
@@ -31,6 +32,11 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
 /// is undone, one left `rolling-back` is completed); call it holding the operation lock.
 /// Returns what it did, or nullopt when nothing was interrupted.
 std::optional<PatchInfo> recover_interrupted(TargetContext& target, const EngineOptions& options);
+
+/// Abandons the update in flight if one of its sync functions faulted while no Polus process
+/// drove it (update/abandon.h); call it holding the operation lock, after recover_interrupted.
+/// Returns what it did, or nullopt when no fault waits.
+std::optional<Abandoned> abandon_if_faulted(TargetContext& target, const EngineOptions& options);
 
 /// After a rollback has taken every jump out: unloads the patch when no thread runs its code
 /// (checked now, with every thread stopped), frees its record and drops it from the registry.

@@ -11,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "update/abandon.h"
 #include "update/data_update.h"
 #include "update/engine_internal.h"
 #include "polus/engine.h"
@@ -21,6 +22,7 @@
 #include "update/patch_file.h"
 #include "update/patch_memfd.h"
 #include "update/patch_trust.h"
+#include "update/redirects.h"
 
 namespace polus {
 
@@ -45,14 +47,6 @@ RegistryContext open_registry(TargetContext& target, const char* nothing_message
   ctx.agent = *agent;
   adopt_arenas(target.arena(), ctx.registry);
   return ctx;
-}
-
-/// Puts back what each redirect of `record` overwrote, newest first.
-void restore_jumps(ProcessMemory& memory, const PatchRecordView& record) {
-  for (auto r = record.redirects.rbegin(); r != record.redirects.rend(); ++r) {
-    memory.write_bytes(RemoteAddr(r->patch_site), r->saved_bytes, r->saved_length);
-    if (r->flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) memory.write(RemotePtr<uint64_t>(r->trampoline + 6), r->previous_target);
-  }
 }
 
 /// The bytes the target loaded for `record`, read back from its sealed memfd through
@@ -156,13 +150,16 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   DataPlan plan = plan_data_update(patch, target.symbols(), bias, POLUS_UPDATE_ROLLBACK);
   const bool sync_active = ctx.registry.registry.sync.active != 0;
+  // Completing an abandon cut short: no code of the patch runs any more.
+  const bool abandoning = sync_active && ctx.registry.registry.sync.abandoning != 0;
   // Code runs in the pause unless the apply's sync phase is still on and the patch has no
   // pre-update callback: then the pause only puts the original bytes back. Requiring every
   // thread outside malloc, the loader and the agent's fault handler for nothing would make a
   // rollback under load wait for a moment that a busy server may never have.
-  const bool run_code = !sync_active || std::any_of(patch.callbacks.begin(), patch.callbacks.end(), [](const polus_callback& c) {
-    return c.kind == POLUS_CB_PRE_UPDATE;
-  });
+  const bool run_code = !sync_active || (!abandoning && std::any_of(patch.callbacks.begin(), patch.callbacks.end(),
+                                                                    [](const polus_callback& c) {
+                                                                      return c.kind == POLUS_CB_PRE_UPDATE;
+                                                                    }));
   pid_t borrower = 0;
   if (!sync_active) {
     BorrowedThread thread = target.borrow_safe_thread();
@@ -198,7 +195,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     thread.set_pass_faults(sync_active);
     run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
     if (!sync_active) {
-      initialize_counterparts(thread, plan, POLUS_UPDATE_ROLLBACK);
+      try {
+        initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK);
+      } catch (const SyncFunctionFault& fault) {
+        throw abandon_before_start(target, ctx.agent, record.header, POLUS_UPDATE_ROLLBACK, fault);
+      }
       unblock_fault_signals(target.session());
       begin_sync(thread, ctx.agent);
     }
@@ -235,7 +236,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   target.release();  // write tracking is on: never hold the target between inspections
 
   uint64_t max_pause = pause_ns;
-  bool done = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  if (outcome == SyncOutcome::kFaulted) {
+    throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, patch, options.sync_timeout).message);
+  }
+  const bool done = outcome == SyncOutcome::kDone;
   PatchInfo info = info_from_record(record);
   info.pause_ns = max_pause;
   info.apply_wall_ns = elapsed_ns(started);
@@ -322,7 +327,37 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   return rollback_code_patch(target, ctx, record, started, /*write_intent=*/!applying);
 }
 
+/// Abandons the update in flight if one of its sync functions faulted while nothing drove it
+/// (the agent's fence recorded it; update/abandon.h).
+std::optional<Abandoned> abandon_faulted_in(TargetContext& target, RegistryContext& ctx, const EngineOptions& options) {
+  const polus_sync_state& sync = ctx.registry.registry.sync;
+  if (!sync.active || !fault_pending(sync)) return std::nullopt;
+  auto syncing = std::find_if(ctx.registry.patches.rbegin(), ctx.registry.patches.rend(),
+                              [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
+  if (syncing == ctx.registry.patches.rend()) return std::nullopt;
+  PatchRecordView record = *syncing;
+  require_access(options.caller, target.pid(), Action::kFinish, concerned(record));
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
+  if (!patch) {
+    throw Error(ErrorCode::kPatchMalformed, "a sync function of patch " + std::string(record.header.name) +
+                                                " faulted, and its file " + record.header.path +
+                                                " is gone: it is needed to abandon the update; put it back and run "
+                                                "the command again");
+  }
+  return abandon_update(target, ctx.agent, record, *patch, options.sync_timeout);
+}
+
 }  // namespace
+
+std::optional<Abandoned> abandon_if_faulted(TargetContext& target, const EngineOptions& options) {
+  std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
+  if (!agent) return std::nullopt;
+  RegistryContext ctx{*agent, read_registry(target.memory(), *agent)};
+  adopt_arenas(target.arena(), ctx.registry);
+  std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options);
+  if (abandoned) target.reload_symbols();  // the patch may be gone
+  return abandoned;
+}
 
 std::optional<PatchInfo> recover_interrupted(TargetContext& target, const EngineOptions& options) {
   std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
@@ -341,6 +376,10 @@ PatchInfo run_rollback(pid_t pid, const EngineOptions& options, AuditEvent& audi
   note_patch(audit, ctx.registry.patches.back());
   // An interrupted operation on the newest patch is seen through first: that is the rollback.
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
+  // So is an update whose sync function faulted: abandoning it is the outcome to report.
+  if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
+    throw Error(ErrorCode::kLoadFailed, abandoned->message);
+  }
   PatchRecordView record = ctx.registry.patches.back();
   require_access(options.caller, pid, Action::kRollback, concerned(record));
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
@@ -365,6 +404,9 @@ PatchInfo run_finish(pid_t pid, const EngineOptions& options, AuditEvent& audit)
   RegistryContext ctx = open_registry(target, "has no Polus update in flight");
   note_patch(audit, ctx.registry.patches.back());
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
+  if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
+    throw Error(ErrorCode::kLoadFailed, abandoned->message);
+  }
   auto syncing = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
   if (syncing == ctx.registry.patches.end()) {
@@ -387,7 +429,11 @@ PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView
   target.seize();
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   uint64_t max_pause = 0;
-  bool done = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  if (outcome == SyncOutcome::kFaulted) {
+    throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, *patch, options.sync_timeout).message);
+  }
+  const bool done = outcome == SyncOutcome::kDone;
   PatchInfo info = info_from_record(record);
   if (done && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     retire_patch(target, ctx.agent, record);

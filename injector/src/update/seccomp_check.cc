@@ -66,6 +66,13 @@ std::vector<SyscallProbe> agent_calls() {
   return {
       {"rt_sigaction (the agent's SIGSEGV handler)", SYS_rt_sigaction, {SIGSEGV, kSomeAddress, kSomeAddress, 8}},
       {"rt_sigaction (the agent's SIGTRAP handler)", SYS_rt_sigaction, {SIGTRAP, kSomeAddress, kSomeAddress, 8}},
+      // the fence around sync functions: SIGBUS, SIGFPE and SIGILL handlers, the mask of an
+      // entry point's caller (rt_sigprocmask SIG_BLOCK with no new set), the real-time clock
+      {"rt_sigaction (the agent's SIGBUS handler)", SYS_rt_sigaction, {SIGBUS, kSomeAddress, kSomeAddress, 8}},
+      {"rt_sigaction (the agent's SIGFPE handler)", SYS_rt_sigaction, {SIGFPE, kSomeAddress, kSomeAddress, 8}},
+      {"rt_sigaction (the agent's SIGILL handler)", SYS_rt_sigaction, {SIGILL, kSomeAddress, kSomeAddress, 8}},
+      {"rt_sigprocmask (reading the mask)", SYS_rt_sigprocmask, {SIG_BLOCK, 0, kSomeAddress, 8}},
+      {"clock_gettime (the time of a sync function's fault)", SYS_clock_gettime, {0 /* CLOCK_REALTIME */, kSomeAddress}},
       {"rt_sigprocmask", SYS_rt_sigprocmask, {SIG_SETMASK, kSomeAddress, kSomeAddress, 8}},
       {"mprotect (write tracking)", SYS_mprotect, {kSomeAddress, 4096, PROT_READ}},
       {"mprotect (write tracking ends)", SYS_mprotect, {kSomeAddress, 4096, PROT_READ | PROT_WRITE}},
