@@ -59,19 +59,20 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
   envp.push_back(agent.data());
   if (!audit_set) envp.push_back(audit.data());
   envp.push_back(nullptr);
-  // A signal sent to the new polusctl before it has started (kill_test's earliest instants)
-  // must act as on polusctl, never run the test's own handlers (Catch's) in this copy of a
-  // multithreaded process, where another thread may have held malloc's lock at the fork: so
-  // every signal waits until the child has put back the default dispositions.
-  sigset_t all, old;
+  // A signal a test sends polusctl can arrive before the child has made execve: it must not
+  // run the test's own handlers there (Catch reports a "fatal error" from SIGINT, and its
+  // output takes malloc's lock, which a load thread may have held at the fork: the child hung
+  // for good). Blocked over the fork; in the child every disposition goes back to SIG_DFL
+  // before the mask comes back, so such a signal ends the child as it would end polusctl.
+  sigset_t all, before;
   sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
   pid_t child = fork();
   if (child == 0) {
-    struct sigaction default_action {};
-    default_action.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &default_action, nullptr);  // (SIGKILL, SIGSTOP: EINVAL)
-    sigprocmask(SIG_SETMASK, &old, nullptr);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for KILL/STOP
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
     if (as.uid != static_cast<uid_t>(-1) &&
         (setgroups(0, nullptr) != 0 || setresgid(as.gid, as.gid, as.gid) != 0 || setresuid(as.uid, as.uid, as.uid) != 0)) {
       _exit(126);
@@ -82,7 +83,7 @@ inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int 
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   return child;
 }
 

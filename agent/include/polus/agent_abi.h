@@ -21,8 +21,7 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 2u /* 2: patch records carry the content hash, code range, applier;
-                                     the sync state a fault record, the registry last_failure */
+#define POLUS_AGENT_ABI_VERSION 3u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"

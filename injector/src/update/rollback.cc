@@ -336,6 +336,7 @@ std::optional<Abandoned> abandon_faulted_in(TargetContext& target, RegistryConte
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
   if (syncing == ctx.registry.patches.rend()) return std::nullopt;
   PatchRecordView record = *syncing;
+  require_access(options.caller, target.pid(), Action::kFinish, concerned(record));
   std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "a sync function of patch " + std::string(record.header.name) +
