@@ -68,9 +68,11 @@ grows with the target's page tables.
 |---|---|---|---|---|---|
 ${rows}
 The rehearsal costs about **${per_gib} ms per GiB** of resident memory beyond the fixed part
-(from the 0 and 4 GiB rows). Most of it is the clone copying page tables while every thread of
-the target is stopped (the no-thread-in-the-loader check and the copy must happen at one instant),
-so on a large process it lengthens the pause too; \`--no-rehearsal\` turns it off.
+(from the 0 and 4 GiB rows). Part of it is a pause: clone(2) copies the target's page tables
+while every thread of the target is stopped (the no-thread-in-the-loader check and the copy must
+happen at one instant) — the "longest pause" column, the same cost a redis BGSAVE fork has. The
+rest (loading in the copy, then the copy's exit releasing its copy-on-write mappings) runs while
+the target serves. polusctl warns when the copy's pause passed 10 ms; \`--no-rehearsal\` skips it.
 EOF
 } >"$work/section.md"
 write_reliability_section rehearsal-cost bench/rehearsal-cost.sh "$work/section.md"

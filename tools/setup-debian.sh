@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config binutils libelf-dev libdwarf-dev libcapstone-dev libspdlog-dev catch2 libssl-dev
           libcli11-dev nlohmann-json3-dev)
+# libsodium: Ed25519 signatures of patches (injector/src/update/patch_signature.cc).
+packages+=(libsodium-dev)
+# polus-mkpatch (the patch generator, Python 3): ELF/DWARF reading and instruction lengths.
+packages+=(python3 python3-pyelftools python3-capstone patch)
 packages+=("$@")  # extra packages a caller needs (bench adds gnuplot-nox)
 
 missing=()

@@ -18,6 +18,7 @@
 #include "fault_handlers.h"
 #include "raw_syscall.h"
 #include "store_emulation.h"
+#include "sync_fence.h"
 #include "sync_state.h"
 #include "tracked_pages.h"
 
@@ -66,6 +67,14 @@ static uint32_t finish_step(ucontext_t *uc) {
 static void on_segv(int sig, siginfo_t *si, void *ctx);
 static void on_trap(int sig, siginfo_t *si, void *ctx);
 
+/* A signal the agent does not handle itself: a patch's sync function faulting inside its
+ * fence is unwound to the fence (sync_fence.h), never passed on. A fault the kernel raised, or
+ * a signal the thread sent itself (raise); not one sent from outside. */
+static void unwind_if_fenced(int sig, siginfo_t *si, ucontext_t *uc, int tid) {
+    if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid()))
+        fence_unwind(sig, si, uc, tid);
+}
+
 /* Delivers the signal to the disposition that was there before ours, as the kernel would. */
 static void chain(int sig, siginfo_t *si, ucontext_t *uc, struct sigaction *slot, int tid) {
     struct sigaction prev = *slot;
@@ -76,9 +85,9 @@ static void chain(int sig, siginfo_t *si, ucontext_t *uc, struct sigaction *slot
         memset(&dfl, 0, sizeof dfl);
         dfl.sa_handler = SIG_DFL;
         sigaction(sig, &dfl, NULL);
-        /* A fault re-executes and kills the process with the same SIGSEGV as without us;
+        /* A fault re-executes and kills the process with the same signal as without us;
          * a trap (already past) or a sent signal is raised again. */
-        if (sig == SIGSEGV && kernel_generated) return;
+        if (sig != SIGTRAP && kernel_generated) return;
         RAW(SYS_tgkill, sys_getpid(), tid, sig);
         return;
     }
@@ -171,6 +180,7 @@ static void handle_segv(siginfo_t *si, ucontext_t *uc) {
         if (!in_sync) drain(0, tid);
         lock_release();
     }
+    unwind_if_fenced(SIGSEGV, si, uc, tid);
     __atomic_fetch_add(&REG.sync.chained_faults, 1, __ATOMIC_RELAXED);
     chain(SIGSEGV, si, uc, &G.prev_segv, tid);
 }
@@ -202,8 +212,22 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
         lock_release();
         if (tf_was_set) chain(SIGTRAP, si, uc, &G.prev_trap, tid); /* the application's own step */
     } else {
+        unwind_if_fenced(SIGTRAP, si, uc, tid); /* int3 in a sync function */
         chain(SIGTRAP, si, uc, &G.prev_trap, tid);
     }
+    errno = saved_errno;
+}
+
+/* SIGBUS, SIGFPE, SIGILL: installed while tracking only to catch sync functions' faults. */
+static struct sigaction *other_slot(int sig) {
+    return sig == SIGBUS ? &G.prev_bus : sig == SIGFPE ? &G.prev_fpe : &G.prev_ill;
+}
+static void on_other_fault(int sig, siginfo_t *si, void *ctx) {
+    int saved_errno = errno;
+    ucontext_t *uc = (ucontext_t *)ctx;
+    int tid = sys_gettid();
+    unwind_if_fenced(sig, si, uc, tid);
+    chain(sig, si, uc, other_slot(sig), tid);
     errno = saved_errno;
 }
 
@@ -301,12 +325,14 @@ static int sigsegv_pending_somewhere(void) {
 
 int install_fault_handler(int sig) {
     if (sig == SIGSEGV) return install_handler(SIGSEGV, on_segv, &G.prev_segv);
-    return install_handler(SIGTRAP, on_trap, &G.prev_trap);
+    if (sig == SIGTRAP) return install_handler(SIGTRAP, on_trap, &G.prev_trap);
+    return install_handler(sig, on_other_fault, other_slot(sig));
 }
 
 int restore_fault_handler(int sig) {
     if (sig == SIGSEGV) return restore_handler(SIGSEGV, on_segv, &G.prev_segv);
-    return restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+    if (sig == SIGTRAP) return restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+    return restore_handler(sig, on_other_fault, other_slot(sig));
 }
 
 /* sync_end's wait for the quiet period described above (END). Each millisecond costs one
@@ -335,6 +361,7 @@ int restore_fault_handlers_when_quiet(void) {
         }
         int restored = restore_handler(SIGSEGV, on_segv, &G.prev_segv);
         restored &= restore_handler(SIGTRAP, on_trap, &G.prev_trap);
+        for (int k = 0; k < 3; k++) restored &= restore_fault_handler(FENCED_SIGNALS[k]);
         return restored;
     }
     return 0;

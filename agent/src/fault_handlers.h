@@ -10,18 +10,25 @@
 #ifndef POLUS_AGENT_FAULT_HANDLERS_H
 #define POLUS_AGENT_FAULT_HANDLERS_H
 
+#include <signal.h>
+
 #pragma GCC visibility push(hidden)
 
-/* Puts ours in front for `sig` (SIGSEGV or SIGTRAP): the previous disposition is saved for
- * chaining, unless ours is still installed (then the one saved before is kept). 0 or -errno. */
+/* The other fault signals a sync function can raise; ours are installed for them while
+ * tracking, only to catch those faults (sync_fence.h); anything else goes on as before. */
+static const int FENCED_SIGNALS[3] = {SIGBUS, SIGFPE, SIGILL};
+
+/* Puts ours in front for `sig` (SIGSEGV, SIGTRAP or one of FENCED_SIGNALS): the previous
+ * disposition is saved for chaining, unless ours is still installed (then the one saved
+ * before is kept). 0 or -errno. */
 int install_fault_handler(int sig);
 
-/* Puts the saved disposition of `sig` (SIGSEGV or SIGTRAP) back, at once. 1 if ours was
- * still installed and the previous one is back, 0 otherwise. */
+/* Puts the saved disposition of `sig` back, at once. 1 if ours was still installed and the
+ * previous one is back, 0 otherwise. */
 int restore_fault_handler(int sig);
 
-/* For sync_end, once the pages are writable again: puts the previous SIGSEGV and SIGTRAP
- * dispositions back after a quiet period (QUIET_MS without a SIGSEGV pending in any thread
+/* For sync_end, once the pages are writable again: puts the previous SIGSEGV, SIGTRAP (and
+ * FENCED_SIGNALS) dispositions back after a quiet period (QUIET_MS without a SIGSEGV pending in any thread
  * or a write fault entering our handler; see sigsegv_pending_somewhere), waiting ~2 s at
  * most. 1 if both are back, 0 if ours stays installed, as a pass-through. */
 int restore_fault_handlers_when_quiet(void);

@@ -26,7 +26,8 @@ extern "C" {
 uint64_t polus_agent_sync_reserve(uint32_t capacity);
 
 /* Starts tracking: shadow copies, SIGSEGV/SIGTRAP handlers (previous ones saved for
- * chaining), every writable page holding an item made read-only. 0 or -errno
+ * chaining; SIGBUS/SIGFPE/SIGILL ones too, which only catch sync functions' faults), every
+ * writable page holding an item made read-only; registry.sync.fault cleared. 0 or -errno
  * (-EBUSY: already active; -EINVAL: bad table; -EFAULT: an item is not mapped;
  * -EDEADLK: called from inside the sync machinery; -ETIMEDOUT: the sync lock stayed held,
  * e.g. by a thread stopped by ptrace inside the agent's handler). */
@@ -36,10 +37,12 @@ int polus_agent_sync_begin(void);
  * other side starts from the current state. Call it right after sync_begin, before any
  * code of the other side can run. Does not fault on the caller's thread (safe from a
  * borrowed thread), provided the sync functions write only their counterparts.
- * Returns the number of sync functions run, or -errno. */
+ * Returns the number of sync functions run, or -errno (-EFAULT: one faulted; see
+ * registry.sync.fault). */
 int polus_agent_sync_initialize(uint32_t from_side);
 
-/* Stops tracking: protections restored at once; the previous SIGSEGV/SIGTRAP dispositions
+/* Stops tracking: refused with -ECANCELED (nothing changed) while registry.sync.fault
+ * records a sync function's fault and sync.abandoning is 0. Protections restored at once; the previous SIGSEGV/SIGTRAP dispositions
  * once no write fault of ours can still be on its way (a quiet period of 50 ms: no SIGSEGV
  * pending, no write fault entering the handler), so it takes >= 50 ms. Safe while other
  * threads run and write. Returns 0; 1 if ours stays installed as a pass-through (a handler
@@ -54,7 +57,8 @@ int polus_agent_sync_clear(void);
  * changed): appends the pair (old_item, new_item) to the table, each one the other's
  * counterpart. If sync is active, the new pages are protected at once and, unless called
  * from inside a sync function, old_post_sync is run once to close the window between the
- * callback's conversion and the protection. 0 or -errno. */
+ * callback's conversion and the protection. 0 or -errno (-EFAULT: the pair is registered,
+ * but old_post_sync faulted). */
 int polus_register_heap_data(void *old_item, void *new_item, uint64_t size_old, uint64_t size_new,
                              polus_sync_fn old_post_sync, polus_sync_fn new_post_sync);
 

@@ -18,6 +18,7 @@
 #include "raw_syscall.h"
 #include "store_emulation.h"
 #include "sync.h"
+#include "sync_fence.h"
 #include "sync_state.h"
 #include "tracked_pages.h"
 
@@ -78,13 +79,14 @@ out:
 POLUS_EXPORT int polus_agent_sync_begin(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
-    int installed_segv = 0, installed_trap = 0;
+    int installed_segv = 0, installed_trap = 0, installed_other = 0;
     uint32_t n = REG.sync.item_count;
     if (G.active) { rc = -EBUSY; goto out; }
     if (n > REG.sync.item_capacity || (n && !REG.sync.items)) { rc = -EINVAL; goto out; }
     for (uint32_t i = 0; i < n; i++)
         if ((rc = validate_item(&items()[i], i, n)) != 0) goto out;
     if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) goto out;
+    if ((rc = fence_reset()) != 0) goto out;
     G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
     table_free();
     G.count = n;
@@ -101,6 +103,8 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     installed_segv = 1;
     if ((rc = install_fault_handler(SIGTRAP)) != 0) goto fail;
     installed_trap = 1;
+    for (; installed_other < 3; installed_other++)
+        if ((rc = install_fault_handler(FENCED_SIGNALS[installed_other])) != 0) goto fail;
     /* Protect, then snapshot: every write that completed before the protection is in the
      * snapshot, every later one faults (and waits for this lock). */
     if ((rc = protect_pages(1, 0)) != 0) goto fail;
@@ -118,6 +122,7 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     goto out;
 fail:
     if (G.pages) protect_pages(0, 0);
+    while (installed_other > 0) restore_fault_handler(FENCED_SIGNALS[--installed_other]);
     if (installed_trap) restore_fault_handler(SIGTRAP);
     if (installed_segv) restore_fault_handler(SIGSEGV);
     shadows_free();
@@ -133,15 +138,15 @@ POLUS_EXPORT int polus_agent_sync_initialize(uint32_t from_side) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     if (!G.active) { rc = -EINVAL; goto out; }
-    int ran = 0;
+    int ran = 0, faulted = 0;
     for (uint32_t i = 0; i < G.count; i++) {
         struct polus_tracked_item *it = &items()[i];
         if (it->side != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
-        run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, 0, 1, tid);
+        if (run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, 0, POLUS_SYNC_FAULT_POST, 1, tid) != 0) faulted = 1;
         ran++;
     }
     drain(1, tid);
-    rc = ran;
+    rc = faulted || REG.sync.fault.function ? -EFAULT : ran;
 out:
     lock_release();
     return rc;
@@ -151,6 +156,9 @@ POLUS_EXPORT int polus_agent_sync_end(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     if (!G.active) { rc = 0; goto out; }
+    /* A sync function faulted: one write's counterpart never got it. Only the injector,
+     * abandoning the update, decides what ends it (it sets sync.abandoning first). */
+    if (__atomic_load_n(&REG.sync.fault.function, __ATOMIC_ACQUIRE) && !REG.sync.abandoning) { rc = -ECANCELED; goto out; }
     G.active = 0;
     REG.sync.active = 0;
     protect_pages(0, 0);
@@ -236,7 +244,7 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
     /* Writes to old_item between the caller's conversion and the protection above did not
      * fault: bring new_item up to date once (a sync function calling us made it so). */
     if (!from_sync && old_post_sync) {
-        run_sync(old_post_sync, n, 0, 1, tid);
+        if (run_sync(old_post_sync, n, 0, POLUS_SYNC_FAULT_POST, 1, tid) != 0) rc = -EFAULT;
         drain(1, tid);
     }
 out:

@@ -29,6 +29,7 @@ static void reset_inherited_state(void) {
     G.draining = 0;
     G.sync_item = NO_ITEM;
     G.sync_counterpart = NO_ITEM;
+    G.fence = NULL; /* it was on the stack of a thread this process does not have */
     for (uint32_t i = 0; i < G.count; i++) G.item_flags[i] &= ~F_DIRTY; /* marks = the queue */
     for (uint32_t k = 0; k < G.work_count; k++) G.item_flags[G.work[k]] |= F_DIRTY;
     if (interrupted < G.count) note_change(interrupted, 0);

@@ -27,6 +27,9 @@ extern struct polus_agent_registry polus_agent_registry;
 
 #define NO_ITEM UINT32_MAX
 
+struct sync_fence; /* sync_fence.h */
+#define MAX_DISABLED 16 /* sync functions that faulted, never run again in this update */
+
 struct page_info {
     uint64_t addr;
     uint32_t first_ref; /* refs[first_ref .. first_ref + ref_count): items on this page */
@@ -95,6 +98,13 @@ struct sync_globals {
 
     struct sigaction prev_segv;
     struct sigaction prev_trap;
+    struct sigaction prev_bus, prev_fpe, prev_ill; /* sync_fence.h: only to catch sync functions' faults */
+
+    /* the fence around sync functions (sync_fence.h): the lock holder's innermost one */
+    struct sync_fence *fence;
+    uint64_t disabled[MAX_DISABLED]; /* sync functions that faulted in this update */
+    uint32_t disabled_count;         /* > MAX_DISABLED: every sync function is disabled */
+    uint8_t *fence_save;             /* counterpart bytes from before the call, per nesting level */
 
     int mem_fd;
     int mem_pid;

@@ -11,7 +11,9 @@
  *                      fallback, CHAINING, END
  *   store_emulation.c  the out-of-line execution of MECHANISM
  *   tracked_pages.c    the page table, protections, /proc/self/mem, shadows, change
- *                      detection, the work list, running sync functions
+ *                      detection, the work list, running sync functions (fenced)
+ *   sync_fence.c       the fence around sync functions: a fault in one is unwound, recorded
+ *                      and never reaches the target (see sync_fence.h)
  *   sync_state.c       the state they share (G, one struct) and the LOCK
  *
  * WHAT IT DOES
@@ -125,8 +127,9 @@
  *   - Bytes stored on the application's behalf by the agent are copied by the kernel: a
  *     lock-free reader racing with a tracked write could see a multi-byte value torn.
  *     Data protected by locks (the paper's model) are unaffected.
- *   - A sync function that faults for real (a bug) while we hold the lock is chained like
- *     any fault; if the application's handler then longjmps away, the lock stays held.
+ *   - A sync function that faults for real (a bug) while we hold the lock is unwound to its
+ *     fence (sync_fence.h): recorded, disabled, its counterpart put back; the update is then
+ *     the injector's to abandon. One that loops for ever or calls abort() is not caught.
  *   - Under ptrace, the SIGSEGV/SIGTRAP of every tracked write is a signal-delivery-stop:
  *     the tracer must pass them on. A thread stopped inside our handler holds the sync
  *     lock: entry points called on it return -EDEADLK, on another thread they wait ~2 s
@@ -141,6 +144,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <setjmp.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -151,6 +155,7 @@
 #include "polus/patch.h"
 #include "raw_syscall.h"
 #include "sync.h"
+#include "sync_fence.h"
 #include "sync_state.h"
 #include "tracked_pages.h"
 
@@ -547,44 +552,90 @@ uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int
     return changed;
 }
 
-/* Runs a sync function for item i. windowed (entry points only, never in a handler): the
- * counterpart's pages are opened around the call so that it does not fault (the injector's
- * borrowed thread must not take signals); in a handler its writes fault and are emulated. */
-void run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, int windowed, int tid) {
+/* Opens (open != 0) or closes the tracked pages of [lo, hi] (page addresses). */
+static void window(uint64_t lo, uint64_t hi, int open) {
+    for (uint64_t p = lo; p <= hi; p += PAGE) {
+        int32_t k = find_page(p);
+        if (k < 0 || !G.pages[k].tracked) continue;
+        if (open) open_page((uint32_t)k);
+        else close_page((uint32_t)k);
+    }
+}
+
+/* After a fenced sync function faulted: the counterpart gets back its bytes from before the
+ * call (its shadow too, unless it is queued: drain refreshes a queued item's shadow). */
+static uint32_t restore_counterpart(uint32_t c, const uint8_t *save) {
+    if (!save) return 0;
+    struct polus_tracked_item *cp = &items()[c];
+    if (poke(cp->address, save, cp->size) != 0) {
+        /* no /proc/self/mem: through the page's own protection, opened for the copy */
+        uint64_t lo = PAGE_OF(cp->address), hi = PAGE_OF(cp->address + cp->size - 1);
+        window(lo, hi, 1);
+        memcpy((void *)(uintptr_t)cp->address, save, cp->size);
+        window(lo, hi, 0);
+    }
+    if (!(G.item_flags[c] & F_DIRTY)) memcpy((void *)(uintptr_t)cp->shadow, save, cp->size);
+    return POLUS_SYNC_FAULT_RESTORED;
+}
+
+/* Runs a sync function for item i, inside a fence (sync_fence.h). windowed (entry points
+ * only, never in a handler): the counterpart's pages are opened around the call so that it
+ * does not fault (the injector's borrowed thread must not take signals); in a handler its
+ * writes fault and are emulated. 0, or -1 if the function faulted (or faulted before). */
+int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int windowed, int tid) {
+    if (fence_disabled((uint64_t)(uintptr_t)fn)) return -1;
     struct polus_tracked_item *it = &items()[i];
-    uint32_t c = it->counterpart;
-    int has_cp = c != NO_ITEM && c < G.count;
+    const uint32_t c = it->counterpart;
+    const int has_cp = c != NO_ITEM && c < G.count;
     struct polus_sync_args args = {(void *)(uintptr_t)it->address,
                                    has_cp ? (void *)(uintptr_t)items()[c].address : NULL, offset, (uint64_t)tid};
-    uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
+    const uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
     G.sync_item = i;
     G.sync_counterpart = has_cp ? c : NO_ITEM;
     G.in_sync++;
-    uint64_t lo = 0, hi = 0;
-    if (windowed && has_cp) {
-        lo = PAGE_OF(items()[c].address);
-        hi = PAGE_OF(items()[c].address + items()[c].size - 1);
-        for (uint64_t p = lo; p <= hi; p += PAGE) {
-            int32_t k = find_page(p);
-            if (k >= 0 && G.pages[k].tracked) open_page((uint32_t)k);
+    const uint64_t lo = has_cp ? PAGE_OF(items()[c].address) : 0;
+    const uint64_t hi = has_cp ? PAGE_OF(items()[c].address + items()[c].size - 1) : 0;
+    struct sync_fence fence;
+    fence_arm(&fence, windowed);
+    uint8_t *const save = has_cp ? fence_save_area(&fence, items()[c].size) : NULL;
+    volatile uint32_t *const saved = &fence.saved; /* read after a longjmp: from memory */
+    if (windowed && has_cp) window(lo, hi, 1);
+    int rc = 0;
+    if (sigsetjmp(fence.env, 0) == 0) {
+        if (save) {
+            memcpy(save, (const void *)(uintptr_t)items()[c].address, items()[c].size);
+            *saved = 1;
         }
+        fn(&args);
+    } else {
+        /* Back from fence_unwind: the function faulted. Nothing it left half-done stays: the
+         * lock at its depth of the call, the step it may have started closed (handle_segv
+         * finished it), the counterpart as it was. */
+        G.lock_depth = fence.lock_depth;
+        G.in_sync = fence.in_sync;
+        G.step.active = 0;
+        rc = -1;
     }
-    fn(&args);
+    fence_disarm(&fence);
     if (windowed && has_cp) {
         /* Close first (mprotect returns after the TLB shootdown: every store made through
          * the window is visible, every later one faults), then compare. */
-        for (uint64_t p = lo; p <= hi; p += PAGE) {
-            int32_t k = find_page(p);
-            if (k >= 0 && G.pages[k].tracked) close_page((uint32_t)k);
+        window(lo, hi, 0);
+        if (rc == 0) {
+            for (uint64_t p = lo; p <= hi; p += PAGE) {
+                int32_t k = find_page(p);
+                if (k >= 0 && G.pages[k].tracked) scan_page((uint32_t)k, c, 0, 0);
+            }
         }
-        for (uint64_t p = lo; p <= hi; p += PAGE) {
-            int32_t k = find_page(p);
-            if (k >= 0 && G.pages[k].tracked) scan_page((uint32_t)k, c, 0, 0);
-        }
+    }
+    if (rc != 0) {
+        uint32_t flags = has_cp && *saved ? restore_counterpart(c, save) : 0;
+        fence_record(&fence, (uint64_t)(uintptr_t)fn, i, kind, flags, tid);
     }
     G.in_sync--;
     G.sync_item = saved_item;
     G.sync_counterpart = saved_cp;
+    return rc;
 }
 
 /* Runs the post_sync of every item on the work list (and of what that changes). */
@@ -596,10 +647,9 @@ void drain(int windowed, int tid) {
         G.item_flags[i] &= ~F_DIRTY;
         struct polus_tracked_item *it = &items()[i];
         memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
-        if (it->post_sync) {
-            run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, G.item_offset[i], windowed, tid);
+        if (it->post_sync &&
+            run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, G.item_offset[i], POLUS_SYNC_FAULT_POST, windowed, tid) == 0)
             items()[i].sync_calls++;
-        }
     }
     G.draining = 0;
 }
@@ -617,7 +667,7 @@ void run_pre_syncs(uint64_t lo, uint64_t hi, int tid) {
         });
         if (found == NO_ITEM) break;
         G.item_flags[found] |= F_PRE;
-        run_sync((polus_sync_fn)(uintptr_t)items()[found].pre_sync, found, off, 0, tid);
+        run_sync((polus_sync_fn)(uintptr_t)items()[found].pre_sync, found, off, POLUS_SYNC_FAULT_PRE, 0, tid);
     }
     FOR_ITEMS_IN_RANGE(lo, hi, i, { G.item_flags[i] &= (uint8_t)~F_PRE; });
 }

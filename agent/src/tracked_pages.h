@@ -81,9 +81,12 @@ uint32_t scan_written(uint64_t lo, uint64_t hi, int by_sync);
  * the others put on the work list. Returns how many items changed. */
 uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int absorb_at_addr);
 
-/* Runs sync function fn for item i (written at `offset`) on thread tid. windowed (entry
- * points only, never in a handler): the counterpart's pages are opened around the call. */
-void run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, int windowed, int tid);
+/* Runs sync function fn (kind: POLUS_SYNC_FAULT_POST / _PRE) for item i (written at
+ * `offset`) on thread tid, inside a fence (sync_fence.h): if it faults, the counterpart's
+ * bytes are put back, the fault is recorded and fn is never run again in this update.
+ * windowed (entry points only, never in a handler): the counterpart's pages are opened
+ * around the call. 0, or -1 if fn faulted (now or earlier). */
+int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int windowed, int tid);
 
 /* Runs the post_sync of every item on the work list (and of what that changes). */
 void drain(int windowed, int tid);

@@ -7,7 +7,8 @@
  *
  * This file: main, the helpers and fixtures the scenarios share (sync_test.h). The
  * scenarios: sync_test_writes.c (basic, threads, false_sharing), sync_test_signals.c (chain,
- * fatal, end), sync_test_heap.c (heap), sync_test_emulation.c (emulation, perf).
+ * fatal, end), sync_test_heap.c (heap), sync_test_emulation.c (emulation, perf),
+ * sync_test_fence.c (fence).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -126,6 +127,7 @@ int main(int argc, char **argv) {
     if (!strcmp(t, "heap")) return test_heap();
     if (!strcmp(t, "emulation")) return test_emulation();
     if (!strcmp(t, "perf")) return test_perf();
+    if (!strcmp(t, "fence")) return test_fence();
     fprintf(stderr, "unknown test %s\n", t);
     return 2;
 }

@@ -103,5 +103,6 @@ int test_end(void);
 int test_heap(void);                    /* sync_test_heap.c */
 int test_emulation(void);               /* sync_test_emulation.c */
 int test_perf(void);
+int test_fence(void);                   /* sync_test_fence.c */
 
 #endif /* POLUS_AGENT_SYNC_TEST_H */

@@ -557,13 +557,14 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
   REQUIRE(target.ask("spin 60") == "SPINNING");
   int err_pipe[2];
   REQUIRE(pipe(err_pipe) == 0);
+  const std::string pid = std::to_string(target.pid());
+  const std::string audit = std::string(POLUS_BUILD_DIR) + "/polusctl-test-audit.log";
   pid_t polusctl = fork();
   if (polusctl == 0) {
     dup2(err_pipe[1], 2);
     close(err_pipe[0]);
-    std::string pid = std::to_string(target.pid());
     execl(POLUSCTL_PATH, "polusctl", "apply", pid.c_str(), PROLOGUE_PATCH_DIR "/prologue-spin.so", "--agent",
-          POLUS_AGENT_PATH, "--timeout", "20000", "--no-daemon", nullptr);
+          POLUS_AGENT_PATH, "--timeout", "20000", "--no-daemon", "--audit-log", audit.c_str(), nullptr);
     _exit(127);
   }
   close(err_pipe[1]);
@@ -583,7 +584,7 @@ TEST_CASE("Ctrl-C reaching polusctl while it waits stops it cleanly, the target 
   CHECK_THAT(err, Catch::Contains("stopped by") && Catch::Contains("target unchanged"));
   CHECK(took < 3s);
   CHECK(polus::read_status(target.pid()).patches.empty());
-  CHECK_FALSE(maps_mention(target.pid(), "prologue-spin.so"));  // the interrupted load was undone
+  CHECK_FALSE(maps_mention(target.pid(), "/memfd:polus:"));  // the interrupted load was undone
   target.send("release");
   CHECK(target.read_line() == "RELEASED");
   CHECK(target.alive());

@@ -47,6 +47,13 @@ add_test(NAME data_update_test COMMAND data_update_test --durations yes)
 # last test case that finished, so the one that hung is the next in the file.
 set_tests_properties(prologue_test engine_test data_update_test PROPERTIES TIMEOUT 120)
 
+add_executable(seccomp_test seccomp_test.cc)
+target_link_libraries(seccomp_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(seccomp_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(seccomp_test polus-agent)
+add_test(NAME seccomp_test COMMAND seccomp_test --durations yes)
+set_tests_properties(seccomp_test PROPERTIES TIMEOUT 120)
+
 # --- patch_trust_test: refusing patch files others could write (real owners; needs root) ---
 add_executable(patch_trust_test patch_trust_test.cc)
 target_link_libraries(patch_trust_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
@@ -55,9 +62,41 @@ add_dependencies(patch_trust_test polus-agent polusctl)
 add_test(NAME patch_trust_test COMMAND patch_trust_test --durations yes)
 set_tests_properties(patch_trust_test PROPERTIES TIMEOUT 120)
 
+# --- trusted_load_test: the target loads the bytes checked (sealed memfd); needs root ------
+add_executable(trusted_load_test trusted_load_test.cc)
+target_link_libraries(trusted_load_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(trusted_load_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(trusted_load_test polus-agent polusctl)
+add_test(NAME trusted_load_test COMMAND trusted_load_test --durations yes)
+set_tests_properties(trusted_load_test PROPERTIES TIMEOUT 180)
+
+# --- access_test: who may act on what, with real second and third users; needs root ---------
+add_executable(access_test access_test.cc)
+target_link_libraries(access_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(access_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(access_test polus-agent polusctl)
+add_test(NAME access_test COMMAND access_test --durations yes)
+set_tests_properties(access_test PROPERTIES TIMEOUT 120)
+
+# --- signature_audit_test: signed patches and the audit trail; needs root -------------------
+add_executable(signature_audit_test signature_audit_test.cc)
+target_link_libraries(signature_audit_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(signature_audit_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(signature_audit_test polus-agent polusctl)
+add_test(NAME signature_audit_test COMMAND signature_audit_test --durations yes)
+set_tests_properties(signature_audit_test PROPERTIES TIMEOUT 120)
+
 add_executable(kill_test kill_test.cc)
 target_link_libraries(kill_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
 target_compile_definitions(kill_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(kill_test polus-agent polusctl)
 add_test(NAME kill_test COMMAND kill_test --durations yes)
 set_tests_properties(kill_test PROPERTIES TIMEOUT 240)
+
+# --- sync_fault_test: patches whose sync functions fault in the target (issue: never the reason a target dies) ---
+add_executable(sync_fault_test sync_fault_test.cc)
+target_link_libraries(sync_fault_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(sync_fault_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(sync_fault_test polus-agent polusctl)
+add_test(NAME sync_fault_test COMMAND sync_fault_test --durations yes)
+set_tests_properties(sync_fault_test PROPERTIES TIMEOUT 120)

@@ -150,7 +150,8 @@ TEST_CASE("a thread preempted on a trampoline slot keeps its patch loaded and it
   auto patch_mapped = [&] {
     std::ifstream maps("/proc/" + std::to_string(target.pid()) + "/maps");
     for (std::string line; std::getline(maps, line);) {
-      if (line.find("prologue-tiny-padded.so") != std::string::npos) return true;
+      // Loaded from a memfd named after the patch (update/patch_memfd.h).
+      if (line.find("/memfd:polus:prologue-tiny_padded:") != std::string::npos) return true;
     }
     return false;
   };

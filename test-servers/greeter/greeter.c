@@ -25,7 +25,10 @@
  * every signal blocked in those threads, an EINTR there means something (e.g. a ptrace
  * session) disturbed a system call, and STATS reports it.
  *
- * Usage: greeter [--port N] [--workers N]
+ * Usage: greeter [--port N] [--workers N] [--seccomp-kill SYSCALL]...
+ * --seccomp-kill: once every thread runs, a seccomp filter (all threads, TSYNC) kills the
+ * process for that system call (openat, clone, mprotect, rt_sigaction or memfd_create), as a sandboxed
+ * service's filter would for calls it never expects.
  * Prints "PORT <n>" on stdout once everything is running; exits 0 on SIGTERM, SIGINT or
  * SHUTDOWN. Preprocessor flags select the build variant, see test-servers/README.md.
  */
@@ -34,15 +37,21 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -400,7 +409,7 @@ static void start_thread(void *(*fn)(void *), const char *name)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: greeter [--port N] [--workers N]\n");
+    fprintf(stderr, "usage: greeter [--port N] [--workers N] [--seccomp-kill SYSCALL]...\n");
     exit(2);
 }
 
@@ -438,6 +447,48 @@ static void open_listener(int port)
     }
 }
 
+/* System calls --seccomp-kill can name. */
+static const struct {
+    const char *name;
+    int number;
+} seccomp_names[] = {
+    {"openat", SYS_openat}, {"clone", SYS_clone}, {"mprotect", SYS_mprotect}, {"rt_sigaction", SYS_rt_sigaction},
+    {"memfd_create", SYS_memfd_create},
+};
+static int seccomp_kill[8];
+static int seccomp_kill_count;
+
+static int seccomp_number(const char *name)
+{
+    for (size_t i = 0; i < sizeof seccomp_names / sizeof seccomp_names[0]; i++)
+        if (strcmp(name, seccomp_names[i].name) == 0)
+            return seccomp_names[i].number;
+    fprintf(stderr, "greeter: --seccomp-kill: unknown system call %s\n", name);
+    exit(2);
+}
+
+/* Kills the process for each system call in seccomp_kill[], allows everything else. */
+static void install_seccomp_filter(void)
+{
+    struct sock_filter program[4 + 2 * 8];
+    size_t n = 0;
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < seccomp_kill_count; i++) {
+        program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)seccomp_kill[i], 0, 1);
+        program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    }
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = program};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0) {
+        perror("greeter: seccomp");
+        exit(1);
+    }
+}
+
 static void open_idle_fds(void)
 {
     if (pipe2(epoll_pipe, O_CLOEXEC) != 0 || pipe2(idle_pipe, O_CLOEXEC) != 0) {
@@ -460,6 +511,8 @@ int main(int argc, char **argv)
             port = parse_number(argv[++i], 65535);
         else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc)
             workers = parse_number(argv[++i], 1024);
+        else if (strcmp(argv[i], "--seccomp-kill") == 0 && i + 1 < argc && seccomp_kill_count < 8)
+            seccomp_kill[seccomp_kill_count++] = seccomp_number(argv[++i]);
         else
             usage();
     }
@@ -487,6 +540,8 @@ int main(int argc, char **argv)
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
+    if (seccomp_kill_count > 0)
+        install_seccomp_filter();
 
     struct sockaddr_in bound;
     socklen_t bound_len = sizeof bound;

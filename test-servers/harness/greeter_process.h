@@ -22,6 +22,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -277,12 +278,18 @@ public:
     // Throws std::runtime_error (saying why) if it cannot start or does not report a port.
     // The child gets PR_SET_PDEATHSIG(SIGKILL): it dies if the *thread* that spawned it
     // exits, so a crashed test leaves no server behind holding ctest's output pipe.
+    //
+    // With `as_user` (uid, gid; the test must be root) the server runs as that user, with no
+    // supplementary groups.
     static GreeterProcess spawn(const std::string &binary, int workers = 4,
-                                std::chrono::milliseconds startup_timeout = 5000ms)
+                                std::chrono::milliseconds startup_timeout = 5000ms,
+                                const std::vector<std::string> &extra_args = {},
+                                std::optional<std::pair<uid_t, gid_t>> as_user = std::nullopt)
     {
         if (::access(binary.c_str(), X_OK) != 0)
             detail::throw_errno("greeter binary " + binary + " is not executable (built?)");
         std::vector<std::string> args = {binary, "--port", "0", "--workers", std::to_string(workers)};
+        args.insert(args.end(), extra_args.begin(), extra_args.end());
         std::vector<char *> argv;
         for (auto &arg : args)
             argv.push_back(arg.data());
@@ -306,6 +313,12 @@ public:
             sigemptyset(&none);
             ::sigprocmask(SIG_SETMASK, &none, nullptr);
             ::signal(SIGPIPE, SIG_DFL);
+            if (as_user) {
+                // Before PR_SET_PDEATHSIG: changing credentials clears it (kernel/cred.c).
+                if (::setgroups(0, nullptr) != 0 || ::setresgid(as_user->second, as_user->second, as_user->second) != 0 ||
+                    ::setresuid(as_user->first, as_user->first, as_user->first) != 0)
+                    ::_exit(125);
+            }
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent)
                 ::_exit(126);

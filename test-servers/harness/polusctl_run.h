@@ -6,7 +6,9 @@
 #pragma once
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,40 +33,67 @@ inline bool& polusctl_through_daemon() {
   return through;
 }
 
+/// Who polusctl runs as: the test's own user (uid -1), or another (the test must be root).
+struct RunAs {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+};
+
+/// Where polusctl run by tests writes its audit records unless a test says otherwise
+/// ($POLUS_AUDIT_LOG set by the test, or --audit-log): not the machine's /var/log/polus.
+inline std::string test_audit_log() {
+#ifdef POLUS_BUILD_DIR
+  return std::string(POLUS_BUILD_DIR) + "/polusctl-test-audit.log";
+#else
+  return "/tmp/polusctl-test-audit.log";
+#endif
+}
+
 /// Starts polusctl with `args` (the test's agent in $POLUS_AGENT), stdout and stderr into the
-/// given descriptors (-1: /dev/null). Returns its pid.
-inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int err_fd = -1) {
+/// given descriptors (-1: /dev/null), as `as`. Returns its pid.
+inline pid_t start_polusctl(std::vector<std::string> args, int out_fd = -1, int err_fd = -1, RunAs as = {}) {
   args.insert(args.begin(), POLUSCTL_PATH);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::string agent = std::string("POLUS_AGENT=") + POLUS_AGENT_PATH;
+  std::string audit = "POLUS_AUDIT_LOG=" + test_audit_log();
   std::vector<char*> envp;
-  for (char** e = environ; *e; ++e) envp.push_back(*e);
+  bool audit_set = false;
+  for (char** e = environ; *e; ++e) {
+    envp.push_back(*e);
+    audit_set = audit_set || std::string(*e).rfind("POLUS_AUDIT_LOG=", 0) == 0;
+  }
   envp.push_back(agent.data());
+  if (!audit_set) envp.push_back(audit.data());
   std::string no_daemon = "POLUS_NO_DAEMON=1";
   if (!polusctl_through_daemon()) envp.push_back(no_daemon.data());
   envp.push_back(nullptr);
-  // A signal sent to the child before it execs (a test may kill "polusctl" at any instant)
-  // must not run the test's own handlers there (Catch's would malloc in a forked copy of a
-  // threaded process): signals stay blocked across fork until the child has put the default
-  // dispositions back.
-  sigset_t all, old;
+  // A signal a test sends polusctl can arrive before the child has made execve: it must not
+  // run the test's own handlers there (Catch reports a "fatal error" from SIGINT, and its
+  // output takes malloc's lock, which a load thread may have held at the fork: the child hung
+  // for good). Blocked over the fork; in the child every disposition goes back to SIG_DFL
+  // before the mask comes back, so such a signal ends the child as it would end polusctl.
+  sigset_t all, before;
   sigfillset(&all);
-  sigprocmask(SIG_BLOCK, &all, &old);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
   pid_t child = fork();
   if (child == 0) {
-    for (int sig = 1; sig < NSIG; ++sig) {
-      if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for KILL/STOP
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
+    if (as.uid != static_cast<uid_t>(-1) &&
+        (setgroups(0, nullptr) != 0 || setresgid(as.gid, as.gid, as.gid) != 0 || setresuid(as.uid, as.uid, as.uid) != 0)) {
+      _exit(126);
     }
-    sigprocmask(SIG_SETMASK, &old, nullptr);
     int null = open("/dev/null", O_WRONLY);
     dup2(out_fd >= 0 ? out_fd : null, 1);
     dup2(err_fd >= 0 ? err_fd : null, 2);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
-  sigprocmask(SIG_SETMASK, &old, nullptr);
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   return child;
 }
 
@@ -75,11 +104,11 @@ inline int wait_polusctl(pid_t child) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-/// Runs polusctl with `args` to the end, capturing stdout and stderr.
-inline PolusctlRun run_polusctl(std::vector<std::string> args) {
+/// Runs polusctl with `args` to the end, as `as`, capturing stdout and stderr.
+inline PolusctlRun run_polusctl(std::vector<std::string> args, RunAs as = {}) {
   int out_pipe[2], err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) return {};
-  pid_t child = start_polusctl(std::move(args), out_pipe[1], err_pipe[1]);
+  pid_t child = start_polusctl(std::move(args), out_pipe[1], err_pipe[1], as);
   close(out_pipe[1]);
   close(err_pipe[1]);
   PolusctlRun run;

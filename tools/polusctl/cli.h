@@ -73,6 +73,10 @@ struct EngineArgs {
   CLI::Option* timeout_given = nullptr;       // set when --timeout was on the command line
   CLI::Option* sync_timeout_given = nullptr;  // (an empty value is checked too)
   bool no_rehearsal = false;
+  bool require_signature = false;  // can only turn the configuration file's setting on
+  std::string trusted_keys;        // "" : the configuration file's, else /etc/polus/trusted-keys
+  std::string audit_log;           // "" : $POLUS_AUDIT_LOG, the configuration file's, or the default
+  std::string config;              // "" : /etc/polus/polus.conf if it exists
 };
 
 /// Which engine options a command accepts.
@@ -82,6 +86,8 @@ enum EngineOptionSet : unsigned {
   kAllowOwner = 4,    // --allow-owner
   kTimeout = 8,       // --timeout
   kSyncTimeout = 16,  // --sync-timeout
+  kSignature = 32,    // --require-signature, --trusted-keys
+  kAudit = 64,        // --audit-log, --config
 };
 
 /// Adds the engine options in `which` to `sub`, bound to `args`.
@@ -91,7 +97,13 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which);
 /// "engine" object; the agent path defaults to default_agent_path(). Throws UsageError.
 Json engine_request(const EngineArgs& args);
 
-/// The EngineOptions a request's "engine" object describes.
+/// The EngineOptions a request's "engine" object describes, for the process that runs it:
+/// the configuration file is read here (polusd: its own), then $POLUS_AUDIT_LOG, then the
+/// request's options. The caller is this process, or, in polusd, the client as SO_PEERCRED
+/// gave it (request["caller"], written by polusd over anything the client sent); a client
+/// whose uid is neither root nor polusd's own cannot choose the configuration file, audit log
+/// or trusted keys polusd uses for it. Throws UsageError for a bad or missing configuration
+/// file, polus::Error(kPermissionDenied) for an untrusted one.
 polus::EngineOptions engine_options(const Json& request);
 
 /// Adds --json and -v/--verbose to `sub`.

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.h"
+#include "commands.h"
 
 namespace polusctl {
 
@@ -104,6 +105,20 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
                     "also trust patch files (and directories) owned by USER, a name or uid (repeatable); otherwise, "
                     "run as root, only root-owned ones (SECURITY.md)")->type_name("USER")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
+  if (which & kSignature) {
+    sub->add_flag("--require-signature", args.require_signature,
+                  "apply only a patch with a valid PATCH.so.sig by a trusted key (also require-signature = yes in the "
+                  "configuration file; cannot be turned off here)");
+    sub->add_option("--trusted-keys", args.trusted_keys, "public keys that may sign patches (default /etc/polus/trusted-keys)")
+        ->type_name("DIR");
+  }
+  if (which & kAudit) {
+    sub->add_option("--audit-log", args.audit_log,
+                    "append the audit record there (default /var/log/polus/audit.log, or $POLUS_AUDIT_LOG, or audit-log "
+                    "in the configuration file)")->type_name("PATH");
+    sub->add_option("--config", args.config, "configuration file (default /etc/polus/polus.conf, if it exists)")
+        ->type_name("PATH");
+  }
   if (which & kTimeout) {
     args.timeout_given = sub->add_option("--timeout", args.timeout_ms, "how long to wait for a safe moment (default 10000; 1 to 86400000)")
         ->type_name("MS");
@@ -125,13 +140,38 @@ Json engine_request(const EngineArgs& args) {
   for (const std::string& owner : args.allow_owners) e["allowed_owners"].push_back(parse_owner(owner));
   if (args.timeout_given && args.timeout_given->count()) e["timeout_ms"] = parse_ms("--timeout", args.timeout_ms, 1).count();
   if (args.sync_timeout_given && args.sync_timeout_given->count()) e["sync_timeout_ms"] = parse_ms("--sync-timeout", args.sync_timeout_ms, 0).count();
+  if (args.require_signature) e["require_signature"] = true;
+  if (!args.trusted_keys.empty()) e["trusted_keys"] = absolute_path(args.trusted_keys);
+  if (!args.audit_log.empty()) e["audit_log"] = absolute_path(args.audit_log);
+  if (!args.config.empty()) e["config"] = absolute_path(args.config);
   return e;
 }
 
 polus::EngineOptions engine_options(const Json& request) {
   polus::EngineOptions options;
+  // Who asks: set by polusd from SO_PEERCRED (it overwrites whatever a client sent); in
+  // polusctl's own process, polusctl itself (Caller::self(), the default).
+  if (request.contains("caller")) {
+    const Json& c = request["caller"];
+    options.caller = polus::Caller{c.at("uid").get<uid_t>(), c.at("gid").get<gid_t>(), c.at("pid").get<pid_t>()};
+  }
   if (!request.contains("engine")) return options;
   const Json& e = request["engine"];
+  // A client of polusd with fewer rights than polusd cannot point it at files of its choosing.
+  const bool chooses_files = !request.contains("caller") || options.caller.uid == 0 || options.caller.uid == geteuid();
+  const std::string config = chooses_files ? e.value("config", std::string()) : std::string();
+  try {
+    if (!polus::read_config_file(config.empty() ? polus::kDefaultConfigFile : config, options) && !config.empty()) {
+      throw UsageError("--config: " + config + " does not exist");
+    }
+  } catch (const std::invalid_argument& err) {
+    throw UsageError(std::string("configuration: ") + err.what());
+  }
+  if (const char* audit = std::getenv("POLUS_AUDIT_LOG")) options.audit.file = audit;
+  options.audit.enabled = true;
+  if (e.value("require_signature", false)) options.signature.required = true;
+  if (chooses_files && e.contains("trusted_keys")) options.signature.trusted_keys = e["trusted_keys"].get<std::string>();
+  if (chooses_files && e.contains("audit_log")) options.audit.file = e["audit_log"].get<std::string>();
   options.agent_path = e.value("agent", std::string());
   options.rehearse = e.value("rehearse", true);
   for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());

@@ -67,7 +67,7 @@ std::function<Json()> add_change(CLI::App& app, const std::string& name, const s
     sub->add_option("--id", args->id, "roll back the patch with this id (as status lists it) instead of the newest; "
                                       "refused while a later patch builds on it")->type_name("N");
   }
-  add_engine_options(sub, args->engine, kDebugFiles | kAllowOwner | kTimeout | kSyncTimeout);
+  add_engine_options(sub, args->engine, kDebugFiles | kAllowOwner | kTimeout | kSyncTimeout | kAudit);
   add_daemon_option(sub, args->no_daemon);
   add_output_flags(sub, args->json, args->verbose);
   return [args, name] {

@@ -17,8 +17,13 @@ struct StatusArgs {
 
 /// One process as before: a sentence, write tracking, the patch table.
 std::string status_human(const polus::ProcessStatus& status) {
-  if (!status.agent_loaded || status.patches.empty()) return format("process %d: no patches applied\n", status.pid);
-  std::string out = format("process %d: %zu patch(es) applied\n", status.pid, status.patches.size());
+  std::string out;
+  if (const auto& f = status.last_failure) {
+    out += format("last abandoned update: %s of patch %s (id %llu) at %s: %s\n", f->direction.c_str(), f->patch_name.c_str(),
+                  static_cast<unsigned long long>(f->patch_id), utc_time(f->at_unix_ns).c_str(), f->reason.c_str());
+  }
+  if (!status.agent_loaded || status.patches.empty()) return out + format("process %d: no patches applied\n", status.pid);
+  out += format("process %d: %zu patch(es) applied\n", status.pid, status.patches.size());
   if (status.sync_active) {
     out += format("write tracking on: %llu write faults, %llu false sharing, %llu passed to the target's handler\n",
                   static_cast<unsigned long long>(status.write_faults), static_cast<unsigned long long>(status.false_sharing),

@@ -17,6 +17,8 @@ const std::vector<CommandUnit>& command_units() {
       {"info", add_info, run_info, false},
       {"stacks", add_stacks, run_stacks, false},
       {"store", add_store, run_store, false},
+      {"keygen", add_keygen, run_keygen, false},
+      {"sign", add_sign, run_sign, false},
   };
   return units;
 }

@@ -29,6 +29,10 @@ std::function<Json()> add_info(CLI::App& app);
 void run_info(const Json& request, Output& out);
 std::function<Json()> add_store(CLI::App& app);
 void run_store(const Json& request, Output& out);
+std::function<Json()> add_keygen(CLI::App& app);
+void run_keygen(const Json& request, Output& out);
+std::function<Json()> add_sign(CLI::App& app);
+void run_sign(const Json& request, Output& out);
 
 /// Adds --no-daemon (run the command in this process, without polusd) to `sub`.
 void add_daemon_option(CLI::App* sub, bool& no_daemon);

@@ -6,7 +6,7 @@
 // Exit statuses (tools/README.md): 0 success, 1 internal error, 2 usage, 3 no such process,
 // 4 permission denied, 5 already traced, 6 symbol not found, 7 ambiguous symbol, 8 malformed
 // patch, 9 patch for another build, 10 load failed, 11 unsafe to patch now, 12 nothing to roll
-// back, 13 target died, 14 timeout, 15 interrupted.
+// back, 13 target died, 14 timeout, 15 interrupted, 16 audit log unavailable (root).
 #include <unistd.h>
 
 #include <cstdio>
@@ -24,7 +24,7 @@ namespace {
 
 constexpr const char* kFooter = R"(Exit statuses: 0 success, 1 internal error, 2 usage, 3 no such process, 4 permission denied,
 5 already traced, 6 symbol not found, 7 ambiguous symbol, 8 malformed patch, 9 patch for another build,
-10 load failed, 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout, 15 interrupted.
+10 load failed, 11 unsafe to patch now, 12 nothing to roll back, 13 target died, 14 timeout, 15 interrupted, 16 audit log unavailable (root).
 `polusctl COMMAND --help` describes a command; man polusctl(8).)";
 
 /// The "usage: ..." line of `sub`, from CLI11's help.

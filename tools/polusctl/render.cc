@@ -44,6 +44,9 @@ Json patch_json(const polus::PatchInfo& p) {
   j["id"] = p.id;
   j["name"] = p.name;
   j["path"] = p.path;
+  j["sha256"] = p.sha256;
+  j["applied_by_uid"] = p.applied_by_uid;
+  j["details_withheld"] = p.details_withheld;
   j["state"] = p.state;
   j["direction"] = p.direction;
   j["applied_at"] = utc_time(p.applied_at_unix_ns);
@@ -53,6 +56,7 @@ Json patch_json(const polus::PatchInfo& p) {
   j["pause_ns"] = p.pause_ns;
   j["inspections"] = p.inspections;
   j["unwind_fallbacks"] = p.unwind_fallbacks;
+  j["fault"] = p.fault.empty() ? Json(nullptr) : Json(p.fault);
   j["watched"] = p.watched;
   j["holders"] = Json::array();
   for (const auto& h : p.holders) j["holders"].push_back({{"tid", h.tid}, {"function", h.function}});
@@ -79,6 +83,11 @@ Json status_json(const polus::ProcessStatus& s) {
   j["write_faults"] = s.write_faults;
   j["false_sharing"] = s.false_sharing;
   j["chained_faults"] = s.chained_faults;
+  j["last_failure"] = nullptr;
+  if (const auto& f = s.last_failure) {
+    j["last_failure"] = {{"patch_id", f->patch_id}, {"patch", f->patch_name}, {"direction", f->direction},
+                         {"signal", f->signal}, {"at", utc_time(f->at_unix_ns)}, {"reason", f->reason}};
+  }
   j["patches"] = Json::array();
   for (const auto& p : s.patches) j["patches"].push_back(patch_json(p));
   return j;
@@ -148,7 +157,9 @@ std::string Table::render() const {
   return out;
 }
 
-Table patch_table() { return Table({"ID", "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE"}, {true, false, false, false, true, true}); }
+Table patch_table() {
+  return Table({"ID", "NAME", "SHA256", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE"}, {true, false, false, false, false, true, true});
+}
 
 std::string task_name(pid_t pid, pid_t tid) {
   std::ifstream in("/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/comm");
@@ -158,12 +169,18 @@ std::string task_name(pid_t pid, pid_t tid) {
 }
 
 void add_patch_rows(Table& table, const polus::PatchInfo& p, pid_t pid) {
-  table.add_row({std::to_string(p.id), p.name, p.state, utc_time(p.applied_at_unix_ns), duration(p.apply_wall_ns),
-                 duration(p.pause_ns)});
+  if (p.details_withheld) {
+    table.add_row({std::to_string(p.id), p.name, "-", p.state, utc_time(p.applied_at_unix_ns), "-", "-"});
+    table.add_detail("applied by uid " + std::to_string(p.applied_by_uid) + "; details withheld");
+    return;
+  }
+  table.add_row({std::to_string(p.id), p.name, p.sha256.substr(0, 12), p.state, utc_time(p.applied_at_unix_ns),
+                 duration(p.apply_wall_ns), duration(p.pause_ns)});
   for (const auto& r : p.redirects) {
     table.add_detail(r.old_name + " " + hex(r.old_function) + " -> " + r.new_name + " " + hex(r.new_function) +
                      (r.trampoline ? " (via trampoline " + hex(r.trampoline) + ")" : ""));
   }
+  if (!p.fault.empty()) table.add_detail("FAULTED: " + p.fault);
   if (p.state != "syncing") return;
   table.add_detail(format("data update (%s) syncing: %llu inspections", p.direction.c_str(),
                           static_cast<unsigned long long>(p.inspections)) +
@@ -187,7 +204,12 @@ namespace polusctl {
 void print_change(const std::string& action, pid_t pid, const polus::PatchInfo& info, bool json, bool driven_by_daemon,
                   Output& out) {
   if (json) {
-    out.out += Json{{"result", "ok"}, {"action", action}, {"patch", patch_json(info)}}.dump() + "\n";
+    out.out += Json{{"result", "ok"}, {"action", action}, {"already_applied", info.already_applied}, {"patch", patch_json(info)}}
+                   .dump() + "\n";
+  } else if (info.already_applied) {
+    out.out += format("%s is already applied to process %d (id %llu, sha256 %s, %s); nothing changed\n", info.name.c_str(),
+                      pid, static_cast<unsigned long long>(info.id), info.sha256.substr(0, 12).c_str(), info.state.c_str());
+    return;
   } else if (action == "apply") {
     out.out += format("applied %s to process %d: %zu function(s) redirected in %s, target paused %s\n", info.name.c_str(),
                       pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());

@@ -58,7 +58,7 @@ void add_patch_rows(Table& table, const polus::PatchInfo& patch, pid_t pid = 0);
 /// The command name of a process (tid = 0) or thread, "?" if unreadable.
 std::string task_name(pid_t pid, pid_t tid = 0);
 
-/// An empty table with the patch columns: ID NAME STATE APPLIED (UTC) APPLY PAUSE.
+/// An empty table with the patch columns: ID NAME SHA256 STATE APPLIED (UTC) APPLY PAUSE.
 Table patch_table();
 
 /// printf into a std::string.

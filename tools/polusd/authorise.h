@@ -1,4 +1,4 @@
-// tools/polusd/authorise.h — who may ask polusd to do what: the one place for the policy.
+// tools/polusd/authorise.h — who may ask polusd to do what: the one place polusd decides it.
 #pragma once
 
 #include <sys/types.h>
@@ -15,10 +15,10 @@ struct Caller {
   gid_t gid = 0;
 };
 
-/// Whether `caller` may run `command` ("apply", "rollback", "finish", ...) on process
-/// `target_pid` (0 for a command without a target). The policy today: root may do everything,
-/// and so may the user polusd itself runs as (an on-demand polusd of an unprivileged user
-/// serves that user with that user's own rights); nobody else may do anything.
-bool may_act(const Caller& caller, pid_t target_pid, const std::string& command);
+/// Why `caller` may not run `command` ("apply", "rollback", "finish", ...) on process
+/// `target_pid`, or "" if it may. With a target: the engine's caller policy (polus::
+/// access_refusal: root anything; others only their own unchanged, dumpable processes).
+/// Without one (0): root and the user polusd runs as only.
+std::string may_act(const Caller& caller, pid_t target_pid, const std::string& command);
 
 }  // namespace polusd

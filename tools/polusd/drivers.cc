@@ -2,6 +2,8 @@
 // rounds, like `polusd PID` did for one process.
 #include "drivers.h"
 
+#include "cli.h"
+
 #include <signal.h>
 #include <string.h>
 #include <time.h>
@@ -54,7 +56,8 @@ std::vector<pid_t> Drivers::rediscover() {
                p.state == "interrupted-apply" || p.state == "interrupted-rollback";
       });
       if (!in_flight) continue;
-      polus::EngineOptions options;
+      // As polusctl's requests are: the configuration file, $POLUS_AUDIT_LOG, audited.
+      polus::EngineOptions options = polusctl::engine_options(polusctl::Json{{"engine", polusctl::Json::object()}});
       options.agent_path = status.agent_path;
       adopt(pid, options);
       adopted.push_back(pid);
@@ -76,6 +79,7 @@ std::vector<pid_t> Drivers::active() {
 
 void Drivers::drive(pid_t pid, polus::EngineOptions options) {
   options.sync_timeout = round_;
+  options.audit.skip_idle_rounds = true;  // a round that changed nothing is not an audit record
   for (;;) {
     if (polus::stop_requested()) break;  // the update stays recorded as syncing
     try {
@@ -88,12 +92,19 @@ void Drivers::drive(pid_t pid, polus::EngineOptions options) {
     } catch (const polus::Error& e) {
       if (e.code() == polus::ErrorCode::kNothingToRollBack) break;  // nothing (more) in flight
       if (e.code() == polus::ErrorCode::kNoSuchProcess || e.code() == polus::ErrorCode::kTargetDied) break;
-      if (e.code() == polus::ErrorCode::kPermissionDenied || e.code() == polus::ErrorCode::kPatchMalformed) {
+      if (e.code() == polus::ErrorCode::kPermissionDenied || e.code() == polus::ErrorCode::kPatchMalformed ||
+          e.code() == polus::ErrorCode::kAuditFailed) {
         spdlog::error("polusd: cannot drive the update of process {}: {}", pid, e.what());
         break;  // retrying cannot help; `polusctl finish` with the right options can
       }
-      // Busy (a command holds the process) or transient: next round.
-      spdlog::warn("polusd: process {}: {}", pid, e.what());
+      if (e.code() == polus::ErrorCode::kLoadFailed) {
+        // A sync function faulted and the update was abandoned; an abandon left syncing is
+        // completed by the next round.
+        spdlog::error("polusd: process {}: {}", pid, e.what());
+      } else {
+        // Busy (a command holds the process) or transient: next round.
+        spdlog::warn("polusd: process {}: {}", pid, e.what());
+      }
     } catch (const std::exception& e) {
       spdlog::error("polusd: process {}: internal error: {}", pid, e.what());
       break;

@@ -66,10 +66,9 @@ bool read_line(int fd, std::string& buffer, std::string& line) {
   }
 }
 
-polusctl::Output refuse(const Caller& caller, const std::string& command, pid_t target) {
+polusctl::Output refuse(const std::string& command, const std::string& why) {
   polusctl::Output out;
-  out.err = "polusctl " + command + ": polusd does not let uid " + std::to_string(caller.uid) + " " + command +
-            (target ? " process " + std::to_string(target) : std::string()) + " (permission denied)\n";
+  out.err = "polusctl " + command + ": " + why + " (permission denied)\n";
   out.status = polus::error_exit_status(polus::ErrorCode::kPermissionDenied);
   return out;
 }
@@ -109,10 +108,12 @@ void serve_connection(int fd, Drivers& drivers) {
     } catch (const std::exception&) {
       // The command reports it.
     }
-    if (targets.empty() && !may_act(caller, 0, command)) out = refuse(caller, command, 0);
+    if (targets.empty()) {
+      if (std::string why = may_act(caller, 0, command); !why.empty()) out = refuse(command, why);
+    }
     for (pid_t target : targets) {
-      if (!may_act(caller, target, command)) {
-        out = refuse(caller, command, target);
+      if (std::string why = may_act(caller, target, command); !why.empty()) {
+        out = refuse(command, why);
         break;
       }
     }
@@ -120,7 +121,8 @@ void serve_connection(int fd, Drivers& drivers) {
   if (out.status == 0 && out.err.empty()) {
     spdlog::info("polusd: {} for pid {} uid {}", command, caller.pid, caller.uid);
     request["daemon"] = true;
-    request["caller_uid"] = caller.uid;
+    // Who the engine acts for, from SO_PEERCRED: written over anything the client sent.
+    request["caller"] = {{"uid", caller.uid}, {"gid", caller.gid}, {"pid", caller.pid}};
     // A relayed Ctrl-C ({"cancel": SIGNAL}) stops this operation alone, at its next safe point.
     auto cancel = std::make_shared<std::atomic<int>>(0);
     // The watcher sleeps in poll() on the client and on `wake`, which says the request is done

@@ -149,7 +149,7 @@ TEST_CASE("polusd checks its process id, --interval and --give-up-after", "[polu
   CHECK(run({"999999", "--frobnicate", "1"}) == 2);
   CHECK(run({"999999", "--interval", "3600001"}) == 2);
   // In range: polusd starts, finds no such process and exits 3.
-  CHECK(run({"999999", "--interval", "10", "--give-up-after", "1"}) == 3);
+  CHECK(run({"999999", "--interval", "10", "--give-up-after", "1", "--audit-log", polus::testing::test_audit_log()}) == 3);
 }
 
 TEST_CASE("polusd stops on SIGTERM between rounds, leaving the update recorded", "[polusd][live]") {
@@ -160,13 +160,14 @@ TEST_CASE("polusd stops on SIGTERM between rounds, leaving the update recorded",
   std::string polusd = POLUSCTL_PATH;
   polusd = polusd.substr(0, polusd.rfind('/')) + "/polusd";
   std::string agent = std::string("POLUS_AGENT=") + POLUS_AGENT_PATH;
+  std::string audit = "POLUS_AUDIT_LOG=" + polus::testing::test_audit_log();
   std::vector<char*> argv{polusd.data(), const_cast<char*>(pid.c_str()), const_cast<char*>("--interval"),
                           const_cast<char*>("100"), nullptr};
   pid_t daemon = fork();
   if (daemon == 0) {
     int null = open("/dev/null", O_WRONLY);
     dup2(null, 2);
-    char* envp[] = {agent.data(), nullptr};
+    char* envp[] = {agent.data(), audit.data(), nullptr};
     execve(argv[0], argv.data(), envp);
     _exit(127);
   }

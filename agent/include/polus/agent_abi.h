@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 1u
+#define POLUS_AGENT_ABI_VERSION 3u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
@@ -38,6 +38,7 @@ extern "C" {
 #define POLUS_PATH_BYTES 256u
 #define POLUS_ERROR_BYTES 512u
 #define POLUS_SAVED_BYTES 16u
+#define POLUS_SHA256_BYTES 32u
 
 enum polus_patch_state {
     POLUS_STATE_EMPTY = 0,
@@ -104,7 +105,13 @@ struct polus_patch_record {
     uint32_t direction;         /* enum polus_update_direction of the in-flight update */
     uint32_t unwind_fallbacks;  /* frames found by stack scanning (no CFI) at the last inspection */
     char name[POLUS_NAME_BYTES];
-    char path[POLUS_PATH_BYTES];
+    char path[POLUS_PATH_BYTES]; /* the file the operator named (resolved); the target loaded a
+                                    sealed memfd copy of its bytes, "/memfd:polus:NAME:SHA" in maps */
+    uint64_t code_start;        /* the patch's executable segments in the target: [code_start, code_end) */
+    uint64_t code_end;
+    uint32_t applied_by_uid;    /* who asked for the apply (the caller, not Polus's own uid) */
+    uint32_t reserved;
+    uint8_t content_sha256[POLUS_SHA256_BYTES]; /* SHA-256 of the patch file's bytes: its identity */
 };
 
 /* A function whose active frames keep a data update in `syncing`. */
@@ -145,16 +152,63 @@ struct polus_tracked_item {
     uint64_t shadow;      /* agent-private: address of its copy of the item's last synced bytes */
 };
 
+/* Kinds of sync function (struct polus_sync_fault.kind). */
+#define POLUS_SYNC_FAULT_POST 1u /* the written item's post_sync */
+#define POLUS_SYNC_FAULT_PRE 2u  /* its pre_sync */
+/* Flags of struct polus_sync_fault. */
+#define POLUS_SYNC_FAULT_RESTORED 0x1u /* the counterpart's bytes from before the call were put back */
+
+/*
+ * A patch's sync function that faulted (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP) while the
+ * agent ran it. The agent's fence around every sync function it runs catches the fault: the
+ * signal never reaches the target's own handler, the written item keeps the write, the
+ * counterpart gets back the bytes it had before the call, the faulting function is never run
+ * again in this update, and the thread goes on. Written by the agent, first fault only
+ * (`count` counts them all); zeroed by polus_agent_sync_begin. The injector abandons the
+ * update when it sees `function` set.
+ */
+struct polus_sync_fault {
+    uint64_t function;      /* the sync function; 0: none faulted since sync_begin */
+    uint64_t item_address;  /* the item whose write ran it */
+    uint64_t fault_address; /* si_addr */
+    uint64_t pc;            /* where it faulted */
+    uint64_t tid;           /* the thread that ran it */
+    uint64_t at_unix_ns;
+    uint32_t item;          /* index of that item in the table */
+    uint32_t side;          /* the item's side (POLUS_OLD: an old -> new sync faulted) */
+    uint32_t kind;          /* POLUS_SYNC_FAULT_POST / _PRE */
+    uint32_t signal;
+    int32_t si_code;
+    uint32_t flags;         /* POLUS_SYNC_FAULT_* */
+    uint32_t count;         /* sync function faults caught since sync_begin, every function */
+    uint32_t reserved;
+};
+
 /* The write-through machinery's state, part of the registry (read by status). */
 struct polus_sync_state {
     uint64_t items;          /* struct polus_tracked_item[item_capacity] (agent-owned mapping) */
     uint32_t item_count;
     uint32_t item_capacity;
     uint32_t active;         /* 1 while pages are protected and the SIGSEGV handler tracks writes */
-    uint32_t reserved;
+    uint32_t abandoning;     /* written by the injector: 1 once it abandons an update whose sync
+                              * function faulted (sync_end then ends tracking despite the fault) */
     uint64_t faults;         /* write faults on tracked pages */
     uint64_t false_sharing;  /* of those, writes that touched no tracked item */
     uint64_t chained_faults; /* faults passed on to the target's own SIGSEGV handler */
+    struct polus_sync_fault fault;
+};
+
+/*
+ * The last update Polus abandoned because patch code faulted in the target (written by the
+ * injector, kept for `status` after the patch itself is gone). patch_id 0: none.
+ */
+struct polus_update_failure {
+    uint64_t patch_id;
+    uint64_t at_unix_ns;
+    uint32_t direction;      /* enum polus_update_direction of the abandoned update */
+    uint32_t signal;         /* the fault's signal */
+    char patch_name[POLUS_NAME_BYTES];
+    char reason[POLUS_ERROR_BYTES]; /* names the function, the signal, and what was undone */
 };
 
 /* The root, a global of the agent found through its .dynsym. */
@@ -170,6 +224,7 @@ struct polus_agent_registry {
     uint32_t reserved;
     struct polus_sync_state sync;
     char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
+    struct polus_update_failure last_failure;
 };
 
 #if defined(__cplusplus)
@@ -178,17 +233,20 @@ struct polus_agent_registry {
 #define POLUS_ABI_ASSERT(cond, msg) _Static_assert(cond, msg)
 #endif
 POLUS_ABI_ASSERT(sizeof(struct polus_redirect_record) == 192, "redirect record must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 424, "patch record must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_patch_record) == 480, "patch record must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_watched_function) == 88, "watched function must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_holder) == 16, "holder must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_arena) == 16, "arena must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_tracked_item) == 56, "tracked item must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 48, "sync state must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_sync_fault) == 80, "sync fault must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 128, "sync state must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure must have no padding");
 
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).
  *   polus_agent_load_patch(path): dlopen(path, RTLD_NOW | RTLD_LOCAL). Returns the handle, or
- *       0 with registry.last_error set to dlerror()'s text.
+ *       0 with registry.last_error set to dlerror()'s text. The injector passes
+ *       "/proc/self/fd/N", N a sealed memfd holding the bytes it validated.
  *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
  *   polus_agent_sync_reserve/begin/initialize/end/clear, polus_register_heap_data: the
  *       write-through of registry.sync, declared (and described) in the agent's sync.h.

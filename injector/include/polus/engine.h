@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,9 +50,15 @@ struct HolderInfo {
 struct PatchInfo {
   uint64_t id = 0;
   std::string name;
-  std::string path;
+  std::string path;          // the file the operator named (the target loaded a sealed memfd copy of its bytes)
+  std::string sha256;        // lowercase hex SHA-256 of the patch's bytes: its identity
+  uint32_t applied_by_uid = 0;  // the caller who applied it
+  bool already_applied = false; // apply: a patch with this SHA-256 was active already; nothing changed
+  bool details_withheld = false; // status for a caller other than root: applied by someone else,
+                                 // so only id, name, state and applied_by_uid are filled
   std::string state;        // "applying", "syncing", "committed", "rolling-back", "rolled-back", and in status
-                            // "interrupted-apply" / "interrupted-rollback" (the next command completes it)
+                            // "interrupted-apply" / "interrupted-rollback" (the next command completes it) and
+                            // "faulted" (a sync function faulted: the next command abandons the update)
   std::string direction;    // of the in-flight or last data update: "apply" / "rollback"
   uint64_t applied_at_unix_ns = 0;
   uint64_t committed_at_unix_ns = 0;
@@ -63,6 +70,17 @@ struct PatchInfo {
   std::vector<std::string> watched;   // functions whose activity holds the data update open
   std::vector<HolderInfo> holders;    // who holds it now
   std::vector<TrackedItemInfo> items; // while syncing: the protected items and their sync counts
+  std::string fault;        // a sync function of the update in flight faulted: which, where, how ("" if none)
+};
+
+/// An update Polus abandoned because the patch's code faulted in the target.
+struct FailureInfo {
+  uint64_t patch_id = 0;
+  std::string patch_name;
+  std::string direction;    // of the abandoned update: "apply" / "rollback"
+  int signal = 0;           // the fault's signal
+  uint64_t at_unix_ns = 0;
+  std::string reason;       // names the function and the fault, and says what the target was left with
 };
 
 struct ProcessStatus {
@@ -74,14 +92,21 @@ struct ProcessStatus {
   uint64_t write_faults = 0;       // writes to protected pages since tracking began
   uint64_t false_sharing = 0;      // of those, writes that touched no tracked item
   uint64_t chained_faults = 0;     // faults handed to the target's own SIGSEGV handler
+  std::optional<FailureInfo> last_failure;  // the last update abandoned because patch code faulted
 };
 
-/// Applies the patch at `patch_path` to process `pid`. Returns what was applied.
+/// Applies the patch at `patch_path` to process `pid`. Returns what was applied; if a patch
+/// with the same content (SHA-256) is already active, returns it with already_applied set and
+/// changes nothing. When a sync function of the patch faults in the target, the update is
+/// abandoned (the target goes back to its old code and data) and Error(kLoadFailed) names the
+/// function; status keeps the failure.
 PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options);
 
 /// Rolls back the newest applied patch of `pid`. Returns what was rolled back: state
 /// "rolled-back", or "syncing" when a data patch's new code is still active after
-/// options.sync_timeout (finish_update completes it later).
+/// options.sync_timeout (finish_update completes it later). A sync function that faults during
+/// the rollback abandons it (the patch stays applied): Error(kLoadFailed) names it. An update
+/// found faulted is abandoned first, and reported the same way.
 PatchInfo rollback_patch(pid_t pid, const EngineOptions& options);
 
 /// Rolls back the applied patch with id `patch_id` (as status shows it), which need not be the
@@ -92,7 +117,8 @@ PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& opti
 
 /// Waits (up to options.sync_timeout) for the in-flight data update of `pid` (an apply or a
 /// rollback left `syncing`) to end, and completes it. Returns the patch as it is afterwards.
-/// Throws Error(kNothingToRollBack) when no update is in flight.
+/// Throws Error(kNothingToRollBack) when no update is in flight, Error(kLoadFailed) when a sync
+/// function faulted and the update was abandoned (see apply_patch and rollback_patch).
 PatchInfo finish_update(pid_t pid, const EngineOptions& options);
 
 /// One thread's call stack, innermost first, as "0x... name+0xoff [object]" lines.
@@ -105,8 +131,16 @@ struct ThreadStack {
 /// Stops `pid` briefly and unwinds every thread (the same unwinding the sync phase uses).
 std::vector<ThreadStack> inspect_stacks(pid_t pid);
 
-/// Reads the patch registry of `pid` without stopping it.
-ProcessStatus read_status(pid_t pid);
+/// Why `caller` may not `action` ("apply", "rollback", "finish", "status") process `pid` under
+/// the caller policy every operation enforces (SECURITY.md, "Who may do what"), or "" if it
+/// may (or if `pid` is gone: the operation itself then says so). For a daemon deciding before
+/// it starts an operation on a client's behalf; the operation checks again.
+std::string access_refusal(const Caller& caller, pid_t pid, const std::string& action);
+
+/// Reads the patch registry of `pid` without stopping it. For a `caller` other than root,
+/// patches someone else applied are listed with their details withheld, and a process the
+/// caller may not act on is refused (Error(kPermissionDenied)).
+ProcessStatus read_status(pid_t pid, const Caller& caller = Caller::self());
 
 /// `root` and every process descended from it (children, grandchildren, ...), root first,
 /// read from /proc; empty if `root` does not exist.

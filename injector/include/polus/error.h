@@ -23,6 +23,7 @@ enum class ErrorCode {
   kTargetDied,         // the target exited during the operation
   kTimeout,            // the target did not reach a safe point in time
   kInterrupted,        // the operator asked Polus to stop (SIGINT/SIGTERM/SIGHUP) before it changed anything
+  kAuditFailed,        // run as root, the operation could not be recorded in the audit log; nothing was done
   kInternal,           // a bug in Polus or an unexpected kernel answer
 };
 

@@ -17,6 +17,41 @@ struct SymbolOptions {
   std::vector<std::string> debug_roots = {"/usr/lib/debug"};
 };
 
+/// Who asks for an operation. polusctl: itself; a daemon acting for a client: the client's
+/// credentials (SO_PEERCRED). A caller other than root may act only on its own processes and
+/// on patches it applied itself (SECURITY.md, "Who may do what"); the audit log names it.
+struct Caller {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  pid_t pid = 0;
+  /// The calling process: its pid, real uid and real gid (a polusctl made setuid by mistake
+  /// still acts for whoever ran it).
+  static Caller self();
+};
+
+/// Signed patches: `apply` accepts only a patch with a detached Ed25519 signature PATCH.so.sig
+/// made by a key in `trusted_keys` (polusctl keygen / sign; SECURITY.md, "Signed patches").
+struct SignatureOptions {
+  bool required = false;
+  /// Directory of trusted public keys (*.pub); it and every key file must pass the same
+  /// ownership and mode checks as a patch file.
+  std::string trusted_keys = "/etc/polus/trusted-keys";
+};
+
+/// The audit trail: one line per apply, rollback or finish (refusals included) to syslog and
+/// to an append-only file (SECURITY.md, "Audit").
+struct AuditOptions {
+  /// Off by default for library users; polusctl and polusd turn it on.
+  bool enabled = false;
+  /// Opened O_APPEND before the operation starts; "" for syslog only. Run as root, a file that
+  /// cannot be opened is an error (kAuditFailed, nothing done); otherwise a warning.
+  std::string file = "/var/log/polus/audit.log";
+  bool syslog = true;
+  /// For polusd's rounds: a finish that leaves the update syncing, or finds another operation
+  /// holding the target, changed nothing and is not recorded.
+  bool skip_idle_rounds = false;
+};
+
 /// Options of one engine operation (apply, rollback, finish).
 struct EngineOptions {
   SymbolOptions symbols;
@@ -33,6 +68,23 @@ struct EngineOptions {
   /// Owners besides root and the caller whose patch files (and the directories holding them)
   /// apply trusts (polusctl --allow-owner); SECURITY.md has the rules a patch file must pass.
   std::vector<uid_t> allowed_owners;
+  /// Who the operation is for (default: this process's real uid and gid).
+  Caller caller = Caller::self();
+  SignatureOptions signature;
+  AuditOptions audit;
 };
+
+/// The machine's Polus configuration file, read by polusctl and polusd.
+inline constexpr const char* kDefaultConfigFile = "/etc/polus/polus.conf";
+
+/// Reads a configuration file of "key = value" lines ('#' starts a comment) into `options`:
+///   require-signature = yes|no    (SignatureOptions::required)
+///   trusted-keys = DIR            (SignatureOptions::trusted_keys)
+///   audit-log = PATH | none       (AuditOptions::file; none: syslog only)
+///   audit-syslog = yes|no         (AuditOptions::syslog)
+/// The file must pass the patch-file trust checks (it decides what is trusted). Returns false
+/// if it does not exist; throws Error(kPermissionDenied) for an untrusted file and
+/// std::invalid_argument naming the line for anything it does not understand.
+bool read_config_file(const std::string& path, EngineOptions& options);
 
 }  // namespace polus

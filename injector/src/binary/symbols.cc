@@ -238,6 +238,13 @@ std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, boo
                   "cannot open the executable " + file.path + " of process " + std::to_string(pid) +
                       " (nor through /proc/" + std::to_string(pid) + "/exe): run Polus as the target's user or root");
     }
+    if (file.path.rfind("/memfd:", 0) == 0) {
+      // A memfd (a Polus patch is loaded from one) is reachable only through
+      // /proc/PID/map_files, which needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: expected
+      // when not run as root. Stacks through its code are then found by scanning.
+      spdlog::debug("cannot open {} mapped by process {} (not root); its symbols are unavailable", file.path, pid);
+      return std::nullopt;
+    }
     spdlog::warn("cannot open {} mapped by process {}; its symbols are unavailable", file.path, pid);
     return std::nullopt;
   }

@@ -21,6 +21,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kTargetDied: return "target-died";
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kInterrupted: return "interrupted";
+    case ErrorCode::kAuditFailed: return "audit-failed";
     case ErrorCode::kInternal: return "internal";
   }
   return "internal";  // an out-of-range value is itself a bug
@@ -43,6 +44,7 @@ int error_exit_status(ErrorCode code) {
     case ErrorCode::kTargetDied: return 13;
     case ErrorCode::kTimeout: return 14;
     case ErrorCode::kInterrupted: return 15;
+    case ErrorCode::kAuditFailed: return 16;
     case ErrorCode::kInternal: return 1;
   }
   return 1;

@@ -118,7 +118,7 @@ int64_t BorrowedThread::syscall(long number, std::initializer_list<uint64_t> arg
   return static_cast<int64_t>(run(regs, frame, arena_.sigreturn_pc(), -1, "system call"));
 }
 
-pid_t BorrowedThread::clone_process() {
+pid_t BorrowedThread::clone_process(pid_t* in_target) {
   SignalFrame frame = write_signal_frame(memory_, saved_, saved_.regs.rsp, arena_.return_stub().address());
   user_regs_struct regs = call_regs(frame);
   regs.rax = SYS_clone;
@@ -131,7 +131,11 @@ pid_t BorrowedThread::clone_process() {
     throw Error(ErrorCode::kInternal, "the target could not make a copy of itself (clone: " +
                                           std::string(std::strerror(static_cast<int>(-result))) + ")");
   }
-  return static_cast<pid_t>(result);
+  // `result` numbers the copy in the target's pid namespace; a target in a container of its
+  // own sees another number than we do. The clone event told us ours.
+  if (in_target) *in_target = static_cast<pid_t>(result);
+  pid_t ours = session_.last_clone_of(tid_);
+  return ours > 0 ? ours : static_cast<pid_t>(result);
 }
 
 uint64_t BorrowedThread::call(RemoteAddr function, std::initializer_list<uint64_t> args) {
@@ -148,6 +152,13 @@ uint64_t BorrowedThread::call_with_string(RemoteAddr function, const std::string
   size_t n = 1;
   for (uint64_t arg : more) args[n++] = arg;
   return call(function, {args[0], args[1], args[2], args[3], args[4], args[5]});
+}
+
+int64_t BorrowedThread::syscall_with_string(long number, const std::string& text, std::initializer_list<uint64_t> more) {
+  uint64_t args[6] = {arena_.put_string(text).address()};
+  size_t n = 1;
+  for (uint64_t arg : more) args[n++] = arg;
+  return syscall(number, {args[0], args[1], args[2], args[3], args[4], args[5]});
 }
 
 uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, RemoteAddr sigreturn_pc,
@@ -205,9 +216,10 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
     // lock held).
     uint64_t pc = session_.get_regs(tid_).rip;
     abandon(frame, sigreturn_pc);
-    throw Error(ErrorCode::kLoadFailed, std::string("code run in the target by a Polus ") + what + " faulted (signal " +
-                                            std::to_string(sig) + " " + strsignal(sig) + " at " + hex(pc) +
-                                            "); the signal was not delivered and the thread was put back as it was");
+    throw CodeFault(std::string("code run in the target by a Polus ") + what + " faulted (signal " + std::to_string(sig) +
+                        " " + strsignal(sig) + " at " + hex(pc) +
+                        "); the signal was not delivered and the thread was put back as it was",
+                    sig, pc);
   }
 }
 

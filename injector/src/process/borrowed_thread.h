@@ -26,6 +26,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "polus/error.h"
 #include "process/process_memory.h"
 #include "process/ptrace_session.h"
 #include "process/remote_ptr.h"
@@ -41,6 +42,20 @@ struct BootstrapEntries {
   RemoteAddr mmap;
   RemoteAddr munmap;
   RemoteAddr restorer;
+};
+
+/// What BorrowedThread::call throws when the code it ran faulted: the signal was not
+/// delivered and the thread is back in its own context.
+class CodeFault : public Error {
+ public:
+  CodeFault(const std::string& message, int signal, uint64_t pc)
+      : Error(ErrorCode::kLoadFailed, message), signal_(signal), pc_(pc) {}
+  int signal() const { return signal_; }
+  uint64_t pc() const { return pc_; }
+
+ private:
+  int signal_;
+  uint64_t pc_;
 };
 
 class BorrowedThread {
@@ -63,8 +78,12 @@ class BorrowedThread {
   /// Throws Error(kTimeout) when it does not return within step_deadline().
   int64_t syscall(long number, std::initializer_list<uint64_t> args);
 
+  /// Executes system call `number` with `text` (NUL-terminated, copied to the arena) as its
+  /// first argument and `more` after it (memfd_create's name); raw result as syscall().
+  int64_t syscall_with_string(long number, const std::string& text, std::initializer_list<uint64_t> more = {});
+
   /// Calls `function(args...)` (System V ABI, up to 6 integer arguments). Returns rax.
-  /// Throws Error(kLoadFailed) if the code faults, Error(kTimeout) if it does not return
+  /// Throws CodeFault (an Error(kLoadFailed)) if the code faults, Error(kTimeout) if it does not return
   /// within step_deadline(); either way the thread is put back in its own context first.
   uint64_t call(RemoteAddr function, std::initializer_list<uint64_t> args);
 
@@ -81,8 +100,10 @@ class BorrowedThread {
   /// Makes a copy of the whole process, of which this thread is the only thread (clone with
   /// no CLONE_VM and no exit signal: the target gets no SIGCHLD and its waitpid() without
   /// __WALL never sees it). The session attaches it (PTRACE_O_TRACECLONE); a copy whose
-  /// tracer is gone exits at once. Returns the copy's pid. Throws Error(kInternal) if refused.
-  pid_t clone_process();
+  /// tracer is gone exits at once. Returns the copy's pid as our pid namespace numbers it, and
+  /// in `in_target` as the target's does (they differ for a target in a pid namespace of its
+  /// own; the target's wait4 needs its own number). Throws Error(kInternal) if refused.
+  pid_t clone_process(pid_t* in_target = nullptr);
 
   /// mmap()s `size` bytes in the target within rel32 reach of [near_start, near_end), or
   /// anywhere if near_start is 0. Throws kUnsafeToPatch when no range is in reach, kInternal

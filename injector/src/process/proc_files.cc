@@ -71,7 +71,9 @@ MappedFile open_mapped_file(pid_t pid, const MappedRegion& region, bool is_main,
 
   MappedFile fallback;  // opened, but the inode differs (overlayfs can report other inodes)
   for (const std::string& candidate : candidates) {
-    int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO put at a mapped file's path (in a container the target's root is
+    // another user's) must not block the open; for the regular files read here it changes nothing.
+    int fd = ::open(candidate.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) continue;
     bool same = false;
     if (same_build) {
@@ -148,6 +150,33 @@ std::optional<TaskSyscall> read_task_syscall(pid_t pid, pid_t tid) {
   result.sp = std::stoull(tokens[tokens.size() - 2], nullptr, 16);
   result.pc = std::stoull(tokens[tokens.size() - 1], nullptr, 16);
   return result;
+}
+
+std::optional<ProcessCredentials> read_process_credentials(pid_t pid) {
+  std::string text;
+  if (read_whole_file(task_dir(pid, 0) + "/status", text) != 0) return std::nullopt;
+  ProcessCredentials creds;
+  bool have_uid = false, have_gid = false;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    const bool uid = line.rfind("Uid:", 0) == 0, gid = line.rfind("Gid:", 0) == 0;
+    if (!uid && !gid) continue;
+    std::istringstream fields(line.substr(4));
+    unsigned long long values[4];
+    for (auto& v : values) {
+      if (!(fields >> v)) return std::nullopt;
+    }
+    for (int i = 0; i < 4; ++i) {
+      if (uid) creds.uid[i] = static_cast<uid_t>(values[i]);
+      else creds.gid[i] = static_cast<gid_t>(values[i]);
+    }
+    (uid ? have_uid : have_gid) = true;
+  }
+  if (!have_uid || !have_gid) return std::nullopt;
+  struct stat st;
+  if (::stat(task_dir(pid, 0).c_str(), &st) != 0) return std::nullopt;
+  creds.dumpable = st.st_uid == creds.uid[1];
+  return creds;
 }
 
 std::string task_name(pid_t pid, pid_t tid) {

@@ -61,6 +61,18 @@ struct TaskSyscall {
 
 /// Reads /proc/PID/task/TID/syscall; nullopt if the thread is gone or it is unreadable.
 std::optional<TaskSyscall> read_task_syscall(pid_t pid, pid_t tid);
+/// Who a process runs as, as the kernel's ptrace access check sees it.
+struct ProcessCredentials {
+  uid_t uid[4] = {};     // real, effective, saved, filesystem (the Uid: line of /proc/PID/status)
+  gid_t gid[4] = {};     // the same for groups (Gid:)
+  bool dumpable = false; // its dumpable attribute is 1 (SUID_DUMP_USER)
+};
+
+/// Reads the credentials of process `pid`; nullopt if it is gone. Dumpable is read from the
+/// owner of /proc/PID: the kernel shows a process that is not dumpable as owned by root
+/// (proc(5); fs/proc/base.c, task_dump_owner), so a process owned by its effective uid is
+/// dumpable. (For a root process this cannot tell, and does not need to.)
+std::optional<ProcessCredentials> read_process_credentials(pid_t pid);
 
 /// The command name (/proc/PID[/task/TID]/comm), "?" if unreadable.
 std::string task_name(pid_t pid, pid_t tid = 0);

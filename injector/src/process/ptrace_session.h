@@ -53,6 +53,7 @@ struct ThreadState {
   bool borrowed = false;          // running injected code: its signals are deferred
   uint64_t unblock_on_return = 0; // signals unblock_signals() cleared while it was borrowed
   std::deque<siginfo_t> deferred; // signals to deliver when it is let go
+  pid_t last_clone = 0;           // the task its last clone made, as our pid namespace numbers it
 };
 
 class PtraceSession {
@@ -71,6 +72,10 @@ class PtraceSession {
   /// Whether the process has exited (seen while waiting for our events).
   bool process_exited() const { return process_exited_; }
   std::vector<pid_t> thread_ids() const;
+  /// The task thread `tid`'s latest clone(2) made, numbered in our pid namespace (the
+  /// PTRACE_EVENT_CLONE message): clone's own result is the number in the target's namespace,
+  /// which differs for a target in a pid namespace of its own. 0 if none was seen.
+  pid_t last_clone_of(pid_t tid) const;
   const ThreadState& thread(pid_t tid) const;
   bool has_thread(pid_t tid) const { return threads_.count(tid) != 0; }
 
@@ -146,6 +151,11 @@ class PtraceSession {
   void continue_thread(pid_t tid, int signal);
   void detach_all() noexcept { detach_where([](pid_t) { return true; }); }
   void detach_where(const std::function<bool(pid_t)>& which) noexcept;
+  /// One round of detach_where over the threads the session lists.
+  void detach_known(const std::function<bool(pid_t)>& which) noexcept;
+  /// Takes into threads_ every thread of the process traced by us that it does not list;
+  /// returns how many.
+  size_t adopt_strays();
   /// A borrowed thread that has been quiet for a while may be in a ptrace-stop whose wait
   /// report we never collected: looks (PTRACE_GETSIGINFO works only on a stopped tracee), and
   /// records the stop if so. Returns whether it found one.

@@ -22,13 +22,19 @@
 #include "common/format.h"
 #include "update/patch_file.h"
 #include "update/patch_trust.h"
+#include "update/audit.h"
+#include "update/patch_memfd.h"
+#include "update/patch_signature.h"
 #include "binary/prologue.h"
 #include "update/registry.h"
 #include "update/target.h"
 #include "binary/unwinder.h"
 #include "process/proc_files.h"
+#include "update/abandon.h"
 #include "update/data_update.h"
+#include "update/redirects.h"
 #include "update/rehearsal.h"
+#include "update/seccomp_check.h"
 #include "update/engine_internal.h"
 #include "update/plan.h"
 
@@ -37,13 +43,24 @@ namespace polus {
 namespace {
 
 
+/// The patch file, checked as sshd's StrictModes does, parsed from the bytes of the file
+/// checked and, when required, its signature verified over those same bytes.
+PatchDescription read_checked_patch(const std::string& patch_path, const EngineOptions& options, AuditEvent& audit) {
+  audit.patch_path = patch_path;
+  PatchDescription patch = read_trusted_patch(patch_path, TrustOptions{options.allowed_owners});
+  audit.patch_name = patch.name;
+  audit.patch_path = patch.path;
+  audit.sha256 = patch.content_sha256;
+  if (options.signature.required) audit.signed_by = verify_patch_signature(patch, patch_path, options.signature).key_id;
+  return patch;
+}
+
 class Applier {
  public:
-  Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options)
+  Applier(pid_t pid, const std::string& patch_path, const EngineOptions& options, AuditEvent& audit)
       : started_(Clock::now()),
         options_(options),
-        // Checked as sshd's StrictModes does, then parsed from the bytes of the file checked.
-        patch_(read_trusted_patch(patch_path, TrustOptions{options.allowed_owners})),
+        patch_(read_checked_patch(patch_path, options, audit)),
         target_(pid, options.symbols, started_ + options.timeout) {}
 
   PatchInfo run() {
@@ -51,6 +68,10 @@ class Applier {
     if (std::optional<PatchInfo> recovered = recover_interrupted(target_, options_)) {
       spdlog::warn("process {}: {} patch {} first, as an interrupted operation left it", target_.pid(),
                    recovered->state == "rolled-back" ? "rolled back" : "finished", recovered->name);
+    }
+    // An update whose sync function faulted while nothing drove it is abandoned first.
+    if (std::optional<Abandoned> abandoned = abandon_if_faulted(target_, options_)) {
+      spdlog::error("process {}: before applying {}: {}", target_.pid(), patch_.name, abandoned->message);
     }
     if (patch_.path.size() >= POLUS_PATH_BYTES) {
       throw Error(ErrorCode::kPatchMalformed, "patch path " + patch_.path + " is longer than " +
@@ -62,11 +83,19 @@ class Applier {
     has_data_ = !plan_data_update(patch_, target_.symbols(), 0, POLUS_UPDATE_APPLY).empty();
     agent_ = locate_agent(target_.pid(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
+    if (const PatchRecordView* same = find_active_copy()) {
+      PatchInfo info = info_from_record(*same);
+      info.already_applied = true;
+      spdlog::info("patch {} (sha256 {}) is already applied to process {} as id {}; nothing changed", patch_.name,
+                   patch_.content_sha256, target_.pid(), same->header.id);
+      return info;
+    }
     check_registry_accepts_patch(registry_, target_.pid());
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
 
     target_.seize();
+    check_seccomp_allows(target_, {.rehearsal = options_.rehearse, .data_update = has_data_});
     try {
       if (options_.rehearse) rehearse();
       load();
@@ -84,6 +113,22 @@ class Applier {
   }
 
  private:
+  /// The name of the memfd the patch is loaded from (the record's id is the next one).
+  std::string memfd_name() const {
+    return patch_memfd_name(patch_.name, patch_.content_sha256, agent_ ? registry_.registry.next_patch_id : 1);
+  }
+
+  /// An active patch (committed, or its data update syncing) with these very bytes.
+  const PatchRecordView* find_active_copy() const {
+    for (const PatchRecordView& p : registry_.patches) {
+      if ((p.header.state == POLUS_STATE_COMMITTED || p.header.state == POLUS_STATE_SYNCING) &&
+          record_sha256(p.header) == patch_.content_sha256) {
+        return &p;
+      }
+    }
+    return nullptr;
+  }
+
   void resolve_imports() {
     for (const PatchFunction& f : patch_.functions) {
       if (f.side == POLUS_OLD && f.resolved_slot) {
@@ -102,17 +147,7 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    std::optional<TaskStatus> status = read_task_status(target_.pid());
-    if (status && status->seccomp != 0) {
-      // The copy is made with clone(2), and loading makes openat/mmap/mprotect calls: a
-      // filter that kills on one of them would kill the process, and Polus cannot read it yet.
-      throw Error(ErrorCode::kUnsafeToPatch,
-                  "process " + std::to_string(target_.pid()) + " runs under a seccomp filter, which could kill it for "
-                  "a system call of the rehearsal (clone) or of loading the patch; Polus cannot check the filter yet. "
-                  "Nothing was changed. If the filter allows clone, openat, mmap and mprotect, apply with "
-                  "--no-rehearsal");
-    }
-    rehearsal_ns_ = rehearse_load(target_, patch_, options_.agent_path, agent_);
+    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -135,13 +170,9 @@ class Applier {
       registry_ = read_registry(target_.memory(), *agent_);
     }
 
-    patch_handle_ = thread.call_with_string(agent_->load_patch, patch_.path);
-    if (patch_handle_ == 0) {
-      polus_agent_registry registry = target_.memory().read(agent_->registry);
-      std::string error(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
-      throw Error(ErrorCode::kLoadFailed, "dlopen of patch " + patch_.path + " failed in process " +
-                                              std::to_string(target_.pid()) + ": " + error);
-    }
+    // The bytes validated, from a sealed memfd: never the path again (update/patch_memfd.h).
+    patch_handle_ = load_patch_from_memfd(thread, target_.memory(), target_.pid(), *agent_,
+                                          dynamic_loader_debug(target_.symbols()), patch_, memfd_name());
     patch_bias_ = target_.memory().read(RemotePtr<uint64_t>(patch_handle_));
     polus_patch loaded{};
     target_.memory().read_bytes(RemoteAddr(patch_bias_ + patch_.descriptor), &loaded, sizeof loaded);
@@ -172,6 +203,10 @@ class Applier {
     h.direction = POLUS_UPDATE_APPLY;
     copy_name(h.name, patch_.name);
     copy_name(h.path, patch_.path);
+    set_record_sha256(h, patch_.content_sha256);
+    h.code_start = patch_bias_ + patch_.text_start;
+    h.code_end = patch_bias_ + patch_.text_end;
+    h.applied_by_uid = options_.caller.uid;
     for (const PlannedRedirect& plan : plans_) record_view_.redirects.push_back(plan.record);
     record_view_.watched = data_.watched;
     h.redirect_count = static_cast<uint32_t>(record_view_.redirects.size());
@@ -270,19 +305,13 @@ class Applier {
     bool need_stacks = run_code || std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) {
       return !p.stacked_on || writes_new_slot(p);
     });
-    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    // Slots before the jumps that lead to them; both while every thread is stopped and none
+    // is on the slot (busy_reason), since a freed slot may be handed out again. Each with what
+    // it replaces: a write that fails (the mapping gone, say) puts the ones before it back, so
+    // no jump leads into a patch that the failed apply unloads.
+    std::vector<JumpWrite> writes;
     for (const PlannedRedirect& plan : plans_) {
-      const polus_redirect_record& r = plan.record;
-      if (r.flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) {
-        std::vector<uint8_t> target(8);
-        std::memcpy(target.data(), &r.new_function, 8);
-        writes.emplace_back(r.trampoline + 6, target);  // the .quad of `jmp *0(%rip)`
-      } else {
-        // The slot before the jump that leads to it; both while every thread is stopped and
-        // none is on the slot (busy_reason), since a freed slot may be handed out again.
-        if (r.trampoline) writes.emplace_back(r.trampoline, encode_trampoline(r.new_function));
-        writes.emplace_back(r.patch_site, encode_jump(r.patch_site, r.trampoline ? r.trampoline : r.new_function));
-      }
+      for (JumpWrite& write : jump_writes(plan.record)) writes.push_back(std::move(write));
     }
     PauseRequest request;
     request.giving_up = "cannot commit now";
@@ -292,7 +321,7 @@ class Applier {
       uint64_t checked_ns = pause.elapsed();
       if (run_code) run_code_in_pause();
       uint64_t code_ns = pause.elapsed();
-      for (const auto& [address, bytes] : writes) target_.memory().write_bytes(RemoteAddr(address), bytes.data(), bytes.size());
+      write_all(target_.memory(), writes);
       // The outcome, still in the pause: cut short after this, the record says what is true.
       write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
@@ -333,7 +362,12 @@ class Applier {
     }
     if (has_data_) {
       auto start = Clock::now();
-      initialize_counterparts(thread, data_, POLUS_UPDATE_APPLY);
+      try {
+        initialize_counterparts(thread, target_.memory(), data_, POLUS_UPDATE_APPLY);
+      } catch (const SyncFunctionFault& fault) {
+        failure_recorded_ = true;  // the agent keeps the record for status
+        throw abandon_before_start(target_, *agent_, record_view_.header, POLUS_UPDATE_APPLY, fault);
+      }
       uint64_t init_ns = elapsed_ns(start);
       unblock_fault_signals(target_.session());
       begin_sync(thread, *agent_);
@@ -345,20 +379,31 @@ class Applier {
   void record_commit() {
     polus_patch_record& h = record_view_.header;
     h.applied_at_unix_ns = unix_now_ns();
-    h.pause_ns = pause_ns_;
+    // The longest time the target stood still: the commit, or the rehearsal's copy of a
+    // big process.
+    h.pause_ns = std::max(pause_ns_, rehearsal_.pause_ns);
     h.apply_wall_ns = elapsed_ns(started_);
     h.state = has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED;
     if (!has_data_) h.committed_at_unix_ns = h.applied_at_unix_ns;
     write_record();
     spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
-                 target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+                 target_.pid(), plans_.size(), data_.pairs.size(), h.pause_ns / 1000, h.apply_wall_ns / 1000000);
+    if (rehearsal_.pause_ns > pause_ns_ && rehearsal_.pause_ns > 10'000'000) {
+      spdlog::warn("process {} stood still {} ms while the copy for the rehearsal was made (clone copies its page "
+                   "tables; see RELIABILITY.md); --no-rehearsal skips the copy",
+                   target_.pid(), rehearsal_.pause_ns / 1000000);
+    }
   }
 
   /// Waits for old code using changed data to drain, then commits the data update.
   void finish_sync() {
     uint64_t max_pause = record_view_.header.pause_ns;
-    bool done = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
-                                  Clock::now() + options_.sync_timeout, max_pause);
+    SyncOutcome outcome = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
+                                            Clock::now() + options_.sync_timeout, max_pause);
+    if (outcome == SyncOutcome::kFaulted) {
+      throw Error(ErrorCode::kLoadFailed, abandon_update(target_, *agent_, record_view_, patch_, options_.sync_timeout).message);
+    }
+    const bool done = outcome == SyncOutcome::kDone;
     polus_patch_record& h = record_view_.header;
     h.pause_ns = max_pause;
     h.apply_wall_ns = elapsed_ns(started_);
@@ -381,7 +426,7 @@ class Applier {
       target_.session().resume_all();
       BorrowedThread thread = target_.borrow_safe_thread();
       if (patch_handle_ && agent_) thread.call(agent_->unload_patch, {patch_handle_});
-      if (agent_handle_) thread.call(target_.libc_function("dlclose"), {agent_handle_});
+      if (agent_handle_ && !failure_recorded_) thread.call(target_.libc_function("dlclose"), {agent_handle_});
       if (record_view_.address) thread.unmap_memory(record_view_.address.address(), record_view_.header.record_bytes);
       // The scratch arena last: the calls above return to its trap.
       for (auto arena = new_arenas.rbegin(); arena != new_arenas.rend(); ++arena) thread.unmap_memory(*arena, kArenaSize);
@@ -408,9 +453,10 @@ class Applier {
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
-  uint64_t rehearsal_ns_ = 0;
+  RehearsalCost rehearsal_;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry
+  bool failure_recorded_ = false;  // patch code faulted: the agent, loaded or not by us, stays for status
 };
 
 }  // namespace
@@ -419,8 +465,8 @@ uint64_t patch_load_bias(ProcessMemory& memory, const polus_patch_record& header
   return memory.read(RemotePtr<uint64_t>(header.dl_handle));  // struct link_map's l_addr
 }
 
-PatchInfo apply_patch(pid_t pid, const std::string& patch_path, const EngineOptions& options) {
-  return Applier(pid, patch_path, options).run();
+PatchInfo run_apply(pid_t pid, const std::string& patch_path, const EngineOptions& options, AuditEvent& audit) {
+  return Applier(pid, patch_path, options, audit).run();
 }
 
 }  // namespace polus

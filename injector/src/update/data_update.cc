@@ -1,7 +1,9 @@
 #include "update/data_update.h"
 
+#include "update/abandon.h"
 #include "update/engine_internal.h"
 
+#include <errno.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -126,15 +128,36 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
   memory.write(RemotePtr<uint32_t>(sync_field.address() + offsetof(polus_sync_state, item_count)), count);
 }
 
-void initialize_counterparts(BorrowedThread& thread, const DataPlan& plan, uint32_t direction) {
+void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan, uint32_t direction) {
+  constexpr uint64_t kRestoreLimit = 1 << 20;
   for (const TrackedPair& p : plan.pairs) {
-    bool apply = direction == POLUS_UPDATE_APPLY;
-    uint64_t sync = apply ? p.old_post_sync : p.new_post_sync;
+    const bool apply = direction == POLUS_UPDATE_APPLY;
+    const uint64_t sync = apply ? p.old_post_sync : p.new_post_sync;
     if (!sync) continue;
-    polus_sync_args args{reinterpret_cast<void*>(apply ? p.old_address : p.new_address),
-                         reinterpret_cast<void*>(apply ? p.new_address : p.old_address), 0,
+    const uint64_t written = apply ? p.old_address : p.new_address;
+    const uint64_t counterpart = apply ? p.new_address : p.old_address;
+    const uint64_t counterpart_size = apply ? p.new_size : p.old_size;
+    std::vector<uint8_t> before(counterpart_size <= kRestoreLimit ? counterpart_size : 0);
+    if (!before.empty()) memory.read_bytes(RemoteAddr(counterpart), before.data(), before.size());
+    polus_sync_args args{reinterpret_cast<void*>(written), reinterpret_cast<void*>(counterpart), 0,
                          static_cast<uint64_t>(thread.tid())};
-    thread.call_with_block(RemoteAddr(sync), args);
+    try {
+      thread.call_with_block(RemoteAddr(sync), args);
+    } catch (const CodeFault& fault) {
+      // Half a conversion must not stay behind: the counterpart as it was (every other
+      // thread is stopped).
+      if (!before.empty()) memory.write_bytes(RemoteAddr(counterpart), before.data(), before.size());
+      polus_sync_fault record{};
+      record.function = sync;
+      record.item_address = written;
+      record.pc = fault.pc();
+      record.tid = static_cast<uint64_t>(thread.tid());
+      record.side = apply ? POLUS_OLD : POLUS_NEW;
+      record.kind = POLUS_SYNC_FAULT_POST;
+      record.signal = static_cast<uint32_t>(fault.signal());
+      record.flags = before.empty() ? 0 : POLUS_SYNC_FAULT_RESTORED;
+      throw SyncFunctionFault(record);
+    }
   }
 }
 
@@ -175,14 +198,16 @@ void begin_sync(BorrowedThread& thread, const AgentLocation& agent) {
   }
 }
 
-void end_sync(BorrowedThread& thread, const AgentLocation& agent) {
+bool end_sync(BorrowedThread& thread, const AgentLocation& agent) {
   int64_t result = static_cast<int32_t>(thread.call(agent.sync_end, {}));
+  if (result == -ECANCELED) return false;  // a sync function faulted meanwhile
   if (result == 1) {
     spdlog::info("write tracking ended; the agent keeps its SIGSEGV handler in front (passing through) because "
                  "faults kept arriving");
   } else if (result != 0) {
     throw Error(ErrorCode::kInternal, "the agent could not end write tracking (error " + std::to_string(-result) + ")");
   }
+  return true;
 }
 
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
@@ -252,9 +277,9 @@ void write_progress(ProcessMemory& memory, const PatchRecordView& record) {
 
 }  // namespace
 
-bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
-                       const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
-                       uint64_t& max_pause_ns) {
+SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
+                              const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
+                              uint64_t& max_pause_ns) {
   // Fresh symbols: the agent and the patch (and their CFI) may have been loaded after this
   // operation began.
   target.reload_symbols();
@@ -271,6 +296,14 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
       inspection = inspect_stacks(target, unwinder, record.watched);
       max_pause_ns = std::max(max_pause_ns, pause.end());
     }
+    // A sync function faulted (its fence in the agent recorded it): no more patch code, no
+    // commit; the caller abandons the update. While it does, later faults change nothing.
+    const polus_sync_state sync = read_sync_state(target.memory(), agent);
+    if (fault_pending(sync)) {
+      target.release();
+      return SyncOutcome::kFaulted;
+    }
+    const bool abandoning = sync.abandoning != 0;
 
     // What changed since the last inspection: threads that left, functions and data now unused.
     std::vector<polus_holder> threads_left;
@@ -316,12 +349,13 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
     record.header.unwind_fallbacks = inspection.scanned_frames;
     write_progress(target.memory(), record);
 
-    bool has_callbacks = !patch.callbacks.empty();
+    const bool has_callbacks = !patch.callbacks.empty() && !abandoning;
+    bool faulted = false;
     if (done || (has_callbacks && (!threads_left.empty() || !functions_left.empty() || !data_done.empty()))) {
       BorrowedThread thread = target.borrow_safe_thread();
       thread.set_pass_faults(true);
       auto fire = [&](uint32_t kind, uint32_t index, uint64_t about_thread) {
-        run_callbacks(thread, patch, patch_bias, kind, index, about_thread, direction);
+        if (has_callbacks) run_callbacks(thread, patch, patch_bias, kind, index, about_thread, direction);
       };
       for (const polus_holder& h : threads_left) {
         auto w = std::find_if(record.watched.begin(), record.watched.end(),
@@ -336,15 +370,16 @@ bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchR
         // fault held in one of our signal-delivery-stops would not look pending, so let go
         // of every other thread first.
         target.session().detach_all_except(thread.tid());
-        end_sync(thread, agent);
+        if (!end_sync(thread, agent)) faulted = true;  // a fault since the inspection: refused
       }
     }
     target.release();
-    if (done) return true;
-    if (Clock::now() >= until) return false;
+    if (faulted) return SyncOutcome::kFaulted;
+    if (done) return SyncOutcome::kDone;
+    if (Clock::now() >= until) return SyncOutcome::kPending;
     if (int sig = stop_requested()) {  // the update stays syncing, recorded; `finish` takes it on
       spdlog::warn("stopped by {} while the update syncs; it stays syncing", strsignal(sig));
-      return false;
+      return SyncOutcome::kPending;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

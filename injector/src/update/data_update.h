@@ -47,8 +47,10 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
                            const DataPlan& plan);
 
 /// Runs the source side's post_sync once per pair (old -> new when applying, new -> old when
-/// rolling back) so both sides start equal. Call with every other thread stopped.
-void initialize_counterparts(BorrowedThread& thread, const DataPlan& plan, uint32_t direction);
+/// rolling back) so both sides start equal. Call with every other thread stopped. A sync
+/// function that faults (caught by the BorrowedThread) leaves its counterpart as it was before
+/// the call (up to 1 MiB) and throws SyncFunctionFault (update/abandon.h).
+void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan, uint32_t direction);
 
 /// Why write tracking must not start now, or "": a thread inside one of glibc's sections that
 /// block every signal and put the saved mask back afterwards — a thread being created
@@ -76,20 +78,29 @@ void unblock_fault_signals(PtraceSession& session, bool since_start = false);
 /// (after unblock_fault_signals).
 void begin_sync(BorrowedThread& thread, const AgentLocation& agent);
 
-/// Lifts the protection and stops tracking.
-void end_sync(BorrowedThread& thread, const AgentLocation& agent);
+/// Lifts the protection and stops tracking. false (nothing changed) when the agent refuses
+/// because a sync function faulted and the update is not being abandoned.
+bool end_sync(BorrowedThread& thread, const AgentLocation& agent);
 
 /// Calls every callback of `kind` with `index` and `thread_id`; returns the first non-zero result.
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
                   uint32_t index, uint64_t thread_id, uint32_t direction);
 
+/// How drive_sync_to_end ended.
+enum class SyncOutcome {
+  kDone,     // no thread runs a watched function: tracking ended; commit (apply) or unload (rollback)
+  kPending,  // `until` passed, or a stop was requested: still syncing, recorded
+  kFaulted,  // a sync function faulted (registry.sync.fault): abandon the update (update/abandon.h)
+};
+
 /// Inspects every thread's stack (CFI unwinding, scanning only where no CFI exists) until no
 /// thread runs a watched function or `until` passes, pausing the target briefly for each
 /// inspection and firing thread, function, data and post-update callbacks as the paper
-/// describes. Records holders and progress in `record`. On success ends the sync and returns
-/// true; the caller then commits (apply) or unloads (rollback).
-bool drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
-                       const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
-                       uint64_t& max_pause_ns);
+/// describes. Records holders and progress in `record`. Stops at the first inspection that
+/// finds a sync function's fault recorded (kFaulted), unless the update is being abandoned
+/// (sync.abandoning): then faults are ignored and no callback of the patch runs.
+SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
+                              const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
+                              uint64_t& max_pause_ns);
 
 }  // namespace polus

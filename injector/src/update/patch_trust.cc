@@ -12,6 +12,7 @@
 #include <deque>
 #include <utility>
 
+#include "common/users.h"
 #include "polus/error.h"
 
 namespace polus {
@@ -38,20 +39,6 @@ class Fd {
  private:
   int fd_;
 };
-
-std::string user_name(uid_t uid) {
-  struct passwd pw;
-  struct passwd* found = nullptr;
-  char buf[4096];
-  if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) != 0 || !found) return "";
-  return found->pw_name;
-}
-
-/// "uid 1000 (alice)", or "uid 1000" for a uid without a name.
-std::string describe_uid(uid_t uid) {
-  std::string name = user_name(uid);
-  return "uid " + std::to_string(uid) + (name.empty() ? "" : " (" + name + ")");
-}
 
 /// What to write after --allow-owner for `uid`: its name, or the number.
 std::string allow_owner_argument(uid_t uid) {
@@ -86,6 +73,7 @@ std::string kind_of(mode_t mode) {
   if (S_ISBLK(mode)) return "a block device";
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISLNK(mode)) return "a symlink";
+  if (S_ISREG(mode)) return "a regular file";
   return "not a regular file";
 }
 
@@ -110,8 +98,8 @@ std::string join(const std::string& directory, const std::string& name) {
 /// Resolves one path component by component, judging everything it opens.
 class TrustWalk {
  public:
-  TrustWalk(const std::string& given, const TrustOptions& options)
-      : given_(given), options_(options), caller_(::geteuid()) {}
+  TrustWalk(const std::string& given, const TrustOptions& options, bool want_directory = false)
+      : given_(given), options_(options), caller_(::geteuid()), want_directory_(want_directory) {}
 
   TrustedFile run() {
     if (given_.empty()) cannot_open(given_, ENOENT);
@@ -146,8 +134,7 @@ class TrustWalk {
         // directory itself was checked when it was opened).
         if (!trusted(st.st_uid)) {
           refuse("the symlink " + path + " is owned by " + describe_uid(st.st_uid) + ", not " + trusted_owners() +
-                 ", who could point it elsewhere; give the path it points to, or pass --allow-owner " +
-                 allow_owner_argument(st.st_uid) + " if you trust that user's patches");
+                 ", who could point it elsewhere; give the path it points to" + allow_hint(st.st_uid, ", or "));
         }
         if (++symlinks > kMaxSymlinks) cannot_open(path, ELOOP);
         std::string target = read_link(parent.fd.get(), name, path);
@@ -157,7 +144,10 @@ class TrustWalk {
         continue;
       }
 
-      if (pending.empty()) return open_file(name, path, st);
+      if (pending.empty() && want_directory_ && !S_ISDIR(st.st_mode)) {
+        refuse((path == given_ ? "it" : path) + " is " + kind_of(st.st_mode) + ", not a directory");
+      }
+      if (pending.empty() && !want_directory_) return open_file(name, path, st);
 
       if (!S_ISDIR(st.st_mode)) cannot_open(path, ENOTDIR);
       Fd fd(::openat(parent.fd.get(), name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
@@ -166,6 +156,7 @@ class TrustWalk {
       dirs_.push_back(Directory{std::move(fd), path});
     }
     // The path ended in a directory ("/", "..", or a symlink to one of those).
+    if (want_directory_) return open_directory();
     refuse_not_regular(dirs_.back().path, S_IFDIR);
   }
 
@@ -182,9 +173,29 @@ class TrustWalk {
   /// A path that does not resolve is reported as read_patch_file reports it (kPatchMalformed);
   /// a lookup the caller may not make, as permission denied.
   [[noreturn]] void cannot_open(const std::string& where, int err) const {
-    std::string message = "cannot open patch " + given_ + (where == given_ ? "" : ": " + where) + ": " + std::strerror(err);
-    if (err == EACCES || err == EPERM) throw Error(ErrorCode::kPermissionDenied, message);
+    std::string message = "cannot open " + options_.kind + " " + given_ + (where == given_ ? "" : ": " + where) + ": " +
+                          std::strerror(err);
+    // Missing trust material (a key, the keys directory) refuses the operation as untrusted.
+    if (err == EACCES || err == EPERM || options_.kind != "patch") throw Error(ErrorCode::kPermissionDenied, message);
     throw Error(ErrorCode::kPatchMalformed, message);
+  }
+
+  /// How to trust a file of `uid`: --allow-owner for patches; other files must be root's.
+  std::string allow_hint(uid_t uid, const char* joint) const {
+    if (options_.kind == "patch") {
+      return std::string(joint) + "pass --allow-owner " + allow_owner_argument(uid) + " if you trust that user's patches";
+    }
+    return std::string(joint) + "give it to root (chown root) if it is yours to trust";
+  }
+
+  /// The directory the path led to, checked on the way, opened for reading its entries.
+  TrustedFile open_directory() const {
+    const Directory& last = dirs_.back();
+    Fd fd(::openat(last.fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) cannot_open(last.path, errno);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) cannot_open(last.path, errno);
+    return TrustedFile(fd.release(), last.path, st);
   }
 
   bool trusted(uid_t uid) const {
@@ -213,8 +224,8 @@ class TrustWalk {
     if (::fstat(fd, &st) != 0) cannot_open(path, errno);
     if (!trusted(st.st_uid)) {
       refuse("the directory " + path + " is owned by " + describe_uid(st.st_uid) + ", not " + trusted_owners() +
-             ", so that user could replace what is in it; move the patch to a directory root owns, or pass "
-             "--allow-owner " + allow_owner_argument(st.st_uid) + " if you trust that user's patches");
+             ", so that user could replace what is in it; move the " + options_.kind + " to a directory root owns" +
+             allow_hint(st.st_uid, ", or "));
     }
     // Sticky and owned by a trusted uid (like /tmp): others may add entries but not rename or
     // remove ours, and every entry used on the way is checked itself.
@@ -227,7 +238,7 @@ class TrustWalk {
 
   [[noreturn]] void refuse_not_regular(const std::string& path, mode_t mode) const {
     refuse((path == given_ ? "it" : path) + " is " + kind_of(mode) +
-           ", not a regular file; give the path of the patch .so itself");
+           ", not a regular file; give the path of the " + (options_.kind == "patch" ? "patch .so" : options_.kind) + " itself");
   }
 
   /// Opens the last component, without following a symlink, and judges what was opened.
@@ -242,8 +253,8 @@ class TrustWalk {
     if (!S_ISREG(st.st_mode)) refuse_not_regular(path, st.st_mode);
     const std::string what = path == given_ ? "the file" : "the file " + path;
     if (!trusted(st.st_uid)) {
-      refuse(what + " is owned by " + describe_uid(st.st_uid) + ", not " + trusted_owners() + "; pass --allow-owner " +
-             allow_owner_argument(st.st_uid) + " if you trust that user's patches");
+      refuse(what + " is owned by " + describe_uid(st.st_uid) + ", not " + trusted_owners() +
+             allow_hint(st.st_uid, "; "));
     }
     if (writable_by_others(st.st_mode)) {
       refuse(what + " is writable by " + who_can_write(st.st_mode) + " (mode " + octal_mode(st.st_mode) +
@@ -258,6 +269,7 @@ class TrustWalk {
   std::string given_;
   const TrustOptions& options_;
   uid_t caller_;
+  bool want_directory_;
   std::vector<Directory> dirs_;  // the resolved path so far; dirs_[0] is "/"
 };
 
@@ -286,7 +298,7 @@ std::vector<uint8_t> TrustedFile::read_all() const {
   for (off_t offset = 0;;) {
     ssize_t n = ::pread(fd_, buf, sizeof buf, offset);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw_errno("cannot read patch " + path_, errno);
+    if (n < 0) throw_errno("cannot read " + path_, errno);
     if (n == 0) break;
     bytes.insert(bytes.end(), buf, buf + n);
     offset += n;
@@ -296,6 +308,10 @@ std::vector<uint8_t> TrustedFile::read_all() const {
 
 TrustedFile open_trusted_patch(const std::string& path, const TrustOptions& options) {
   return TrustWalk(path, options).run();
+}
+
+TrustedFile open_trusted_directory(const std::string& path, const TrustOptions& options) {
+  return TrustWalk(path, options, /*want_directory=*/true).run();
 }
 
 void check_patch_trusted(const std::string& path, const TrustOptions& options) { open_trusted_patch(path, options); }

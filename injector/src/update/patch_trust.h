@@ -38,6 +38,10 @@ namespace polus {
 struct TrustOptions {
   /// Owners besides root and the caller whose files (and directories) are trusted.
   std::vector<uid_t> allowed_owners;
+  /// What the file is, in messages: "patch" (a path that does not resolve is then
+  /// kPatchMalformed, as read_patch_file says it), or e.g. "key file", "configuration file"
+  /// (then kPermissionDenied: the operation is refused for want of it).
+  std::string kind = "patch";
 };
 
 /// A patch file that passed the checks, open read-only. Move-only; closes its fd.
@@ -70,6 +74,10 @@ class TrustedFile {
 
 /// Resolves `path`, checks it as above, and returns the checked file open.
 TrustedFile open_trusted_patch(const std::string& path, const TrustOptions& options);
+
+/// The same walk for a directory (the trusted-keys directory): it and every directory on the
+/// way are checked as above; returns it open (O_RDONLY | O_DIRECTORY) for listing.
+TrustedFile open_trusted_directory(const std::string& path, const TrustOptions& options);
 
 /// open_trusted_patch, then read_patch_bytes on the bytes of that open file: the bytes
 /// validated are the bytes that were checked, whatever happens to the path meanwhile.

@@ -6,6 +6,7 @@
 
 #include "common/format.h"
 #include "polus/error.h"
+#include "update/redirects.h"
 
 namespace polus {
 
@@ -36,18 +37,6 @@ std::map<uint64_t, const polus_redirect_record*> active_redirects(const Registry
   return active;
 }
 
-uint64_t next_symbol_after(const ProcessSymbols& symbols, const Symbol& symbol) {
-  uint64_t next = 0;
-  for (const LoadedObject& object : symbols.objects()) {
-    if (object.path != symbol.object_path) continue;
-    for (const Symbol& s : symbols.symbols_of(object)) {
-      uint64_t a = s.address.address();
-      if (a > symbol.address.address() && (next == 0 || a < next)) next = a;
-    }
-  }
-  return next;
-}
-
 /// Plans every redirect from the file and the target's memory, without stopping anything.
 std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, TargetContext& target,
                                             const std::map<uint64_t, const polus_redirect_record*>& active) {
@@ -66,12 +55,7 @@ std::vector<PlannedRedirect> plan_redirects(const PatchDescription& patch, Targe
     if (auto it = active.find(plan.old_symbol.address.address()); it != active.end()) {
       plan.stacked_on = it->second;
     } else {
-      uint64_t address = plan.old_symbol.address.address();
-      std::vector<uint8_t> code(plan.old_symbol.size + 16);
-      code.resize(target.memory().read_bytes_fallible(RemoteAddr(address), code.data(), code.size()));
-      plan.analysis = analyze_prologue(code, address, plan.old_symbol.size,
-                                       next_symbol_after(target.symbols(), plan.old_symbol),
-                                       plan.old_symbol.qualified_name());
+      plan.analysis = analyze_function_entry(target.symbols(), target.memory(), plan.old_symbol);
     }
     plans.push_back(std::move(plan));
   }
@@ -98,18 +82,7 @@ std::string busy_reason(const PlannedRedirect& plan, const ThreadSnapshot& threa
     }
   }
   if (plan.stacked_on) return "";  // only a jump target changes: any pc is fine
-  const PrologueAnalysis& a = plan.analysis;
-  if (std::find(a.interior_boundaries.begin(), a.interior_boundaries.end(), thread.pc) != a.interior_boundaries.end()) {
-    return who + " is executing the first bytes of " + name;
-  }
-  if (thread_has_address(thread, a.interior_boundaries)) {
-    return who + " has the first bytes of " + name + " on its stack (a return address or an interrupted pc)";
-  }
-  if (a.requires_inactive_function) {
-    AddressRange whole{a.function, a.function + std::max<uint64_t>(a.function_size, 1), name};
-    if (thread_touches(thread, {whole})) return who + " is inside " + name + " and " + a.inactive_reason;
-  }
-  return "";
+  return jump_busy_reason(plan.analysis, name, thread);
 }
 
 void check_registry_accepts_patch(const RegistrySnapshot& registry, pid_t pid) {

@@ -38,10 +38,6 @@ void check_build_ids(const PatchDescription& patch, const ProcessSymbols& symbol
 /// The newest active redirect of every already-patched function, by old function address.
 std::map<uint64_t, const polus_redirect_record*> active_redirects(const RegistrySnapshot& registry);
 
-/// The address of the next symbol after `symbol` in its object (0 if none): where a function
-/// without a size must end at the latest.
-uint64_t next_symbol_after(const ProcessSymbols& symbols, const Symbol& symbol);
-
 /// Plans every redirect from the file and the target's memory, without stopping anything.
 /// Throws kSymbolNotFound / kSymbolAmbiguous / kUnsafeToPatch (a function too short) /
 /// kPatchMalformed (a function replaced twice).

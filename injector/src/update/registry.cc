@@ -66,9 +66,13 @@ RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent
     throw Error(ErrorCode::kInternal, "the Polus agent in the target has no valid registry (magic mismatch)");
   }
   if (r.abi_version != POLUS_AGENT_ABI_VERSION) {
-    throw Error(ErrorCode::kInternal, "the Polus agent in the target speaks ABI version " +
-                                          std::to_string(r.abi_version) + ", this polusctl speaks " +
-                                          std::to_string(POLUS_AGENT_ABI_VERSION) + "; use the matching polusctl");
+    // Its records have another layout: reading them as ours would misplace every field.
+    throw Error(ErrorCode::kInternal,
+                "the Polus agent in the target (" + agent.path + ") keeps its registry in ABI version " +
+                    std::to_string(r.abi_version) + ", and this Polus reads only version " +
+                    std::to_string(POLUS_AGENT_ABI_VERSION) + (r.abi_version < POLUS_AGENT_ABI_VERSION ? " (an older Polus loaded it)" : " (a newer Polus loaded it)") +
+                    "; nothing was read or changed. Use the polusctl of the Polus that loaded it (its patches can "
+                    "be rolled back with that one), or restart the process");
   }
   if (r.patch_count > POLUS_MAX_PATCHES || r.arena_count > POLUS_MAX_ARENAS) {
     throw Error(ErrorCode::kInternal, "the Polus registry in the target is corrupt (counts out of range)");
@@ -112,6 +116,23 @@ std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const 
   std::vector<polus_tracked_item> items(std::min(sync.item_count, sync.item_capacity));
   if (!items.empty()) memory.read_bytes(RemoteAddr(sync.items), items.data(), items.size() * sizeof(polus_tracked_item));
   return items;
+}
+
+std::string record_sha256(const polus_patch_record& header) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (uint8_t byte : header.content_sha256) {
+    out += kDigits[byte >> 4];
+    out += kDigits[byte & 15];
+  }
+  return out;
+}
+
+void set_record_sha256(polus_patch_record& header, const std::string& hex) {
+  auto nibble = [](char c) { return static_cast<uint8_t>(c <= '9' ? c - '0' : c - 'a' + 10); };
+  for (size_t i = 0; i < POLUS_SHA256_BYTES; ++i) {
+    header.content_sha256[i] = 2 * i + 1 < hex.size() ? static_cast<uint8_t>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1])) : 0;
+  }
 }
 
 const char* patch_state_name(uint32_t state) {

@@ -96,6 +96,12 @@ void copy_name(char (&dst)[N], const std::string& src) {
   for (size_t i = n; i < N; ++i) dst[i] = 0;
 }
 
+/// The record's content hash as lowercase hex.
+std::string record_sha256(const polus_patch_record& header);
+
+/// Stores `hex` (64 lowercase hex digits, a PatchDescription's content_sha256) in the record.
+void set_record_sha256(polus_patch_record& header, const std::string& hex);
+
 /// Human name of a polus_patch_state value.
 const char* patch_state_name(uint32_t state);
 

@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "polus/error.h"
 #include "update/data_update.h"
+#include "update/patch_memfd.h"
 
 namespace polus {
 
@@ -30,7 +31,7 @@ bool is_allocator(const std::string& name) {
 
 /// Runs the load in the copy; throws Error describing what went wrong there.
 void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& memory, const PatchDescription& patch,
-                  const std::string& agent_path, std::optional<AgentLocation> agent) {
+                  const std::string& agent_path, std::optional<AgentLocation> agent, const std::string& memfd_name) {
   const pid_t copy = session.pid();
   if (!session.stop_thread(copy, step_deadline())) {
     throw Error(ErrorCode::kTargetDied, "the copy exited before Polus could use it");
@@ -56,12 +57,9 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
     }
     agent = agent_location_at(agent_path, memory.read(RemotePtr<uint64_t>(handle)));
   }
-  uint64_t patch_handle = thread.call_with_string(agent->load_patch, patch.path);
-  if (patch_handle == 0) {
-    polus_agent_registry registry = memory.read(agent->registry);
-    throw Error(ErrorCode::kLoadFailed,
-                "dlopen of the patch failed: " + std::string(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error)));
-  }
+  // The same bytes the target will load, from a sealed memfd made in the copy.
+  uint64_t patch_handle = load_patch_from_memfd(thread, memory, copy, *agent, dynamic_loader_debug(target.symbols()), patch,
+                                                memfd_name);
   // Pre-update callbacks of a code-only patch need nothing of the update's state: try them
   // too. (A data patch's callbacks register heap data with the agent's tracking, which only
   // the real commit sets up.)
@@ -74,8 +72,8 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
 
 }  // namespace
 
-uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                       const std::optional<AgentLocation>& agent) {
+RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name) {
   const auto started = Clock::now();
   // The copy runs our stubs: the arena must exist before it is made.
   {
@@ -85,6 +83,7 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   }
   pid_t cloner = 0;
   pid_t copy = 0;
+  pid_t copy_in_target = 0;  // the target's number for it (another in a pid namespace of its own)
   PauseRequest request;
   request.giving_up = "cannot make a copy of the process to rehearse the load in";
   request.prepare = [&] {
@@ -121,12 +120,13 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   };
   std::optional<PtraceSession> session;
   request.act = [&](const Pause&) {
-    copy = target.borrow(cloner).clone_process();
+    copy = target.borrow(cloner).clone_process(&copy_in_target);
     // Out of the target's session before the pause ends, or resuming every thread would
     // let the copy go too.
     session.emplace(target.session().split_off_process(copy));
   };
-  target.pause_when_free(request);
+  RehearsalCost cost;
+  cost.pause_ns = target.pause_when_free(request);
   // Let go of the target while the copy is driven: its threads' signals and new threads must
   // not wait for the rehearsal.
   target.release();
@@ -134,7 +134,7 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
   std::string failure;
   try {
     ProcMemory memory(copy);
-    load_in_copy(target, *session, memory, patch, agent_path, agent);
+    load_in_copy(target, *session, memory, patch, agent_path, agent, memfd_name);
   } catch (const Error& e) {
     failure = e.code() == ErrorCode::kTargetDied ? "the copy died (" + std::string(e.what()) + ")" : e.what();
   } catch (const std::exception& e) {
@@ -147,12 +147,12 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
     target.seize();
     BorrowedThread thread = target.borrow_safe_thread();
     int64_t reaped = 0;
-    for (int attempt = 0; attempt < 200 && reaped != copy; ++attempt) {
-      reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy), 0, __WALL | WNOHANG, 0});
+    for (int attempt = 0; attempt < 200 && reaped != copy_in_target; ++attempt) {
+      reaped = thread.syscall(SYS_wait4, {static_cast<uint64_t>(copy_in_target), 0, __WALL | WNOHANG, 0});
       if (reaped < 0 && reaped != -EINTR) break;
-      if (reaped != copy) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (reaped != copy_in_target) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (reaped != copy) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
+    if (reaped != copy_in_target) spdlog::warn("the rehearsal's copy {} was not reaped by process {} ({})", copy, target.pid(), reaped);
   } catch (const std::exception& e) {
     spdlog::warn("the rehearsal's copy {} was not reaped by process {}: {}", copy, target.pid(), e.what());
   }
@@ -161,9 +161,10 @@ uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, con
                                             std::to_string(target.pid()) + ": " + failure +
                                             ". The process itself was not touched; fix the patch");
   }
-  uint64_t took = elapsed_ns(started);
-  spdlog::debug("rehearsal of patch {} in copy {} of process {}: {} us", patch.name, copy, target.pid(), took / 1000);
-  return took;
+  cost.total_ns = elapsed_ns(started);
+  spdlog::debug("rehearsal of patch {} in copy {} of process {}: {} us, the copy made in a pause of {} us", patch.name,
+                copy, target.pid(), cost.total_ns / 1000, cost.pause_ns / 1000);
+  return cost;
 }
 
 }  // namespace polus

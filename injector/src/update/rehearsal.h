@@ -21,12 +21,18 @@
 
 namespace polus {
 
-/// Loads the agent (unless `agent` says it is there) and `patch` into a copy of the target
+/// Loads the agent (unless `agent` says it is there) and `patch` into a copy of the target,
+/// from a sealed memfd named `memfd_name` holding the validated bytes (update/patch_memfd.h),
 /// and runs the patch's pre-update callbacks there (code-only patches). Throws
 /// Error(kLoadFailed) saying what happened in the copy; the target itself is unchanged
 /// (but for the scratch arena, which the copy needs and the caller unmaps on failure).
-/// `target` must be seized. Returns the time it took in ns.
-uint64_t rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                       const std::optional<AgentLocation>& agent);
+/// `target` must be seized. Returns what it cost.
+struct RehearsalCost {
+  uint64_t total_ns = 0;  // from the first borrow to the copy reaped
+  uint64_t pause_ns = 0;  // every thread of the target stopped while the copy was made:
+                          // grows with the target's page tables (clone copies them)
+};
+RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name);
 
 }  // namespace polus

@@ -1,19 +1,28 @@
 // Rolling back (paper §4.2.1: a rollback is an update run the other way, reusing the sync
 // functions) and finishing updates left `syncing`.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstddef>
 #include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
+#include "update/abandon.h"
 #include "update/data_update.h"
 #include "update/engine_internal.h"
 #include "polus/engine.h"
 #include "polus/error.h"
 #include "common/format.h"
+#include "update/access_policy.h"
+#include "update/audit.h"
 #include "update/patch_file.h"
+#include "update/patch_memfd.h"
 #include "update/patch_trust.h"
+#include "update/redirects.h"
 
 namespace polus {
 
@@ -40,26 +49,79 @@ RegistryContext open_registry(TargetContext& target, const char* nothing_message
   return ctx;
 }
 
-/// Puts back what each redirect of `record` overwrote, newest first.
-void restore_jumps(ProcessMemory& memory, const PatchRecordView& record) {
-  for (auto r = record.redirects.rbegin(); r != record.redirects.rend(); ++r) {
-    memory.write_bytes(RemoteAddr(r->patch_site), r->saved_bytes, r->saved_length);
-    if (r->flags & POLUS_REDIRECT_REUSED_TRAMPOLINE) memory.write(RemotePtr<uint64_t>(r->trampoline + 6), r->previous_target);
+/// The bytes the target loaded for `record`, read back from its sealed memfd through
+/// /proc/PID/map_files (which needs root: CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), if they
+/// still have the recorded SHA-256.
+std::optional<PatchDescription> read_loaded_copy(pid_t pid, const PatchRecordView& record) {
+  const std::string sha256 = record_sha256(record.header);
+  const std::string memfd = "/memfd:" + patch_memfd_name(record.header.name, sha256, record.header.id);
+  for (const MappedRegion& region : read_process_maps(pid)) {
+    if (region.path != memfd || !region.contains(record.header.code_start)) continue;
+    // Only the map_files link, which reaches the mapped memfd itself: a file of that name in
+    // the target's root is nothing of ours (and could be a FIFO that blocks the open).
+    char range[64];
+    std::snprintf(range, sizeof range, "/map_files/%llx-%llx", static_cast<unsigned long long>(region.start),
+                  static_cast<unsigned long long>(region.end));
+    int fd = ::open(("/proc/" + std::to_string(pid) + range).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;  // not root: the caller reads the named file instead
+    std::vector<uint8_t> bytes;
+    uint8_t buf[65536];
+    for (ssize_t n; bytes.size() <= kMaxPatchFileBytes && (n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(bytes.size()))) > 0;) {
+      bytes.insert(bytes.end(), buf, buf + n);
+    }
+    ::close(fd);
+    try {
+      PatchDescription patch = read_patch_bytes(std::move(bytes), record.header.path);
+      if (patch.content_sha256 == sha256) return patch;  // (a planted lookalike file fails here)
+    } catch (const Error&) {
+    }
+    return std::nullopt;
   }
+  return std::nullopt;
 }
 
-/// The patch file of a record, if it can still be read — and still trusted: its sync and
-/// callback addresses are run in the target, so a file others could swap is refused.
-std::optional<PatchDescription> read_recorded_patch(const PatchRecordView& record, const EngineOptions& options) {
+/// The description of the patch a record names: the very bytes the target loaded when they
+/// can be read back, else the file the operator named — if it is still trusted (its sync and
+/// callback addresses are run in the target, so a file others could swap is refused) and
+/// still has the recorded SHA-256 (a rebuilt file describes other code).
+std::optional<PatchDescription> read_recorded_patch(pid_t pid, const PatchRecordView& record, const EngineOptions& options) {
+  if (std::optional<PatchDescription> loaded = read_loaded_copy(pid, record)) return loaded;
+  // A data patch's sync functions and callbacks would run from a file now untrusted or
+  // changed: say so. A code patch's rollback needs nothing of its file.
+  const bool needed = !record.watched.empty();
+  std::optional<PatchDescription> patch;
   try {
-    return read_trusted_patch(record.header.path, TrustOptions{options.allowed_owners});
+    patch = read_trusted_patch(record.header.path, TrustOptions{options.allowed_owners});
   } catch (const Error& e) {
-    // A data patch's sync functions and callbacks would run from a file now untrusted: say so.
-    // A code patch's rollback needs nothing of its file.
-    if (e.code() == ErrorCode::kPermissionDenied && !record.watched.empty()) throw;
+    if (e.code() == ErrorCode::kPermissionDenied && needed) throw;
     spdlog::warn("cannot read the patch file of {}: {}", record.header.name, e.what());
     return std::nullopt;
   }
+  const std::string applied = record_sha256(record.header);
+  if (patch->content_sha256 != applied) {
+    std::string message = "the file " + std::string(record.header.path) + " is no longer the patch " + record.header.name +
+                          " that was applied (its SHA-256 is " + patch->content_sha256 + ", the applied one's " +
+                          applied + ")";
+    if (needed) {
+      throw Error(ErrorCode::kPatchMalformed, message + "; its sync functions must come from the applied bytes: put "
+                                              "the applied file back, or run as root (Polus then reads the loaded copy)");
+    }
+    spdlog::warn("{}; not needed to roll back a patch that changed no data", message);
+    return std::nullopt;
+  }
+  return patch;
+}
+
+/// The patch an operation on `record` concerns, for the access policy.
+PatchConcerned concerned(const PatchRecordView& record) {
+  return PatchConcerned{record.header.id, record.header.name, record.header.applied_by_uid};
+}
+
+/// Names the record's patch in the audit record (before anything can fail).
+void note_patch(AuditEvent& audit, const PatchRecordView& record) {
+  audit.patch_name = record.header.name;
+  audit.patch_path = record.header.path;
+  audit.sha256 = record_sha256(record.header);
 }
 
 /// Rolls back a patch that changed no data: in one pause (after the rolling-back intent, when
@@ -88,13 +150,16 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   DataPlan plan = plan_data_update(patch, target.symbols(), bias, POLUS_UPDATE_ROLLBACK);
   const bool sync_active = ctx.registry.registry.sync.active != 0;
+  // Completing an abandon cut short: no code of the patch runs any more.
+  const bool abandoning = sync_active && ctx.registry.registry.sync.abandoning != 0;
   // Code runs in the pause unless the apply's sync phase is still on and the patch has no
   // pre-update callback: then the pause only puts the original bytes back. Requiring every
   // thread outside malloc, the loader and the agent's fault handler for nothing would make a
   // rollback under load wait for a moment that a busy server may never have.
-  const bool run_code = !sync_active || std::any_of(patch.callbacks.begin(), patch.callbacks.end(), [](const polus_callback& c) {
-    return c.kind == POLUS_CB_PRE_UPDATE;
-  });
+  const bool run_code = !sync_active || (!abandoning && std::any_of(patch.callbacks.begin(), patch.callbacks.end(),
+                                                                    [](const polus_callback& c) {
+                                                                      return c.kind == POLUS_CB_PRE_UPDATE;
+                                                                    }));
   pid_t borrower = 0;
   if (!sync_active) {
     BorrowedThread thread = target.borrow_safe_thread();
@@ -130,7 +195,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     thread.set_pass_faults(sync_active);
     run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
     if (!sync_active) {
-      initialize_counterparts(thread, plan, POLUS_UPDATE_ROLLBACK);
+      try {
+        initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK);
+      } catch (const SyncFunctionFault& fault) {
+        throw abandon_before_start(target, ctx.agent, record.header, POLUS_UPDATE_ROLLBACK, fault);
+      }
       unblock_fault_signals(target.session());
       begin_sync(thread, ctx.agent);
     }
@@ -167,7 +236,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   target.release();  // write tracking is on: never hold the target between inspections
 
   uint64_t max_pause = pause_ns;
-  bool done = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  if (outcome == SyncOutcome::kFaulted) {
+    throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, patch, options.sync_timeout).message);
+  }
+  const bool done = outcome == SyncOutcome::kDone;
   PatchInfo info = info_from_record(record);
   info.pause_ns = max_pause;
   info.apply_wall_ns = elapsed_ns(started);
@@ -183,12 +256,11 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
 void retire_patch(TargetContext& target, const AgentLocation& agent, const PatchRecordView& record) {
   target.seize();
   // No jump leads into the patch any more; if no thread is inside its code right now, none
-  // ever will be again and it can be unloaded.
+  // ever will be again and it can be unloaded. (Its code range is recorded: the patch is
+  // mapped from a memfd, whose name in /proc/PID/maps is no file the operator knows.)
   std::vector<AddressRange> patch_code;
-  for (const MappedRegion& region : read_process_maps(target.pid())) {
-    if (region.executable && region.path == record.header.path) {
-      patch_code.push_back({region.start, region.end, record.header.name});
-    }
+  if (record.header.code_end > record.header.code_start) {
+    patch_code.push_back({record.header.code_start, record.header.code_end, record.header.name});
   }
   // A thread preempted on one of the patch's own trampoline slots (it took the old function's
   // jump before the rollback restored it) still goes on into the patch's code. (A slot reused
@@ -235,10 +307,12 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   const uint32_t state = record.header.state;
   const auto started = Clock::now();
   const bool applying = state == POLUS_STATE_APPLYING;
+  // Completing someone else's interrupted operation acts on their patch.
+  require_access(options.caller, target.pid(), applying ? Action::kApply : Action::kRollback, concerned(record));
   spdlog::warn("process {}: the {} of patch {} (id {}) was interrupted (the Polus process running it died); {} it",
                target.pid(), applying ? "apply" : "rollback", record.header.name, record.header.id,
                applying ? "undoing" : "completing");
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   const bool sync_active = ctx.registry.registry.sync.active != 0;
   if (!patch && (sync_active || !record.watched.empty())) {
@@ -257,7 +331,37 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   return rollback_code_patch(target, ctx, record, started, /*write_intent=*/!applying);
 }
 
+/// Abandons the update in flight if one of its sync functions faulted while nothing drove it
+/// (the agent's fence recorded it; update/abandon.h).
+std::optional<Abandoned> abandon_faulted_in(TargetContext& target, RegistryContext& ctx, const EngineOptions& options) {
+  const polus_sync_state& sync = ctx.registry.registry.sync;
+  if (!sync.active || !fault_pending(sync)) return std::nullopt;
+  auto syncing = std::find_if(ctx.registry.patches.rbegin(), ctx.registry.patches.rend(),
+                              [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
+  if (syncing == ctx.registry.patches.rend()) return std::nullopt;
+  PatchRecordView record = *syncing;
+  require_access(options.caller, target.pid(), Action::kFinish, concerned(record));
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
+  if (!patch) {
+    throw Error(ErrorCode::kPatchMalformed, "a sync function of patch " + std::string(record.header.name) +
+                                                " faulted, and its file " + record.header.path +
+                                                " is gone: it is needed to abandon the update; put it back and run "
+                                                "the command again");
+  }
+  return abandon_update(target, ctx.agent, record, *patch, options.sync_timeout);
+}
+
 }  // namespace
+
+std::optional<Abandoned> abandon_if_faulted(TargetContext& target, const EngineOptions& options) {
+  std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
+  if (!agent) return std::nullopt;
+  RegistryContext ctx{*agent, read_registry(target.memory(), *agent)};
+  adopt_arenas(target.arena(), ctx.registry);
+  std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options);
+  if (abandoned) target.reload_symbols();  // the patch may be gone
+  return abandoned;
+}
 
 std::optional<PatchInfo> recover_interrupted(TargetContext& target, const EngineOptions& options) {
   std::optional<AgentLocation> agent = locate_agent(target.pid(), target.symbols().maps());
@@ -307,16 +411,21 @@ PatchInfo rollback_record(TargetContext& target, RegistryContext& ctx, PatchReco
 
 }  // namespace
 
-PatchInfo rollback_patch(pid_t pid, const EngineOptions& options) {
+PatchInfo run_rollback(pid_t pid, const EngineOptions& options, AuditEvent& audit) {
   auto started = Clock::now();
   TargetContext target(pid, options.symbols, started + options.timeout);
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
+  note_patch(audit, ctx.registry.patches.back());
   // An interrupted operation on the newest patch is seen through first: that is the rollback.
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
+  // So is an update whose sync function faulted: abandoning it is the outcome to report.
+  if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
+    throw Error(ErrorCode::kLoadFailed, abandoned->message);
+  }
   return rollback_record(target, ctx, ctx.registry.patches.back(), options, started);
 }
 
-PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& options) {
+PatchInfo run_rollback(pid_t pid, uint64_t patch_id, const EngineOptions& options, AuditEvent& audit) {
   auto started = Clock::now();
   TargetContext target(pid, options.symbols, started + options.timeout);
   RegistryContext ctx = open_registry(target, "has no applied Polus patch to roll back");
@@ -325,6 +434,9 @@ PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& opti
     target.reload_symbols();  // the recovered patch may be unloaded
     ctx.registry = read_registry(target.memory(), ctx.agent);
   }
+  if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
+    throw Error(ErrorCode::kLoadFailed, abandoned->message);
+  }
   auto found = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
                             [&](const PatchRecordView& p) { return p.header.id == patch_id; });
   if (found == ctx.registry.patches.end()) {
@@ -332,6 +444,7 @@ PatchInfo rollback_patch(pid_t pid, uint64_t patch_id, const EngineOptions& opti
                                                    std::to_string(patch_id) + " (`polusctl status " +
                                                    std::to_string(pid) + "` lists them)");
   }
+  note_patch(audit, *found);
   check_nothing_builds_on(target, ctx.registry, *found);
   return rollback_record(target, ctx, *found, options, started);
 }
@@ -341,10 +454,11 @@ namespace {
 PatchInfo rollback_record(TargetContext& target, RegistryContext& ctx, PatchRecordView record, const EngineOptions& options,
                           Clock::time_point started) {
   const pid_t pid = target.pid();
+  require_access(options.caller, pid, Action::kRollback, concerned(record));
   if (record.header.state == POLUS_STATE_SYNCING && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     return finish_in(target, ctx, record, options);  // a rollback already under way: see it through
   }
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(pid, record, options);
   const bool has_data = patch && !patch->mappings_of(POLUS_MAP_DATA).empty();
   if (!patch && !record.watched.empty()) {
     throw Error(ErrorCode::kPatchMalformed, "patch " + std::string(record.header.name) +
@@ -370,23 +484,29 @@ PatchInfo rollback_record(TargetContext& target, RegistryContext& ctx, PatchReco
 
 }  // namespace
 
-PatchInfo finish_update(pid_t pid, const EngineOptions& options) {
+PatchInfo run_finish(pid_t pid, const EngineOptions& options, AuditEvent& audit) {
   TargetContext target(pid, options.symbols, Clock::now() + options.timeout);
   RegistryContext ctx = open_registry(target, "has no Polus update in flight");
+  note_patch(audit, ctx.registry.patches.back());
   if (std::optional<PatchInfo> recovered = recover_in(target, ctx, options)) return *recovered;
+  if (std::optional<Abandoned> abandoned = abandon_faulted_in(target, ctx, options)) {
+    throw Error(ErrorCode::kLoadFailed, abandoned->message);
+  }
   auto syncing = std::find_if(ctx.registry.patches.begin(), ctx.registry.patches.end(),
                               [](const PatchRecordView& p) { return p.header.state == POLUS_STATE_SYNCING; });
   if (syncing == ctx.registry.patches.end()) {
     throw Error(ErrorCode::kNothingToRollBack, "process " + std::to_string(pid) + " has no Polus update in flight");
   }
   PatchRecordView record = *syncing;
+  note_patch(audit, record);
+  require_access(options.caller, pid, Action::kFinish, concerned(record));
   return finish_in(target, ctx, record, options);
 }
 
 namespace {
 
 PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView& record, const EngineOptions& options) {
-  std::optional<PatchDescription> patch = read_recorded_patch(record, options);
+  std::optional<PatchDescription> patch = read_recorded_patch(target.pid(), record, options);
   if (!patch) {
     throw Error(ErrorCode::kPatchMalformed, "the file of patch " + std::string(record.header.name) + " (" +
                                                 record.header.path + ") is gone; it is needed to finish the update");
@@ -394,7 +514,11 @@ PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView
   target.seize();
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   uint64_t max_pause = 0;
-  bool done = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  if (outcome == SyncOutcome::kFaulted) {
+    throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, *patch, options.sync_timeout).message);
+  }
+  const bool done = outcome == SyncOutcome::kDone;
   PatchInfo info = info_from_record(record);
   if (done && record.header.direction == POLUS_UPDATE_ROLLBACK) {
     retire_patch(target, ctx.agent, record);

@@ -1,5 +1,7 @@
 // Reading what Polus did to a process: the registry as the operator sees it (status) and
 // every thread's call stack (stacks). Status needs no ptrace and never stops the target.
+#include <string.h>
+
 #include <algorithm>
 #include <optional>
 
@@ -7,6 +9,8 @@
 #include "polus/patch.h"
 #include "common/format.h"
 #include "polus/engine.h"
+#include "update/abandon.h"
+#include "update/access_policy.h"
 #include "update/engine_internal.h"
 #include "update/registry.h"
 #include "update/target.h"
@@ -19,6 +23,8 @@ PatchInfo info_from_record(const PatchRecordView& record) {
   info.id = header.id;
   info.name = header.name;
   info.path = header.path;
+  info.sha256 = record_sha256(header);
+  info.applied_by_uid = header.applied_by_uid;
   info.state = patch_state_name(header.state);
   info.direction = header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
   info.applied_at_unix_ns = header.applied_at_unix_ns;
@@ -70,7 +76,8 @@ std::vector<ThreadStack> inspect_stacks(pid_t pid) {
   return stacks;
 }
 
-ProcessStatus read_status(pid_t pid) {
+ProcessStatus read_status(pid_t pid, const Caller& caller) {
+  require_access(caller, pid, Action::kStatus);
   ProcessStatus status;
   status.pid = pid;
   std::vector<MappedRegion> maps = read_process_maps(pid);
@@ -85,14 +92,47 @@ ProcessStatus read_status(pid_t pid) {
   status.write_faults = sync.faults;
   status.false_sharing = sync.false_sharing;
   status.chained_faults = sync.chained_faults;
+  const polus_update_failure& failure = registry.registry.last_failure;
+  if (failure.patch_id != 0) {
+    FailureInfo f;
+    f.patch_id = failure.patch_id;
+    f.patch_name = std::string(failure.patch_name, strnlen(failure.patch_name, sizeof failure.patch_name));
+    f.direction = failure.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
+    f.signal = static_cast<int>(failure.signal);
+    f.at_unix_ns = failure.at_unix_ns;
+    f.reason = std::string(failure.reason, strnlen(failure.reason, sizeof failure.reason));
+    status.last_failure = f;
+  }
   std::optional<ProcessSymbols> symbols;
   // Taking the operation lock serialises operations; a record left mid-operation while no
   // operation holds it was cut short (the next command completes or undoes it).
   const bool operation_running = OperationLock::busy(pid);
   for (const PatchRecordView& p : registry.patches) {
     PatchInfo info = info_from_record(p);
+    if (!may_touch_patch(caller, p.header.applied_by_uid)) {
+      // Applied by someone else (root): the caller learns that it is there, not what it does.
+      PatchInfo withheld;
+      withheld.id = info.id;
+      withheld.name = info.name;
+      withheld.state = info.state;
+      withheld.applied_by_uid = info.applied_by_uid;
+      withheld.applied_at_unix_ns = info.applied_at_unix_ns;
+      withheld.details_withheld = true;
+      status.patches.push_back(std::move(withheld));
+      continue;
+    }
     if (!operation_running && p.header.state == POLUS_STATE_APPLYING) info.state = "interrupted-apply";
     if (!operation_running && p.header.state == POLUS_STATE_ROLLING_BACK) info.state = "interrupted-rollback";
+    if (p.header.state == POLUS_STATE_SYNCING && status.sync_active && sync.fault.function) {
+      if (!symbols) symbols = ProcessSymbols::load(pid);
+      info.fault = describe_sync_fault(sync.fault, *symbols, p.header.name);
+      if (fault_pending(sync)) {
+        info.state = "faulted";
+        info.fault += "; the next polusctl command on this process (or polusd) abandons the update";
+      } else {
+        info.fault += "; the update is being abandoned";
+      }
+    }
     if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
       if (!symbols) symbols = ProcessSymbols::load(pid);
       for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {

@@ -1,0 +1,100 @@
+/*
+ * sync_fence.c — the fence around patch sync functions (see sync_fence.h for why and how),
+ * inside libpolus-agent.so.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "raw_syscall.h"
+#include "sync_fence.h"
+#include "sync_state.h"
+
+void fence_arm(struct sync_fence *f, int save_mask) {
+    f->prev = G.fence;
+    f->depth = G.fence ? G.fence->depth + 1 : 0;
+    f->lock_depth = G.lock_depth;
+    f->in_sync = G.in_sync;
+    f->has_mask = 0;
+    f->saved = 0;
+    f->signal = 0;
+    if (save_mask) {
+        uint64_t mask = 0;
+        if (raw6(SYS_rt_sigprocmask, SIG_BLOCK, 0, (long)&mask, 8, 0, 0) == 0) {
+            f->mask = mask;
+            f->has_mask = 1;
+        }
+    }
+    __atomic_store_n(&G.fence, f, __ATOMIC_RELAXED);
+}
+
+void fence_disarm(struct sync_fence *f) { __atomic_store_n(&G.fence, f->prev, __ATOMIC_RELAXED); }
+
+uint8_t *fence_save_area(const struct sync_fence *f, uint64_t size) {
+    if (!G.fence_save || size > FENCE_SAVE_MAX || f->depth >= FENCE_SAVE_LEVELS) return NULL;
+    return G.fence_save + (uint64_t)f->depth * FENCE_SAVE_MAX;
+}
+
+void fence_unwind(int sig, const siginfo_t *si, ucontext_t *uc, int tid) {
+    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) != tid) return;
+    struct sync_fence *f = G.fence;
+    if (!f) return;
+    f->signal = sig;
+    f->si_code = si->si_code;
+    f->fault_address = (uint64_t)(uintptr_t)si->si_addr;
+    f->pc = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    /* The mask the sync function ran with (a handler's: every asynchronous signal blocked),
+     * or the entry point's caller's. siglongjmp with a buffer saved without the mask leaves
+     * the mask alone: set it here, where the kernel would have on return. */
+    set_sigmask(f->has_mask ? f->mask : *uc_mask_word(uc));
+    siglongjmp(f->env, 1);
+}
+
+static uint64_t unix_ns(void) {
+    struct timespec ts = {0, 0};
+    RAW(SYS_clock_gettime, CLOCK_REALTIME, &ts, 0);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32_t kind, uint32_t flags, int tid) {
+    struct polus_sync_fault *r = &REG.sync.fault;
+    if (!r->function) {
+        const struct polus_tracked_item *it = &items()[item];
+        r->item_address = it->address;
+        r->fault_address = f->fault_address;
+        r->pc = f->pc;
+        r->tid = (uint64_t)tid;
+        r->at_unix_ns = unix_ns();
+        r->item = item;
+        r->side = it->side;
+        r->kind = kind;
+        r->signal = (uint32_t)f->signal;
+        r->si_code = f->si_code;
+        r->flags = flags;
+        /* last: the injector takes a non-zero function as the whole record being there */
+        __atomic_store_n(&r->function, fn, __ATOMIC_RELEASE);
+    }
+    __atomic_fetch_add(&r->count, 1, __ATOMIC_RELAXED);
+    if (G.disabled_count < MAX_DISABLED) G.disabled[G.disabled_count] = fn;
+    if (G.disabled_count <= MAX_DISABLED) G.disabled_count++;
+}
+
+int fence_disabled(uint64_t fn) {
+    if (G.disabled_count > MAX_DISABLED) return 1; /* more faulting functions than slots: run none */
+    for (uint32_t k = 0; k < G.disabled_count; k++)
+        if (G.disabled[k] == fn) return 1;
+    return 0;
+}
+
+int fence_reset(void) {
+    memset(&REG.sync.fault, 0, sizeof REG.sync.fault);
+    REG.sync.abandoning = 0;
+    G.disabled_count = 0;
+    G.fence = NULL;
+    if (!G.fence_save) G.fence_save = sys_mmap((uint64_t)FENCE_SAVE_MAX * FENCE_SAVE_LEVELS);
+    return G.fence_save ? 0 : -ENOMEM;
+}

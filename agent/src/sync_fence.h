@@ -1,0 +1,86 @@
+/*
+ * sync_fence.h — the fence around every patch sync function the agent runs (internal to
+ * libpolus-agent.so, not installed; every symbol here is hidden).
+ *
+ * A sync function is patch code, run by the agent inside its SIGSEGV handler on whatever
+ * thread wrote a tracked item, with the sync lock held (or from an entry point). If it faults
+ * (a NULL dereference, a division by zero, ud2, a store to read-only memory), the signal must
+ * not reach the target's own disposition: SIG_DFL would kill a process that did nothing wrong,
+ * and an application handler would get a fault that is not its own. So:
+ *
+ *   run_sync (tracked_pages.c) arms a fence before the call: sigsetjmp in its own frame, the
+ *   lock depth and sync depth of that moment, and a copy of the counterpart's bytes (up to
+ *   FENCE_SAVE_MAX). The agent's handlers for SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGTRAP
+ *   call fence_unwind first for any signal that is not theirs to handle (not a tracked write,
+ *   not our single step): on the lock holder with a fence armed, it is the sync function's
+ *   fault, and fence_unwind siglongjmps back to the fence (allowed from a signal handler: the
+ *   jump buffer was set in the same thread, in a frame below which the handler runs, and
+ *   the code interrupted is the sync function, bound by the async-signal-safe contract).
+ *   run_sync then puts the counterpart's bytes back, records the fault (fence_record: the
+ *   registry's sync.fault, read by the injector), disables the function for the rest of the
+ *   update and returns. The thread goes on: the write that triggered the sync has landed
+ *   in the item it was made to, and the counterpart is as before that sync began.
+ *
+ * The injector then abandons the update (it watches sync.fault at every inspection, and
+ * sync_end refuses to end tracking while a fault is recorded and not being abandoned).
+ *
+ * Uses sync_state only; used by tracked_pages.c (arming) and fault_handlers.c (unwinding).
+ */
+#ifndef POLUS_AGENT_SYNC_FENCE_H
+#define POLUS_AGENT_SYNC_FENCE_H
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <ucontext.h>
+
+#pragma GCC visibility push(hidden)
+
+/* Counterparts up to this size are copied before each sync call and put back if it faults
+ * (the copy costs about what the sync function's own copy does; bigger items are left as the
+ * faulting function left them, and the fault record says so). */
+#define FENCE_SAVE_MAX (64u * 1024u)
+#define FENCE_SAVE_LEVELS 2u
+
+struct sync_fence {
+    sigjmp_buf env;
+    struct sync_fence *prev;
+    uint32_t depth;      /* 0 for the outermost fence */
+    int lock_depth;      /* the sync lock's depth when the function was called */
+    uint32_t in_sync;    /* G.in_sync then */
+    uint32_t has_mask;   /* entry points: the caller's signal mask, put back after a fault */
+    uint64_t mask;
+    uint32_t saved;      /* the counterpart's bytes were copied before the call */
+    /* what the fault was, filled by fence_unwind */
+    int32_t signal, si_code;
+    uint64_t fault_address, pc;
+};
+
+/* Arms `f` on the lock holder (call right before sigsetjmp(f->env, 0)). save_mask: the
+ * caller is an entry point, not a handler (whose mask is the faulting context's). */
+void fence_arm(struct sync_fence *f, int save_mask);
+
+/* Disarms it (after the call returned, or after the unwind). */
+void fence_disarm(struct sync_fence *f);
+
+/* Where to keep the counterpart's bytes for fence `f`, NULL if size is too big. */
+uint8_t *fence_save_area(const struct sync_fence *f, uint64_t size);
+
+/* From a handler, for a signal that is not the agent's own: if this thread holds the sync
+ * lock inside a fenced sync function, unwinds to the fence (does not return). */
+void fence_unwind(int sig, const siginfo_t *si, ucontext_t *uc, int tid);
+
+/* After an unwind: records the fault in registry.sync.fault (first one; count always) and
+ * disables `fn` for the rest of the update. kind: POLUS_SYNC_FAULT_POST / _PRE. */
+void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32_t kind, uint32_t flags, int tid);
+
+/* 1 if `fn` faulted earlier in this update (it is not run again). */
+int fence_disabled(uint64_t fn);
+
+/* A new update (sync_begin): no fault, nothing disabled, not abandoning; the save area
+ * mapped. 0 or -ENOMEM. */
+int fence_reset(void);
+
+#pragma GCC visibility pop
+
+#endif /* POLUS_AGENT_SYNC_FENCE_H */

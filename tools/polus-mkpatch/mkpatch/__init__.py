@@ -1,0 +1,1 @@
+"""polus-mkpatch: turns a source fix into a checked Polus patch (see patch-format/GENERATOR.md)."""

@@ -1,0 +1,186 @@
+"""polus-mkpatch's command line: from a source fix to a checked patch (see GENERATOR.md)."""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from . import build, closure, compare, heuristics, patchbuild, report
+from .asmpatch import rewrite
+from .cgen import generate
+from .common import (EXIT_BUILD, EXIT_INCOMPLETE, EXIT_OK, EXIT_PATCH_BUILD, EXIT_REFUSED, BuildFailed, Findings,
+                     Refused, c_ident, log, tool_dir)
+from .plan import Plan
+from .target import Binary, compare_builds
+from .versions import Versions
+
+
+class Unit:
+    def __init__(self, tu, asm_path, fixups):
+        self.tu, self.asm_path, self.fixups = tu, asm_path, fixups
+        self.fixup_table = "__polus_fixups_%s" % c_ident(tu.obj)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="polus-mkpatch", description="Generate a Polus live patch from a source fix.")
+    p.add_argument("--old", required=True, help="source tree of the running version")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--fix", help="the fix, a unified diff to apply to the old tree (patch -p1, or -p0)")
+    g.add_argument("--new", help="the fixed source tree")
+    p.add_argument("--build", required=True, help="the build command, run in the tree (e.g. 'make -j2')")
+    p.add_argument("--binary", help="the program the patch is for, relative to the tree (default: the one linked)")
+    p.add_argument("--target", help="the running binary, if it is not the old tree as rebuilt here (its build-id "
+                                    "binds the patch)")
+    p.add_argument("--out", required=True, help="output directory (the patch, its sources, the report)")
+    p.add_argument("--name", help="the patch's name (default: from the fix)")
+    p.add_argument("--description", help="one line for the operator")
+    p.add_argument("--versions", help="version file shared by a series of patches (created if missing)")
+    p.add_argument("--author", help="C file with the author's part (sync functions, heap conversion)")
+    p.add_argument("--workdir", help="where to build (default: a temporary directory, removed afterwards)")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the build trees")
+    p.add_argument("--include", default=os.environ.get("POLUS_PATCH_INCLUDE") or
+                   os.path.join(os.path.dirname(os.path.dirname(tool_dir())), "patch-format", "include"),
+                   help="directory holding polus/patch.h")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    findings = Findings()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="polus-mkpatch-")
+    os.makedirs(workdir, exist_ok=True)
+    rep = report.Report(out, findings)
+    try:
+        status = _generate(args, out, workdir, findings, rep)
+    except Refused as e:
+        rep.refused(str(e))
+        log("refused: %s" % e)
+        status = EXIT_REFUSED
+    except BuildFailed as e:
+        rep.failed(str(e))
+        log(str(e))
+        status = EXIT_BUILD
+    finally:
+        if not args.workdir and not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rep.write()
+    return status
+
+
+def _generate(args, out, workdir, findings, rep):
+    versions = Versions(os.path.abspath(args.versions) if args.versions else None)
+    for path in (args.old, args.new):
+        if path and not os.path.isdir(path):
+            raise Refused("%s is not a directory" % path)
+    old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
+    old = build.move(old, os.path.join(workdir, "old"))
+    new = build.build(workdir, os.path.abspath(args.new or args.old), args.build, "new",
+                      fix=os.path.abspath(args.fix) if args.fix else None)
+    binary = build.find_binary(new, args.binary)
+    build.find_binary(old, binary)
+    old_bin = Binary(old.path(binary))
+    prior = versions.target()
+    if args.target:
+        running = Binary(os.path.abspath(args.target))
+    elif prior:
+        running = Binary(prior["path"]) if os.path.exists(prior["path"]) else None
+        if running is None:
+            findings.cannot_verify("the version file's target %s is gone; the patch is bound to its build-id %s"
+                                   % (prior["path"], prior["build_id"]))
+    else:
+        running = None
+    build_id = running.build_id if running else (prior["build_id"] if prior else old_bin.build_id)
+    if prior and running and running.build_id != prior["build_id"]:
+        raise Refused("the version file %s belongs to a target with build-id %s, not %s" %
+                      (args.versions, prior["build_id"], running.build_id))
+    # Keep the binaries next to the patch: the rebuilt old one is what the patch is for when no
+    # --target is given; the new one is the version the patch brings (to compare against).
+    shutil.copy2(old_bin.path, os.path.join(out, "old-" + os.path.basename(binary)))
+    shutil.copy2(new.path(binary), os.path.join(out, "new-" + os.path.basename(binary)))
+    rep.context(args, binary, build_id, versions.number, running.path if running else
+                os.path.join(out, "old-" + os.path.basename(binary)))
+
+    analysis = compare.analyse(old, new, binary, findings)
+    closure.close_over(analysis, old, new, findings)
+    rep.analysis = analysis
+    if not analysis.kept and not analysis.data_changes:
+        raise Refused("the fix changes no function and no data of %s (compared object by object)" % binary)
+    heuristics.void_casts(analysis, new.root, findings)
+    heuristics.stored_addresses(analysis, findings)
+    plan = Plan(analysis, versions, old_bin, findings)
+    rep.plan = plan
+    units = []
+    for tu in analysis.contributing:
+        if tu.new is None:
+            continue
+        raw = os.path.join(workdir, c_ident(tu.obj) + ".full.s")
+        patchbuild.compile_to_asm(new.root, tu.new_rec, raw)
+        with open(raw) as f:
+            text = f.read()
+        unit_plan = plan.unit_plan(tu, text)
+        asm, fixups = rewrite(text, unit_plan, plan.refs, findings)
+        asm_path = os.path.join(out, os.path.splitext(os.path.basename(tu.obj))[0] + ".patch.s")
+        with open(asm_path, "w") as f:
+            f.write(asm)
+        units.append(Unit(tu, asm_path, fixups))
+    name = args.name or (os.path.splitext(os.path.basename(args.fix))[0] if args.fix else "patch" + plan.suffix)
+    description = args.description or "generated by polus-mkpatch from %s" % (
+        os.path.basename(args.fix) if args.fix else os.path.basename(os.path.abspath(args.new)))
+    author = None
+    if args.author:
+        author = "author.c"
+        shutil.copy2(args.author, os.path.join(out, author))
+    text, skeleton, record = generate(plan, units, build_id, name, description, author, findings, versions.number)
+    with open(os.path.join(out, "patch.c"), "w") as f:
+        f.write(text)
+    if skeleton:
+        with open(os.path.join(out, "author-skeleton.c"), "w") as f:
+            f.write(skeleton)
+    if running:
+        live = {v for e in versions.state["entities"].values() for v in e.values()}
+        specs = {s for s in plan.refs.order} | {spec for spec, _ in plan.replaced.values()}
+        if versions.number > 1:
+            findings.cannot_verify("patch %d builds on the %d earlier patch(es) of %s: its old tree is compared with "
+                                   "the new one, not with the code running now (the version file says where each "
+                                   "entity lives)" % (versions.number, versions.number - 1, args.versions))
+        compare_builds(old_bin, running, {s for s in specs if s not in live}, findings,
+                       quiet_identity=versions.number > 1)
+    _check_old_functions(plan, running or old_bin, findings)
+    so = os.path.join(out, name + ".so")
+    if os.path.exists(so):
+        os.unlink(so)
+    link_rec = new.links.get(binary)
+    try:
+        patchbuild.link_patch(out, os.path.join(out, "patch.c"), [u.asm_path for u in units], args.include,
+                              patchbuild.link_libraries(link_rec), so, os.path.join(out, "patch-build.log"))
+    except BuildFailed as e:
+        if findings.placeholders and not author:
+            rep.incomplete()
+            log("the generated patch needs its author: see %s" % os.path.join(out, "report.txt"))
+            return EXIT_INCOMPLETE
+        rep.failed(str(e))
+        log(str(e))
+        return EXIT_PATCH_BUILD
+    if findings.placeholders and not author:
+        raise BuildFailed("internal: the patch built although it has placeholders")
+    rep.built(so)
+    versions.record(name, so, {"path": running.path if running else os.path.join(out, "old-" + os.path.basename(binary)),
+                               "build_id": build_id}, record)
+    return EXIT_OK
+
+
+def _check_old_functions(plan, binary, findings):
+    """Every OLD function the patch redirects must be in the target and long enough for a jump."""
+    for (obj, name), (spec, new) in sorted(plan.replaced.items()):
+        if plan.v.knows(spec) or spec in [e.get("call") for e in plan.v.state["entities"].values()]:
+            continue
+        found = binary.lookup(spec)
+        if found is None:
+            if binary.has_symtab:
+                raise Refused("%s, which the fix changes, is not in %s's symbol table; polusctl could not redirect "
+                              "it" % (spec, binary.path))
+        elif found[0] and found[0] < 5:
+            findings.warn("too-short", "%s is %d bytes in the target: polusctl redirects it only if padding follows"
+                          % (spec, found[0]))
