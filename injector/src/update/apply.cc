@@ -446,9 +446,7 @@ class Applier {
         if (!reason.empty()) return reason;
       }
       if (run_code && thread.tid != borrower_) {
-        if (const AddressRange* hit = thread_touches(thread, target_.lock_holding_ranges())) {
-          return "thread " + std::to_string(thread.tid) + " is inside " + hit->what;
-        }
+        if (std::optional<RangeHit> hit = target_.lock_holder(thread)) return TargetContext::describe_hit(thread.tid, *hit);
       }
     }
     // Bounded: a thread being created leaves that section within microseconds; one that

@@ -93,6 +93,7 @@ TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::tim
 void TargetContext::reload_symbols() {
   symbols_ = ProcessSymbols::load(pid_, symbol_options_);
   lock_holding_ranges_.clear();
+  unwinder_.reset();  // its CFI cache and object list describe the old mappings
 }
 
 void TargetContext::seize() {
@@ -139,7 +140,7 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
     }
   }
   // Their exported entry points suffice: a thread deeper inside (e.g. in _int_malloc) has the
-  // entry point's return address on its stack, which thread_touches() also checks.
+  // entry point's frame on its stack, which lock_holder() finds.
   const std::vector<std::string_view> names(std::begin(kLockHoldingFunctions), std::end(kLockHoldingFunctions));
   for (const Symbol& s : symbols_.exported_functions(libc(), names)) {
     if (s.size > 0) ranges.push_back({s.address.address(), s.address.address() + s.size, s.name});
@@ -147,9 +148,24 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
   return lock_holding_ranges_;
 }
 
+std::optional<RangeHit> TargetContext::lock_holder(const ThreadSnapshot& thread) {
+  return lock_holder(thread, lock_holding_ranges());
+}
+
+std::optional<RangeHit> TargetContext::lock_holder(const ThreadSnapshot& thread, const std::vector<AddressRange>& ranges) {
+  if (!unwinder_) unwinder_ = std::make_unique<Unwinder>(symbols_, pid_);
+  return thread_inside(thread, ranges, *unwinder_, memory_, symbols_);
+}
+
+std::string TargetContext::describe_hit(pid_t tid, const RangeHit& hit) {
+  return "thread " + std::to_string(tid) + (hit.certain ? " is inside " : " may be inside ") + hit.range->what + " (" +
+         hit.detail + ")";
+}
+
 pid_t TargetContext::stop_thread_safe_to_borrow() {
-  const std::vector<AddressRange> unsafe = lock_holding_ranges();
+  // Why the last candidate was passed over, and what waiting longer could change.
   std::string last_reason;
+  std::string advice;
   for (;;) {
     session_->poll_events();
     std::vector<pid_t> tids = session_->thread_ids();
@@ -165,6 +181,7 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       } catch (const Error& e) {
         if (e.code() != ErrorCode::kTimeout) throw;
         last_reason = "thread " + std::to_string(tid) + " did not stop (uninterruptible sleep?)";
+        advice = "A longer --timeout helps only if it wakes.";
         continue;  // try the others; it stops (and is let go) whenever it can
       }
       const ThreadState& state = session_->thread(tid);
@@ -178,16 +195,28 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       // A fault already queued for it would be delivered inside our code.
       if (has_pending_fault(pid_, tid)) {
         last_reason = "thread " + std::to_string(tid) + " has a fault signal pending";
+        advice = "It is delivered once the thread runs.";
         session_->resume_thread(tid);
         continue;
       }
       ThreadSnapshot snap = snapshot_thread(memory_, symbols_.maps(), tid, session_->get_regs(tid));
-      const AddressRange* hit = thread_touches(snap, unsafe);
-      if (!hit && snap.stack_complete) {
+      if (!snap.stack_complete) {
+        last_reason = "the stack of thread " + std::to_string(tid) + " (sp " + hex(snap.sp) +
+                      ") is not in a readable mapping or is larger than 8 MiB";
+        advice = "Polus cannot tell what such a thread holds.";
+        session_->resume_thread(tid);
+        continue;
+      }
+      std::optional<RangeHit> hit = lock_holder(snap);
+      if (!hit) {
         spdlog::debug("borrowing thread {} (pc {})", tid, hex(snap.pc));
         return tid;
       }
-      last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
+      last_reason = describe_hit(tid, *hit);
+      advice = hit->certain ? "Its frames showed it really there; a longer --timeout waits longer for a moment "
+                              "when no thread is."
+                            : "Retrying does not help while that word stays where it is, as it does on the stack "
+                              "of a thread that waits.";
       session_->resume_thread(tid);
     }
     if (int sig = honour_stop_requests_ ? stop_requested() : 0) {
@@ -195,10 +224,14 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
                                                " while looking for a thread to borrow; target unchanged");
     }
     if (Clock::now() >= deadline_) {
+      if (last_reason.empty()) {
+        throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
+                                             " could be stopped for Polus to run code on (threads kept exiting or "
+                                             "stopped with signals of their own); the target is unchanged, try again");
+      }
       throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
-                                           " reached a point where it can safely run code (" +
-                                           (last_reason.empty() ? "threads kept exiting or had signals pending" : last_reason) +
-                                           "); the target is unchanged, try again");
+                                           " reached a point where it can safely run code: " + last_reason +
+                                           "; the target is unchanged. " + advice);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
@@ -271,7 +304,7 @@ std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {
     if (with_stacks) {
       snaps.push_back(snapshot_thread(memory_, maps, tid, regs));
     } else {
-      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true});
+      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true, .regs = regs});
     }
   }
   return snaps;
