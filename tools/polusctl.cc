@@ -241,13 +241,35 @@ std::string patch_json(const polus::PatchInfo& p) {
   return out.str();
 }
 
-void print_patch_human(const polus::PatchInfo& p) {
-  std::printf("%-4llu %-24s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), p.name.c_str(),
+/// Column widths of the human status table: as wide as the longest entry (names are never cut).
+struct Widths {
+  int name = 24;      // patch names
+  int old_name = 0;   // replaced functions
+  int new_name = 0;   // their replacements
+  int item = 24;      // protected data items
+};
+
+Widths widths_of(const std::vector<polus::PatchInfo>& patches) {
+  Widths w;
+  auto at_least = [](int& width, const std::string& text) { width = std::max(width, static_cast<int>(text.size())); };
+  for (const auto& p : patches) {
+    at_least(w.name, p.name);
+    for (const auto& r : p.redirects) {
+      at_least(w.old_name, r.old_name);
+      at_least(w.new_name, r.new_name);
+    }
+    for (const auto& item : p.items) at_least(w.item, item.name);
+  }
+  return w;
+}
+
+void print_patch_human(const polus::PatchInfo& p, const Widths& w) {
+  std::printf("%-4llu %-*s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), w.name, p.name.c_str(),
               p.state.c_str(), utc_time(p.applied_at_unix_ns).c_str(), duration(p.apply_wall_ns).c_str(),
               duration(p.pause_ns).c_str());
   for (const auto& r : p.redirects) {
-    std::printf("       %s %s -> %s %s%s\n", r.old_name.c_str(), hex(r.old_function).c_str(), r.new_name.c_str(),
-                hex(r.new_function).c_str(),
+    std::printf("       %-*s %-14s -> %-*s %-14s%s\n", w.old_name, r.old_name.c_str(), hex(r.old_function).c_str(),
+                w.new_name, r.new_name.c_str(), hex(r.new_function).c_str(),
                 r.trampoline ? (" (via trampoline " + hex(r.trampoline) + ")").c_str() : "");
   }
   if (p.state != "syncing") return;
@@ -255,7 +277,7 @@ void print_patch_human(const polus::PatchInfo& p) {
               static_cast<unsigned long long>(p.inspections),
               p.unwind_fallbacks ? (", " + std::to_string(p.unwind_fallbacks) + " frames found by stack scan (no CFI)").c_str() : "");
   for (const auto& item : p.items) {
-    std::printf("       protected %-4s %-24s %s (%llu bytes): %llu sync calls\n", item.side.c_str(), item.name.c_str(),
+    std::printf("       protected %-4s %-*s %s (%llu bytes): %llu sync calls\n", item.side.c_str(), w.item, item.name.c_str(),
                 hex(item.address).c_str(), static_cast<unsigned long long>(item.size),
                 static_cast<unsigned long long>(item.sync_calls));
   }
@@ -265,8 +287,8 @@ void print_patch_human(const polus::PatchInfo& p) {
   }
 }
 
-void print_header() {
-  std::printf("%-4s %-24s %-12s %-21s %10s %10s\n", "ID", "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE");
+void print_header(const Widths& w) {
+  std::printf("%-4s %-*s %-12s %-21s %10s %10s\n", "ID", w.name, "NAME", "STATE", "APPLIED (UTC)", "APPLY", "PAUSE");
 }
 
 int print_stacks(pid_t pid) {
@@ -301,8 +323,9 @@ int run(const Args& args) {
                   static_cast<unsigned long long>(status.write_faults), static_cast<unsigned long long>(status.false_sharing),
                   static_cast<unsigned long long>(status.chained_faults));
     }
-    print_header();
-    for (const auto& p : status.patches) print_patch_human(p);
+    Widths widths = widths_of(status.patches);
+    print_header(widths);
+    for (const auto& p : status.patches) print_patch_human(p, widths);
     return 0;
   }
   // Ctrl-C, kill and a dropped ssh session wait until the engine reaches a point where it can
@@ -317,14 +340,14 @@ int run(const Args& args) {
   } else if (args.command == "apply") {
     std::printf("applied %s to process %d: %zu function(s) redirected in %s, target paused %s\n", info.name.c_str(),
                 args.pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
-    print_header();
-    print_patch_human(info);
+    print_header(widths_of({info}));
+    print_patch_human(info, widths_of({info}));
   } else if (info.state == "rolled-back") {
     std::printf("rolled back %s in process %d in %s, target paused %s\n", info.name.c_str(), args.pid,
                 duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
   } else {
-    print_header();
-    print_patch_human(info);
+    print_header(widths_of({info}));
+    print_patch_human(info, widths_of({info}));
   }
   if (int sig = polus::stop_requested()) {
     std::fprintf(stderr, "polusctl %s: stopped by %s once the target was in a recorded state\n", args.command.c_str(),

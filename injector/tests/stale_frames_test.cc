@@ -25,6 +25,7 @@
 #include "child_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
+#include "binary/tail_calls.h"
 #include "common/format.h"
 #include "update/target.h"
 
@@ -118,6 +119,36 @@ TEST_CASE("where the unwind cannot see, the stale word is named, and no retry is
     CHECK_THAT(message, !Catch::Contains("try again"));
   }
   CHECK(polus::read_status(target.pid()).patches.empty());
+}
+
+TEST_CASE("code a lock-holding function jumps to counts as that function", "[stale]") {
+  // A function at 0x1000: jne out (0x2000), jmp inside, call elsewhere (a frame remains: not a
+  // tail call), jmp out (0x3000), ret.
+  const std::vector<uint8_t> code = {
+      0x0f, 0x85, 0xfa, 0x0f, 0x00, 0x00,  // 1000: jne 0x2000
+      0xeb, 0x00,                          // 1006: jmp 0x1008
+      0xe8, 0xf3, 0x2f, 0x00, 0x00,        // 1008: call 0x4000
+      0xe9, 0xee, 0x1f, 0x00, 0x00,        // 100d: jmp 0x3000
+      0xc3,                                // 1012: ret
+  };
+  CHECK(polus::jump_targets_outside(code, 0x1000) == std::vector<uint64_t>{0x2000, 0x3000});
+  CHECK(polus::function_extent({0x1000, 0x2000, 0x2800}, 0x2010) == std::pair<uint64_t, uint64_t>{0x2000, 0x2800});
+  CHECK(polus::function_extent({0x1000, 0x2000}, 0x2010) == std::pair<uint64_t, uint64_t>{0, 0});
+
+  // In this libc, some allocator or loader entry points end in jumps to internal functions
+  // (memalign to _mid_memalign, dladdr to _dl_addr...): those functions are lock-holding too.
+  polus::testing::ChildProcess target({STALE_FIXTURE});
+  REQUIRE(target.read_line() == "READY");
+  polus::TargetContext context(target.pid(), {}, std::chrono::steady_clock::now() + 5s);
+  const polus::LoadedObject* libc = context.symbols().find_object("libc.so.6");
+  REQUIRE(libc != nullptr);
+  size_t reached = 0;
+  for (const polus::AddressRange& range : context.lock_holding_ranges()) {
+    if (range.start < libc->text_start || range.start >= libc->text_end) continue;
+    std::vector<polus::Symbol> entry = context.symbols().exported_functions(*libc, {range.what});
+    if (!entry.empty() && entry.front().address.address() != range.start) ++reached;
+  }
+  CHECK(reached > 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 #include "polus/error.h"
 #include "common/format.h"
 #include "polus/stop_request.h"
+#include "binary/tail_calls.h"
 #include "process/proc_files.h"
 
 namespace polus {
@@ -139,13 +140,40 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
       ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
     }
   }
-  // Their exported entry points suffice: a thread deeper inside (e.g. in _int_malloc) has the
-  // entry point's frame on its stack, which lock_holder() finds.
+  // Their exported entry points, and the code they jump to: a thread deeper inside (e.g. in
+  // _int_malloc) has the entry point's frame on its stack, which lock_holder() finds, unless
+  // the entry point ended in a jump there (free ends in `jmp _int_free`) and left no frame.
   const std::vector<std::string_view> names(std::begin(kLockHoldingFunctions), std::end(kLockHoldingFunctions));
+  const size_t first_libc_range = ranges.size();
   for (const Symbol& s : symbols_.exported_functions(libc(), names)) {
     if (s.size > 0) ranges.push_back({s.address.address(), s.address.address() + s.size, s.name});
   }
+  add_tail_call_targets(ranges, first_libc_range, libc());
   return lock_holding_ranges_;
+}
+
+void TargetContext::add_tail_call_targets(std::vector<AddressRange>& ranges, size_t first, const LoadedObject& object) {
+  const std::vector<uint64_t>& starts = symbols_.function_starts(object);
+  if (starts.empty()) {
+    spdlog::warn("{} has no .eh_frame_hdr table: code its malloc & co. jump to is not recognised as theirs", object.path);
+    return;
+  }
+  constexpr size_t kMaxAdded = 256;  // glibc's allocator jumps to a handful of functions
+  size_t added = 0;
+  for (size_t next = first; next < ranges.size() && added < kMaxAdded; ++next) {
+    const AddressRange range = ranges[next];
+    std::vector<uint8_t> code(range.end - range.start);
+    code.resize(memory_.read_bytes_fallible(RemoteAddr(range.start), code.data(), code.size()));
+    for (uint64_t target : jump_targets_outside(code, range.start)) {
+      if (target < object.text_start || target >= object.text_end) continue;
+      if (std::any_of(ranges.begin(), ranges.end(), [&](const AddressRange& r) { return r.contains(target); })) continue;
+      auto [start, end] = function_extent(starts, target);
+      if (start == 0 || end - start > (1u << 20)) continue;
+      spdlog::debug("{} jumps to {} ({}..{}): counted as {}", range.what, hex(target), hex(start), hex(end), range.what);
+      ranges.push_back({start, end, range.what});
+      ++added;
+    }
+  }
 }
 
 std::optional<RangeHit> TargetContext::lock_holder(const ThreadSnapshot& thread) {

@@ -139,6 +139,9 @@ class TargetContext {
 
  private:
   const LoadedObject& libc() const;
+  /// Adds to `ranges` the functions of `object` that ranges[first...] jump to (tail calls),
+  /// and those they jump to, each under the name of the range it was reached from.
+  void add_tail_call_targets(std::vector<AddressRange>& ranges, size_t first, const LoadedObject& object);
 
   pid_t pid_;
   Clock::time_point deadline_;
