@@ -41,6 +41,9 @@ options:
   --json               machine-readable output on stdout
   --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
   --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
+  --force              apply even where the patch cannot reach all the code it replaces: copies
+                       gcc made of an old function (.constprop, .isra, .part) it does not
+                       replace, or callers the debug info shows the function inlined into
   --no-rehearsal       load the patch into PID directly, without trying it first in a copy of
                        the process (for huge or seccomp-confined processes: a crashing
                        constructor or a forbidden system call then hits PID itself)
@@ -143,6 +146,7 @@ Args parse(int argc, char** argv) {
     else if (a == "-v" || a == "--verbose") args.verbose = true;
     else if (a == "--agent") args.engine.agent_path = value();
     else if (a == "--no-rehearsal") args.engine.rehearse = false;
+    else if (a == "--force") args.engine.force = true;
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
     else if (a == "--timeout") args.engine.timeout = parse_ms(a, value(), 1);
     else if (a == "--sync-timeout") args.engine.sync_timeout = parse_ms(a, value(), 0);

@@ -28,6 +28,7 @@
 #include "binary/unwinder.h"
 #include "process/proc_files.h"
 #include "update/data_update.h"
+#include "update/reach_checks.h"
 #include "update/rehearsal.h"
 #include "update/engine_internal.h"
 
@@ -177,6 +178,9 @@ class Applier {
     check_registry_has_room();
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
+    std::vector<Symbol> replaced;
+    for (const PlannedRedirect& plan : plans_) replaced.push_back(plan.old_symbol);
+    check_copies_reached(target_.symbols(), replaced, options_.force);
 
     target_.seize();
     try {
