@@ -240,6 +240,28 @@ TEST_CASE("a second patch of the same function jumps straight to the newest vers
   CHECK(apply_error(server.pid(), patch_path("bad-missing-symbol.so")) == ErrorCode::kSymbolNotFound);
 }
 
+TEST_CASE("a patch that only runs callbacks is applied and rolled back", "[engine][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  auto requests = [&] {
+    std::string stats = server.request("STATS");
+    return std::stol(stats.substr(stats.find("requests=") + 9));
+  };
+  CHECK(requests() == 1);
+  polus::PatchInfo info = polus::apply_patch(server.pid(), patch_path("greeter-callbacks.so"), options());
+  CHECK(info.redirects.empty());
+  CHECK(info.state == "committed");
+  CHECK(requests() == 1000001);  // the pre-update callback's fix, then the post-update one's count
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  CHECK(requests() == 1000002);
+  // A patch that changes no data rolls back without running code (only bytes go back: none
+  // here); the patch is unloaded.
+  polus::rollback_patch(server.pid(), options());
+  CHECK(requests() == 1000002);
+  CHECK(polus::read_status(server.pid()).patches.empty());
+  CHECK_FALSE(maps_mention(server.pid(), "greeter-callbacks.so"));
+}
+
 TEST_CASE("stripped, static, ambiguous and endbr64 targets", "[engine][live]") {
   SECTION("stripped: symbols from .dynsym only") {
     auto server = GreeterProcess::spawn(binary_path("greeter-v0-stripped"), 4);

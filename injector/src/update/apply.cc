@@ -195,6 +195,8 @@ class Applier {
     if (has_data_) {
       target_.release();  // write tracking is on: never hold the target between inspections
       finish_sync();
+    } else {
+      run_post_update_callbacks();
     }
     return info_from_record(record_view_);
   }
@@ -489,6 +491,22 @@ class Applier {
     write_record();
     spdlog::info("applied patch {} to process {}: {} functions, {} data pairs, pause {} us, total {} ms", patch_.name,
                  target_.pid(), plans_.size(), data_.pairs.size(), pause_ns_ / 1000, h.apply_wall_ns / 1000000);
+  }
+
+  /// A code-only patch's post-update callbacks, once it is committed, on a borrowed thread
+  /// while the others run (a data patch's run when its sync phase ends). Their result
+  /// cannot undo the commit: a failure is reported as a warning.
+  void run_post_update_callbacks() {
+    if (std::none_of(patch_.callbacks.begin(), patch_.callbacks.end(),
+                     [](const polus_callback& c) { return c.kind == POLUS_CB_POST_UPDATE; })) {
+      return;
+    }
+    try {
+      BorrowedThread thread = target_.borrow_safe_thread();
+      run_callbacks(thread, patch_, patch_bias_, POLUS_CB_POST_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
+    } catch (const Error& e) {
+      spdlog::warn("patch {} is applied, but its post-update callback did not run to its end: {}", patch_.name, e.what());
+    }
   }
 
   /// Waits for old code using changed data to drain, then commits the data update.
