@@ -262,6 +262,38 @@ TEST_CASE("a patch that only runs callbacks is applied and rolled back", "[engin
   CHECK_FALSE(maps_mention(server.pid(), "greeter-callbacks.so"));
 }
 
+TEST_CASE("a stopped target is named as such, not waited for", "[engine][live][errors]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  polus::apply_patch(server.pid(), patch_path("greeter-v0-v1.so"), options());
+  REQUIRE(::kill(server.pid(), SIGSTOP) == 0);
+  auto state = [&] {
+    std::ifstream in(proc(server.pid(), "stat"));
+    std::string line;
+    std::getline(in, line);
+    return line.substr(line.rfind(')') + 2, 1);
+  };
+  for (int i = 0; i < 500 && state() != "T"; ++i) std::this_thread::sleep_for(2ms);
+  REQUIRE(state() == "T");
+  for (bool rollback : {false, true}) {
+    try {
+      if (rollback) polus::rollback_patch(server.pid(), options());
+      else polus::apply_patch(server.pid(), patch_path("greeter-v1-v2.so"), options());
+      FAIL("succeeded on a stopped process");
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(e.code() == ErrorCode::kUnsafeToPatch);  // at once: a wait would end in kTimeout
+      CHECK_THAT(e.what(), Catch::Contains("is stopped (SIGSTOP") &&
+                               Catch::Contains("kill -CONT " + std::to_string(server.pid())));
+    }
+  }
+  CHECK(state() == "T");  // still stopped, as its sender wanted
+  REQUIRE(::kill(server.pid(), SIGCONT) == 0);
+  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
+  CHECK(polus::read_status(server.pid()).patches.size() == 1);
+  polus::rollback_patch(server.pid(), options());
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+}
+
 TEST_CASE("stripped, static, ambiguous and endbr64 targets", "[engine][live]") {
   SECTION("stripped: symbols from .dynsym only") {
     auto server = GreeterProcess::spawn(binary_path("greeter-v0-stripped"), 4);

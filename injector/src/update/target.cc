@@ -97,8 +97,27 @@ void TargetContext::reload_symbols() {
   unwinder_.reset();  // its CFI cache and object list describe the old mappings
 }
 
+namespace {
+
+/// What to tell the operator about a process stopped by SIGSTOP & co. (`at_start`: before
+/// Polus did anything to it).
+std::string stopped_message(pid_t pid, bool at_start) {
+  const std::string n = std::to_string(pid);
+  return "process " + n + (at_start ? " is stopped" : " was stopped while Polus worked on it") +
+         " (SIGSTOP, or another stop signal: SIGTSTP, SIGTTIN, SIGTTOU); Polus runs code on one of its threads, which "
+         "a stopped process cannot do. Continue it (kill -CONT " + n + ") and run the command again, or wait until "
+         "whoever stopped it continues it" + (at_start ? "; nothing was changed" : "");
+}
+
+}  // namespace
+
 void TargetContext::seize() {
   if (session_) return;
+  // A stopped process stays stopped under PTRACE_SEIZE (its threads report group-stops): no
+  // thread could be borrowed, and waiting for one would only end at the timeout.
+  if (std::optional<TaskStatus> status = read_task_status(pid_); status && status->state == 'T') {
+    throw Error(ErrorCode::kUnsafeToPatch, stopped_message(pid_, true));
+  }
   if (std::optional<TaskStatus> status = read_task_status(pid_); status && status->shadow_stack) {
     // A call's `ret` to our stub and our rt_sigreturn frame carry no shadow-stack entries:
     // the thread would fault at the first return.
@@ -203,6 +222,7 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
     // Prefer threads other than the main one: the main thread is often the one a
     // signal-driven or event-loop target needs most.
     std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
+    size_t group_stopped = 0;
     for (pid_t tid : tids) {
       try {
         if (!session_->stop_thread(tid, Clock::now() + std::chrono::milliseconds(200))) continue;
@@ -215,8 +235,15 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
       const ThreadState& state = session_->thread(tid);
       // A thread stopped with a signal of its own gets it now rather than after our code ran:
       // a fault signal handled late could meet a handler that changed meanwhile.
-      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop ||
-          (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
+      if (state.stop == StopKind::kGroupStop) {
+        // Stopped by SIGSTOP & co. since we attached: it stays stopped (PTRACE_LISTEN).
+        session_->resume_thread(tid);
+        last_reason = stopped_message(pid_, false);
+        advice.clear();
+        ++group_stopped;
+        continue;
+      }
+      if (state.stop == StopKind::kEvent || (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
         session_->resume_thread(tid);
         continue;
       }
@@ -247,6 +274,8 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
                               "of a thread that waits.";
       session_->resume_thread(tid);
     }
+    // Every thread in a group-stop: the process is stopped, and stays so until continued.
+    if (group_stopped == tids.size()) throw Error(ErrorCode::kUnsafeToPatch, last_reason);
     if (int sig = honour_stop_requests_ ? stop_requested() : 0) {
       throw Error(ErrorCode::kInterrupted, "stopped by " + std::string(strsignal(sig)) +
                                                " while looking for a thread to borrow; target unchanged");
@@ -257,6 +286,7 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
                                              " could be stopped for Polus to run code on (threads kept exiting or "
                                              "stopped with signals of their own); the target is unchanged, try again");
       }
+      if (advice.empty()) throw Error(ErrorCode::kUnsafeToPatch, last_reason);  // stopped
       throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
                                            " reached a point where it can safely run code: " + last_reason +
                                            "; the target is unchanged. " + advice);
