@@ -82,3 +82,11 @@ target_compile_definitions(stale_frames_test PRIVATE ${POLUS_TEST_DEFINITIONS}
 add_dependencies(stale_frames_test polus-agent stale_fixture prologue-stale nginx_time_patch bash_echo_patch)
 add_test(NAME stale_frames_test COMMAND stale_frames_test --durations yes)
 set_tests_properties(stale_frames_test PROPERTIES TIMEOUT 120)
+
+# --- call_original_test: an OLD function's resolved slot runs the version a patch replaces ---
+add_executable(call_original_test call_original_test.cc)
+target_link_libraries(call_original_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(call_original_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(call_original_test polus-agent)
+add_test(NAME call_original_test COMMAND call_original_test --durations yes)
+set_tests_properties(call_original_test PROPERTIES TIMEOUT 120)

@@ -94,9 +94,12 @@ PrologueAnalysis analyze_prologue(std::span<const uint8_t> code, uint64_t addres
     const cs_x86& x86 = insn.detail->x86;
     if (x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM) {
       uint64_t target = static_cast<uint64_t>(x86.operands[0].imm);
-      if (is_jump && target > result.patch_site && target < jump_end && !result.requires_inactive_function) {
-        result.requires_inactive_function = true;
-        result.inactive_reason = "the instruction at " + hex(start) + " branches back into the bytes the jump replaces";
+      if (is_jump && target > result.patch_site && target < jump_end) {
+        result.branch_into_overwritten = true;
+        if (!result.requires_inactive_function) {
+          result.requires_inactive_function = true;
+          result.inactive_reason = "the instruction at " + hex(start) + " branches back into the bytes the jump replaces";
+        }
       }
     } else if (is_jump && !result.requires_inactive_function) {
       result.requires_inactive_function = true;

@@ -28,6 +28,7 @@
 #include "binary/unwinder.h"
 #include "process/proc_files.h"
 #include "update/data_update.h"
+#include "update/call_original.h"
 #include "update/reach_checks.h"
 #include "update/rehearsal.h"
 #include "update/engine_internal.h"
@@ -241,6 +242,12 @@ class Applier {
     }
   }
 
+  /// Whether `slot` is an OLD function's `resolved` slot (not a global's or an import's).
+  bool is_old_function_slot(uint64_t slot) const {
+    return std::any_of(patch_.functions.begin(), patch_.functions.end(),
+                       [&](const PatchFunction& f) { return f.side == POLUS_OLD && f.resolved_slot == slot; });
+  }
+
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
     std::optional<TaskStatus> status = read_task_status(target_.pid());
@@ -283,6 +290,17 @@ class Applier {
       throw Error(ErrorCode::kLoadFailed, "dlopen of patch " + patch_.path + " failed in process " +
                                               std::to_string(target_.pid()) + ": " + error);
     }
+    // dlopen of a file already loaded returns the same library: the same patch applied
+    // twice. Its redirects would lead to themselves (a call of the version replaced would
+    // recurse for good) and both records would unload one library.
+    for (const PatchRecordView& p : registry_.patches) {
+      if (p.header.dl_handle == patch_handle_) {
+        throw Error(ErrorCode::kUnsafeToPatch, "patch " + patch_.name + " (" + patch_.path + ") is applied already, as id " +
+                                                   std::to_string(p.header.id) + " (" + p.header.name +
+                                                   "); the target is unchanged. Roll it back first, or build the "
+                                                   "new version under another file name");
+      }
+    }
     patch_bias_ = target_.memory().read(RemotePtr<uint64_t>(patch_handle_));
     polus_patch loaded{};
     target_.memory().read_bytes(RemoteAddr(patch_bias_ + patch_.descriptor), &loaded, sizeof loaded);
@@ -290,7 +308,14 @@ class Applier {
       throw Error(ErrorCode::kLoadFailed, "the patch loaded in the target does not match " + patch_.path +
                                               " (was the file replaced while loading?)");
     }
-    for (const auto& [slot, value] : slot_values_) {
+    for (auto [slot, value] : slot_values_) {
+      // The `resolved` slot of a function this patch redirects: code that runs the version
+      // it replaces, not the entry (which is about to jump back into the patch).
+      for (const PlannedRedirect& plan : plans_) {
+        if (value == plan.old_symbol.address.address() && is_old_function_slot(slot)) {
+          value = replaced_version_entry(target_, thread, plan.old_symbol, plan.analysis, plan.stacked_on);
+        }
+      }
       target_.memory().write(RemotePtr<uint64_t>(patch_bias_ + slot), value);
     }
     for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
