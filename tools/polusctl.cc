@@ -45,6 +45,9 @@ options:
   --json               machine-readable output on stdout
   --agent PATH         libpolus-agent.so to load (default: $POLUS_AGENT, or next to polusctl)
   --debug-file PATH    separate debug file with the symbols of a stripped target (repeatable)
+  --force              apply even where the patch cannot reach all the code it replaces: copies
+                       gcc made of an old function (.constprop, .isra, .part) it does not
+                       replace, or callers the debug info shows the function inlined into
   --no-rehearsal       load the patch into PID directly, without trying it first in a copy of
                        the process (for huge processes: the copy pauses PID about 19 ms
                        per GiB; a crashing constructor then hits PID itself)
@@ -173,6 +176,7 @@ Args parse(int argc, char** argv) {
     else if (a == "-v" || a == "--verbose") args.verbose = true;
     else if (a == "--agent") args.engine.agent_path = value();
     else if (a == "--no-rehearsal") args.engine.rehearse = false;
+    else if (a == "--force") args.engine.force = true;
     else if (a == "--debug-file") args.engine.symbols.debug_files.push_back(value());
     else if (a == "--timeout") args.engine.timeout = parse_ms(a, value(), 1);
     else if (a == "--sync-timeout") args.engine.sync_timeout = parse_ms(a, value(), 0);
@@ -303,19 +307,41 @@ std::string failure_json(const std::optional<polus::FailureInfo>& f) {
   return out.str();
 }
 
-void print_patch_human(const polus::PatchInfo& p) {
+/// Column widths of the human status table: as wide as the longest entry (names are never cut).
+struct Widths {
+  int name = 24;      // patch names
+  int old_name = 0;   // replaced functions
+  int new_name = 0;   // their replacements
+  int item = 24;      // protected data items
+};
+
+Widths widths_of(const std::vector<polus::PatchInfo>& patches) {
+  Widths w;
+  auto at_least = [](int& width, const std::string& text) { width = std::max(width, static_cast<int>(text.size())); };
+  for (const auto& p : patches) {
+    at_least(w.name, p.name);
+    for (const auto& r : p.redirects) {
+      at_least(w.old_name, r.old_name);
+      at_least(w.new_name, r.new_name);
+    }
+    for (const auto& item : p.items) at_least(w.item, item.name);
+  }
+  return w;
+}
+
+void print_patch_human(const polus::PatchInfo& p, const Widths& w) {
   if (p.details_withheld) {
-    std::printf("%-4llu %-24s %-12s %-12s %-21s (applied by uid %u; details withheld)\n",
-                static_cast<unsigned long long>(p.id), p.name.c_str(), "-", p.state.c_str(),
+    std::printf("%-4llu %-*s %-12s %-12s %-21s (applied by uid %u; details withheld)\n",
+                static_cast<unsigned long long>(p.id), w.name, p.name.c_str(), "-", p.state.c_str(),
                 utc_time(p.applied_at_unix_ns).c_str(), p.applied_by_uid);
     return;
   }
-  std::printf("%-4llu %-24s %-12s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), p.name.c_str(),
+  std::printf("%-4llu %-*s %-12s %-12s %-21s %10s %10s\n", static_cast<unsigned long long>(p.id), w.name, p.name.c_str(),
               p.sha256.substr(0, 12).c_str(), p.state.c_str(), utc_time(p.applied_at_unix_ns).c_str(),
               duration(p.apply_wall_ns).c_str(), duration(p.pause_ns).c_str());
   for (const auto& r : p.redirects) {
-    std::printf("       %s %s -> %s %s%s\n", r.old_name.c_str(), hex(r.old_function).c_str(), r.new_name.c_str(),
-                hex(r.new_function).c_str(),
+    std::printf("       %-*s %-14s -> %-*s %-14s%s\n", w.old_name, r.old_name.c_str(), hex(r.old_function).c_str(),
+                w.new_name, r.new_name.c_str(), hex(r.new_function).c_str(),
                 r.trampoline ? (" (via trampoline " + hex(r.trampoline) + ")").c_str() : "");
   }
   if (!p.fault.empty()) std::printf("       FAULTED: %s\n", p.fault.c_str());
@@ -324,7 +350,7 @@ void print_patch_human(const polus::PatchInfo& p) {
               static_cast<unsigned long long>(p.inspections),
               p.unwind_fallbacks ? (", " + std::to_string(p.unwind_fallbacks) + " frames found by stack scan (no CFI)").c_str() : "");
   for (const auto& item : p.items) {
-    std::printf("       protected %-4s %-24s %s (%llu bytes): %llu sync calls\n", item.side.c_str(), item.name.c_str(),
+    std::printf("       protected %-4s %-*s %s (%llu bytes): %llu sync calls\n", item.side.c_str(), w.item, item.name.c_str(),
                 hex(item.address).c_str(), static_cast<unsigned long long>(item.size),
                 static_cast<unsigned long long>(item.sync_calls));
   }
@@ -334,8 +360,8 @@ void print_patch_human(const polus::PatchInfo& p) {
   }
 }
 
-void print_header() {
-  std::printf("%-4s %-24s %-12s %-12s %-21s %10s %10s\n", "ID", "NAME", "SHA256", "STATE", "APPLIED (UTC)", "APPLY",
+void print_header(const Widths& w) {
+  std::printf("%-4s %-*s %-12s %-12s %-21s %10s %10s\n", "ID", w.name, "NAME", "SHA256", "STATE", "APPLIED (UTC)", "APPLY",
               "PAUSE");
 }
 
@@ -398,8 +424,9 @@ int run(const Args& args) {
                   static_cast<unsigned long long>(status.write_faults), static_cast<unsigned long long>(status.false_sharing),
                   static_cast<unsigned long long>(status.chained_faults));
     }
-    print_header();
-    for (const auto& p : status.patches) print_patch_human(p);
+    Widths widths = widths_of(status.patches);
+    print_header(widths);
+    for (const auto& p : status.patches) print_patch_human(p, widths);
     return 0;
   }
   // Ctrl-C, kill and a dropped ssh session wait until the engine reaches a point where it can
@@ -419,14 +446,14 @@ int run(const Args& args) {
   } else if (args.command == "apply") {
     std::printf("applied %s to process %d: %zu function(s) redirected in %s, target paused %s\n", info.name.c_str(),
                 args.pid, info.redirects.size(), duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
-    print_header();
-    print_patch_human(info);
+    print_header(widths_of({info}));
+    print_patch_human(info, widths_of({info}));
   } else if (info.state == "rolled-back") {
     std::printf("rolled back %s in process %d in %s, target paused %s\n", info.name.c_str(), args.pid,
                 duration(info.apply_wall_ns).c_str(), duration(info.pause_ns).c_str());
   } else {
-    print_header();
-    print_patch_human(info);
+    print_header(widths_of({info}));
+    print_patch_human(info, widths_of({info}));
   }
   if (int sig = polus::stop_requested()) {
     std::fprintf(stderr, "polusctl %s: stopped by %s once the target was in a recorded state\n", args.command.c_str(),
