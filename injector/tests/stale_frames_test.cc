@@ -222,6 +222,16 @@ std::vector<pid_t> children_of(pid_t parent) {
   return children;
 }
 
+/// Whether `pid` still runs (a zombie does not: nginx's master is no child of ours, and init
+/// reaps it when it will).
+bool alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  auto close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
 /// nginx in daemon mode with its own prefix, configuration and port; stopped when it ends.
 class Nginx {
  public:
@@ -245,21 +255,28 @@ class Nginx {
       if (!(pid_file >> master_)) std::this_thread::sleep_for(10ms);
     }
     for (int i = 0; i < 500 && workers().size() < 2; ++i) std::this_thread::sleep_for(10ms);
-    if (master_ == 0 || workers().size() != 2) throw std::runtime_error("nginx did not start its master and 2 workers");
+    if (master_ == 0 || workers().size() != 2) {
+      stop();
+      throw std::runtime_error("nginx did not start its master and 2 workers");
+    }
   }
-  ~Nginx() {
+  ~Nginx() { stop(); }
+  Nginx(const Nginx&) = delete;
+  Nginx& operator=(const Nginx&) = delete;
+
+  /// Kills the master first (a master that saw a worker die would start another), then the
+  /// workers it had.
+  void stop() {
     if (master_ > 0) {
-      std::vector<pid_t> all = workers();
-      all.push_back(master_);
-      for (pid_t pid : all) ::kill(pid, SIGKILL);
-      for (int i = 0; i < 500 && ::kill(master_, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
+      std::vector<pid_t> workers_left = workers();
+      ::kill(master_, SIGKILL);
+      for (pid_t pid : workers_left) ::kill(pid, SIGKILL);
+      for (int i = 0; i < 500 && alive(master_); ++i) std::this_thread::sleep_for(10ms);
+      master_ = 0;
     }
     std::error_code ignored;
     std::filesystem::remove_all(dir_, ignored);
   }
-  Nginx(const Nginx&) = delete;
-  Nginx& operator=(const Nginx&) = delete;
-
   pid_t master() const { return master_; }
   std::vector<pid_t> workers() const { return master_ ? children_of(master_) : std::vector<pid_t>{}; }
   int port() const { return port_; }
