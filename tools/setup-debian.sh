@@ -10,6 +10,9 @@ packages=(build-essential cmake pkg-config binutils libelf-dev libdwarf-dev libc
 packages+=(libsodium-dev)
 # polus-mkpatch (the patch generator, Python 3): ELF/DWARF reading and instruction lengths.
 packages+=(python3 python3-pyelftools python3-capstone patch)
+# Real servers as Debian ships them, patched by the tests (stale_frames_test: nginx in daemon
+# mode, whose master keeps a stale fork return address on its stack).
+packages+=(nginx)
 packages+=("$@")  # extra packages a caller needs (bench adds gnuplot-nox)
 
 missing=()
@@ -22,6 +25,11 @@ if ((${#missing[@]})); then
   echo "==> installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run nginx with a configuration and port of their own; the service the package
+  # starts is not needed.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
 fi
 
 werror=OFF

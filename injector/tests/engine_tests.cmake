@@ -7,8 +7,12 @@ add_executable(busy_fixture fixtures/busy_fixture.c)
 target_compile_options(busy_fixture PRIVATE -O2 -fomit-frame-pointer)
 target_link_libraries(busy_fixture PRIVATE pthread dl)
 
+add_executable(stale_fixture fixtures/stale_fixture.c)
+target_compile_options(stale_fixture PRIVATE -O2 -fomit-frame-pointer)
+target_link_libraries(stale_fixture PRIVATE pthread)
+
 set(PROLOGUE_PATCH_DIR ${CMAKE_CURRENT_BINARY_DIR}/prologue-patches)
-foreach(case tiny-padded tiny-tight loop-to-top spin busy)
+foreach(case tiny-padded tiny-tight loop-to-top spin busy stale)
   string(TOUPPER "CASE_${case}" define)
   string(REPLACE "-" "_" define ${define})
   add_library(prologue-${case} MODULE fixtures/prologue_patches.c)
@@ -100,3 +104,28 @@ target_compile_definitions(sync_fault_test PRIVATE ${POLUS_TEST_DEFINITIONS})
 add_dependencies(sync_fault_test polus-agent polusctl)
 add_test(NAME sync_fault_test COMMAND sync_fault_test --durations yes)
 set_tests_properties(sync_fault_test PROPERTIES TIMEOUT 120)
+
+# --- stale_frames_test: the lock-holding check from real frames (fixture, Debian's nginx in
+# daemon mode, an idle bash; needs root for nginx) ---------------------------------------------
+foreach(patch nginx_time_patch bash_echo_patch)
+  add_library(${patch} MODULE fixtures/${patch}.c)
+  target_link_libraries(${patch} PRIVATE polus_patch_format)
+  set_target_properties(${patch} PROPERTIES PREFIX "" LIBRARY_OUTPUT_DIRECTORY ${PROLOGUE_PATCH_DIR})
+endforeach()
+add_executable(stale_frames_test stale_frames_test.cc)
+target_link_libraries(stale_frames_test PRIVATE polus_injector_internal polus_catch_main util)
+target_compile_definitions(stale_frames_test PRIVATE ${POLUS_TEST_DEFINITIONS}
+  STALE_FIXTURE="$<TARGET_FILE:stale_fixture>"
+  NGINX_PATCH="$<TARGET_FILE:nginx_time_patch>"
+  BASH_PATCH="$<TARGET_FILE:bash_echo_patch>")
+add_dependencies(stale_frames_test polus-agent stale_fixture prologue-stale nginx_time_patch bash_echo_patch)
+add_test(NAME stale_frames_test COMMAND stale_frames_test --durations yes)
+set_tests_properties(stale_frames_test PROPERTIES TIMEOUT 120)
+
+# --- call_original_test: an OLD function's resolved slot runs the version a patch replaces ---
+add_executable(call_original_test call_original_test.cc)
+target_link_libraries(call_original_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+target_compile_definitions(call_original_test PRIVATE ${POLUS_TEST_DEFINITIONS})
+add_dependencies(call_original_test polus-agent)
+add_test(NAME call_original_test COMMAND call_original_test --durations yes)
+set_tests_properties(call_original_test PROPERTIES TIMEOUT 120)

@@ -66,6 +66,7 @@ TEST_CASE("a branch back into the first bytes requires an inactive function", "[
   auto a = analyze_prologue(code, kBase, code.size(), 0, "loop");
   CHECK(a.requires_inactive_function);
   CHECK_THAT(a.inactive_reason, Catch::Contains("branches back"));
+  CHECK(a.branch_into_overwritten);  // its original cannot run from a stub either
 }
 
 TEST_CASE("a call among the overwritten bytes and indirect jumps are noticed", "[prologue]") {
@@ -75,6 +76,7 @@ TEST_CASE("a call among the overwritten bytes and indirect jumps are noticed", "
   CHECK(a.call_in_overwritten);
   CHECK(a.requires_inactive_function);
   CHECK_THAT(a.inactive_reason, Catch::Contains("indirect jump"));
+  CHECK_FALSE(a.branch_into_overwritten);
 }
 
 TEST_CASE("jumps and trampolines encode correctly", "[prologue]") {

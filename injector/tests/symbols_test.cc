@@ -400,7 +400,7 @@ TEST_CASE("ProcessSymbols resolves a PIE with .symtab", "[process]") {
     CHECK(code_of([&] { symbols.resolve("no_such_function", SymbolKind::kFunction); }, &message) ==
           ErrorCode::kSymbolNotFound);
     CHECK(contains(message, "'no_such_function' (function) not found in " + main.path));
-    CHECK(contains(message, "libfoo.so!no_such_function"));
+    CHECK(contains(message, "libfoo.so.1!no_such_function"));
     CHECK(code_of([&] { symbols.resolve("libnope.so!malloc"); }, &message) == ErrorCode::kSymbolNotFound);
     CHECK(contains(message, "libnope.so"));
     CHECK(contains(message, "libc.so.6"));

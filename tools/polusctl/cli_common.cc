@@ -105,6 +105,11 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
                     "also trust patch files (and directories) owned by USER, a name or uid (repeatable); otherwise, "
                     "run as root, only root-owned ones (SECURITY.md)")->type_name("USER")->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
+  if (which & kForce) {
+    sub->add_flag("--force", args.force,
+                  "apply even where the patch cannot reach all the code it replaces: copies gcc made of an old function "
+                  "(.constprop, .isra, .part) it does not replace, or callers the debug info shows the function inlined into");
+  }
   if (which & kSignature) {
     sub->add_flag("--require-signature", args.require_signature,
                   "apply only a patch with a valid PATCH.so.sig by a trusted key (also require-signature = yes in the "
@@ -135,6 +140,7 @@ Json engine_request(const EngineArgs& args) {
   Json e;
   e["agent"] = args.agent.empty() ? default_agent_path() : args.agent;
   e["rehearse"] = !args.no_rehearsal;
+  if (args.force) e["force"] = true;
   e["debug_files"] = args.debug_files;
   e["allowed_owners"] = Json::array();
   for (const std::string& owner : args.allow_owners) e["allowed_owners"].push_back(parse_owner(owner));
@@ -174,6 +180,7 @@ polus::EngineOptions engine_options(const Json& request) {
   if (chooses_files && e.contains("audit_log")) options.audit.file = e["audit_log"].get<std::string>();
   options.agent_path = e.value("agent", std::string());
   options.rehearse = e.value("rehearse", true);
+  options.force = e.value("force", false);
   for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());
   for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
   if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());

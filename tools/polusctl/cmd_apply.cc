@@ -34,7 +34,7 @@ std::function<Json()> add_apply(CLI::App& app) {
                                               "process fails, those already patched are rolled back");
   sub->add_option("PID_and_PATCH", args->operands, "process ids, then the patch file (PID... PATCH.so)");
   add_target_options(sub, args->targets);
-  add_engine_options(sub, args->engine, kAgent | kDebugFiles | kAllowOwner | kTimeout | kSyncTimeout | kSignature | kAudit);
+  add_engine_options(sub, args->engine, kAgent | kDebugFiles | kAllowOwner | kTimeout | kSyncTimeout | kSignature | kAudit | kForce);
   sub->add_flag("--persist", args->persist,
                 "also store the patch for the build-id of the processes' executable: polusd applies it to every "
                 "process of that build it sees start (polusctl store list|remove)");

@@ -176,9 +176,18 @@ void add_patch_rows(Table& table, const polus::PatchInfo& p, pid_t pid) {
   }
   table.add_row({std::to_string(p.id), p.name, p.sha256.substr(0, 12), p.state, utc_time(p.applied_at_unix_ns),
                  duration(p.apply_wall_ns), duration(p.pause_ns)});
+  // Names whole, in columns as wide as the longest (the arrows line up).
+  int old_width = 0, new_width = 0;
   for (const auto& r : p.redirects) {
-    table.add_detail(r.old_name + " " + hex(r.old_function) + " -> " + r.new_name + " " + hex(r.new_function) +
-                     (r.trampoline ? " (via trampoline " + hex(r.trampoline) + ")" : ""));
+    old_width = std::max(old_width, static_cast<int>(r.old_name.size()));
+    new_width = std::max(new_width, static_cast<int>(r.new_name.size()));
+  }
+  for (const auto& r : p.redirects) {
+    std::string line = format("%-*s %-14s -> %-*s %-14s", old_width, r.old_name.c_str(), hex(r.old_function).c_str(),
+                              new_width, r.new_name.c_str(), hex(r.new_function).c_str());
+    if (r.trampoline) line += " (via trampoline " + hex(r.trampoline) + ")";
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    table.add_detail(line);
   }
   if (!p.fault.empty()) table.add_detail("FAULTED: " + p.fault);
   if (p.state != "syncing") return;

@@ -60,6 +60,11 @@ struct EngineOptions {
   /// Try the load (agent, patch constructors, pre-update callbacks) in a copy of the target
   /// first, and refuse the patch if the copy dies, hangs or faults (update/rehearsal.h).
   bool rehearse = true;
+  /// Apply even where the redirects cannot reach all the code they replace: copies gcc made
+  /// of an old function (.constprop, .isra, .part) the patch does not replace, or callers the
+  /// debug information shows it inlined into (update/reach_checks.h). Off: such a patch is
+  /// refused, naming them.
+  bool force = false;
   /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
   std::chrono::milliseconds timeout{10000};
   /// How long apply/rollback/finish wait for a data update's sync phase to end before

@@ -241,6 +241,47 @@ void drop_duplicate_symbols(std::vector<Symbol>& symbols) {
   symbols.resize(out);
 }
 
+/// DT_SONAME, from the dynamic section's own string table.
+std::string read_soname(Elf* elf) {
+  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+    GElf_Shdr shdr;
+    if (!gelf_getshdr(scn, &shdr) || shdr.sh_type != SHT_DYNAMIC || shdr.sh_entsize == 0) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    for (size_t i = 0; data && i < shdr.sh_size / shdr.sh_entsize; ++i) {
+      GElf_Dyn dyn;
+      if (!gelf_getdyn(data, static_cast<int>(i), &dyn) || dyn.d_tag == DT_NULL) break;
+      if (dyn.d_tag != DT_SONAME) continue;
+      const char* name = elf_strptr(elf, shdr.sh_link, dyn.d_un.d_val);
+      return name ? name : "";
+    }
+  }
+  return "";
+}
+
+/// .gnu_debuglink: a NUL-terminated file name, padding to 4 bytes, the CRC-32 (file byte order,
+/// little-endian on x86-64).
+DebugLink read_debuglink(Elf* elf) {
+  size_t names = 0;
+  if (elf_getshdrstrndx(elf, &names) != 0) return {};
+  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+    GElf_Shdr shdr;
+    if (!gelf_getshdr(scn, &shdr) || shdr.sh_type != SHT_PROGBITS) continue;
+    const char* name = elf_strptr(elf, names, shdr.sh_name);
+    if (!name || std::strcmp(name, ".gnu_debuglink") != 0) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data || !data->d_buf) return {};
+    const char* bytes = static_cast<const char*>(data->d_buf);
+    size_t length = strnlen(bytes, data->d_size);
+    size_t crc_at = (length + 4) & ~size_t{3};
+    if (length == 0 || crc_at + 4 > data->d_size) return {};
+    DebugLink link;
+    link.name.assign(bytes, length);
+    std::memcpy(&link.crc, bytes + crc_at, 4);
+    return link;
+  }
+  return {};
+}
+
 }  // namespace
 
 ElfHeaders read_headers(Elf* elf) {
@@ -248,6 +289,8 @@ ElfHeaders read_headers(Elf* elf) {
   headers.build_id_hex = read_build_id_of(elf);
   read_program_headers(elf, headers);
   headers.has_symtab = find_section(elf, SHT_SYMTAB) != nullptr;
+  headers.soname = read_soname(elf);
+  headers.debuglink = read_debuglink(elf);
   return headers;
 }
 
@@ -262,6 +305,41 @@ std::vector<Symbol> read_symbols(Elf* elf) {
   }
   drop_duplicate_symbols(symbols);
   return symbols;
+}
+
+std::vector<uint64_t> read_function_starts(Elf* elf) {
+  std::vector<uint64_t> starts;
+  size_t names = 0;
+  if (elf_getshdrstrndx(elf, &names) != 0) return starts;
+  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+    GElf_Shdr shdr;
+    if (!gelf_getshdr(scn, &shdr) || shdr.sh_type != SHT_PROGBITS) continue;
+    const char* name = elf_strptr(elf, names, shdr.sh_name);
+    if (!name || std::strcmp(name, ".eh_frame_hdr") != 0) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data || !data->d_buf || data->d_size < 12) return starts;
+    const auto* bytes = static_cast<const uint8_t*>(data->d_buf);
+    // version, eh_frame_ptr_enc, fde_count_enc, table_enc; then eh_frame_ptr (4 bytes for
+    // the sdata4/udata4 encodings gcc and lld use), fde_count, the table.
+    constexpr uint8_t kUdata4 = 0x03, kDatarelSdata4 = 0x3b;
+    if (bytes[0] != 1 || bytes[2] != kUdata4 || bytes[3] != kDatarelSdata4 || (bytes[1] & 0x0f) == 0x0c ||
+        (bytes[1] & 0x0f) == 0x04) {
+      return starts;
+    }
+    uint32_t count = 0;
+    std::memcpy(&count, bytes + 8, 4);
+    if (12 + static_cast<uint64_t>(count) * 8 > data->d_size) return starts;
+    starts.reserve(count);
+    for (uint32_t i = 0; i < count; ++i) {
+      int32_t location = 0;
+      std::memcpy(&location, bytes + 12 + static_cast<size_t>(i) * 8, 4);
+      starts.push_back(shdr.sh_addr + static_cast<uint64_t>(static_cast<int64_t>(location)));
+    }
+    std::sort(starts.begin(), starts.end());
+    starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+    return starts;
+  }
+  return starts;
 }
 
 std::vector<Symbol> read_exported_functions(Elf* elf, const std::vector<std::string_view>& names) {

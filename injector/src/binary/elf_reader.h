@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "binary/debug_files.h"
 #include "binary/symbols.h"
 
 namespace polus::elf {
@@ -52,6 +53,8 @@ struct ElfHeaders {
   std::vector<LoadSegment> loads;
   uint64_t dynamic_vaddr = 0;  // PT_DYNAMIC, 0 if none (static executable)
   bool has_symtab = false;     // a .symtab with contents (not a debug file's NOBITS copy)
+  std::string soname;          // DT_SONAME ("libfoo.so.1"), "" if none
+  DebugLink debuglink;         // .gnu_debuglink: name and CRC-32 of its separate debug file
 };
 
 ElfHeaders read_headers(Elf* elf);
@@ -59,6 +62,11 @@ ElfHeaders read_headers(Elf* elf);
 /// The functions and data objects of .symtab and .dynsym at link-time addresses, each
 /// (name, address) once; a local symbol is tied to its source file (the STT_FILE before it).
 std::vector<Symbol> read_symbols(Elf* elf);
+
+/// Where the functions of the file start (link-time addresses, sorted, unique), from the
+/// binary search table of .eh_frame_hdr (every function with CFI has an entry). Empty if the
+/// file has none or its encoding is not the usual datarel|sdata4.
+std::vector<uint64_t> read_function_starts(Elf* elf);
 
 /// The exported functions among `names`: default-version .dynsym entries, link-time
 /// addresses. A scan without building the whole table — cheap even for libc.

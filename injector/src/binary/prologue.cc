@@ -1,6 +1,6 @@
 #include "binary/prologue.h"
 
-#include <capstone/capstone.h>
+#include "binary/disassembler.h"
 
 #include <cstring>
 #include <sstream>
@@ -15,31 +15,6 @@ namespace {
 constexpr uint8_t kEndbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
 
 
-
-class Disassembler {
- public:
-  Disassembler() {
-    if (cs_open(CS_ARCH_X86, CS_MODE_64, &handle_) != CS_ERR_OK) {
-      throw Error(ErrorCode::kInternal, "capstone cannot open an x86-64 disassembler");
-    }
-    cs_option(handle_, CS_OPT_DETAIL, CS_OPT_ON);
-    insn_ = cs_malloc(handle_);
-  }
-  ~Disassembler() {
-    cs_free(insn_, 1);
-    cs_close(&handle_);
-  }
-  /// Decodes one instruction at `*code`, advancing the cursor; false on undecodable bytes.
-  bool next(const uint8_t** code, size_t* size, uint64_t* address) {
-    return cs_disasm_iter(handle_, code, size, address, insn_);
-  }
-  const cs_insn& insn() const { return *insn_; }
-  bool in_group(uint8_t group) const { return cs_insn_group(handle_, insn_, group); }
-
- private:
-  csh handle_ = 0;
-  cs_insn* insn_ = nullptr;
-};
 
 }  // namespace
 
@@ -119,9 +94,12 @@ PrologueAnalysis analyze_prologue(std::span<const uint8_t> code, uint64_t addres
     const cs_x86& x86 = insn.detail->x86;
     if (x86.op_count == 1 && x86.operands[0].type == X86_OP_IMM) {
       uint64_t target = static_cast<uint64_t>(x86.operands[0].imm);
-      if (is_jump && target > result.patch_site && target < jump_end && !result.requires_inactive_function) {
-        result.requires_inactive_function = true;
-        result.inactive_reason = "the instruction at " + hex(start) + " branches back into the bytes the jump replaces";
+      if (is_jump && target > result.patch_site && target < jump_end) {
+        result.branch_into_overwritten = true;
+        if (!result.requires_inactive_function) {
+          result.requires_inactive_function = true;
+          result.inactive_reason = "the instruction at " + hex(start) + " branches back into the bytes the jump replaces";
+        }
       }
     } else if (is_jump && !result.requires_inactive_function) {
       result.requires_inactive_function = true;

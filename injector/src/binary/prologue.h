@@ -1,8 +1,8 @@
 // binary/prologue.h — where and how a function's entry can take a 5-byte jump.
 //
-// The jump replaces the first instruction(s) of the old function; the displaced bytes are
-// never executed again (we redirect, we do not call the original), so they need no
-// relocation. What matters is who could still land in the middle of them:
+// The jump replaces the first instruction(s) of the old function; the displaced bytes run
+// again only from a stub a patch calls to run the original (binary/relocate.h). What
+// matters here is who could still land in the middle of them:
 //   - a thread whose pc is at an instruction boundary inside the overwritten bytes;
 //   - a return address inside them (a call among the first instructions);
 //   - a branch elsewhere in the function back into them (a loop to the top), or an
@@ -31,6 +31,10 @@ struct PrologueAnalysis {
   /// True when code could jump into the overwritten bytes: only patch while no thread has
   /// the function active (pc or return address inside it).
   bool requires_inactive_function = false;
+  /// A direct branch of the function lands strictly inside the bytes the jump replaces: its
+  /// original cannot be run from a stub either (binary/relocate.h), the branch would land in
+  /// the jump.
+  bool branch_into_overwritten = false;
   std::string inactive_reason;        // why, for status and errors
   /// The jump runs past the function's end into padding (int3/nop) before the next symbol.
   bool uses_padding = false;

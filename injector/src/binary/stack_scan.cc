@@ -12,6 +12,7 @@ ThreadSnapshot snapshot_thread(ProcessMemory& memory, const std::vector<MappedRe
   snap.tid = tid;
   snap.pc = regs.rip;
   snap.sp = regs.rsp;
+  snap.regs = regs;
   uint64_t sp = regs.rsp & ~7ull;
   auto region = std::find_if(maps.begin(), maps.end(), [&](const MappedRegion& r) { return r.contains(sp); });
   if (region == maps.end()) {
@@ -42,16 +43,6 @@ const AddressRange* thread_touches(const ThreadSnapshot& thread, const std::vect
     }
   }
   return nullptr;
-}
-
-std::string touch_detail(const ThreadSnapshot& thread, const AddressRange& range) {
-  if (range.contains(thread.pc)) return "pc " + hex(thread.pc);
-  for (size_t i = 0; i < thread.stack_words.size(); ++i) {
-    if (range.contains(thread.stack_words[i])) {
-      return hex(thread.stack_words[i]) + " at sp+" + hex(i * 8) + " on its stack";
-    }
-  }
-  return "";
 }
 
 bool thread_has_address(const ThreadSnapshot& thread, const std::vector<uint64_t>& addresses) {

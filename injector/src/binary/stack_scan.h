@@ -3,8 +3,11 @@
 // "Could this thread be inside function F?" is answered by looking at its pc and at every
 // 8-byte word of its live stack, [rsp, top of the stack mapping): a return address into F
 // must be one of those words. A word that merely looks like an address into F makes the
-// answer "yes" — a false positive only costs a retry, never safety. Exact unwinding with
-// CFI (for the data-sync termination check) builds on the same snapshots.
+// answer "yes" — a false positive only costs a retry, never safety. But a stale return
+// address in a dead slot of a live frame can stay there for good (an idle thread's stack
+// does not change), so decisions that would otherwise wait forever are taken from the
+// frames the CFI unwind finds (binary/frame_check.h), with this scan only where the unwind
+// cannot see.
 #pragma once
 
 #include <sys/types.h>
@@ -34,6 +37,7 @@ struct ThreadSnapshot {
   uint64_t sp = 0;
   std::vector<uint64_t> stack_words;
   bool stack_complete = true;  // false if the stack mapping was not found or was cut at the limit
+  user_regs_struct regs{};     // every register at the stop (what an unwind starts from)
 };
 
 /// Reads the live stack of a thread whose registers are `regs` (up to `limit` bytes).
@@ -42,9 +46,6 @@ ThreadSnapshot snapshot_thread(ProcessMemory& memory, const std::vector<MappedRe
 
 /// The first range the thread's pc or a stack word falls into, if any.
 const AddressRange* thread_touches(const ThreadSnapshot& thread, const std::vector<AddressRange>& ranges);
-
-/// Where `thread` touches `range`, for messages: "pc 0x..." or "0x... at sp+0x... on its stack".
-std::string touch_detail(const ThreadSnapshot& thread, const AddressRange& range);
 
 /// Whether the pc or any stack word equals one of `addresses` exactly.
 bool thread_has_address(const ThreadSnapshot& thread, const std::vector<uint64_t>& addresses);

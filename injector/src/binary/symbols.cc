@@ -7,15 +7,20 @@
 #include <link.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
+#include "binary/debug_files.h"
 #include "binary/elf_reader.h"
+#include "binary/symbol_match.h"
 #include "common/format.h"
 #include "polus/error.h"
 #include "process/proc_files.h"
@@ -74,74 +79,6 @@ std::optional<uint64_t> compute_load_bias(const std::vector<const MappedRegion*>
   }
   return std::nullopt;
 }
-
-// ---------------------------------------------------------------------------------------
-// Separate debug files.
-
-/// Finds debug files by build-id: those named explicitly first, then <root>/.build-id/.
-class DebugFiles {
- public:
-  explicit DebugFiles(const SymbolOptions& options) : options_(options) {
-    for (const std::string& path : options.debug_files) {
-      try {
-        explicit_.emplace_back(path, read_build_id(path));
-      } catch (const Error& error) {
-        spdlog::warn("ignoring debug file {}: {}", path, error.what());
-      }
-    }
-  }
-
-  /// The path of a debug file with a .symtab for `build_id` (its symbols are read later).
-  std::optional<std::string> find(const std::string& build_id) {
-    if (build_id.size() < 3) return std::nullopt;
-    for (auto& [path, id] : explicit_) {
-      if (id != build_id) continue;
-      used_.insert(path);
-      if (usable(path, build_id)) return path;
-    }
-    for (const std::string& root : options_.debug_roots) {
-      std::string path = root + "/.build-id/" + build_id.substr(0, 2) + "/" + build_id.substr(2) + ".debug";
-      if (::access(path.c_str(), R_OK) != 0) continue;
-      if (usable(path, build_id)) return path;
-    }
-    return std::nullopt;
-  }
-
-  /// Warns about explicitly named debug files that matched no object: likely the wrong build.
-  void warn_unused(pid_t pid) const {
-    for (const auto& [path, id] : explicit_) {
-      if (!used_.count(path)) {
-        spdlog::warn("debug file {} (build-id {}) matches no object mapped in process {}; it is "
-                     "probably from another build",
-                     path, id.empty() ? "none" : id, pid);
-      }
-    }
-  }
-
- private:
-  static bool usable(const std::string& path, const std::string& build_id) {
-    try {
-      elf::ElfFile file(path);
-      elf::ElfHeaders headers = elf::read_headers(file.get());
-      if (headers.build_id_hex != build_id) {
-        spdlog::warn("ignoring debug file {}: its build-id {} is not {}", path, headers.build_id_hex, build_id);
-        return false;
-      }
-      if (!headers.has_symtab) {
-        spdlog::warn("ignoring debug file {}: it has no .symtab", path);
-        return false;
-      }
-      return true;
-    } catch (const Error& error) {
-      spdlog::warn("ignoring debug file {}: {}", path, error.what());
-      return false;
-    }
-  }
-
-  const SymbolOptions& options_;
-  std::vector<std::pair<std::string, std::string>> explicit_;  // path, build-id
-  std::set<std::string> used_;
-};
 
 // ---------------------------------------------------------------------------------------
 // Load order.
@@ -276,6 +213,7 @@ std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, boo
   object.path = file.path;
   object.symbols_from = file.path;
   object.build_id_hex = headers.build_id_hex;
+  object.soname = headers.soname;
   object.has_symtab = headers.has_symtab;
   object.load_bias = *bias;
   object.is_main_executable = is_main;
@@ -287,7 +225,7 @@ std::optional<MappedObject> load_object(pid_t pid, const FileMappings& file, boo
   mapped.dynamic_vaddr = headers.dynamic_vaddr;
   set_text_range(object, file.regions);
   if (!object.has_symtab) {
-    if (auto debug = debug_files.find(object.build_id_hex)) {
+    if (auto debug = debug_files.find(file.path, object.build_id_hex, headers.debuglink)) {
       mapped.debug_file = *debug;
       object.symbols_from = *debug;
       object.has_symtab = true;
@@ -329,29 +267,6 @@ std::vector<MappedObject> in_lookup_order(std::vector<MappedObject> objects, con
 // ---------------------------------------------------------------------------------------
 // Resolution.
 
-struct SymbolSpec {
-  std::string object;  // "" = any
-  std::string file;    // "" = any
-  std::string name;
-};
-
-/// Splits "object!file.c:name" (object and file optional).
-SymbolSpec parse_spec(std::string_view text) {
-  SymbolSpec spec;
-  if (size_t bang = text.find('!'); bang != std::string_view::npos) {
-    spec.object = std::string(text.substr(0, bang));
-    text = text.substr(bang + 1);
-  }
-  if (size_t colon = text.rfind(':'); colon != std::string_view::npos) {
-    spec.file = std::string(text.substr(0, colon));
-    text = text.substr(colon + 1);
-  }
-  spec.name = std::string(text);
-  // "name@@VERSION" is the default version, which symbols carry as plain "name".
-  if (size_t at = spec.name.find("@@"); at != std::string::npos) spec.name.resize(at);
-  return spec;
-}
-
 const char* kind_word(SymbolKind kind) {
   switch (kind) {
     case SymbolKind::kFunction: return "function";
@@ -359,19 +274,6 @@ const char* kind_word(SymbolKind kind) {
     case SymbolKind::kAny: break;
   }
   return "symbol";
-}
-
-bool symbol_matches(const Symbol& symbol, const SymbolSpec& spec, SymbolKind kind) {
-  if (kind == SymbolKind::kFunction && !symbol.is_function) return false;
-  if (kind == SymbolKind::kData && symbol.is_function) return false;
-  if (symbol.name != spec.name) return false;
-  if (spec.file.empty()) return true;
-  return !symbol.is_global && !symbol.source_file.empty() &&
-         (symbol.source_file == spec.file || basename_of(symbol.source_file) == spec.file);
-}
-
-bool object_matches(const LoadedObject& object, std::string_view name_or_path) {
-  return object.path == name_or_path || basename_of(object.path) == name_or_path;
 }
 
 /// One symbol per distinct address: aliases (same address, several names) count once.
@@ -389,12 +291,17 @@ std::vector<const Symbol*> distinct_addresses(const std::vector<const Symbol*>& 
                                   const std::vector<const Symbol*>& candidates, bool globals) {
   std::string message = "symbol '" + spec.name + "' is ambiguous in " + object.path + ": " +
                         std::to_string(candidates.size()) + " definitions (";
+  bool cxx = false;
   for (size_t i = 0; i < candidates.size(); ++i) {
     if (i) message += ", ";
     message += candidates[i]->qualified_name() + " at " + hex(candidates[i]->address.address());
+    cxx = cxx || !demangle(candidates[i]->name).empty();
   }
   message += ")";
-  if (globals) {
+  if (cxx) {
+    message += "; write the one you mean as listed, with its parameter list (e.g. \"" +
+               display_name(candidates[0]->name) + "\"), or its mangled name (" + candidates[0]->name + ")";
+  } else if (globals) {
     message += "; Polus cannot tell which one the program uses, so it refuses to guess";
   } else {
     message += "; write the name as \"file.c:" + spec.name + "\" (e.g. \"" + candidates[0]->qualified_name() +
@@ -403,14 +310,11 @@ std::vector<const Symbol*> distinct_addresses(const std::vector<const Symbol*>& 
   throw Error(ErrorCode::kSymbolAmbiguous, message);
 }
 
-/// The symbol of `object` that `spec` names, or nullptr if it has none. A global wins over
-/// file-static symbols; several file-statics and no global is ambiguous.
-const Symbol* pick_in_object(const LoadedObject& object, const std::vector<Symbol>& symbols, const SymbolSpec& spec,
-                             SymbolKind kind) {
+/// The one symbol among `matches` (what a name designates in `object`), or nullptr if none.
+/// A global wins over file-static symbols; several file-statics and no global is ambiguous.
+const Symbol* pick_in_object(const LoadedObject& object, const std::vector<const Symbol*>& matches, const SymbolSpec& spec) {
   std::vector<const Symbol*> globals, locals;
-  for (const Symbol& symbol : symbols) {
-    if (symbol_matches(symbol, spec, kind)) (symbol.is_global ? globals : locals).push_back(&symbol);
-  }
+  for (const Symbol* symbol : matches) (symbol->is_global ? globals : locals).push_back(symbol);
   std::vector<const Symbol*> distinct_globals = distinct_addresses(globals);
   if (distinct_globals.size() == 1) return distinct_globals[0];
   if (distinct_globals.size() > 1) throw_ambiguous(spec, object, distinct_globals, true);
@@ -426,8 +330,8 @@ const Symbol* pick_in_object(const LoadedObject& object, const std::vector<Symbo
 // Public API.
 
 std::string Symbol::qualified_name() const {
-  if (is_global || source_file.empty()) return name;
-  return source_file + ":" + name;
+  if (is_global || source_file.empty()) return display_name(name);
+  return source_file + ":" + display_name(name);
 }
 
 ElfObjectFile read_elf_object(const std::string& path) {
@@ -437,6 +341,7 @@ ElfObjectFile read_elf_object(const std::string& path) {
   object.path = path;
   object.symbols_from = path;
   object.build_id_hex = headers.build_id_hex;
+  object.soname = headers.soname;
   object.has_symtab = headers.has_symtab;
   object.symbols = elf::read_symbols(file.get());
   return object;
@@ -454,6 +359,7 @@ ProcessSymbols::~ProcessSymbols() = default;
 
 ProcessSymbols ProcessSymbols::load(pid_t pid, const SymbolOptions& options) {
   ProcessSymbols result;
+  result.pid_ = pid;
   result.maps_ = read_process_maps(pid);
   const std::string exe_path = main_executable_path(pid);
   DebugFiles debug_files(options);
@@ -568,6 +474,29 @@ std::vector<Symbol> ProcessSymbols::exported_functions(const LoadedObject& objec
   return found;
 }
 
+const std::vector<uint64_t>& ProcessSymbols::function_starts(const LoadedObject& object) const {
+  Table& t = tables_.at(index_of(object));
+  if (t.starts_ready) return t.starts;
+  t.starts_ready = true;
+  try {
+    std::unique_ptr<elf::ElfFile> reopened;
+    elf::ElfFile* file = t.object_file.get();
+    if (!file) {
+      auto region = std::find_if(maps_.begin(), maps_.end(), [&](const MappedRegion& r) { return r.path == object.path; });
+      if (region == maps_.end()) return t.starts;
+      MappedFile opened = open_mapped_file(pid_, *region, object.is_main_executable);
+      if (opened.fd < 0) return t.starts;
+      reopened = std::make_unique<elf::ElfFile>(opened.fd, object.path);
+      file = reopened.get();
+    }
+    t.starts = elf::read_function_starts(file->get());
+    for (uint64_t& start : t.starts) start += object.load_bias;
+  } catch (const Error& error) {
+    spdlog::debug("no function starts for {}: {}", object.path, error.what());
+  }
+  return t.starts;
+}
+
 std::optional<Symbol> ProcessSymbols::symbol_containing(RemoteAddr address) const {
   const LoadedObject* object = object_containing(address);
   if (!object) {  // not file-backed: maybe the anonymous tail of an object's .bss
@@ -607,15 +536,71 @@ const LoadedObject* ProcessSymbols::object_containing(RemoteAddr address) const 
   return object == objects_.end() ? nullptr : &*object;
 }
 
+bool ProcessSymbols::object_matches(const LoadedObject& object, std::string_view name) const {
+  return object.path == name || basename_of(object.path) == name || (!object.soname.empty() && object.soname == name);
+}
+
+std::vector<const LoadedObject*> ProcessSymbols::objects_named(std::string_view name) const {
+  std::vector<const LoadedObject*> found;
+  for (const LoadedObject& object : objects_) {
+    if (object_matches(object, name)) found.push_back(&object);
+  }
+  if (!found.empty() || name.empty()) return found;
+  // A name the maps do not show: a symlink to an object ("redis-server" beside the
+  // /usr/bin/redis-check-rdb it points to; "libfoo.so.1" for a library without a soname), or
+  // the name the main executable was started by (/proc/PID/comm; the kernel keeps 15 bytes).
+  auto same_file = [](const std::string& link, const std::string& path) {
+    struct stat a, b;
+    return ::stat(link.c_str(), &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  };
+  std::string comm;
+  if (pid_ > 0 && name.size() < 16) {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/comm");
+    std::getline(in, comm);
+  }
+  for (const LoadedObject& object : objects_) {
+    const std::string dir = object.path.substr(0, object.path.rfind('/') + 1);
+    const std::string link = name.find('/') != std::string_view::npos ? std::string(name) : dir + std::string(name);
+    if (same_file(link, object.path) || (object.is_main_executable && !comm.empty() && comm == name)) {
+      found.push_back(&object);
+    }
+  }
+  return found;
+}
+
 const LoadedObject* ProcessSymbols::find_object(std::string_view name_or_path) const {
   // A full path is exact; a basename could match several objects, the first in search order wins.
   for (const LoadedObject& object : objects_) {
     if (object.path == name_or_path) return &object;
   }
-  for (const LoadedObject& object : objects_) {
-    if (object_matches(object, name_or_path)) return &object;
+  std::vector<const LoadedObject*> named = objects_named(name_or_path);
+  return named.empty() ? nullptr : named.front();
+}
+
+const std::vector<SymbolNames>& ProcessSymbols::names_of(const Table& t) const {
+  if (!t.names_ready) {
+    Table& table = const_cast<Table&>(t);  // the lazily made part of a table, as symbols_of's
+    table.names = analyse_names(table.symbols);
+    table.names_ready = true;
   }
-  return nullptr;
+  return t.names;
+}
+
+std::vector<std::pair<Symbol, CloneName>> ProcessSymbols::clones_of(const Symbol& function) const {
+  std::vector<std::pair<Symbol, CloneName>> result;
+  const LoadedObject* object = object_containing(function.address);
+  if (!object) return result;
+  const Table& t = table(index_of(*object));
+  SymbolSpec spec{.object = "", .file = "", .name = function.name};
+  NameQuery query(spec, SymbolKind::kFunction);
+  for (auto& [symbol, clone] : query.clones(t.symbols, names_of(t))) {
+    // A clone of a file-static function comes from the same source file.
+    if (!function.is_global && !symbol->is_global && symbol->source_file != function.source_file) continue;
+    Symbol copy = *symbol;
+    copy.object_path = object->path;
+    result.emplace_back(std::move(copy), clone);
+  }
+  return result;
 }
 
 const LoadedObject& ProcessSymbols::main_executable() const {
@@ -626,31 +611,69 @@ const LoadedObject& ProcessSymbols::main_executable() const {
 }
 
 Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
-  SymbolSpec spec = parse_spec(text);
+  SymbolSpec spec = parse_symbol_spec(text);
   const std::string kind_text = kind_word(kind);
   if (spec.name.empty()) {
     throw Error(ErrorCode::kSymbolNotFound, "'" + std::string(text) + "' names no symbol; write it as \"name\", "
                                                 "\"file.c:name\", \"object!name\" or \"object!file.c:name\"");
   }
+  std::vector<const LoadedObject*> searched;
+  if (spec.object.empty()) {
+    for (const LoadedObject& object : objects_) searched.push_back(&object);
+  } else {
+    searched = objects_named(spec.object);
+    if (searched.empty()) {
+      std::string names;
+      for (const LoadedObject& object : objects_) {
+        names += (names.empty() ? "" : ", ") + basename_of(object.path);
+        if (!object.soname.empty() && object.soname != basename_of(object.path)) names += " (" + object.soname + ")";
+      }
+      throw Error(ErrorCode::kSymbolNotFound, "no object named '" + spec.object + "' is mapped in the process (for " +
+                                                  kind_text + " '" + std::string(text) + "'); its objects are: " + names);
+    }
+  }
 
   // Objects are stored main executable first, then in load order: the lookup order the
   // dynamic linker uses, so the first object with a match is the one the program binds to.
-  bool object_seen = false;
-  for (const LoadedObject& object : objects_) {
-    if (!spec.object.empty() && !object_matches(object, spec.object)) continue;
-    object_seen = true;
-    if (const Symbol* symbol = pick_in_object(object, symbols_of(object), spec, kind)) {
+  NameQuery query(spec, kind);
+  for (const LoadedObject* object : searched) {
+    const Table& t = table(index_of(*object));
+    std::vector<const Symbol*> matches = query.match(t.symbols, [&]() -> const std::vector<SymbolNames>& { return names_of(t); });
+    if (const Symbol* symbol = pick_in_object(*object, matches, spec)) {
       Symbol found = *symbol;
-      found.object_path = object.path;
+      found.object_path = object->path;
       return found;
     }
   }
 
-  if (!spec.object.empty() && !object_seen) {
-    std::string names;
-    for (const LoadedObject& object : objects_) names += (names.empty() ? "" : ", ") + basename_of(object.path);
-    throw Error(ErrorCode::kSymbolNotFound, "no object named '" + spec.object + "' is mapped in the process (for " +
-                                                kind_text + " '" + std::string(text) + "'); its objects are: " + names);
+  // Not found as such: perhaps gcc kept the function only as copies of it.
+  std::string clones_found, example;
+  for (const LoadedObject* object : searched) {
+    const Table& t = table(index_of(*object));
+    auto clones = query.clones(t.symbols, names_of(t));
+    std::vector<const Symbol*> renamed;  // the function itself under another name
+    for (const auto& [symbol, clone] : clones) {
+      if (clone.kind == CloneKind::kSameFunction) renamed.push_back(symbol);
+    }
+    if (const Symbol* symbol = pick_in_object(*object, renamed, spec)) {
+      spdlog::info("'{}' is {} in {}", std::string(text), symbol->name, object->path);
+      Symbol found = *symbol;
+      found.object_path = object->path;
+      return found;
+    }
+    for (const auto& [symbol, clone] : clones) {
+      clones_found += (clones_found.empty() ? "" : "; ") + symbol->name + " at " + hex(symbol->address.address()) +
+                      " in " + basename_of(object->path) + ", " + describe_clone(clone);
+      if (example.empty() && clone.kind != CloneKind::kColdPart) example = symbol->name;
+    }
+  }
+  if (!clones_found.empty()) {
+    throw Error(ErrorCode::kSymbolNotFound,
+                "the " + kind_text + " '" + std::string(text) + "' has no symbol of its own: gcc kept only copies of it (" +
+                    clones_found + "). Replace a copy by naming it exactly" +
+                    (example.empty() ? std::string() : " (\"" + example + "\")") +
+                    " with a new function taking the copy's own parameters, or replace its callers instead; a target "
+                    "built with -fno-ipa-cp -fno-ipa-sra -fno-partial-inlining has no such copies");
   }
 
   const LoadedObject& main = main_executable();
@@ -659,14 +682,18 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
                           : "'" + spec.object + "'";
   std::string message = "symbol '" + std::string(text) + "'" +
                         (kind == SymbolKind::kAny ? "" : " (" + kind_text + ")") + " not found in " + where +
-                        "; check the name, or name the object as 'libfoo.so!" + spec.name + "'";
+                        "; check the name" +
+                        (spec.object.empty() ? ", or name its object as in \"libfoo.so.1!" + spec.name + "\"" : "");
+  if (query.written_as_cxx()) {
+    message += " (C++ names are matched as c++filt prints them, e.g. \"ns::Class::method(int) const\" or "
+               "\"ns::Class::method\", or mangled)";
+  }
   auto has_other_kind = [&] {  // a hint for the message: the name exists, as the other kind
     SymbolKind other = kind == SymbolKind::kFunction ? SymbolKind::kData : SymbolKind::kFunction;
-    for (const LoadedObject& object : objects_) {
-      if (!spec.object.empty() && !object_matches(object, spec.object)) continue;
-      for (const Symbol& symbol : symbols_of(object)) {
-        if (symbol_matches(symbol, spec, other)) return true;
-      }
+    NameQuery other_query(spec, other);
+    for (const LoadedObject* object : searched) {
+      const Table& t = table(index_of(*object));
+      if (!other_query.match(t.symbols, [&]() -> const std::vector<SymbolNames>& { return names_of(t); }).empty()) return true;
     }
     return false;
   };
@@ -678,7 +705,7 @@ Symbol ProcessSymbols::resolve(std::string_view text, SymbolKind kind) const {
     message += ". Note: " + main.path + " is stripped (only .dynsym, its exported symbols, is available" +
                (main.build_id_hex.empty() ? "" : ", build-id " + main.build_id_hex) +
                "), so file-static functions and unexported globals are invisible: provide its debug file "
-               "(--debug-file, or install it under /usr/lib/debug/.build-id/)";
+               "(--debug-file, under /usr/lib/debug/.build-id/, or named by its .gnu_debuglink beside it)";
   }
   throw Error(ErrorCode::kSymbolNotFound, message);
 }

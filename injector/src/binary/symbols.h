@@ -4,8 +4,10 @@
 // read from disk with libelf: .symtab when present (file-static symbols included, each tied
 // to its source file through the preceding STT_FILE entry), otherwise .dynsym; addresses
 // get the object's load bias (PIE and shared objects). A stripped object whose symbols live
-// in a separate debug file is handled the standard way: the file is found by build-id under
-// /usr/lib/debug/.build-id/xx/rest.debug (or given explicitly).
+// in a separate debug file is handled as gdb does (binary/debug_files.h): by build-id under
+// /usr/lib/debug/.build-id/, then by its .gnu_debuglink (beside it, in .debug/ beside it,
+// under /usr/lib/debug), or given explicitly. Names are matched as people write them, C++
+// included (binary/symbol_match.h); objects by file name, soname or a symlink to them.
 //
 // Loading reads only each object's headers (build-id, load segments); an object's symbol
 // table is read the first time something asks for it. Most operations need the executable's
@@ -23,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "binary/symbol_names.h"
 #include "polus/options.h"
 #include "process/process_maps.h"
 #include "process/remote_ptr.h"
@@ -43,7 +46,8 @@ struct Symbol {
   bool is_function = false;
   bool is_global = false;    // STB_GLOBAL or STB_WEAK
 
-  /// "file.c:name" for a file-static symbol, "name" otherwise (how status prints it).
+  /// "file.c:name" for a file-static symbol, "name" otherwise (how status prints it); C++
+  /// names demangled: "pricer.cc:(anonymous namespace)::round_cents(int)".
   std::string qualified_name() const;
 };
 
@@ -56,6 +60,7 @@ struct LoadedObject {
   uint64_t image_start = 0;  // the PT_LOAD segments at runtime addresses, .bss included (whose
   uint64_t image_end = 0;    // tail past the file is an anonymous mapping in /proc/PID/maps)
   std::string build_id_hex;  // lowercase hex of NT_GNU_BUILD_ID, "" if none
+  std::string soname;        // DT_SONAME ("libfoo.so.1" for libfoo.so.1.5.4), "" if none
   std::string symbols_from;  // the file the symbol table came from (the object or a debug file)
   bool has_symtab = false;   // false: only .dynsym was available
   bool is_main_executable = false;
@@ -96,10 +101,24 @@ class ProcessSymbols {
   ///   "name"              — the main executable first, then shared objects in load order;
   ///                         a global wins over locals; several locals with one name and no
   ///                         global: Error(kSymbolAmbiguous) listing "file.c:name" candidates;
+  ///                         C++ names mangled or as c++filt prints them, with or without the
+  ///                         parameter list (symbol_match.h); overloads left: kSymbolAmbiguous;
   ///   "file.c:name"       — the file-static symbol of that source file (basename match ok);
-  ///   "object!name"       — only in the object whose file name (e.g. "libc.so.6") matches.
+  ///   "object!name"       — only in the object whose file name, path or soname is "object"
+  ///                         ("libc.so.6"), or that a symlink "object" beside it points to
+  ///                         ("redis-server" for /usr/bin/redis-check-rdb).
+  /// A name gcc only kept as a renamed copy of the function (".lto_priv.0") resolves to it;
+  /// one it only kept as specialised copies is kSymbolNotFound naming them.
   /// Throws Error(kSymbolNotFound) naming the symbol and where it looked.
   Symbol resolve(std::string_view spec, SymbolKind kind = SymbolKind::kAny) const;
+
+  /// The copies gcc made of function `function` (a symbol resolve() returned) in its object:
+  /// ".constprop.N", ".isra.N", ".part.N", ".cold" & co., each with what its suffix says.
+  std::vector<std::pair<Symbol, CloneName>> clones_of(const Symbol& function) const;
+
+  /// Where the functions of `object` start (runtime addresses, sorted), from its
+  /// .eh_frame_hdr (binary/tail_calls.h); read on first use, empty if unavailable.
+  const std::vector<uint64_t>& function_starts(const LoadedObject& object) const;
 
   /// The symbol whose [address, address+size) contains `address`, if any.
   std::optional<Symbol> symbol_containing(RemoteAddr address) const;
@@ -107,7 +126,8 @@ class ProcessSymbols {
   /// The object one of whose mappings contains `address`, if any.
   const LoadedObject* object_containing(RemoteAddr address) const;
 
-  /// The object whose file name (basename) or full path equals `name_or_path`.
+  /// The object whose file name (basename), full path or soname is `name_or_path`, or that a
+  /// symlink of that name beside it (or that path) points to.
   const LoadedObject* find_object(std::string_view name_or_path) const;
 
   const LoadedObject& main_executable() const;
@@ -131,11 +151,23 @@ class ProcessSymbols {
     bool loaded = false;
     std::vector<Symbol> symbols;
     std::vector<IndexEntry> index;
+    std::vector<SymbolNames> names;  // analyse_names(symbols), made on first use
+    bool names_ready = false;
+    std::vector<uint64_t> starts;  // function_starts(), read on first use
+    bool starts_ready = false;
   };
+  /// analyse_names() of table `t`, made now if it has not been.
+  const std::vector<SymbolNames>& names_of(const Table& t) const;
+  /// Whether `object` answers to `name` by its path, file name or soname.
+  bool object_matches(const LoadedObject& object, std::string_view name) const;
+  /// The objects answering to `name`: by path, file name or soname; failing those, through a
+  /// symlink of that name beside them, or (the main executable) by its /proc/PID/comm.
+  std::vector<const LoadedObject*> objects_named(std::string_view name) const;
   /// The table of objects_[i], read now if it has not been.
   const Table& table(size_t i) const;
   size_t index_of(const LoadedObject& object) const;
 
+  pid_t pid_ = 0;
   std::vector<LoadedObject> objects_;
   std::vector<MappedRegion> maps_;
   mutable std::vector<Table> tables_;  // parallel to objects_

@@ -521,7 +521,9 @@ struct Unwinder::Walker {
     return std::nullopt;
   }
 
-  void push(uint64_t pc, uint64_t cfa, bool from_scan) { result.frames.push_back(StackFrame{pc, cfa, from_scan}); }
+  void push(uint64_t pc, uint64_t cfa, bool from_scan, bool pc_is_return, uint64_t scanned_from = 0) {
+    result.frames.push_back(StackFrame{pc, cfa, from_scan, !pc_is_return, scanned_from});
+  }
 
   UnwindResult run(Registers regs) {
     bool pc_is_return = false;  // frame 0's pc is where the thread is, not a return address
@@ -550,7 +552,7 @@ struct Unwinder::Walker {
       Step st = step(regs, pc_is_return);
       if (st.status == Status::kOk) {
         bool increasing = result.frames.empty() || st.cfa > previous_cfa || st.signal_frame;
-        push(pc, st.cfa, from_scan);
+        push(pc, st.cfa, from_scan, pc_is_return);
         if (!increasing) {
           note("CFA " + hex(st.cfa) + " at pc " + hex(pc) + " does not increase; stopped");
           break;
@@ -566,7 +568,7 @@ struct Unwinder::Walker {
         continue;
       }
       if (st.status == Status::kFailed) {
-        push(pc, st.cfa, from_scan);
+        push(pc, st.cfa, from_scan, pc_is_return);
         note(st.why);
         break;
       }
@@ -579,11 +581,12 @@ struct Unwinder::Walker {
         note("no CFI for pc " + hex(pc) + " in " + object_label(*self.symbols_, pc) + "; scanned");
       }
       if (!regs.has(kRsp)) {
-        push(pc, 0, from_scan);
+        push(pc, 0, from_scan, pc_is_return);
         note("no stack pointer to scan from");
         break;
       }
       uint64_t cursor = regs.value[kRsp];
+      uint64_t scan_start = cursor;  // where the scan for the current frame's caller began
       uint64_t limit = cursor + kScanLimit;
       if (const MappedRegion* stack = region_of(cursor)) limit = std::min(limit, stack->end);
       bool resumed = false;
@@ -591,7 +594,7 @@ struct Unwinder::Walker {
       while (!resumed && !stop) {
         auto candidate = next_candidate(cursor, limit);
         if (!candidate) {
-          push(pc, 0, from_scan);
+          push(pc, 0, from_scan, pc_is_return, scan_start);
           note("the scan found no return address above " + hex(regs.value[kRsp]));
           stop = true;
           break;
@@ -603,7 +606,7 @@ struct Unwinder::Walker {
         bool plausible = check.status == Status::kOk && check.cfa > candidate->slot &&
                          (check.outermost || check.next.value[kRip] == 0 || executable(check.next.value[kRip]));
         if (plausible) {
-          push(pc, candidate->slot + 8, from_scan);
+          push(pc, candidate->slot + 8, from_scan, pc_is_return, scan_start);
           regs = trial;
           pc_is_return = true;
           from_scan = true;
@@ -613,9 +616,10 @@ struct Unwinder::Walker {
           // A return address into code whose CFI cannot be used from here (none, or based on
           // a register the scan cannot know, e.g. an rbp-based frame): a frame of its own,
           // whose caller the scan goes on looking for.
-          push(pc, candidate->slot + 8, from_scan);
+          push(pc, candidate->slot + 8, from_scan, pc_is_return, scan_start);
           pc = candidate->value;
           from_scan = true;
+          pc_is_return = true;
           note((check.status == Status::kNoCfi ? "no CFI for pc " + hex(pc) + " in " + object_label(*self.symbols_, pc)
                                                : check.why) +
                "; scanned");
@@ -624,6 +628,7 @@ struct Unwinder::Walker {
             stop = true;
           }
           cursor = candidate->slot + 8;
+          scan_start = cursor;
         } else {
           cursor = candidate->slot + 8;  // a stale value in a dead slot: keep looking
         }

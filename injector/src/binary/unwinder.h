@@ -51,6 +51,12 @@ struct StackFrame {
   uint64_t cfa = 0;        // canonical frame address: the caller's sp once this frame returns
                            // (for a frame without CFI: just above the return address the scan found)
   bool from_scan = false;  // pc found by scanning the stack, not computed from CFI
+  bool interrupted = false;  // pc is where the thread was stopped or interrupted (frame 0, the
+                             // frame after a signal frame), not a return address: look it up
+                             // as is rather than at pc - 1
+  uint64_t scanned_from = 0;  // this frame had no usable CFI and its caller's return address was
+                              // found by scanning [scanned_from, cfa - 8): the words passed over
+                              // could hide a real return address. 0 if not scanned
 };
 
 struct UnwindResult {

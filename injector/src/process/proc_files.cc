@@ -129,6 +129,10 @@ std::optional<TaskStatus> read_task_status(pid_t pid, pid_t tid) {
     if (line.rfind("SigBlk:", 0) == 0) status.blocked = value(16);
     if (line.rfind("Seccomp:", 0) == 0) status.seccomp = static_cast<int>(value(10));
     if (line.rfind("x86_Thread_features:", 0) == 0) status.shadow_stack = line.find("shstk") != std::string::npos;
+    if (line.rfind("State:", 0) == 0) {
+      size_t at = line.find_first_not_of(" \t", 6);
+      if (at != std::string::npos) status.state = line[at];
+    }
   }
   return status;
 }

@@ -45,6 +45,7 @@ struct TaskStatus {
   uint64_t blocked = 0;      // SigBlk
   int seccomp = 0;           // Seccomp: 0 off, 1 strict, 2 filter
   bool shadow_stack = false; // x86_Thread_features lists shstk (CET user shadow stacks on)
+  char state = '?';          // State: R, S, D, T (stopped by a job-control signal), t (traced), Z...
 };
 
 /// Reads /proc/PID/status (tid = 0) or /proc/PID/task/TID/status; nullopt if the task is gone.

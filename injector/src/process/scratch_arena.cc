@@ -95,19 +95,49 @@ RemoteAddr ScratchArena::put_args(const void* data, uint64_t size) {
   return at;
 }
 
+namespace {
+
+// A run of slots holding code that stays for good: a header slot, "POLUSOR", the number of
+// slots of the run (header included), the run's tag; then the code.
+constexpr uint8_t kRunMagic[7] = {'P', 'O', 'L', 'U', 'S', 'O', 'R'};
+
+/// Where the runs are in one arena's slot area (`bytes`, read from its first slot on): for
+/// each slot, the index of the slot its run starts at, or -1.
+std::vector<long> run_starts(const std::vector<uint8_t>& bytes, size_t slots) {
+  std::vector<long> owner(slots, -1);
+  for (size_t i = 0; i < slots;) {
+    const size_t at = i * kTrampolineSlotSize;
+    if (at + kTrampolineSlotSize <= bytes.size() && std::memcmp(bytes.data() + at, kRunMagic, sizeof kRunMagic) == 0) {
+      size_t count = std::max<size_t>(bytes[at + 7], 1);
+      for (size_t k = i; k < i + count && k < slots; ++k) owner[k] = static_cast<long>(i);
+      i += count;
+    } else {
+      ++i;
+    }
+  }
+  return owner;
+}
+
+}  // namespace
+
 uint64_t ScratchArena::allocate_slot(BorrowedThread& thread, const std::function<bool(uint64_t)>& reaches,
                                      uint64_t near_start, uint64_t near_end) {
   // Never-used slots (still zero) first: a slot freed by a rollback is handed out again only
   // when an arena has no fresh one, so a thread that was preempted on it has long moved on.
+  // Runs of permanent code are never handed out.
   uint64_t recycled = 0;
   for (uint64_t arena : arenas_) {
     std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
     size_t got = memory_.read_bytes_fallible(RemoteAddr(arena + kArenaScratchBytes), bytes.data(), bytes.size());
+    bytes.resize(got);
+    const size_t slots = (kArenaSize - kArenaScratchBytes) / kTrampolineSlotSize;
+    std::vector<long> runs = run_starts(bytes, slots);
     for (uint64_t slot = arena + kArenaScratchBytes; slot + kTrampolineSlotSize <= arena + kArenaSize;
          slot += kTrampolineSlotSize) {
       if (!reaches(slot)) break;
-      if (std::find(used_slots_.begin(), used_slots_.end(), slot) != used_slots_.end()) continue;
       size_t offset = slot - arena - kArenaScratchBytes;
+      if (runs[offset / kTrampolineSlotSize] >= 0) continue;
+      if (std::find(used_slots_.begin(), used_slots_.end(), slot) != used_slots_.end()) continue;
       bool fresh = offset + kTrampolineSlotSize <= got &&
                    std::all_of(bytes.begin() + static_cast<long>(offset),
                                bytes.begin() + static_cast<long>(offset + kTrampolineSlotSize),
@@ -127,6 +157,79 @@ uint64_t ScratchArena::allocate_slot(BorrowedThread& thread, const std::function
   }
   used_slots_.push_back(recycled);
   return recycled;
+}
+
+uint64_t ScratchArena::permanent_code(BorrowedThread& thread, uint64_t tag,
+                                      const std::function<std::vector<uint8_t>(uint64_t at)>& make,
+                                      const std::function<bool(uint64_t)>& reaches, uint64_t near_start,
+                                      uint64_t near_end) {
+  const size_t slots = (kArenaSize - kArenaScratchBytes) / kTrampolineSlotSize;
+  for (int round = 0; round < 2; ++round) {
+    for (uint64_t arena : arenas_) {
+      const uint64_t first = arena + kArenaScratchBytes;
+      std::vector<uint8_t> bytes(kArenaSize - kArenaScratchBytes);
+      bytes.resize(memory_.read_bytes_fallible(RemoteAddr(first), bytes.data(), bytes.size()));
+      if (bytes.size() < kArenaSize - kArenaScratchBytes) continue;
+      std::vector<long> runs = run_starts(bytes, slots);
+      // The same code, made for the same tag by an earlier operation: reuse it.
+      for (size_t i = 0; i < slots; ++i) {
+        if (runs[i] != static_cast<long>(i)) continue;
+        uint64_t recorded = 0;
+        std::memcpy(&recorded, bytes.data() + i * kTrampolineSlotSize + 8, 8);
+        const uint64_t code_at = first + (i + 1) * kTrampolineSlotSize;
+        if (recorded != tag || !reaches(code_at)) continue;
+        std::vector<uint8_t> code;
+        try {
+          code = make(code_at);
+        } catch (const Error&) {
+          continue;
+        }
+        const size_t at = (i + 1) * kTrampolineSlotSize;
+        if (at + code.size() <= bytes.size() && std::equal(code.begin(), code.end(), bytes.begin() + static_cast<long>(at))) {
+          return code_at;
+        }
+      }
+      // A new run in never-used slots, the code's size (as made for the first candidate;
+      // its size does not depend on the place once it is in reach).
+      for (size_t i = 0; i < slots; ++i) {
+        const uint64_t code_at = first + (i + 1) * kTrampolineSlotSize;
+        if (!reaches(first + i * kTrampolineSlotSize) || !reaches(code_at)) continue;
+        std::vector<uint8_t> code;
+        try {
+          code = make(code_at);
+        } catch (const Error&) {
+          continue;  // out of reach from here
+        }
+        const size_t count = 1 + (code.size() + kTrampolineSlotSize - 1) / kTrampolineSlotSize;
+        if (i + count > slots || count > 255) continue;
+        bool free = true;
+        for (size_t k = i; k < i + count && free; ++k) {
+          const uint64_t slot = first + k * kTrampolineSlotSize;
+          free = runs[k] < 0 && std::find(used_slots_.begin(), used_slots_.end(), slot) == used_slots_.end() &&
+                 std::all_of(bytes.begin() + static_cast<long>(k * kTrampolineSlotSize),
+                             bytes.begin() + static_cast<long>((k + 1) * kTrampolineSlotSize),
+                             [](uint8_t b) { return b == 0; });
+        }
+        if (!free) continue;
+        // The code first, then the header that makes the run a run (and never a free slot).
+        std::vector<uint8_t> padded = code;
+        padded.resize((count - 1) * kTrampolineSlotSize, 0xcc);
+        memory_.write_bytes(RemoteAddr(code_at), padded.data(), padded.size());
+        uint8_t header[kTrampolineSlotSize];
+        std::memcpy(header, kRunMagic, sizeof kRunMagic);
+        header[7] = static_cast<uint8_t>(count);
+        std::memcpy(header + 8, &tag, 8);
+        memory_.write_bytes(RemoteAddr(first + i * kTrampolineSlotSize), header, sizeof header);
+        return code_at;
+      }
+    }
+    if (round == 0) {  // no room in reach: a new arena near the code
+      uint64_t arena = thread.map_memory(near_start, near_end, kArenaSize, PROT_READ | PROT_EXEC);
+      arenas_.push_back(arena);
+      new_arenas_.push_back(arena);
+    }
+  }
+  throw Error(ErrorCode::kUnsafeToPatch, "no room in reach for code that runs an original function (" + hex(tag) + ")");
 }
 
 }  // namespace polus

@@ -72,6 +72,18 @@ class ScratchArena {
   uint64_t allocate_slot(BorrowedThread& thread, const std::function<bool(uint64_t slot)>& reaches,
                          uint64_t near_start, uint64_t near_end);
 
+  /// Code that stays in the target for good, in a run of slots no trampoline is ever given
+  /// (its header slot records "POLUSOR", its length and `tag`): a stub that runs a function's
+  /// original first instructions, which threads may be running long after the patch that
+  /// made it is gone. `make(at)` builds the code for address `at` (throwing if `at` is out of
+  /// reach). A run an earlier operation made with the same tag and the same code is reused,
+  /// so repeated patches of one function cost its stub once. Otherwise the code goes into
+  /// never-used slots that `reaches` accepts, in a new arena near [near_start, near_end) if
+  /// none has room. Returns the code's address.
+  uint64_t permanent_code(BorrowedThread& thread, uint64_t tag,
+                          const std::function<std::vector<uint8_t>(uint64_t at)>& make,
+                          const std::function<bool(uint64_t)>& reaches, uint64_t near_start, uint64_t near_end);
+
   /// Every arena known, the scratch one first.
   const std::vector<uint64_t>& arenas() const { return arenas_; }
 

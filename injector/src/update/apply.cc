@@ -33,6 +33,8 @@
 #include "update/abandon.h"
 #include "update/data_update.h"
 #include "update/redirects.h"
+#include "update/call_original.h"
+#include "update/reach_checks.h"
 #include "update/rehearsal.h"
 #include "update/seccomp_check.h"
 #include "update/engine_internal.h"
@@ -93,6 +95,9 @@ class Applier {
     check_registry_accepts_patch(registry_, target_.pid());
     active_ = active_redirects(registry_);
     plans_ = plan_redirects(patch_, target_, active_);
+    std::vector<Symbol> replaced;
+    for (const PlannedRedirect& plan : plans_) replaced.push_back(plan.old_symbol);
+    check_copies_reached(target_.symbols(), replaced, options_.force);
 
     target_.seize();
     check_seccomp_allows(target_, {.rehearsal = options_.rehearse, .data_update = has_data_});
@@ -108,6 +113,8 @@ class Applier {
     if (has_data_) {
       target_.release();  // write tracking is on: never hold the target between inspections
       finish_sync();
+    } else {
+      run_post_update_callbacks();
     }
     return info_from_record(record_view_);
   }
@@ -145,6 +152,12 @@ class Applier {
     }
   }
 
+  /// Whether `slot` is an OLD function's `resolved` slot (not a global's or an import's).
+  bool is_old_function_slot(uint64_t slot) const {
+    return std::any_of(patch_.functions.begin(), patch_.functions.end(),
+                       [&](const PatchFunction& f) { return f.side == POLUS_OLD && f.resolved_slot == slot; });
+  }
+
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
     rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
@@ -173,6 +186,17 @@ class Applier {
     // The bytes validated, from a sealed memfd: never the path again (update/patch_memfd.h).
     patch_handle_ = load_patch_from_memfd(thread, target_.memory(), target_.pid(), *agent_,
                                           dynamic_loader_debug(target_.symbols()), patch_, memfd_name());
+    // dlopen of a file already loaded returns the same library: the same patch applied
+    // twice. Its redirects would lead to themselves (a call of the version replaced would
+    // recurse for good) and both records would unload one library.
+    for (const PatchRecordView& p : registry_.patches) {
+      if (p.header.dl_handle == patch_handle_) {
+        throw Error(ErrorCode::kUnsafeToPatch, "patch " + patch_.name + " (" + patch_.path + ") is applied already, as id " +
+                                                   std::to_string(p.header.id) + " (" + p.header.name +
+                                                   "); the target is unchanged. Roll it back first, or build the "
+                                                   "new version under another file name");
+      }
+    }
     patch_bias_ = target_.memory().read(RemotePtr<uint64_t>(patch_handle_));
     polus_patch loaded{};
     target_.memory().read_bytes(RemoteAddr(patch_bias_ + patch_.descriptor), &loaded, sizeof loaded);
@@ -180,7 +204,14 @@ class Applier {
       throw Error(ErrorCode::kLoadFailed, "the patch loaded in the target does not match " + patch_.path +
                                               " (was the file replaced while loading?)");
     }
-    for (const auto& [slot, value] : slot_values_) {
+    for (auto [slot, value] : slot_values_) {
+      // The `resolved` slot of a function this patch redirects: code that runs the version
+      // it replaces, not the entry (which is about to jump back into the patch).
+      for (const PlannedRedirect& plan : plans_) {
+        if (value == plan.old_symbol.address.address() && is_old_function_slot(slot)) {
+          value = replaced_version_entry(target_, thread, plan.old_symbol, plan.analysis, plan.stacked_on);
+        }
+      }
       target_.memory().write(RemotePtr<uint64_t>(patch_bias_ + slot), value);
     }
     for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
@@ -340,9 +371,7 @@ class Applier {
         if (!reason.empty()) return reason;
       }
       if (run_code && thread.tid != borrower_) {
-        if (const AddressRange* hit = thread_touches(thread, target_.lock_holding_ranges())) {
-          return "thread " + std::to_string(thread.tid) + " is inside " + hit->what;
-        }
+        if (std::optional<RangeHit> hit = target_.lock_holder(thread)) return TargetContext::describe_hit(thread.tid, *hit);
       }
     }
     // Bounded: a thread being created leaves that section within microseconds; one that
@@ -392,6 +421,22 @@ class Applier {
       spdlog::warn("process {} stood still {} ms while the copy for the rehearsal was made (clone copies its page "
                    "tables; see RELIABILITY.md); --no-rehearsal skips the copy",
                    target_.pid(), rehearsal_.pause_ns / 1000000);
+    }
+  }
+
+  /// A code-only patch's post-update callbacks, once it is committed, on a borrowed thread
+  /// while the others run (a data patch's run when its sync phase ends). Their result
+  /// cannot undo the commit: a failure is reported as a warning.
+  void run_post_update_callbacks() {
+    if (std::none_of(patch_.callbacks.begin(), patch_.callbacks.end(),
+                     [](const polus_callback& c) { return c.kind == POLUS_CB_POST_UPDATE; })) {
+      return;
+    }
+    try {
+      BorrowedThread thread = target_.borrow_safe_thread();
+      run_callbacks(thread, patch_, patch_bias_, POLUS_CB_POST_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
+    } catch (const Error& e) {
+      spdlog::warn("patch {} is applied, but its post-update callback did not run to its end: {}", patch_.name, e.what());
     }
   }
 

@@ -192,8 +192,14 @@ PatchDescription describe(const PatchImage& image, const std::string& path) {
     }
     out.build_ids.push_back(id);
   }
-  if (out.function_replacements().empty() && out.data.empty()) {
-    malformed(path, "it replaces no function and changes no data");
+  // A patch may only run callbacks (fix a value in a pre-update callback): it has work to do
+  // if it replaces a function, changes data, or has a callback that runs without either.
+  const bool runs_callbacks = std::any_of(out.callbacks.begin(), out.callbacks.end(), [](const polus_callback& c) {
+    return c.kind == POLUS_CB_PRE_UPDATE || c.kind == POLUS_CB_POST_UPDATE;
+  });
+  if (out.function_replacements().empty() && out.data.empty() && !runs_callbacks) {
+    malformed(path, "it replaces no function, changes no data and has no pre- or post-update callback: "
+                    "there is nothing to apply");
   }
   return out;
 }

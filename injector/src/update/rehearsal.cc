@@ -11,7 +11,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "binary/unwinder.h"
 #include "common/clock.h"
 #include "polus/error.h"
 #include "update/data_update.h"
@@ -90,11 +89,9 @@ RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch
     if (!cloner) cloner = target.stop_thread_safe_to_borrow();
     return cloner;
   };
-  // A lock held by any thread at the moment of the copy stays held in the copy for good. The
-  // cheap check first: every word of each stack, as the borrowing check reads it. It also
-  // finds stale return addresses that may never clear on a busy server, so a thread it flags
-  // is unwound (CFI) to see whether it really is inside.
-  std::optional<Unwinder> unwinder;
+  // A lock held by any thread at the moment of the copy stays held in the copy for good:
+  // no thread may have a frame in the loader, fork or thread creation (CFI frames decide;
+  // stale return addresses in dead stack slots do not count).
   request.why_busy = [&] {
     // Allocator locks are left out: a server's threads live in malloc, and each thread mostly
     // allocates from its own arena; the copy's one thread rarely needs another's. If it
@@ -104,17 +101,7 @@ RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch
       if (!is_allocator(range.what)) locks.push_back(range);
     }
     for (const ThreadSnapshot& snap : target.snapshot_threads(true)) {
-      const AddressRange* hit = thread_touches(snap, locks);
-      if (!hit) continue;
-      if (!unwinder) unwinder.emplace(target.symbols(), target.pid());
-      UnwindResult stack = unwinder->unwind(target.memory(), target.session().get_regs(snap.tid));
-      if (!stack.complete) return "thread " + std::to_string(snap.tid) + " may be inside " + hit->what;
-      for (size_t i = 0; i < stack.frames.size(); ++i) {
-        const uint64_t pc = i == 0 ? stack.frames[i].pc : stack.frames[i].pc - 1;  // the call, not what follows it
-        for (const AddressRange& range : locks) {
-          if (pc >= range.start && pc < range.end) return "thread " + std::to_string(snap.tid) + " is inside " + range.what;
-        }
-      }
+      if (std::optional<RangeHit> hit = target.lock_holder(snap, locks)) return TargetContext::describe_hit(snap.tid, *hit);
     }
     return std::string();
   };

@@ -182,8 +182,8 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   request.why_busy = [&] {
     if (run_code) {
       for (const ThreadSnapshot& thread : target.snapshot_threads(true)) {
-        const AddressRange* hit = thread.tid == borrower ? nullptr : thread_touches(thread, target.lock_holding_ranges());
-        if (hit) return "thread " + std::to_string(thread.tid) + " is inside " + hit->what + " (" + touch_detail(thread, *hit) + ")";
+        if (thread.tid == borrower) continue;
+        if (std::optional<RangeHit> hit = target.lock_holder(thread)) return TargetContext::describe_hit(thread.tid, *hit);
       }
     }
     if (!sync_active && Clock::now() - first_attempt < kMaskResetWait) return mask_reset_pending(target.session());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "binary/symbol_match.h"
 #include "binary/unwinder.h"
 #include "polus/patch.h"
 #include "common/format.h"
@@ -133,6 +134,21 @@ ProcessStatus read_status(pid_t pid, const Caller& caller) {
         info.fault += "; the update is being abandoned";
       }
     }
+    // The record keeps names in 64-byte fields; a name that fills one was probably cut
+    // (C++ names often are): name the address again, whole.
+    auto whole_name = [&](std::string& name, uint64_t address) {
+      if (name.size() + 1 < POLUS_NAME_BYTES) return;
+      if (!symbols) symbols = ProcessSymbols::load(pid);
+      auto symbol = symbols->symbol_containing(RemoteAddr(address));
+      if (symbol && symbol->address.address() == address) name = symbol->qualified_name();
+    };
+    for (RedirectInfo& r : info.redirects) {
+      whole_name(r.old_name, r.old_function);
+      whole_name(r.new_name, r.new_function);
+      r.new_name = display_name(r.new_name);  // a C++ patch's new function, demangled
+    }
+    for (size_t i = 0; i < info.watched.size() && i < p.watched.size(); ++i) whole_name(info.watched[i], p.watched[i].start);
+    for (size_t i = 0; i < info.holders.size() && i < p.holders.size(); ++i) whole_name(info.holders[i].function, p.holders[i].function);
     if (p.header.state == POLUS_STATE_SYNCING && status.sync_active) {
       if (!symbols) symbols = ProcessSymbols::load(pid);
       for (const polus_tracked_item& item : read_tracked_items(memory, sync)) {

@@ -20,6 +20,7 @@
 #include "polus/error.h"
 #include "common/format.h"
 #include "polus/stop_request.h"
+#include "binary/tail_calls.h"
 #include "process/proc_files.h"
 
 namespace polus {
@@ -93,10 +94,30 @@ TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::tim
 void TargetContext::reload_symbols() {
   symbols_ = ProcessSymbols::load(pid_, symbol_options_);
   lock_holding_ranges_.clear();
+  unwinder_.reset();  // its CFI cache and object list describe the old mappings
 }
+
+namespace {
+
+/// What to tell the operator about a process stopped by SIGSTOP & co. (`at_start`: before
+/// Polus did anything to it).
+std::string stopped_message(pid_t pid, bool at_start) {
+  const std::string n = std::to_string(pid);
+  return "process " + n + (at_start ? " is stopped" : " was stopped while Polus worked on it") +
+         " (SIGSTOP, or another stop signal: SIGTSTP, SIGTTIN, SIGTTOU); Polus runs code on one of its threads, which "
+         "a stopped process cannot do. Continue it (kill -CONT " + n + ") and run the command again, or wait until "
+         "whoever stopped it continues it" + (at_start ? "; nothing was changed" : "");
+}
+
+}  // namespace
 
 void TargetContext::seize() {
   if (session_) return;
+  // A stopped process stays stopped under PTRACE_SEIZE (its threads report group-stops): no
+  // thread could be borrowed, and waiting for one would only end at the timeout.
+  if (std::optional<TaskStatus> status = read_task_status(pid_); status && status->state == 'T') {
+    throw Error(ErrorCode::kUnsafeToPatch, stopped_message(pid_, true));
+  }
   if (std::optional<TaskStatus> status = read_task_status(pid_); status && status->shadow_stack) {
     // A call's `ret` to our stub and our rt_sigreturn frame carry no shadow-stack entries:
     // the thread would fault at the first return.
@@ -138,18 +159,60 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
       ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
     }
   }
-  // Their exported entry points suffice: a thread deeper inside (e.g. in _int_malloc) has the
-  // entry point's return address on its stack, which thread_touches() also checks.
+  // Their exported entry points, and the code they jump to: a thread deeper inside (e.g. in
+  // _int_malloc) has the entry point's frame on its stack, which lock_holder() finds, unless
+  // the entry point ended in a jump there (free ends in `jmp _int_free`) and left no frame.
   const std::vector<std::string_view> names(std::begin(kLockHoldingFunctions), std::end(kLockHoldingFunctions));
+  const size_t first_libc_range = ranges.size();
   for (const Symbol& s : symbols_.exported_functions(libc(), names)) {
     if (s.size > 0) ranges.push_back({s.address.address(), s.address.address() + s.size, s.name});
   }
+  add_tail_call_targets(ranges, first_libc_range, libc());
   return lock_holding_ranges_;
 }
 
+void TargetContext::add_tail_call_targets(std::vector<AddressRange>& ranges, size_t first, const LoadedObject& object) {
+  const std::vector<uint64_t>& starts = symbols_.function_starts(object);
+  if (starts.empty()) {
+    spdlog::warn("{} has no .eh_frame_hdr table: code its malloc & co. jump to is not recognised as theirs", object.path);
+    return;
+  }
+  constexpr size_t kMaxAdded = 256;  // glibc's allocator jumps to a handful of functions
+  size_t added = 0;
+  for (size_t next = first; next < ranges.size() && added < kMaxAdded; ++next) {
+    const AddressRange range = ranges[next];
+    std::vector<uint8_t> code(range.end - range.start);
+    code.resize(memory_.read_bytes_fallible(RemoteAddr(range.start), code.data(), code.size()));
+    for (uint64_t target : jump_targets_outside(code, range.start)) {
+      if (target < object.text_start || target >= object.text_end) continue;
+      if (std::any_of(ranges.begin(), ranges.end(), [&](const AddressRange& r) { return r.contains(target); })) continue;
+      auto [start, end] = function_extent(starts, target);
+      if (start == 0 || end - start > (1u << 20)) continue;
+      spdlog::debug("{} jumps to {} ({}..{}): counted as {}", range.what, hex(target), hex(start), hex(end), range.what);
+      ranges.push_back({start, end, range.what});
+      ++added;
+    }
+  }
+}
+
+std::optional<RangeHit> TargetContext::lock_holder(const ThreadSnapshot& thread) {
+  return lock_holder(thread, lock_holding_ranges());
+}
+
+std::optional<RangeHit> TargetContext::lock_holder(const ThreadSnapshot& thread, const std::vector<AddressRange>& ranges) {
+  if (!unwinder_) unwinder_ = std::make_unique<Unwinder>(symbols_, pid_);
+  return thread_inside(thread, ranges, *unwinder_, memory_, symbols_);
+}
+
+std::string TargetContext::describe_hit(pid_t tid, const RangeHit& hit) {
+  return "thread " + std::to_string(tid) + (hit.certain ? " is inside " : " may be inside ") + hit.range->what + " (" +
+         hit.detail + ")";
+}
+
 pid_t TargetContext::stop_thread_safe_to_borrow() {
-  const std::vector<AddressRange> unsafe = lock_holding_ranges();
+  // Why the last candidate was passed over, and what waiting longer could change.
   std::string last_reason;
+  std::string advice;
   for (;;) {
     session_->poll_events();
     std::vector<pid_t> tids = session_->thread_ids();
@@ -159,46 +222,74 @@ pid_t TargetContext::stop_thread_safe_to_borrow() {
     // Prefer threads other than the main one: the main thread is often the one a
     // signal-driven or event-loop target needs most.
     std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t != pid_; });
+    size_t group_stopped = 0;
     for (pid_t tid : tids) {
       try {
         if (!session_->stop_thread(tid, Clock::now() + std::chrono::milliseconds(200))) continue;
       } catch (const Error& e) {
         if (e.code() != ErrorCode::kTimeout) throw;
         last_reason = "thread " + std::to_string(tid) + " did not stop (uninterruptible sleep?)";
+        advice = "A longer --timeout helps only if it wakes.";
         continue;  // try the others; it stops (and is let go) whenever it can
       }
       const ThreadState& state = session_->thread(tid);
       // A thread stopped with a signal of its own gets it now rather than after our code ran:
       // a fault signal handled late could meet a handler that changed meanwhile.
-      if (state.stop == StopKind::kEvent || state.stop == StopKind::kGroupStop ||
-          (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
+      if (state.stop == StopKind::kGroupStop) {
+        // Stopped by SIGSTOP & co. since we attached: it stays stopped (PTRACE_LISTEN).
+        session_->resume_thread(tid);
+        last_reason = stopped_message(pid_, false);
+        advice.clear();
+        ++group_stopped;
+        continue;
+      }
+      if (state.stop == StopKind::kEvent || (state.stop == StopKind::kSignal && state.stop_signal != 0)) {
         session_->resume_thread(tid);
         continue;
       }
       // A fault already queued for it would be delivered inside our code.
       if (has_pending_fault(pid_, tid)) {
         last_reason = "thread " + std::to_string(tid) + " has a fault signal pending";
+        advice = "It is delivered once the thread runs.";
         session_->resume_thread(tid);
         continue;
       }
       ThreadSnapshot snap = snapshot_thread(memory_, symbols_.maps(), tid, session_->get_regs(tid));
-      const AddressRange* hit = thread_touches(snap, unsafe);
-      if (!hit && snap.stack_complete) {
+      if (!snap.stack_complete) {
+        last_reason = "the stack of thread " + std::to_string(tid) + " (sp " + hex(snap.sp) +
+                      ") is not in a readable mapping or is larger than 8 MiB";
+        advice = "Polus cannot tell what such a thread holds.";
+        session_->resume_thread(tid);
+        continue;
+      }
+      std::optional<RangeHit> hit = lock_holder(snap);
+      if (!hit) {
         spdlog::debug("borrowing thread {} (pc {})", tid, hex(snap.pc));
         return tid;
       }
-      last_reason = "thread " + std::to_string(tid) + " is inside " + (hit ? hit->what : "an unknown stack");
+      last_reason = describe_hit(tid, *hit);
+      advice = hit->certain ? "Its frames showed it really there; a longer --timeout waits longer for a moment "
+                              "when no thread is."
+                            : "Retrying does not help while that word stays where it is, as it does on the stack "
+                              "of a thread that waits.";
       session_->resume_thread(tid);
     }
+    // Every thread in a group-stop: the process is stopped, and stays so until continued.
+    if (group_stopped == tids.size()) throw Error(ErrorCode::kUnsafeToPatch, last_reason);
     if (int sig = honour_stop_requests_ ? stop_requested() : 0) {
       throw Error(ErrorCode::kInterrupted, "stopped by " + std::string(strsignal(sig)) +
                                                " while looking for a thread to borrow; target unchanged");
     }
     if (Clock::now() >= deadline_) {
+      if (last_reason.empty()) {
+        throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
+                                             " could be stopped for Polus to run code on (threads kept exiting or "
+                                             "stopped with signals of their own); the target is unchanged, try again");
+      }
+      if (advice.empty()) throw Error(ErrorCode::kUnsafeToPatch, last_reason);  // stopped
       throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(pid_) +
-                                           " reached a point where it can safely run code (" +
-                                           (last_reason.empty() ? "threads kept exiting or had signals pending" : last_reason) +
-                                           "); the target is unchanged, try again");
+                                           " reached a point where it can safely run code: " + last_reason +
+                                           "; the target is unchanged. " + advice);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
@@ -277,7 +368,7 @@ std::vector<ThreadSnapshot> TargetContext::snapshot_threads(bool with_stacks) {
     if (with_stacks) {
       snaps.push_back(snapshot_thread(memory_, maps, tid, regs));
     } else {
-      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true});
+      snaps.push_back(ThreadSnapshot{.tid = tid, .pc = regs.rip, .sp = regs.rsp, .stack_words = {}, .stack_complete = true, .regs = regs});
     }
   }
   return snaps;

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,8 +18,10 @@
 #include "process/process_memory.h"
 #include "process/ptrace_session.h"
 #include "process/scratch_arena.h"
+#include "binary/frame_check.h"
 #include "binary/stack_scan.h"
 #include "binary/symbols.h"
+#include "binary/unwinder.h"
 
 namespace polus {
 
@@ -123,11 +126,25 @@ class TargetContext {
   /// and while any thread is stopped there, no injected code may run during a pause.
   const std::vector<AddressRange>& lock_holding_ranges();
 
+  /// Whether stopped thread `thread` (snapshot with its stack) is inside one of `ranges` —
+  /// lock_holding_ranges() unless given — decided from its CFI frames (binary/frame_check.h):
+  /// a stale return address left in a dead stack slot does not count, a word the unwind
+  /// cannot account for does (as uncertain). Unwinding reuses one CFI cache per operation.
+  std::optional<RangeHit> lock_holder(const ThreadSnapshot& thread);
+  std::optional<RangeHit> lock_holder(const ThreadSnapshot& thread, const std::vector<AddressRange>& ranges);
+
+  /// "thread N is inside malloc (frame #2 of its stack is malloc+0x4d (0x...))", or "thread N
+  /// may be inside fork (its stack holds ...)" for an uncertain hit: for messages.
+  static std::string describe_hit(pid_t tid, const RangeHit& hit);
+
   /// Polus's memory in the target: the trap and arguments of injected calls, trampoline slots.
   ScratchArena& arena() { return arena_; }
 
  private:
   const LoadedObject& libc() const;
+  /// Adds to `ranges` the functions of `object` that ranges[first...] jump to (tail calls),
+  /// and those they jump to, each under the name of the range it was reached from.
+  void add_tail_call_targets(std::vector<AddressRange>& ranges, size_t first, const LoadedObject& object);
 
   pid_t pid_;
   Clock::time_point deadline_;
@@ -140,6 +157,7 @@ class TargetContext {
   std::optional<BootstrapEntries> bootstrap_;
   bool honour_stop_requests_ = true;
   std::vector<AddressRange> lock_holding_ranges_;
+  std::unique_ptr<Unwinder> unwinder_;  // made on first use; its CFI cache lasts the operation
 };
 
 }  // namespace polus
