@@ -136,7 +136,8 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
   // A thread that is exiting refuses to be seized with EPERM (kernel/ptrace.c): skip it.
   if (err == EPERM && !first && task_exited(pid_, tid)) return;
   // Born from a thread we already hold: PTRACE_O_TRACECLONE attached it to us already.
-  if (err == EPERM && !first && tracer_of(pid_, tid) == ::getpid()) {
+  // (TracerPid is the tracing thread's id: ptrace belongs to a thread, not a process.)
+  if (err == EPERM && !first && tracer_of(pid_, tid) == ::gettid()) {
     threads_[tid].tid = tid;
     return;
   }
@@ -144,7 +145,7 @@ void PtraceSession::seize_thread(pid_t tid, bool first) {
     throw Error(ErrorCode::kNoSuchProcess, "process " + std::to_string(pid_) + " has exited (its parent has not reaped it yet)");
   }
   if (err == EPERM) {
-    if (pid_t tracer = tracer_of(pid_); tracer != 0 && tracer != ::getpid()) {
+    if (pid_t tracer = tracer_of(pid_); tracer != 0 && tracer != ::gettid()) {
       throw Error(ErrorCode::kAlreadyTraced, "process " + std::to_string(pid_) + " is already traced by process " +
                                                  std::to_string(tracer) + " (" + task_name(tracer) +
                                                  "); detach that debugger and try again");
@@ -540,7 +541,7 @@ size_t PtraceSession::adopt_strays() {
   // that the session does not list are taken in, so the detach that follows covers them.
   size_t adopted = 0;
   for (pid_t tid : list_tasks(pid_)) {
-    if (threads_.count(tid) || tracer_of(pid_, tid) != ::getpid()) continue;
+    if (threads_.count(tid) || tracer_of(pid_, tid) != ::gettid()) continue;  // TracerPid: a thread id
     spdlog::debug("thread {} of process {} is traced by us but was not known (born as its creator was let go)", tid, pid_);
     threads_[tid].tid = tid;
     ++adopted;

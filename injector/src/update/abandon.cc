@@ -148,19 +148,8 @@ Abandoned abandon_update(TargetContext& target, const AgentLocation& agent, Patc
     if (to == POLUS_UPDATE_ROLLBACK) restore_jumps(memory, record);
     else write_jumps(memory, record);
     // The update now runs the other way, watching the code it retires (as a rollback or an
-    // apply would), in one write of the header after the list it counts.
-    record.header.state = POLUS_STATE_SYNCING;
-    record.header.direction = to;
-    record.header.committed_at_unix_ns = 0;
-    record.header.inspections = 0;
-    record.watched = plan.watched;
-    record.holders.clear();
-    record.header.watch_count = static_cast<uint32_t>(record.watched.size());
-    record.header.holder_count = 0;
-    if (!record.watched.empty()) {
-      memory.write_bytes(record.watched_at(), record.watched.data(), record.watched.size() * sizeof(polus_watched_function));
-    }
-    memory.write(record.address, record.header);
+    // apply would).
+    write_syncing_record(memory, record, to, plan.watched);
   };
   uint64_t max_pause = target.pause_when_free(request);
   target.release();

@@ -163,6 +163,22 @@ void write_record_state(ProcessMemory& memory, const PatchRecordView& record, ui
   memory.write(RemotePtr<uint32_t>(record.address.address() + offsetof(polus_patch_record, state)), state);
 }
 
+void write_syncing_record(ProcessMemory& memory, PatchRecordView& record, uint32_t direction,
+                          const std::vector<polus_watched_function>& watched) {
+  record.header.state = POLUS_STATE_SYNCING;
+  record.header.direction = direction;
+  record.header.committed_at_unix_ns = 0;
+  record.header.inspections = 0;
+  record.watched = watched;
+  record.holders.clear();
+  record.header.watch_count = static_cast<uint32_t>(record.watched.size());
+  record.header.holder_count = 0;
+  if (!record.watched.empty()) {
+    memory.write_bytes(record.watched_at(), record.watched.data(), record.watched.size() * sizeof(polus_watched_function));
+  }
+  memory.write(record.address, record.header);
+}
+
 void unlist_patch(ProcessMemory& memory, const AgentLocation& agent, uint64_t record_address) {
   polus_agent_registry reg = memory.read(agent.registry);
   auto end = std::remove(reg.patches, reg.patches + reg.patch_count, record_address);

@@ -81,6 +81,12 @@ RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent
 /// operation got (the intent before the first byte changes, the outcome right after the last).
 void write_record_state(ProcessMemory& memory, const PatchRecordView& record, uint32_t state);
 
+/// Marks `record` syncing in `direction`, watching `watched` (the code the update retires):
+/// the list first, then the header that counts it in one write, so a record cut short is
+/// either as it was or wholly the new state. Updates `record` to match.
+void write_syncing_record(ProcessMemory& memory, PatchRecordView& record, uint32_t direction,
+                          const std::vector<polus_watched_function>& watched);
+
 /// Takes a record out of the registry's list of patches (the record's memory stays).
 void unlist_patch(ProcessMemory& memory, const AgentLocation& agent, uint64_t record_address);
 

@@ -216,21 +216,8 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     }
     restore_jumps(target.memory(), record);
     // The outcome, still in the pause: the rollback now syncs, watching the new side's
-    // functions (written before the header that counts them, which goes in one write: cut
-    // short, the record is either still rolling-back or wholly the rollback's).
-    record.header.state = POLUS_STATE_SYNCING;
-    record.header.direction = POLUS_UPDATE_ROLLBACK;
-    record.header.committed_at_unix_ns = 0;
-    record.header.inspections = 0;
-    record.watched = plan.watched;
-    record.holders.clear();
-    record.header.watch_count = static_cast<uint32_t>(record.watched.size());
-    record.header.holder_count = 0;
-    if (!record.watched.empty()) {
-      target.memory().write_bytes(record.watched_at(), record.watched.data(),
-                                  record.watched.size() * sizeof(polus_watched_function));
-    }
-    target.memory().write(record.address, record.header);
+    // functions (cut short, the record is either still rolling-back or wholly the rollback's).
+    write_syncing_record(target.memory(), record, POLUS_UPDATE_ROLLBACK, plan.watched);
   };
   const uint64_t pause_ns = target.pause_when_free(request);
   target.release();  // write tracking is on: never hold the target between inspections
