@@ -30,6 +30,18 @@ set(POLUS_TEST_DEFINITIONS
   BUSY_FIXTURE="$<TARGET_FILE:busy_fixture>"
   PROLOGUE_PATCH_DIR="${PROLOGUE_PATCH_DIR}")
 
+# A test of the engine against real targets: NAME.cc linked with the engine's internals, the
+# Catch main and the greeter harness; DEPENDS what it runs (the agent, polusctl, fixtures).
+function(polus_live_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "DEPENDS" ${ARGN})
+  add_executable(${name} ${name}.cc)
+  target_link_libraries(${name} PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
+  target_compile_definitions(${name} PRIVATE ${POLUS_TEST_DEFINITIONS})
+  add_dependencies(${name} ${ARG_DEPENDS})
+  add_test(NAME ${name} COMMAND ${name} --durations yes)
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT})
+endfunction()
+
 add_executable(prologue_test prologue_test.cc)
 target_link_libraries(prologue_test PRIVATE polus_injector_internal polus_catch_main)
 target_compile_definitions(prologue_test PRIVATE ${POLUS_TEST_DEFINITIONS})
@@ -51,59 +63,24 @@ add_test(NAME data_update_test COMMAND data_update_test --durations yes)
 # last test case that finished, so the one that hung is the next in the file.
 set_tests_properties(prologue_test engine_test data_update_test PROPERTIES TIMEOUT 120)
 
-add_executable(seccomp_test seccomp_test.cc)
-target_link_libraries(seccomp_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(seccomp_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(seccomp_test polus-agent)
-add_test(NAME seccomp_test COMMAND seccomp_test --durations yes)
-set_tests_properties(seccomp_test PROPERTIES TIMEOUT 120)
+polus_live_test(seccomp_test TIMEOUT 120 DEPENDS polus-agent)
 
 # --- patch_trust_test: refusing patch files others could write (real owners; needs root) ---
-add_executable(patch_trust_test patch_trust_test.cc)
-target_link_libraries(patch_trust_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(patch_trust_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(patch_trust_test polus-agent polusctl)
-add_test(NAME patch_trust_test COMMAND patch_trust_test --durations yes)
-set_tests_properties(patch_trust_test PROPERTIES TIMEOUT 120)
+polus_live_test(patch_trust_test TIMEOUT 120 DEPENDS polus-agent polusctl)
 
 # --- trusted_load_test: the target loads the bytes checked (sealed memfd); needs root ------
-add_executable(trusted_load_test trusted_load_test.cc)
-target_link_libraries(trusted_load_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(trusted_load_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(trusted_load_test polus-agent polusctl)
-add_test(NAME trusted_load_test COMMAND trusted_load_test --durations yes)
-set_tests_properties(trusted_load_test PROPERTIES TIMEOUT 180)
+polus_live_test(trusted_load_test TIMEOUT 180 DEPENDS polus-agent polusctl)
 
 # --- access_test: who may act on what, with real second and third users; needs root ---------
-add_executable(access_test access_test.cc)
-target_link_libraries(access_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(access_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(access_test polus-agent polusctl)
-add_test(NAME access_test COMMAND access_test --durations yes)
-set_tests_properties(access_test PROPERTIES TIMEOUT 120)
+polus_live_test(access_test TIMEOUT 120 DEPENDS polus-agent polusctl)
 
 # --- signature_audit_test: signed patches and the audit trail; needs root -------------------
-add_executable(signature_audit_test signature_audit_test.cc)
-target_link_libraries(signature_audit_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(signature_audit_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(signature_audit_test polus-agent polusctl)
-add_test(NAME signature_audit_test COMMAND signature_audit_test --durations yes)
-set_tests_properties(signature_audit_test PROPERTIES TIMEOUT 120)
+polus_live_test(signature_audit_test TIMEOUT 120 DEPENDS polus-agent polusctl)
 
-add_executable(kill_test kill_test.cc)
-target_link_libraries(kill_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(kill_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(kill_test polus-agent polusctl)
-add_test(NAME kill_test COMMAND kill_test --durations yes)
-set_tests_properties(kill_test PROPERTIES TIMEOUT 240)
+polus_live_test(kill_test TIMEOUT 240 DEPENDS polus-agent polusctl)
 
 # --- sync_fault_test: patches whose sync functions fault in the target (issue: never the reason a target dies) ---
-add_executable(sync_fault_test sync_fault_test.cc)
-target_link_libraries(sync_fault_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(sync_fault_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(sync_fault_test polus-agent polusctl)
-add_test(NAME sync_fault_test COMMAND sync_fault_test --durations yes)
-set_tests_properties(sync_fault_test PROPERTIES TIMEOUT 120)
+polus_live_test(sync_fault_test TIMEOUT 120 DEPENDS polus-agent polusctl)
 
 # --- stale_frames_test: the lock-holding check from real frames (fixture, Debian's nginx in
 # daemon mode, an idle bash; needs root for nginx) ---------------------------------------------
@@ -123,9 +100,4 @@ add_test(NAME stale_frames_test COMMAND stale_frames_test --durations yes)
 set_tests_properties(stale_frames_test PROPERTIES TIMEOUT 120)
 
 # --- call_original_test: an OLD function's resolved slot runs the version a patch replaces ---
-add_executable(call_original_test call_original_test.cc)
-target_link_libraries(call_original_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness)
-target_compile_definitions(call_original_test PRIVATE ${POLUS_TEST_DEFINITIONS})
-add_dependencies(call_original_test polus-agent)
-add_test(NAME call_original_test COMMAND call_original_test --durations yes)
-set_tests_properties(call_original_test PROPERTIES TIMEOUT 120)
+polus_live_test(call_original_test TIMEOUT 120 DEPENDS polus-agent)
