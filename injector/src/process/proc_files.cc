@@ -46,6 +46,9 @@ std::optional<TaskStat> read_task_stat(pid_t pid, pid_t tid) {
   TaskStat result;
   std::string pgrp, session, tty, tpgid;
   fields >> result.state >> result.parent >> pgrp >> session >> tty >> tpgid >> result.flags;
+  std::string skip;  // minflt cminflt majflt cmajflt utime stime cutime cstime priority nice num_threads itrealvalue
+  for (int i = 0; i < 12; ++i) fields >> skip;
+  fields >> result.start_time;  // field 22 (proc(5))
   return result;
 }
 

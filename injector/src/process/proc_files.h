@@ -24,6 +24,7 @@ struct TaskStat {
   char state = '?';        // R, S, D, Z, X, t, ...
   pid_t parent = 0;
   unsigned long flags = 0;  // PF_* (include/linux/sched.h)
+  unsigned long long start_time = 0;  // clock ticks after boot: with the pid, names one process for good
 };
 
 /// Reads /proc/PID/stat (tid = 0) or /proc/PID/task/TID/stat; nullopt if the task is gone.

@@ -47,47 +47,6 @@ bool has_pending_fault(pid_t pid, pid_t tid) {
 
 }  // namespace
 
-namespace {
-
-std::string lock_path(pid_t pid) {
-  std::string dir = "/run/polus";
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) dir = "/tmp";
-  return dir + "/polus-" + std::to_string(pid) + ".lock";
-}
-
-}  // namespace
-
-bool OperationLock::busy(pid_t pid) {
-  int fd = ::open(lock_path(pid).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;  // never taken
-  bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-  ::close(fd);
-  return held;
-}
-
-OperationLock::OperationLock(pid_t pid, Clock::time_point deadline) {
-  std::string path = lock_path(pid);
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd_ < 0) {
-    spdlog::warn("cannot open {}: {}; going on without the operation lock", path, std::strerror(errno));
-    return;
-  }
-  while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK && errno != EINTR) break;
-    if (Clock::now() >= deadline) {
-      ::close(fd_);
-      fd_ = -1;
-      throw Error(ErrorCode::kTimeout, "another Polus operation on process " + std::to_string(pid) +
-                                           " (polusctl or polusd) is in progress; try again when it ends");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
-
-OperationLock::~OperationLock() {
-  if (fd_ >= 0) ::close(fd_);  // closing drops the flock
-}
-
 TargetContext::TargetContext(pid_t pid, const SymbolOptions& options, Clock::time_point deadline)
     : pid_(pid), deadline_(deadline), lock_(pid, deadline), symbol_options_(options), symbols_(ProcessSymbols::load(pid, options)), memory_(pid) {}
 

@@ -22,26 +22,9 @@
 #include "binary/stack_scan.h"
 #include "binary/symbols.h"
 #include "binary/unwinder.h"
+#include "update/operation_lock.h"
 
 namespace polus {
-
-/// One Polus operation at a time per target: polusd's rounds, polusctl commands and tests
-/// all take an flock(2) on /run/polus/polus-PID.lock (/tmp if /run/polus cannot be made) (released by the kernel if we die). ptrace
-/// alone does not serialize them, since the sync phase detaches between inspections.
-class OperationLock {
- public:
-  /// Waits until `deadline` for the lock; throws Error(kTimeout) naming the holder's kind.
-  OperationLock(pid_t pid, Clock::time_point deadline);
-  ~OperationLock();
-  /// Whether a Polus operation on `pid` holds the lock right now (a record left applying or
-  /// rolling-back without one was interrupted).
-  static bool busy(pid_t pid);
-  OperationLock(const OperationLock&) = delete;
-  OperationLock& operator=(const OperationLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
 
 /// One attempt after another to find a moment when every thread is stopped somewhere
 /// harmless, and to act in that same pause (see TargetContext::pause_when_free).
