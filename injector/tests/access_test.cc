@@ -3,8 +3,12 @@
 // own. Needs root (to create the users and start processes as them).
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #include <fstream>
 #include <string>
@@ -14,6 +18,7 @@
 #include "polusctl_run.h"
 #include "trust_fixtures.h"
 #include "update/access_policy.h"
+#include "update/operation_lock.h"
 
 using namespace polus::testing;
 using polus::Action;
@@ -147,6 +152,43 @@ TEST_CASE("a second user is refused on root's process and on a third user's, all
   CHECK_THAT(status.out, Catch::Contains("greeter-v1") && !Catch::Contains("withheld"));
   CHECK(polusctl({"rollback", pid}, second.as()).status == 0);
   CHECK(own.request("HELLO op") == "Hello, op! (v0)");
+}
+
+TEST_CASE("the operation lock: root and the process's owner exclude each other, no third user can hold it",
+          "[access][live]") {
+  if (!running_as_root()) return;
+  const User second = user(kTestUser), third = user(kThirdUser);
+  auto own = GreeterProcess::spawn(binary_path("greeter-v0"), 2, std::chrono::milliseconds(5000), {}, second.spawn_as());
+  const std::string pid = std::to_string(own.pid());
+  {
+    polus::OperationLock held(own.pid(), polus::Clock::now() + std::chrono::seconds(1));
+    CHECK(polus::OperationLock::busy(own.pid()));
+    // The owner's own polusctl waits for root's operation, then names what it waited for.
+    Run waited = polusctl({"apply", pid, patch_path("greeter-v0-v1.so"), "--timeout", "300"}, second.as());
+    CHECK(waited.status == 14);
+    CHECK_THAT(waited.err, Catch::Contains("another Polus operation on process " + pid + " (a polusctl or polusd) is still in progress"));
+    CHECK(own.request("HELLO op") == "Hello, op! (v0)");
+    // The file is the owner's, readable by no one else: a third user cannot open it to hold it.
+    std::string path;
+    for (const auto& entry : std::filesystem::directory_iterator(polus::kOperationLockDirectory)) {
+      if (entry.path().filename().string().rfind(pid + "-", 0) == 0) path = entry.path();
+    }
+    REQUIRE(!path.empty());
+    struct stat st;
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(st.st_uid == second.uid);
+    CHECK((st.st_mode & 077) == 0);
+    pid_t child = ::fork();
+    if (child == 0) {
+      if (::setgid(third.gid) != 0 || ::setuid(third.uid) != 0) _exit(2);
+      _exit(::open(path.c_str(), O_RDONLY) < 0 && errno == EACCES ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  CHECK_FALSE(polus::OperationLock::busy(own.pid()));
 }
 
 TEST_CASE("a patch root applied to a user's process: the user may not roll it back or see its details",

@@ -20,14 +20,18 @@ namespace polus {
 
 namespace {
 
-// Root makes /run/polus (0755) and /run/polus/locks (1777: every user makes the files of its
-// own processes, and the sticky bit keeps anyone but root from deleting another user's). An
+// Root makes /run/lock/polus (1777: every user makes the files of its own processes, and the
+// sticky bit keeps anyone but root from deleting another user's). /run/polus, which holds
+// polusd's socket, stays closed to other users. An
 // existing directory is used only if root owns it and it is not group- or world-writable
 // without the sticky bit: otherwise anyone could swap the lock files.
 bool lock_directory_ready() {
   if (::geteuid() == 0) {
-    if (::mkdir("/run/polus", 0755) != 0 && errno != EEXIST) return false;
-    if (::mkdir(kOperationLockDirectory, 01777) == 0) (void)::chmod(kOperationLockDirectory, 01777);  // umask
+    // chmod after mkdir: the umask would take the sticky directory's write bits away.
+    for (const char* dir : {"/run/lock", kOperationLockDirectory}) {  // /run/lock: FHS, there on Debian
+      if (::mkdir(dir, 01777) == 0) (void)::chmod(dir, 01777);
+      else if (errno != EEXIST) return false;
+    }
   }
   struct stat st;
   if (::lstat(kOperationLockDirectory, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0) return false;

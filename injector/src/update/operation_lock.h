@@ -14,7 +14,7 @@
 
 namespace polus {
 
-/// An flock(2) on /run/polus/locks/PID-STARTTIME (the start time makes a reused pid another
+/// An flock(2) on /run/lock/polus/PID-STARTTIME (the start time makes a reused pid another
 /// file). The kernel drops it when its holder dies, SIGKILL included, so a killed polusctl never
 /// leaves a process locked. The directory is shared by every user (sticky, like /tmp), so an
 /// operation by a user on its own process and one by root exclude each other; a lock file is
@@ -35,7 +35,7 @@ class OperationLock {
   std::string path_;
 };
 
-/// Where the locks live: /run/polus/locks.
-inline constexpr const char* kOperationLockDirectory = "/run/polus/locks";
+/// Where the locks live (/run/lock: the FHS place for lock files).
+inline constexpr const char* kOperationLockDirectory = "/run/lock/polus";
 
 }  // namespace polus
