@@ -121,6 +121,11 @@ TEST_CASE("a patch of a function inlined into callers is refused naming them, or
   REQUIRE(target.read_line() == "READY");
   CHECK(target.ask("twice 5") == "1011");
   CHECK(target.ask("twiceptr 5") == "11");
+  // The dry run says so too, without touching the process.
+  polus::testing::PolusctlRun checked = polus::testing::run_polusctl({"check", std::to_string(target.pid()), patch("twice")});
+  CHECK(checked.status == 11);
+  CHECK_THAT(checked.err, Catch::Contains("twice is inlined into 2 function(s)") && Catch::Contains("--force"));
+  CHECK(polus::testing::run_polusctl({"check", std::to_string(target.pid()), patch("twice"), "--force"}).status == 0);
   polus::testing::PolusctlRun run = polus::testing::run_polusctl({"apply", std::to_string(target.pid()), patch("twice")});
   INFO(run.err);
   CHECK(run.status == 11);  // unsafe-to-patch

@@ -115,7 +115,7 @@ std::function<Json()> add_check(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("check", "dry run of apply: resolve every name, check build-ids, say which "
                                               "functions are active now and whether PATCH.so would apply (reads PID only)");
   sub->add_option("PID_and_PATCH", args->operands, "PID PATCH.so")->expected(2)->required();
-  add_engine_options(sub, args->engine, kDebugFiles | kAllowOwner | kTimeout);
+  add_engine_options(sub, args->engine, kDebugFiles | kAllowOwner | kTimeout | kForce);
   add_output_flags(sub, args->json, args->verbose);
   return [args] {
     Json request{{"command", "check"}, {"json", args->json}, {"verbose", args->verbose}};

@@ -15,6 +15,7 @@
 #include "update/patch_file.h"
 #include "update/patch_trust.h"
 #include "update/plan.h"
+#include "update/reach_checks.h"
 #include "update/registry.h"
 #include "update/target.h"
 
@@ -183,6 +184,9 @@ CheckReport check_patch(pid_t pid, const std::string& patch_path, const EngineOp
   check_registry_accepts_patch(registry, pid);
   auto active = active_redirects(registry);
   std::vector<PlannedRedirect> plans = plan_redirects(patch, target, active);
+  std::vector<Symbol> replaced;
+  for (const PlannedRedirect& plan : plans) replaced.push_back(plan.old_symbol);
+  check_copies_reached(target.symbols(), replaced, options.force);  // as apply does, before anything else
 
   std::vector<AddressRange> ranges;
   for (const PlannedRedirect& plan : plans) {
@@ -227,7 +231,8 @@ CheckReport check_patch(pid_t pid, const std::string& patch_path, const EngineOp
     report.notes.push_back(std::to_string(report.threads_not_inspected.size()) +
                            " thread(s) were running on a CPU and could not be read without stopping them");
   }
-  report.notes.push_back("not tried: the rehearsal (patch constructors run in a copy), trampoline slots, the load");
+  report.notes.push_back("not tried (they need the process stopped): its seccomp filter, the rehearsal (patch constructors run in "
+                         "a copy), trampoline slots, the load");
   return report;
 }
 
