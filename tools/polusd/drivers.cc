@@ -79,7 +79,6 @@ std::vector<pid_t> Drivers::active() {
 
 void Drivers::drive(pid_t pid, polus::EngineOptions options) {
   options.sync_timeout = round_;
-  options.busy_wait = std::chrono::milliseconds(0);  // a command or a polusctl --no-daemon holds it: next round
   options.audit.skip_idle_rounds = true;  // a round that changed nothing is not an audit record
   for (;;) {
     if (polus::stop_requested()) break;  // the update stays recorded as syncing
@@ -102,10 +101,8 @@ void Drivers::drive(pid_t pid, polus::EngineOptions options) {
         // A sync function faulted and the update was abandoned; an abandon left syncing is
         // completed by the next round.
         spdlog::error("polusd: process {}: {}", pid, e.what());
-      } else if (e.code() == polus::ErrorCode::kAlreadyTraced) {
-        spdlog::debug("polusd: process {}: {}", pid, e.what());  // its holder drives it; next round
       } else {
-        // Transient: next round.
+        // Busy (a command holds the process) or transient: next round.
         spdlog::warn("polusd: process {}: {}", pid, e.what());
       }
     } catch (const std::exception& e) {

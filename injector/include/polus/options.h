@@ -70,10 +70,6 @@ struct EngineOptions {
   /// How long apply/rollback/finish wait for a data update's sync phase to end before
   /// returning with the update still `syncing` (finish it later with finish_update).
   std::chrono::milliseconds sync_timeout{10000};
-  /// How long apply/rollback/finish wait for another Polus operation on the same process (a
-  /// polusctl or polusd driving an update, update/operation_lock.h) before giving up with
-  /// kAlreadyTraced. polusd's drivers use 0: a busy process is simply tried again next round.
-  std::chrono::milliseconds busy_wait{2000};
   /// Owners besides root and the caller whose patch files (and the directories holding them)
   /// apply trusts (polusctl --allow-owner); SECURITY.md has the rules a patch file must pass.
   std::vector<uid_t> allowed_owners;
