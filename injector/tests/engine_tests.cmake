@@ -90,7 +90,7 @@ foreach(patch nginx_time_patch bash_echo_patch)
   set_target_properties(${patch} PROPERTIES PREFIX "" LIBRARY_OUTPUT_DIRECTORY ${PROLOGUE_PATCH_DIR})
 endforeach()
 add_executable(stale_frames_test stale_frames_test.cc)
-target_link_libraries(stale_frames_test PRIVATE polus_injector_internal polus_catch_main util)
+target_link_libraries(stale_frames_test PRIVATE polus_injector_internal polus_catch_main polus_greeter_harness util)
 target_compile_definitions(stale_frames_test PRIVATE ${POLUS_TEST_DEFINITIONS}
   STALE_FIXTURE="$<TARGET_FILE:stale_fixture>"
   NGINX_PATCH="$<TARGET_FILE:nginx_time_patch>"

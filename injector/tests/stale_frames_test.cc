@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "child_process.h"
+#include "nginx_process.h"
 #include "polus/engine.h"
 #include "polus/error.h"
 #include "binary/tail_calls.h"
@@ -152,146 +153,15 @@ TEST_CASE("code a lock-holding function jumps to counts as that function", "[sta
 }
 
 // ---------------------------------------------------------------------------------------
-// nginx as Debian runs it: daemon on, a master and two workers.
+// nginx as Debian runs it: daemon on, a master and two workers (harness/nginx_process.h).
 
-namespace {
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ::close(fd);
-    throw std::runtime_error("no free port");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-/// One HTTP/1.0 GET: the whole response, "" if the connection failed.
-std::string http_get(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return "";
-  }
-  std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  if (::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    ::close(fd);
-    return "";
-  }
-  std::string response;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) response.append(buffer, static_cast<size_t>(n));
-  ::close(fd);
-  return response;
-}
-
-std::string header(const std::string& response, const std::string& name) {
-  auto at = response.find("\r\n" + name + ": ");
-  if (at == std::string::npos) return "";
-  at += name.size() + 4;
-  return response.substr(at, response.find("\r\n", at) - at);
-}
-
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> children;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 2));
-    char state;
-    pid_t ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == parent) children.push_back(std::stoi(name));
-  }
-  return children;
-}
-
-/// Whether `pid` still runs (a zombie does not: nginx's master is no child of ours, and init
-/// reaps it when it will).
-bool alive(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  auto close = line.rfind(')');
-  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
-}
-
-/// nginx in daemon mode with its own prefix, configuration and port; stopped when it ends.
-class Nginx {
- public:
-  Nginx() : port_(free_port()) {
-    char dir_template[] = "/tmp/polus-nginx-XXXXXX";
-    if (!::mkdtemp(dir_template)) throw std::runtime_error("mkdtemp failed");
-    dir_ = dir_template;
-    ::chmod(dir_.c_str(), 0755);  // the workers (user nobody) read the files under it
-    std::filesystem::create_directories(dir_ + "/www");
-    std::filesystem::create_directories(dir_ + "/logs");
-    std::ofstream(dir_ + "/www/index.html") << "hello from nginx\n";
-    std::ofstream(dir_ + "/nginx.conf")
-        << "daemon on;\nmaster_process on;\nworker_processes 2;\npid " << dir_ << "/nginx.pid;\n"
-        << "error_log " << dir_ << "/logs/error.log;\nevents { worker_connections 64; }\n"
-        << "http { access_log off; server { listen 127.0.0.1:" << port_ << "; location / { root " << dir_
-        << "/www; } } }\n";
-    std::string command = "/usr/sbin/nginx -p " + dir_ + " -c " + dir_ + "/nginx.conf";
-    if (std::system(command.c_str()) != 0) throw std::runtime_error("nginx did not start: " + command);
-    for (int i = 0; i < 500 && master_ == 0; ++i) {
-      std::ifstream pid_file(dir_ + "/nginx.pid");
-      if (!(pid_file >> master_)) std::this_thread::sleep_for(10ms);
-    }
-    for (int i = 0; i < 500 && workers().size() < 2; ++i) std::this_thread::sleep_for(10ms);
-    if (master_ == 0 || workers().size() != 2) {
-      stop();
-      throw std::runtime_error("nginx did not start its master and 2 workers");
-    }
-  }
-  ~Nginx() { stop(); }
-  Nginx(const Nginx&) = delete;
-  Nginx& operator=(const Nginx&) = delete;
-
-  /// Kills the master first (a master that saw a worker die would start another), then the
-  /// workers it had.
-  void stop() {
-    if (master_ > 0) {
-      std::vector<pid_t> workers_left = workers();
-      ::kill(master_, SIGKILL);
-      for (pid_t pid : workers_left) ::kill(pid, SIGKILL);
-      for (int i = 0; i < 500 && alive(master_); ++i) std::this_thread::sleep_for(10ms);
-      master_ = 0;
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-  pid_t master() const { return master_; }
-  std::vector<pid_t> workers() const { return master_ ? children_of(master_) : std::vector<pid_t>{}; }
-  int port() const { return port_; }
-
- private:
-  int port_;
-  std::string dir_;
-  pid_t master_ = 0;
-};
-
-}  // namespace
+using polus::testing::NginxProcess;
+using polus::testing::header;
+using polus::testing::http_get;
 
 TEST_CASE("nginx in daemon mode: master and workers patched at the first attempt under light load", "[stale][live][nginx]") {
   REQUIRE(std::filesystem::exists("/usr/sbin/nginx"));  // tools/setup-debian.sh installs it
-  Nginx nginx;
+  NginxProcess nginx;
   const std::string first = http_get(nginx.port(), "/index.html");
   REQUIRE(first.find(" 200 ") != std::string::npos);
   REQUIRE(header(first, "Last-Modified").ends_with(" GMT"));

@@ -7,6 +7,7 @@
 #include <linux/netlink.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -95,13 +96,38 @@ void Sticky::watch() {
       auto* message = static_cast<cn_msg*>(NLMSG_DATA(header));
       if (message->id.idx != CN_IDX_PROC || message->id.val != CN_VAL_PROC) continue;
       auto* event = reinterpret_cast<proc_event*>(message->data);
-      if (event->what != proc_event::PROC_EVENT_EXEC) continue;
-      const pid_t pid = static_cast<pid_t>(event->event_data.exec.process_tgid);
-      const std::string build = polus::executable_build_id(pid);
+      pid_t pid = 0;
+      if (event->what == proc_event::PROC_EVENT_EXEC) {
+        pid = static_cast<pid_t>(event->event_data.exec.process_tgid);
+      } else if (event->what == proc_event::PROC_EVENT_FORK &&
+                 event->event_data.fork.child_pid == event->event_data.fork.child_tgid) {
+        // A new process (not a thread) that runs its parent's code without exec: an nginx
+        // worker. Forked from a patched master it has the patch already (apply_stored finds it
+        // applied and does nothing); forked before the master was patched — a restarted
+        // nginx forks its workers within milliseconds — it gets the patch here.
+        pid = static_cast<pid_t>(event->event_data.fork.child_tgid);
+      } else {
+        continue;
+      }
+      const std::string build = build_of(pid);
       if (build.empty() || polusctl::list_stored(store_, build).empty()) continue;
       apply_to(pid, true);
     }
   }
+}
+
+std::string Sticky::build_of(pid_t pid) {
+  // Every fork on the host comes here: reading an ELF's notes once per executable file, not
+  // once per process, keeps a fork-heavy host (a shell script) cheap to watch.
+  struct stat st;
+  if (::stat(("/proc/" + std::to_string(pid) + "/exe").c_str(), &st) != 0) return "";
+  const std::tuple<dev_t, ino_t, time_t, long> key{st.st_dev, st.st_ino, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  auto cached = build_ids_.find(key);
+  if (cached != build_ids_.end()) return cached->second;
+  std::string build = polus::executable_build_id(pid);
+  if (build_ids_.size() > 4096) build_ids_.clear();
+  build_ids_.emplace(key, build);
+  return build;
 }
 
 void Sticky::apply_to(pid_t pid, bool just_started) {

@@ -1,14 +1,17 @@
 // tools/polusd/sticky.h — patches that stick: polusd applies the patches `apply --persist`
 // stored for a build (tools/polusctl/store.h) to every process of that build — those running
 // when polusd starts, and each new one the moment it execs, told by the kernel's process
-// events connector (netlink, PROC_EVENT_EXEC), not found by polling.
+// events connector (netlink, PROC_EVENT_EXEC), not found by polling — and each process forked
+// from one of that build (PROC_EVENT_FORK: nginx's workers never exec).
 #pragma once
 
 #include <sys/types.h>
 
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "drivers.h"
@@ -30,6 +33,8 @@ class Sticky {
  private:
   void watch();
   void apply_to(pid_t pid, bool just_started);
+  /// The build-id of `pid`'s executable, "" if unreadable; cached per file (watch thread only).
+  std::string build_of(pid_t pid);
 
   std::string store_;
   Drivers& drivers_;
@@ -37,6 +42,7 @@ class Sticky {
   std::mutex mutex_;
   std::vector<std::thread> workers_;
   std::thread watcher_;
+  std::map<std::tuple<dev_t, ino_t, time_t, long>, std::string> build_ids_;
 };
 
 }  // namespace polusd

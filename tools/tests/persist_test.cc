@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "greeter_process.h"
+#include "nginx_process.h"
 #include "polusctl_run.h"
 
 using polus::testing::binary_path;
@@ -74,10 +77,10 @@ class Setup {
     while (daemon() == pid) std::this_thread::sleep_for(5ms);
   }
 
-  /// greeter-v0 copied, its build-id bytes replaced by random ones: a build nobody else runs.
+  /// `original` copied to DIR/`name`, its build-id bytes replaced by random ones: a build
+  /// nobody else runs (other tests' processes of the original are not this test's to patch).
   /// Returns {path, build-id hex}.
-  std::pair<std::string, std::string> unique_greeter() {
-    const std::string original = binary_path("greeter-v0");
+  std::pair<std::string, std::string> unique_copy(const std::string& original, const std::string& name) {
     std::string hex;
     FILE* readelf = popen(("readelf -n '" + original + "'").c_str(), "r");
     char line[512];
@@ -101,11 +104,14 @@ class Setup {
       std::snprintf(digits, sizeof digits, "%02x", static_cast<unsigned char>(bytes[at + i]));
       fresh += digits;
     }
-    const std::string path = dir_ + "/greeter-sticky";
+    const std::string path = dir_ + "/" + name;
     std::ofstream(path, std::ios::binary) << bytes;
     REQUIRE(chmod(path.c_str(), 0755) == 0);
     return {path, fresh};
   }
+
+  /// greeter-v0 with a build of its own.
+  std::pair<std::string, std::string> unique_greeter() { return unique_copy(binary_path("greeter-v0"), "greeter-sticky"); }
 
  private:
   std::string dir_;
@@ -169,4 +175,129 @@ TEST_CASE("apply --persist stores nothing when the apply fails", "[persist][live
   Run apply = polusctl({"apply", std::to_string(server.pid()), patch_path("bad-missing-symbol.so"), "--persist"});
   CHECK(apply.status == 6);
   CHECK_THAT(polusctl({"store", "list"}).out, Catch::Contains("no patches stored"));
+}
+
+namespace {
+
+/// Requests from two client threads while it lives: every answer must be nginx's page, 200,
+/// dated in GMT (unpatched) or UTC (patched); anything else counts as failed.
+class HttpLoad {
+ public:
+  explicit HttpLoad(int port) {
+    for (int i = 0; i < 2; ++i) {
+      clients_.emplace_back([this, port] {
+        while (!stop_) {
+          std::string r = polus::testing::http_get(port, "/index.html");
+          std::string date = polus::testing::header(r, "Last-Modified");
+          bool ok = r.find(" 200 ") != std::string::npos && r.ends_with("hello from nginx\n") &&
+                    (date.ends_with(" GMT") || date.ends_with(" UTC"));
+          (ok ? answered_ : failed_)++;
+        }
+      });
+    }
+  }
+  ~HttpLoad() { stop(); }
+  void stop() {
+    stop_ = true;
+    for (auto& c : clients_) c.join();
+    clients_.clear();
+  }
+  int answered() const { return answered_; }
+  int failed() const { return failed_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> answered_{0}, failed_{0};
+  std::vector<std::thread> clients_;
+};
+
+/// Whether every process of nginx (master and workers) has patch `name` committed, waiting up
+/// to 10 s for polusd to get there.
+bool all_patched(const polus::testing::NginxProcess& nginx, const std::string& name) {
+  for (int i = 0; i < 1000; ++i) {
+    std::vector<pid_t> all = nginx.workers();
+    all.push_back(nginx.master());
+    bool every = std::all_of(all.begin(), all.end(), [&](pid_t pid) {
+      Run status = polusctl({"status", std::to_string(pid), "--json"});
+      return status.status == 0 && status.out.find("\"" + name + "\"") != std::string::npos &&
+             status.out.find("\"committed\"") != std::string::npos;
+    });
+    if (every && nginx.workers().size() == 4) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+/// Several requests (spread over the workers): how many were dated in UTC, of how many.
+std::pair<int, int> utc_answers(int port, int requests = 24) {
+  int utc = 0;
+  for (int i = 0; i < requests; ++i) {
+    if (polus::testing::header(polus::testing::http_get(port, "/index.html"), "Last-Modified").ends_with(" UTC")) ++utc;
+  }
+  return {utc, requests};
+}
+
+}  // namespace
+
+TEST_CASE("nginx as Debian runs it, 4 workers under load: one command patches all; respawned, reloaded and "
+          "restarted workers run the patch",
+          "[persist][polusd][nginx][live]") {
+  REQUIRE(std::filesystem::exists("/usr/sbin/nginx"));  // tools/setup-debian.sh installs it
+  Setup setup;
+  auto [binary, build_id] = setup.unique_copy("/usr/sbin/nginx", "nginx-sticky");
+  polus::testing::NginxProcess nginx(4, binary);
+  const std::string master = std::to_string(nginx.master());
+  {
+    HttpLoad load(nginx.port());
+    std::this_thread::sleep_for(100ms);
+    Run apply = polusctl({"apply", "--tree", master, NGINX_PATCH, "--persist"});
+    INFO(apply.err);
+    REQUIRE(apply.status == 0);
+    CHECK(all_patched(nginx, "nginx-time-utc"));
+    CHECK(utc_answers(nginx.port()).first == 24);
+
+    // A worker dies; the master forks another from its patched self.
+    const std::vector<pid_t> before = nginx.workers();
+    ::kill(before[0], SIGKILL);
+    for (int i = 0; i < 500; ++i) {
+      std::vector<pid_t> now = nginx.workers();
+      if (std::find(now.begin(), now.end(), before[0]) == now.end()) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    REQUIRE(nginx.wait_for_workers());
+    CHECK(all_patched(nginx, "nginx-time-utc"));
+    CHECK(utc_answers(nginx.port()).first == 24);
+
+    // kill -HUP: the master rereads its configuration and replaces every worker.
+    ::kill(nginx.master(), SIGHUP);
+    for (int i = 0; i < 1000; ++i) {
+      std::vector<pid_t> now = nginx.workers();
+      if (now.size() == 4 && std::none_of(now.begin(), now.end(), [&](pid_t p) {
+            return std::find(before.begin(), before.end(), p) != before.end();
+          })) {
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(all_patched(nginx, "nginx-time-utc"));
+    CHECK(utc_answers(nginx.port()).first == 24);
+    load.stop();
+    INFO("answered " << load.answered());
+    CHECK(load.failed() == 0);
+    CHECK(load.answered() > 0);
+  }
+
+  // nginx restarted: polusd sees the new master (exec, then its daemonising fork) and its
+  // workers, and applies the stored patch to each, with nothing asked.
+  nginx.stop();
+  nginx.start();
+  CHECK(all_patched(nginx, "nginx-time-utc"));
+  CHECK(utc_answers(nginx.port()).first == 24);
+
+  // Removed from the store, rolled back: GMT again.
+  CHECK(polusctl({"store", "remove", build_id}).status == 0);
+  Run rollback = polusctl({"rollback", "--tree", std::to_string(nginx.master())});
+  INFO(rollback.err);
+  CHECK(rollback.status == 0);
+  CHECK(utc_answers(nginx.port()).first == 0);
 }
