@@ -61,6 +61,14 @@ const std::vector<CommandUnit>& command_units();
 /// UsageError to 2, anything else to 1 ("internal error").
 Output run_request(const Json& request);
 
+/// Where a command run in this thread shows sync progress (request "progress": true): by
+/// default, one line on stderr rewritten in place (a terminal); polusd sends it to its client.
+/// Called at most four times a second.
+std::function<void(const std::string& line)>& progress_sink();
+
+/// Ends the line the default progress sink wrote, if it wrote one.
+void end_progress_line();
+
 // ---- Options shared by several commands -------------------------------------------------
 
 /// The engine options a command takes, as parsed (texts checked after parsing).

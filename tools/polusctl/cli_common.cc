@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <limits>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -13,6 +15,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "render.h"
 
 namespace polusctl {
 
@@ -185,7 +188,36 @@ polus::EngineOptions engine_options(const Json& request) {
   for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
   if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());
   if (e.contains("sync_timeout_ms")) options.sync_timeout = std::chrono::milliseconds(e["sync_timeout_ms"].get<uint64_t>());
+  if (request.value("progress", false)) {
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>();
+    options.on_sync_progress = [last](const polus::SyncProgress& p) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - *last < std::chrono::milliseconds(250)) return;
+      *last = now;
+      if (progress_sink()) progress_sink()(progress_line(p));
+    };
+  }
   return options;
+}
+
+namespace {
+bool progress_shown = false;
+}
+
+std::function<void(const std::string& line)>& progress_sink() {
+  thread_local std::function<void(const std::string&)> sink = [](const std::string& line) {
+    // \r and erase-line: the terminal shows the newest line only.
+    std::string text = "\r\033[K" + line;
+    (void)!::write(STDERR_FILENO, text.data(), text.size());
+    progress_shown = true;
+  };
+  return sink;
+}
+
+void end_progress_line() {
+  if (!progress_shown) return;
+  (void)!::write(STDERR_FILENO, "\r\033[K", 4);
+  progress_shown = false;
 }
 
 void add_output_flags(CLI::App* sub, bool& json, bool& verbose) {

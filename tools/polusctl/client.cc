@@ -160,7 +160,23 @@ Output run_through_daemon(const Json& request) {
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
       answer.append(buf, static_cast<size_t>(n));
-      if (!answer.empty() && answer.back() == '\n') break;
+      // Lines before the answer: sync progress, shown as polusctl shows its own.
+      bool answered = false;
+      for (size_t end; !answered && (end = answer.find('\n')) != std::string::npos;) {
+        std::string line = answer.substr(0, end);
+        Json message = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (message.is_object() && message.contains("status")) {
+          answered = true;
+        } else {
+          // Progress; or a line cut short (polusd drops what does not fit while the client
+          // does not read), which is skipped.
+          if (message.is_object() && message.contains("progress") && message["progress"].is_string() && progress_sink()) {
+            progress_sink()(message["progress"].get<std::string>());
+          }
+          answer.erase(0, end + 1);
+        }
+      }
+      if (answered) break;
     }
   }
   if (signals >= 0) ::close(signals);

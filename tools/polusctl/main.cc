@@ -91,8 +91,12 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("polus"));
   const char* no_daemon_env = std::getenv("POLUS_NO_DAEMON");
   const bool no_daemon = request.value("no_daemon", false) || (no_daemon_env && std::string(no_daemon_env) == "1");
+  // On a terminal, a long sync phase shows who holds it, refreshed (to stderr: --json's
+  // stdout stays clean, and a pipe or a log file gets no carriage returns).
+  if (unit->via_daemon && ::isatty(STDERR_FILENO) && !request.value("json", false)) request["progress"] = true;
   polusctl::Output out = unit->via_daemon && !no_daemon ? polusctl::run_through_daemon(request)
                                                         : polusctl::run_request(request);
+  polusctl::end_progress_line();
   std::fwrite(out.out.data(), 1, out.out.size(), stdout);
   std::fflush(stdout);
   std::fwrite(out.err.data(), 1, out.err.size(), stderr);

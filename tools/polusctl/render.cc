@@ -239,4 +239,18 @@ void print_change(const std::string& action, pid_t pid, const polus::PatchInfo& 
   }
 }
 
+std::string progress_line(const polus::SyncProgress& p) {
+  std::string line = "syncing " + p.patch + " (" + p.direction + ") in process " + std::to_string(p.pid) + ", " +
+                     format("%.1f", static_cast<double>(p.elapsed_ms) / 1000.0) + " s: ";
+  if (p.holders.empty()) return line + "no thread runs old code now";
+  line += std::to_string(p.holders.size()) + (p.holders.size() == 1 ? " thread runs" : " threads run") + " old code: ";
+  for (size_t i = 0; i < p.holders.size() && i < 3; ++i) {
+    const auto& h = p.holders[i];
+    line += (i ? ", " : "") + std::to_string(h.tid) + (h.thread_name.empty() ? "" : " (" + h.thread_name + ")") + " in " +
+            h.function;
+  }
+  if (p.holders.size() > 3) line += ", and " + std::to_string(p.holders.size() - 3) + " more";
+  return line;
+}
+
 }  // namespace polusctl

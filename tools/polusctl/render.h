@@ -58,6 +58,10 @@ void add_patch_rows(Table& table, const polus::PatchInfo& patch, pid_t pid = 0);
 /// The command name of a process (tid = 0) or thread, "?" if unreadable.
 std::string task_name(pid_t pid, pid_t tid = 0);
 
+/// One line on where a data update's sync phase stands: how long, and which threads (by name)
+/// still run which old functions — the first three, then how many more.
+std::string progress_line(const polus::SyncProgress& p);
+
 /// An empty table with the patch columns: ID NAME SHA256 STATE APPLIED (UTC) APPLY PAUSE.
 Table patch_table();
 

@@ -3,6 +3,7 @@
 #include "drivers.h"
 
 #include "cli.h"
+#include "scope.h"
 
 #include <signal.h>
 #include <string.h>
@@ -49,6 +50,7 @@ void Drivers::adopt(pid_t pid, const polus::EngineOptions& options) {
 std::vector<pid_t> Drivers::rediscover() {
   std::vector<pid_t> adopted;
   for (pid_t pid : polus::patched_processes()) {
+    if (!in_scope(pid)) continue;
     try {
       polus::ProcessStatus status = polus::read_status(pid);
       bool in_flight = std::any_of(status.patches.begin(), status.patches.end(), [](const polus::PatchInfo& p) {

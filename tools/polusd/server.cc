@@ -152,7 +152,14 @@ void serve_connection(int fd, Drivers& drivers) {
       }
     });
     polus::thread_stop_flag() = cancel.get();
+    // Progress goes to the client as lines before its answer; a client gone or slow to read
+    // does not hold the operation up (MSG_DONTWAIT: a line that does not fit is dropped).
+    polusctl::progress_sink() = [fd](const std::string& line) {
+      const std::string message = polusctl::Json{{"progress", line}}.dump() + "\n";
+      (void)::send(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    };
     out = polusctl::run_request(request);
+    polusctl::progress_sink() = nullptr;
     polus::thread_stop_flag() = nullptr;
     uint64_t one = 1;
     (void)!::write(wake, &one, sizeof one);

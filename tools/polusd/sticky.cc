@@ -20,6 +20,7 @@
 #include "polus/error.h"
 #include "polus/stop_request.h"
 #include "cli.h"
+#include "scope.h"
 #include "store.h"
 
 namespace polusd {
@@ -80,7 +81,9 @@ void Sticky::apply_to_running() {
   std::set<std::string> builds;
   for (const polusctl::StoredPatch& s : polusctl::list_stored(store_)) builds.insert(s.build_id);
   for (const std::string& build : builds) {
-    for (pid_t pid : polus::processes_with_build_id(build)) apply_to(pid, false);
+    for (pid_t pid : polus::processes_with_build_id(build)) {
+      if (in_scope(pid)) apply_to(pid, false);
+    }
   }
 }
 
@@ -109,6 +112,7 @@ void Sticky::watch() {
       } else {
         continue;
       }
+      if (!in_scope(pid)) continue;
       const std::string build = build_of(pid);
       if (build.empty() || polusctl::list_stored(store_, build).empty()) continue;
       apply_to(pid, true);

@@ -3,7 +3,10 @@
 // during and between operations and restarted with nothing lost, serving two clients at once.
 #include <catch2/catch.hpp>
 
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -13,6 +16,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,12 +46,18 @@ class DaemonDir {
     dir_ = mkdtemp(tmpl);
     socket_ = dir_ + "/polusd.sock";
     setenv("POLUS_SOCKET", socket_.c_str(), 1);
+    // The polusd this test starts looks after this test's processes only (tools/polusd/scope.h):
+    // tests running beside it leave updates in flight that are theirs to see through. Daemons
+    // started under the test (nginx) stay its descendants as it is their subreaper.
+    setenv("POLUSD_SCOPE_ROOT", std::to_string(getpid()).c_str(), 1);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     polus::testing::polusctl_through_daemon() = true;
   }
   ~DaemonDir() {
     stop();
     polus::testing::polusctl_through_daemon() = false;
     unsetenv("POLUS_SOCKET");
+    unsetenv("POLUSD_SCOPE_ROOT");
     std::system(("rm -rf '" + dir_ + "'").c_str());
   }
   const std::string& socket() const { return socket_; }
@@ -276,4 +286,72 @@ TEST_CASE("polusd takes the socket systemd passes (socket activation)", "[polusd
   std::ifstream in(log);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK_THAT(text, Catch::Contains("serving the socket systemd passed"));
+}
+
+namespace {
+
+/// Runs polusctl `args` on a pseudo-terminal (stdout and stderr both on it, as in an
+/// operator's shell) with $POLUS_NO_DAEMON `no_daemon`; returns all it wrote.
+std::string polusctl_on_terminal(const std::vector<std::string>& args, bool no_daemon) {
+  int master = -1;
+  pid_t child = forkpty(&master, nullptr, nullptr, nullptr);
+  if (child == 0) {  // no Catch macro here: the child's report would land on the terminal
+    setenv("POLUS_AGENT", POLUS_AGENT_PATH, 1);
+    if (no_daemon) setenv("POLUS_NO_DAEMON", "1", 1);
+    else unsetenv("POLUS_NO_DAEMON");
+    std::vector<char*> argv{const_cast<char*>(POLUSCTL_PATH)};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  REQUIRE(child > 0);
+  std::string output;
+  char buffer[4096];
+  for (;;) {
+    pollfd p{master, POLLIN, 0};
+    if (poll(&p, 1, 30000) <= 0) break;
+    ssize_t n = read(master, buffer, sizeof buffer);
+    if (n <= 0) break;  // EIO once the child has closed the terminal
+    output.append(buffer, static_cast<size_t>(n));
+  }
+  close(master);
+  int status = 0;
+  waitpid(child, &status, 0);
+  return output;
+}
+
+}  // namespace
+
+TEST_CASE("on a terminal, a long sync phase names the threads that hold it, refreshed in place",
+          "[polusd][live][progress]") {
+  DaemonDir dir;
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");  // a thread stays in hold(), which uses the changed data
+  const std::string pid = std::to_string(target.pid());
+  const std::regex holder("\\r\\x1b\\[Ksyncing counter-v1 \\(apply\\) in process " + pid +
+                          ", [0-9.]+ s: 1 thread runs old code: [0-9]+ \\([^)]+\\) in hold");
+
+  int id = 0;
+  for (bool no_daemon : {true, false}) {
+    INFO((no_daemon ? "--no-daemon" : "through polusd"));
+    ++id;
+    std::string shown = polusctl_on_terminal({"apply", pid, patch_path("counter-v0-v1.so"), "--sync-timeout", "1200"}, no_daemon);
+    INFO(shown);
+    CHECK(std::regex_search(shown, holder));
+    CHECK(std::count(shown.begin(), shown.end(), '\r') >= 3);  // refreshed, not printed once
+    CHECK_THAT(shown, Catch::Contains("still syncing"));
+    // The update stays syncing (the thread is still in hold()): undo it for the next round.
+    Run rollback = polusctl({"rollback", pid, "--sync-timeout", "0"});
+    INFO(rollback.err);
+    CHECK(rollback.status == 0);
+    REQUIRE(wait_for_state(target.pid(), id, "") == "");  // rolled back once no thread runs its new code
+  }
+  // Not on a terminal (a pipe, a log file): no progress lines.
+  Run piped = polusctl({"apply", pid, patch_path("counter-v0-v1.so"), "--sync-timeout", "600"});
+  CHECK(piped.status == 0);
+  CHECK_THAT(piped.err, !Catch::Contains("syncing counter-v1"));
+  REQUIRE(target.ask("release") == "RELEASED");
+  CHECK(wait_for_state(target.pid(), 3, "committed") == "committed");  // ids are never reused: 1 and 2 were rolled back
 }

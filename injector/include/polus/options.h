@@ -4,6 +4,8 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -52,6 +54,22 @@ struct AuditOptions {
   bool skip_idle_rounds = false;
 };
 
+/// Where a data update's sync phase stands, after one inspection of the target's stacks.
+struct SyncProgress {
+  /// A thread that still runs an old function the update waits for.
+  struct Holder {
+    pid_t tid = 0;
+    std::string thread_name;  // its comm (/proc/PID/task/TID/comm)
+    std::string function;
+  };
+  pid_t pid = 0;
+  std::string patch;
+  std::string direction;  // "apply" or "rollback"
+  uint64_t elapsed_ms = 0;  // since this sync phase (or this round of it) began
+  uint64_t inspections = 0;
+  std::vector<Holder> holders;
+};
+
 /// Options of one engine operation (apply, rollback, finish).
 struct EngineOptions {
   SymbolOptions symbols;
@@ -77,6 +95,9 @@ struct EngineOptions {
   Caller caller = Caller::self();
   SignatureOptions signature;
   AuditOptions audit;
+  /// Called after each inspection of a data update's sync phase that did not end it (every
+  /// few milliseconds: throttle what you show). Runs on the operation's thread.
+  std::function<void(const SyncProgress&)> on_sync_progress;
 };
 
 /// The machine's Polus configuration file, read by polusctl and polusd.

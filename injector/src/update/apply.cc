@@ -444,7 +444,7 @@ class Applier {
   void finish_sync() {
     uint64_t max_pause = record_view_.header.pause_ns;
     SyncOutcome outcome = drive_sync_to_end(target_, *agent_, record_view_, patch_, patch_bias_,
-                                            Clock::now() + options_.sync_timeout, max_pause);
+                                            Clock::now() + options_.sync_timeout, max_pause, options_.on_sync_progress);
     if (outcome == SyncOutcome::kFaulted) {
       throw Error(ErrorCode::kLoadFailed, abandon_update(target_, *agent_, record_view_, patch_, options_.sync_timeout).message);
     }

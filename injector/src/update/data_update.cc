@@ -277,9 +277,36 @@ void write_progress(ProcessMemory& memory, const PatchRecordView& record) {
 
 }  // namespace
 
+namespace {
+
+/// Who still holds the update, named for the operator (thread names read now, after the pause).
+void report_progress(pid_t pid, const PatchRecordView& record, Clock::time_point began,
+                     const std::function<void(const SyncProgress&)>& progress) {
+  SyncProgress p;
+  p.pid = pid;
+  p.patch = std::string(record.header.name, strnlen(record.header.name, sizeof record.header.name));
+  p.direction = record.header.direction == POLUS_UPDATE_ROLLBACK ? "rollback" : "apply";
+  p.elapsed_ms = elapsed_ns(began) / 1000000;
+  p.inspections = record.header.inspections;
+  for (const polus_holder& h : record.holders) {
+    auto w = std::find_if(record.watched.begin(), record.watched.end(),
+                          [&](const polus_watched_function& x) { return x.start == h.function; });
+    p.holders.push_back({static_cast<pid_t>(h.tid), task_name(pid, static_cast<pid_t>(h.tid)),
+                         w != record.watched.end() ? std::string(w->name, strnlen(w->name, sizeof w->name)) : hex(h.function)});
+  }
+  try {
+    progress(p);
+  } catch (const std::exception& e) {
+    spdlog::debug("the sync progress callback failed: {}", e.what());  // showing progress never stops the update
+  }
+}
+
+}  // namespace
+
 SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
                               const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
-                              uint64_t& max_pause_ns) {
+                              uint64_t& max_pause_ns, const std::function<void(const SyncProgress&)>& progress) {
+  const Clock::time_point began = Clock::now();
   // Fresh symbols: the agent and the patch (and their CFI) may have been loaded after this
   // operation began.
   target.reload_symbols();
@@ -376,6 +403,7 @@ SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent,
     target.release();
     if (faulted) return SyncOutcome::kFaulted;
     if (done) return SyncOutcome::kDone;
+    if (progress) report_progress(target.pid(), record, began, progress);
     if (Clock::now() >= until) return SyncOutcome::kPending;
     if (int sig = stop_requested()) {  // the update stays syncing, recorded; `finish` takes it on
       spdlog::warn("stopped by {} while the update syncs; it stays syncing", strsignal(sig));

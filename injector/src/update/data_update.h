@@ -10,10 +10,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "polus/agent_abi.h"
+#include "polus/options.h"
 #include "process/borrowed_thread.h"
 #include "update/patch_file.h"
 #include "update/registry.h"
@@ -98,9 +100,11 @@ enum class SyncOutcome {
 /// inspection and firing thread, function, data and post-update callbacks as the paper
 /// describes. Records holders and progress in `record`. Stops at the first inspection that
 /// finds a sync function's fault recorded (kFaulted), unless the update is being abandoned
-/// (sync.abandoning): then faults are ignored and no callback of the patch runs.
+/// (sync.abandoning): then faults are ignored and no callback of the patch runs. `progress`,
+/// if set, hears after each inspection that did not end it who still holds the update.
 SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent, PatchRecordView& record,
                               const PatchDescription& patch, uint64_t patch_bias, Clock::time_point until,
-                              uint64_t& max_pause_ns);
+                              uint64_t& max_pause_ns,
+                              const std::function<void(const SyncProgress&)>& progress = {});
 
 }  // namespace polus

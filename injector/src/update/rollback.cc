@@ -223,7 +223,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
   target.release();  // write tracking is on: never hold the target between inspections
 
   uint64_t max_pause = pause_ns;
-  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, patch, bias, Clock::now() + options.sync_timeout, max_pause, options.on_sync_progress);
   if (outcome == SyncOutcome::kFaulted) {
     throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, patch, options.sync_timeout).message);
   }
@@ -501,7 +501,7 @@ PatchInfo finish_in(TargetContext& target, RegistryContext& ctx, PatchRecordView
   target.seize();
   const uint64_t bias = patch_load_bias(target.memory(), record.header);
   uint64_t max_pause = 0;
-  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause);
+  SyncOutcome outcome = drive_sync_to_end(target, ctx.agent, record, *patch, bias, Clock::now() + options.sync_timeout, max_pause, options.on_sync_progress);
   if (outcome == SyncOutcome::kFaulted) {
     throw Error(ErrorCode::kLoadFailed, abandon_update(target, ctx.agent, record, *patch, options.sync_timeout).message);
   }
