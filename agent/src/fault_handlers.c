@@ -156,12 +156,12 @@ static void handle_tracked_write(ucontext_t *uc, uint32_t page, uint64_t addr, i
 }
 
 static void handle_segv(siginfo_t *si, ucontext_t *uc) {
-    int tid = sys_gettid();
+    int tid = fast_tid(); /* no system call on the tracked-write path */
     greg_t *gr = uc->uc_mcontext.gregs;
     uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
     if (si->si_code == SEGV_ACCERR && ((uint64_t)gr[REG_ERR] & 2)) {
         __atomic_fetch_add(&G.write_fault_entries, 1, __ATOMIC_RELAXED); /* before the lock: see sync_end */
-        lock_acquire(tid, sys_getpid(), 0);
+        lock_acquire(tid, G.my_pid, 0);
         if (G.active) {
             int32_t k = find_page(addr);
             if (k >= 0 && G.pages[k].tracked) {

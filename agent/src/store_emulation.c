@@ -36,6 +36,7 @@
 #include <ucontext.h>
 
 #include "raw_syscall.h"
+#include "page_views.h"
 #include "store_emulation.h"
 #include "tracked_pages.h"
 
@@ -467,7 +468,7 @@ static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_
         } else if (sys_read_self(buf, (const void *)(uintptr_t)src, bytes) != (long)bytes) {
             break; /* unreadable source: the re-executed instruction faults on it natively */
         }
-        if (poke(dst, buf, bytes) < 0) break;
+        if (store_bytes(dst, buf, bytes) < 0) break;
         dst += bytes;
         src += bytes;
         done += elems;
@@ -530,7 +531,7 @@ void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct e
     if (first < size) {
         uint64_t last = size - 1;
         while (last > first && before[last] == scratch[last]) last--;
-        if (poke(ea + first, scratch + first, last - first + 1) < 0) return;
+        if (store_bytes(ea + first, scratch + first, last - first + 1) < 0) return;
     }
     if (d.kind == K_GPR) {
         for (int k = 0; k < 16; k++)

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "fault_handlers.h"
+#include "page_views.h"
 #include "polus/agent_abi.h"
 #include "polus/patch.h"
 #include "raw_syscall.h"
@@ -70,6 +71,7 @@ POLUS_EXPORT uint64_t polus_agent_sync_reserve(uint32_t capacity) {
      * sync_begin (called with every thread stopped) has less to do. */
     (void)mem_fd();
     (void)xol_ensure();
+    views_register_fork_handlers(); /* pthread_atfork allocates: here, not in the pause */
     result = REG.sync.items;
 out:
     lock_release();
@@ -88,6 +90,9 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) goto out;
     if ((rc = fence_reset()) != 0) goto out;
     G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
+    G.my_pid = sys_getpid();
+    learn_tcb_tid();
+    views_register_fork_handlers();
     table_free();
     G.count = n;
     if ((rc = build_table(n)) != 0) goto fail;
@@ -113,6 +118,9 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
         memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
         it->sync_calls = 0;
     }
+    /* Then the writable views (page_views.c): the pages are closed and we hold the lock, so
+     * their bytes cannot change while they move onto the memfds. */
+    views_create(0);
     for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
     REG.sync.faults = REG.sync.false_sharing = 0;
     __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
@@ -161,6 +169,9 @@ POLUS_EXPORT int polus_agent_sync_end(void) {
     if (__atomic_load_n(&REG.sync.fault.function, __ATOMIC_ACQUIRE) && !REG.sync.abandoning) { rc = -ECANCELED; goto out; }
     G.active = 0;
     REG.sync.active = 0;
+    /* Ordinary private pages with the same bytes back under every view, while they are still
+     * closed (a store meanwhile faults and waits for this lock), then the old protection. */
+    views_remove();
     protect_pages(0, 0);
     /* Threads that faulted just before this and wait for the lock find sync inactive and
      * retry their write, which now succeeds. Faults still on their way must reach our
@@ -236,6 +247,7 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
         build_table(n); /* forget the pair */
         goto out;
     }
+    views_create(1);
     for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
     memcpy(s0, old_item, size_old);
     memcpy(s1, new_item, size_new);

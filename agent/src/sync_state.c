@@ -41,7 +41,16 @@ static void reset_inherited_state(void) {
             G.pages[k].open = 0;
             sys_mprotect(G.pages[k].addr, PAGE, closed_prot(&G.pages[k]));
         }
+    /* The views of tracked pages are still the parent's memory (page_views.c, FORK). */
+    if (G.on_fork_child) G.on_fork_child();
     __atomic_store_n(&G.lock_word, 0, __ATOMIC_RELEASE);
+}
+
+void learn_tcb_tid(void) {
+    int tid = sys_gettid();
+    uint64_t self;
+    __asm__("mov %%fs:0x10, %0" : "=r"(self));
+    G.tcb_tid_offset = self && *(volatile int *)(uintptr_t)(self + 0x2d0) == tid ? 0x2d0 : 0;
 }
 
 /* timed: give up after ~2 s (entry points); handlers wait for ever. */
@@ -53,6 +62,9 @@ int lock_acquire(int tid, int pid, int timed) {
     int c = 0;
     if (!__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         int holder_pid = __atomic_load_n(&G.lock_pid, __ATOMIC_RELAXED);
+        /* `pid` may be the cached one (G.my_pid): a fork child's before its fork handler ran.
+         * Only here, on contention, ask the kernel. */
+        if (holder_pid != 0 && holder_pid == pid) pid = sys_getpid();
         if (holder_pid != 0 && holder_pid != pid) {
             reset_inherited_state();
             c = 0;

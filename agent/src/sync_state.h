@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 
 #include "polus/agent_abi.h"
+#include "raw_syscall.h"
 #include "sync.h"
 
 /* The registry (agent.c): exported, so declared outside the hidden section below. */
@@ -38,7 +39,8 @@ struct page_info {
     uint8_t tracked;    /* originally writable: read-only while active */
     uint8_t open;       /* opened (writable) by the lock holder: single-step / sync window */
     uint8_t fresh;      /* added by the last table rebuild */
-    uint8_t reserved;
+    uint8_t shared;     /* the mapping is MAP_SHARED ('s' in maps): no view, stores go through pwrite */
+    uint8_t *view;      /* the page's writable view (page_views.c), NULL if it has none */
 };
 
 #define MAX_STEP_PAGES 8
@@ -106,6 +108,15 @@ struct sync_globals {
     uint32_t disabled_count;         /* > MAX_DISABLED: every sync function is disabled */
     uint8_t *fence_save;             /* counterpart bytes from before the call, per nesting level */
 
+    /* the writable views of tracked pages (page_views.c) */
+    uint32_t view_runs;     /* runs of pages that have a view (atomic: read by the fork handler) */
+    int my_pid;             /* getpid() as of sync_begin or the last fork (no system call per fault) */
+    uint32_t tcb_tid_offset; /* where glibc keeps the thread's tid in its TCB, 0 = ask the kernel */
+    uint32_t atfork_registered;
+    uint32_t fork_locked;   /* the fork handler holds the lock across fork() */
+    int views_pid;          /* the process whose memfds back the views (a fork child has its parent's) */
+    void (*on_fork_child)(void); /* page_views.c: a fork child's views become its own */
+
     int mem_fd;
     int mem_pid;
     uint64_t mem_dev, mem_ino;
@@ -134,6 +145,21 @@ static inline void note_change(uint32_t i, uint64_t offset) {
     G.item_offset[i] = offset;
     G.work[G.work_count++] = i;
 }
+
+/* This thread's id without a system call where glibc's TCB holds it (checked once, see
+ * sync_begin), else gettid(). */
+static inline int fast_tid(void) {
+    if (G.tcb_tid_offset) {
+        uint64_t self;
+        __asm__("mov %%fs:0x10, %0" : "=r"(self)); /* tcbhead_t.self */
+        return *(volatile int *)(uintptr_t)(self + G.tcb_tid_offset);
+    }
+    return (int)raw6(SYS_gettid, 0, 0, 0, 0, 0, 0);
+}
+
+/* Learns where glibc keeps the tid in its TCB (struct pthread.tid, 0x2d0 on x86-64 since
+ * glibc 2.x), if the calling thread's is there. */
+void learn_tcb_tid(void);
 
 /* Takes the sync lock: recursive for its owner, timed (~2 s, then -ETIMEDOUT) for entry
  * points, for ever in handlers. A lock left held by a thread of the parent process (we are

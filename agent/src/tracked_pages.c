@@ -153,6 +153,7 @@
 
 #include "polus/agent_abi.h"
 #include "polus/patch.h"
+#include "page_views.h"
 #include "raw_syscall.h"
 #include "sync.h"
 #include "sync_fence.h"
@@ -196,7 +197,7 @@ static long high_free_descriptor(void) {
 }
 
 int mem_fd(void) {
-    int pid = G.holder_pid; /* set by lock_acquire: we always hold the lock here */
+    int pid = sys_getpid(); /* not a cached one: a fork child must never write its parent */
     struct stat st;
     if (G.mem_fd >= 0) {
         if (G.mem_pid == pid && RAW(SYS_fstat, G.mem_fd, &st, 0) == 0 && (uint64_t)st.st_dev == G.mem_dev &&
@@ -235,7 +236,7 @@ int poke(uint64_t addr, const void *src, uint64_t n) {
 }
 
 /* For store_emulation.c: emulation is not switched off, and stores can be poked. */
-int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP) && mem_fd() >= 0; }
+int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP); }
 
 /* ---- per-item auxiliary arrays, shadows ----------------------------------------------- */
 
@@ -332,7 +333,7 @@ static int read_protections(struct page_info *pages, uint32_t n) {
     if (fd < 0) return (int)fd;
     char buf[1024]; /* may run on a small alternate signal stack (register from a sync function) */
     uint64_t start = 0, end = 0;
-    int field = 0, prot = 0, perm_index = 0;
+    int field = 0, prot = 0, perm_index = 0, shared = 0;
     uint32_t k = 0;
     while (k < n && !pages[k].fresh) k++;
     int rc = 0;
@@ -346,11 +347,12 @@ static int read_protections(struct page_info *pages, uint32_t n) {
                     if (pages[k].fresh) {
                         if (pages[k].addr < start) { rc = -EFAULT; goto done; }
                         pages[k].prot = prot;
+                        pages[k].shared = (uint8_t)shared;
                     }
                     k++;
                 }
                 start = end = 0;
-                field = prot = perm_index = 0;
+                field = prot = perm_index = shared = 0;
                 continue;
             }
             if (field == 0) {
@@ -364,6 +366,7 @@ static int read_protections(struct page_info *pages, uint32_t n) {
                 if (perm_index == 0 && ch == 'r') prot |= PROT_READ;
                 if (perm_index == 1 && ch == 'w') prot |= PROT_WRITE;
                 if (perm_index == 2 && ch == 'x') prot |= PROT_EXEC;
+                if (perm_index == 3 && ch == 's') shared = 1;
                 perm_index++;
             }
         }
@@ -404,6 +407,8 @@ int build_table(uint32_t n) {
             pages[j].prot = G.pages[old].prot;
             pages[j].tracked = G.pages[old].tracked;
             pages[j].open = G.pages[old].open;
+            pages[j].shared = G.pages[old].shared;
+            pages[j].view = G.pages[old].view;
         } else {
             pages[j].fresh = 1;
         }
@@ -556,7 +561,7 @@ uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int
 static void window(uint64_t lo, uint64_t hi, int open) {
     for (uint64_t p = lo; p <= hi; p += PAGE) {
         int32_t k = find_page(p);
-        if (k < 0 || !G.pages[k].tracked) continue;
+        if (k < 0 || !G.pages[k].tracked || G.pages[k].view) continue; /* a viewed page is never opened */
         if (open) open_page((uint32_t)k);
         else close_page((uint32_t)k);
     }
@@ -567,7 +572,7 @@ static void window(uint64_t lo, uint64_t hi, int open) {
 static uint32_t restore_counterpart(uint32_t c, const uint8_t *save) {
     if (!save) return 0;
     struct polus_tracked_item *cp = &items()[c];
-    if (poke(cp->address, save, cp->size) != 0) {
+    if (store_bytes(cp->address, save, cp->size) != 0) {
         /* no /proc/self/mem: through the page's own protection, opened for the copy */
         uint64_t lo = PAGE_OF(cp->address), hi = PAGE_OF(cp->address + cp->size - 1);
         window(lo, hi, 1);
@@ -587,8 +592,12 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
     struct polus_tracked_item *it = &items()[i];
     const uint32_t c = it->counterpart;
     const int has_cp = c != NO_ITEM && c < G.count;
+    /* The counterpart through its writable view (page_views.c) when it has one: the sync
+     * function's stores then do not fault, and nothing needs opening. */
+    uint8_t *const cp_view = has_cp ? view_of(items()[c].address, items()[c].size) : NULL;
     struct polus_sync_args args = {(void *)(uintptr_t)it->address,
-                                   has_cp ? (void *)(uintptr_t)items()[c].address : NULL, offset, (uint64_t)tid};
+                                   cp_view ? (void *)cp_view : has_cp ? (void *)(uintptr_t)items()[c].address : NULL,
+                                   offset, (uint64_t)tid};
     const uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
     G.sync_item = i;
     G.sync_counterpart = has_cp ? c : NO_ITEM;
@@ -599,7 +608,8 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
     fence_arm(&fence, windowed);
     uint8_t *const save = has_cp ? fence_save_area(&fence, items()[c].size) : NULL;
     volatile uint32_t *const saved = &fence.saved; /* read after a longjmp: from memory */
-    if (windowed && has_cp) window(lo, hi, 1);
+    const int open_window = windowed && has_cp && !cp_view;
+    if (open_window) window(lo, hi, 1);
     int rc = 0;
     if (sigsetjmp(fence.env, 0) == 0) {
         if (save) {
@@ -617,7 +627,13 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
         rc = -1;
     }
     fence_disarm(&fence);
-    if (windowed && has_cp) {
+    if (cp_view && rc == 0) {
+        /* What it stored through the view is absorbed, never propagated back (no ping-pong).
+         * A queued counterpart keeps its mark: drain still runs its own post_sync. */
+        struct polus_tracked_item *cp = &items()[c];
+        memcpy((void *)(uintptr_t)cp->shadow, (const void *)(uintptr_t)cp->address, cp->size);
+    }
+    if (open_window) {
         /* Close first (mprotect returns after the TLB shootdown: every store made through
          * the window is visible, every later one faults), then compare. */
         window(lo, hi, 0);

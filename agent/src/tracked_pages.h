@@ -26,8 +26,9 @@ int mem_fd(void);
 /* Writes bytes to tracked pages without making them writable (/proc/self/mem). 0 or -1. */
 int poke(uint64_t addr, const void *src, uint64_t n);
 
-/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured and
- * /proc/self/mem is open. */
+/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured. (Stores
+ * land through the pages' views, or /proc/self/mem; if neither works the emulation gives up
+ * and the caller single-steps.) */
 int may_emulate(void);
 
 /* ---- per-item arrays, shadows -------------------------------------------------------- */

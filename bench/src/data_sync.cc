@@ -11,8 +11,12 @@
 // kept in hold() holds the update in `syncing`; the completed-call rate is measured for 1 s
 // before the apply (steady) and for 1 s while syncing, in the same process, then the hold is
 // released and the update finished. This is the worst case: every iteration writes tracked data.
-// D2 runs the agent's own micro-benchmark (agent_sync_test perf) in this run and takes its
-// "tracked write + post_sync, emulated" figure (the write and the sync function's store).
+// F0, D2, D3 and D4 come from the agent's own micro-benchmark (agent_sync_test perf), run in
+// this run: F0 is a bare SIGSEGV round trip (a store to a read-only page, a handler that skips
+// it) — the floor any fault-based tracking pays; D2 a tracked write whose sync function stores
+// once (through the writable view it is given); D3 a write to an untracked variable on a
+// tracked page; D4 tracked writes per second by 1/2/4/8 threads writing different items.
+// D2 and D3 are also reported as ratios to F0 measured in the same process.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -136,19 +140,34 @@ double greeter_fraction_once(const Config& config, double seconds) {
   return steady > 0 && syncing >= 0 ? syncing / steady : -1;
 }
 
-/// One D2 sample from the agent's micro-benchmark, or a negative value.
-double tracked_write_once() {
+/// One sample of the agent's micro-benchmark (agent_sync_test perf): F0, D2, D3 and the D4
+/// scaling, all from the same process; negative values where a line is missing.
+struct PerfSample {
+  double f0 = -1, d2 = -1, d3 = -1;
+  std::array<double, 4> scaling{-1, -1, -1, -1};
+};
+PerfSample agent_perf_once() {
+  PerfSample out;
   FILE* p = popen(POLUS_BENCH_AGENT_TEST " perf 2>&1", "r");
-  if (!p) return -1;
-  double us = -1;
+  if (!p) return out;
   char buf[512];
+  auto value_after = [](const char* line, const char* tag) {
+    const char* at = std::strstr(line, tag);
+    return at ? std::atof(at + std::strlen(tag)) : -1.0;
+  };
   while (std::fgets(buf, sizeof buf, p)) {
-    const char* tag = std::strstr(buf, "tracked write + post_sync (2 faults");
-    const char* colon = tag ? std::strstr(tag, "emulated:") : nullptr;
-    if (colon) us = std::atof(colon + 9);
+    if (std::strstr(buf, "bare fault round trip (F0):")) out.f0 = value_after(buf, "(F0):");
+    if (std::strstr(buf, "tracked write + post_sync (its store through args)")) out.d2 = value_after(buf, "emulated:");
+    if (std::strstr(buf, "false-sharing write (1 fault)")) out.d3 = value_after(buf, "emulated:");
+    int threads = 0;
+    double rate = 0;
+    if (std::sscanf(buf, "perf: scaling: %d threads on different items: %lf", &threads, &rate) == 2) {
+      int slot = threads == 1 ? 0 : threads == 2 ? 1 : threads == 4 ? 2 : threads == 8 ? 3 : -1;
+      if (slot >= 0) out.scaling[slot] = rate;
+    }
   }
   pclose(p);
-  return us;
+  return out;
 }
 
 }  // namespace
@@ -164,8 +183,17 @@ DataSyncResults run_data_sync(const Config& config) {
       if (server >= 0) out.server_fraction.add(server);
       double fraction = throughput_fraction_once(seconds);
       if (fraction >= 0) out.throughput_fraction.add(fraction);
-      double us = tracked_write_once();
-      if (us >= 0) out.tracked_write_us.add(us);
+      PerfSample perf = agent_perf_once();
+      if (perf.d2 >= 0) out.tracked_write_us.add(perf.d2);
+      if (perf.f0 > 0) {
+        out.bare_fault_us.add(perf.f0);
+        if (perf.d2 >= 0) out.tracked_write_ratio.add(perf.d2 / perf.f0);
+        if (perf.d3 >= 0) out.false_sharing_ratio.add(perf.d3 / perf.f0);
+      }
+      if (perf.d3 >= 0) out.false_sharing_us.add(perf.d3);
+      for (size_t k = 0; k < perf.scaling.size(); ++k) {
+        if (perf.scaling[k] > 0) out.scaling[k].add(perf.scaling[k]);
+      }
     }
     out.engine_accepts = true;
     out.engine_answer = "applied counter-v0-v1.so (Fig. 2) and held it syncing";

@@ -143,7 +143,12 @@ struct DataSyncResults {
   bool engine_accepts = false;  // it applied the data patch
   Samples server_fraction;      // greeter requests/s during the sync phase / steady state
   Samples throughput_fraction;  // Fig. 2 counter: the same, the worst case
-  Samples tracked_write_us;     // cost of one write to a tracked item
+  Samples tracked_write_us;     // cost of one write to a tracked item (D2)
+  Samples bare_fault_us;        // F0: a bare SIGSEGV round trip, the floor, same run
+  Samples false_sharing_us;     // D3: a write to an untracked variable on a tracked page
+  Samples tracked_write_ratio;  // D2 / F0, per sample (same process)
+  Samples false_sharing_ratio;  // D3 / F0, per sample
+  std::array<Samples, 4> scaling;  // D4: tracked writes/s with 1, 2, 4, 8 threads on different items
 };
 
 DataSyncResults run_data_sync(const Config& config);

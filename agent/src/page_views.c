@@ -1,0 +1,259 @@
+/*
+ * page_views.c — a second, writable view of every tracked page, inside libpolus-agent.so.
+ *
+ * WHY. A tracked page is never writable at its address while tracking is on (tracked_pages.c,
+ * MECHANISM): every store to it faults, and the handler carries the store out on the
+ * application's behalf. Through /proc/self/mem (pwrite) that costs a system call per store,
+ * and a sync function's own store to its (equally protected) counterpart faulted once more.
+ * With a second mapping of the same physical page that is writable, the handler's store is a
+ * plain store, and sync functions get their counterpart through it (polus_sync_args.
+ * counterpart): one fault per tracked write, no system call on the path.
+ *
+ * HOW. For each run of adjacent tracked pages with the same protection, privately mapped:
+ *   1. the pages are already read-only (closed) and we hold the sync lock: every store to them
+ *      faults and waits for us, so their contents cannot change under the copy;
+ *   2. a memfd of the run's size gets a copy of the pages' bytes, through a MAP_SHARED
+ *      read-write mapping of it elsewhere — the view, marked MADV_DONTFORK (FORK);
+ *   3. the memfd is mapped once more, MAP_SHARED with the closed protection, at a free address,
+ *      and mremap(MREMAP_FIXED) moves that mapping over the original pages. mremap replaces the
+ *      old mapping in one step under the mmap lock: a thread reading the pages meanwhile sees
+ *      the old bytes or the new ones, which are the same; never an unmapped hole or zeroes;
+ *   4. the memfd descriptor is closed (the mappings keep the file): no descriptor stays.
+ * Both mappings name the same page-cache pages, so a store through the view is what a read at
+ * the original address sees, at once (x86 caches are physically tagged).
+ * Ending tracking (views_remove) does the reverse: a private anonymous copy, made read-only,
+ * moved over the run with mremap (again atomic), the view unmapped; the caller then gives the
+ * pages their original protection. The pages end as ordinary private memory with the same bytes.
+ *
+ * NOT VIEWED (the /proc/self/mem path stays): pages of a MAP_SHARED mapping (replacing it
+ * would cut the sharing with other processes), pages without PROT_READ, and runs whose
+ * memfd_create/mmap/mremap fails (a seccomp filter refusing memfd_create, for instance).
+ *
+ * FORK. A MAP_SHARED page stays shared with a child after fork(2): the parent's stores through
+ * its view would show in the child's memory, and the child's in the parent's. So:
+ *   - the view is MADV_DONTFORK: a child never has the parent's writable mapping;
+ *   - pthread_atfork: `prepare` takes the sync lock (no store through a view can happen in the
+ *     parent from then on: every writer faults and waits), `parent` moves the parent's runs
+ *     onto new memfds (views_rehome: copy, new view, mremap over, old view unmapped) before it
+ *     releases the lock, and `child` does the same in the child (no old view to unmap there).
+ *     After that the old memfd is mapped by the child alone, and only until its own rehome;
+ *     nobody wrote it since the clone, so each side keeps exactly the bytes of the fork instant.
+ *   - a child whose own earlier-registered fork handlers write tracked data before ours runs
+ *     finds the lock held by its parent's thread (sync_state.c) and rehomes there first.
+ * A child made by a raw clone(2) without CLONE_VM (not fork, not posix_spawn) skips the
+ * handlers: it would share the parent's pages; not supported while an update syncs.
+ *
+ * LIMITS. A process-shared futex (PTHREAD_PROCESS_SHARED) on a viewed page: a waiter queued
+ * before the switch is keyed by address, a waker after it by the memfd's inode: not woken.
+ * glibc's default (process-private) futexes are keyed by address either way.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#include "page_views.h"
+#include "raw_syscall.h"
+#include "sync_state.h"
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1u
+#endif
+
+/* A run [j, k) of the page table that may share one memfd. */
+static int viewable(const struct page_info *p) {
+    return p->tracked && !p->shared && (p->prot & PROT_READ);
+}
+
+static uint32_t run_end(uint32_t j, int (*member)(const struct page_info *, const struct page_info *)) {
+    uint32_t k = j + 1;
+    while (k < G.page_count && G.pages[k].addr == G.pages[k - 1].addr + PAGE && member(&G.pages[j], &G.pages[k])) k++;
+    return k;
+}
+
+/* Puts a new memfd, holding the bytes now at `addr`, under [addr, addr+len) (closed
+ * protection `prot`); returns its view, or NULL (nothing changed). */
+static uint8_t *home_run(uint64_t addr, uint64_t len, int prot) {
+    long fd = RAW(SYS_memfd_create, "polus-view", MFD_CLOEXEC, 0);
+    if (fd < 0) return NULL;
+    uint8_t *view = NULL, *tmp = NULL;
+    if (RAW(SYS_ftruncate, fd, len, 0) != 0) goto fail;
+    view = sys_mmap_full(0, len, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    if (!view) goto fail;
+    /* The child of a fork must never hold our writable mapping (FORK above). */
+    if (RAW(SYS_madvise, view, len, MADV_DONTFORK) != 0) goto fail;
+    memcpy(view, (const void *)(uintptr_t)addr, len);
+    tmp = sys_mmap_full(0, len, prot, MAP_SHARED, (int)fd, 0);
+    if (!tmp) goto fail;
+    if (sys_mremap_fixed(tmp, len, addr) != 0) goto fail;
+    RAW(SYS_close, fd, 0, 0);
+    return view;
+fail:
+    if (tmp) sys_munmap(tmp, len);
+    if (view) sys_munmap(view, len);
+    RAW(SYS_close, fd, 0, 0);
+    return NULL;
+}
+
+static int same_create_run(const struct page_info *a, const struct page_info *b) {
+    return viewable(b) && !b->view && b->prot == a->prot && b->fresh == a->fresh;
+}
+
+uint32_t views_create(int fresh_only) {
+    uint32_t made = 0;
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!viewable(p) || p->view || (fresh_only && !p->fresh)) { j++; continue; }
+        uint32_t k = run_end(j, same_create_run);
+        uint8_t *view = home_run(p->addr, (uint64_t)(k - j) * PAGE, closed_prot(p));
+        if (view) {
+            for (uint32_t m = j; m < k; m++) G.pages[m].view = view + (uint64_t)(m - j) * PAGE;
+            made++;
+        }
+        j = k;
+    }
+    __atomic_fetch_add(&G.view_runs, made, __ATOMIC_RELEASE);
+    if (made) G.views_pid = sys_getpid();
+    return made;
+}
+
+static int same_view_run(const struct page_info *a, const struct page_info *b) {
+    (void)a;
+    return b->view && b->view == (b - 1)->view + PAGE;
+}
+
+void views_remove(void) {
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!p->view) { j++; continue; }
+        uint32_t k = run_end(j, same_view_run);
+        uint64_t len = (uint64_t)(k - j) * PAGE;
+        uint8_t *copy = sys_mmap(len);
+        int moved = 0;
+        if (copy) {
+            memcpy(copy, (const void *)(uintptr_t)p->addr, len);
+            if (sys_mprotect((uint64_t)(uintptr_t)copy, len, closed_prot(p)) == 0 &&
+                sys_mremap_fixed(copy, len, p->addr) == 0)
+                moved = 1;
+            else
+                sys_munmap(copy, len);
+        }
+        /* If that failed (out of memory), the pages stay on the memfd: the same bytes, shared
+         * with nobody once the view is gone; only a later fork would share them. */
+        if (G.views_pid == sys_getpid()) sys_munmap(p->view, len);
+        (void)moved;
+        for (uint32_t m = j; m < k; m++) G.pages[m].view = NULL;
+        j = k;
+    }
+    __atomic_store_n(&G.view_runs, 0, __ATOMIC_RELEASE);
+}
+
+/* Moves every viewed run onto a new memfd with the same bytes (FORK). unmap_old: the old views
+ * are ours (the parent); a child never had them. A run that cannot move loses its view (its
+ * stores go through /proc/self/mem). */
+static void views_rehome(int unmap_old) {
+    uint32_t runs = 0;
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!p->view) { j++; continue; }
+        uint32_t k = run_end(j, same_view_run);
+        uint64_t len = (uint64_t)(k - j) * PAGE;
+        uint8_t *old = p->view;
+        uint8_t *view = home_run(p->addr, len, closed_prot(p));
+        if (unmap_old) sys_munmap(old, len);
+        for (uint32_t m = j; m < k; m++) G.pages[m].view = view ? view + (uint64_t)(m - j) * PAGE : NULL;
+        runs += view != NULL;
+        j = k;
+    }
+    __atomic_store_n(&G.view_runs, runs, __ATOMIC_RELEASE);
+    G.views_pid = sys_getpid();
+}
+
+void views_fork_child(void) {
+    int pid = sys_getpid();
+    G.my_pid = pid;
+    if (G.views_pid && G.views_pid != pid) views_rehome(0);
+}
+
+/* ---- the fork handlers --------------------------------------------------------------- */
+
+static void fork_prepare(void) {
+    /* No view: nothing to keep apart (a view made between this check and the clone would
+     * need a commit pause to stop this thread inside fork(), which the injector avoids). */
+    if (!__atomic_load_n(&G.view_runs, __ATOMIC_ACQUIRE)) return;
+    int tid = fast_tid();
+    lock_acquire(tid, G.my_pid, 0);
+    G.fork_locked = 1;
+}
+
+static void fork_parent(void) {
+    if (!G.fork_locked) return;
+    G.fork_locked = 0;
+    views_rehome(1);
+    lock_release();
+}
+
+static void fork_child(void) {
+    /* One thread here, ours. The lock, if the parent's prepare took it, names the parent's
+     * forking thread: this thread is it, under a new tid. */
+    int locked = G.fork_locked;
+    G.fork_locked = 0;
+    views_fork_child();
+    if (locked) {
+        G.lock_owner = 0;
+        G.lock_depth = 0;
+        __atomic_store_n(&G.lock_word, 0, __ATOMIC_RELEASE);
+    }
+}
+
+void views_register_fork_handlers(void) {
+    if (G.atfork_registered) return;
+    G.on_fork_child = views_fork_child;
+    if (pthread_atfork(fork_prepare, fork_parent, fork_child) == 0) G.atfork_registered = 1;
+}
+
+/* ---- stores ------------------------------------------------------------------------- */
+
+int poke(uint64_t addr, const void *src, uint64_t n); /* tracked_pages.h */
+int32_t find_page(uint64_t addr);                      /* tracked_pages.h */
+
+uint8_t *view_of(uint64_t addr, uint64_t n) {
+    int32_t k = find_page(addr);
+    if (k < 0 || !G.pages[k].view) return NULL;
+    uint8_t *v = G.pages[k].view + (addr & (PAGE - 1));
+    uint64_t last = PAGE_OF(addr + n - 1);
+    for (uint64_t p = PAGE_OF(addr) + PAGE; p <= last; p += PAGE) {
+        k++;
+        if ((uint32_t)k >= G.page_count || G.pages[k].addr != p || G.pages[k].view != G.pages[k - 1].view + PAGE)
+            return NULL;
+    }
+    return v;
+}
+
+int store_bytes(uint64_t addr, const void *src, uint64_t n) {
+    uint8_t *v = view_of(addr, n);
+    if (v) {
+        /* One store of the natural width when it fits, as the application's own would be. */
+        if (n == 8 && !((uintptr_t)v & 7)) { uint64_t x; memcpy(&x, src, 8); *(volatile uint64_t *)(void *)v = x; }
+        else if (n == 4 && !((uintptr_t)v & 3)) { uint32_t x; memcpy(&x, src, 4); *(volatile uint32_t *)(void *)v = x; }
+        else if (n == 2 && !((uintptr_t)v & 1)) { uint16_t x; memcpy(&x, src, 2); *(volatile uint16_t *)(void *)v = x; }
+        else memcpy(v, src, n);
+        return 0;
+    }
+    /* Pages without a view, or a range over several runs: page by page. */
+    const uint8_t *s = src;
+    while (n) {
+        uint64_t chunk = PAGE - (addr & (PAGE - 1));
+        if (chunk > n) chunk = n;
+        uint8_t *pv = view_of(addr, chunk);
+        if (pv) memcpy(pv, s, chunk);
+        else if (poke(addr, s, chunk) != 0) return -1;
+        addr += chunk;
+        s += chunk;
+        n -= chunk;
+    }
+    return 0;
+}

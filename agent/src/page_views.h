@@ -1,0 +1,49 @@
+/*
+ * page_views.h — a second, writable view of every tracked page (internal to
+ * libpolus-agent.so, not installed; every symbol here is hidden). Why and how: page_views.c.
+ *
+ * Sits on sync_state (the page table in G); used by tracked_pages.c (stores, the sync
+ * functions' counterparts), fault_handlers.c and sync_api.c (creating and removing views,
+ * fork). Everything below is called with the sync lock held (or, for fork, as said): no
+ * malloc, no errno, no locks.
+ */
+#ifndef POLUS_AGENT_PAGE_VIEWS_H
+#define POLUS_AGENT_PAGE_VIEWS_H
+
+#include <stdint.h>
+
+#include "sync_state.h"
+
+#pragma GCC visibility push(hidden)
+
+/* Gives a writable view to every tracked page without one (only the fresh ones if
+ * fresh_only) that is privately mapped and readable. The pages must be closed already (so
+ * no store can land between the copy and the switch) and the lock held. A run of pages whose
+ * view cannot be made (memfd_create refused, e.g. by seccomp; out of memory) keeps none: its
+ * stores go through /proc/self/mem as before. Returns how many runs got one. */
+uint32_t views_create(int fresh_only);
+
+/* Puts ordinary private anonymous pages, with identical contents and the closed protection,
+ * back at every page that has a view, atomically per run (mremap over it), and unmaps the
+ * views. Lock held; pages closed. */
+void views_remove(void);
+
+/* Registers the fork handlers (once): see page_views.c, FORK. Call where malloc is allowed
+ * (pthread_atfork allocates). */
+void views_register_fork_handlers(void);
+
+/* A fork child found the lock held by a thread of its parent (sync_state.c): its views are
+ * still the parent's memory; give it its own. */
+void views_fork_child(void);
+
+/* The writable view of [addr, addr+n) if the whole range has one and it is contiguous
+ * there, else NULL. */
+uint8_t *view_of(uint64_t addr, uint64_t n);
+
+/* Stores n bytes at addr (on tracked pages) through the views, or /proc/self/mem for pages
+ * without one. 0 or -1. */
+int store_bytes(uint64_t addr, const void *src, uint64_t n);
+
+#pragma GCC visibility pop
+
+#endif /* POLUS_AGENT_PAGE_VIEWS_H */
