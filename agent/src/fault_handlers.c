@@ -15,6 +15,7 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include "fast_path.h"
 #include "fault_handlers.h"
 #include "raw_syscall.h"
 #include "store_emulation.h"
@@ -71,8 +72,10 @@ static void on_trap(int sig, siginfo_t *si, void *ctx);
  * fence is unwound to the fence (sync_fence.h), never passed on. A fault the kernel raised, or
  * a signal the thread sent itself (raise); not one sent from outside. */
 static void unwind_if_fenced(int sig, siginfo_t *si, ucontext_t *uc, int tid) {
-    if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid()))
+    if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid())) {
+        fast_unwind_if_fenced(sig, si, uc, tid); /* one running on the fast path */
         fence_unwind(sig, si, uc, tid);
+    }
 }
 
 /* Delivers the signal to the disposition that was there before ours, as the kernel would. */
@@ -161,6 +164,10 @@ static void handle_segv(siginfo_t *si, ucontext_t *uc) {
     uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
     if (si->si_code == SEGV_ACCERR && ((uint64_t)gr[REG_ERR] & 2)) {
         __atomic_fetch_add(&G.write_fault_entries, 1, __ATOMIC_RELAXED); /* before the lock: see sync_end */
+        /* First without the sync lock, under the items' own (fast_path.c). */
+        int fast = fast_write(uc, addr, tid);
+        if (fast > 0) return;
+        if (fast < 0) fast_unwind_if_fenced(SIGSEGV, si, uc, tid); /* a sync function's store it cannot do */
         lock_acquire(tid, G.my_pid, 0);
         if (G.active) {
             int32_t k = find_page(addr);

@@ -201,7 +201,8 @@ static void fork_child(void) {
      * forking thread: this thread is it, under a new tid. */
     int locked = G.fork_locked;
     G.fork_locked = 0;
-    views_fork_child();
+    if (G.on_fork_child) G.on_fork_child(); /* the views, and the fast path's lanes (fast_path.c) */
+    else views_fork_child();
     if (locked) {
         G.lock_owner = 0;
         G.lock_depth = 0;
@@ -211,7 +212,7 @@ static void fork_child(void) {
 
 void views_register_fork_handlers(void) {
     if (G.atfork_registered) return;
-    G.on_fork_child = views_fork_child;
+    if (!G.on_fork_child) G.on_fork_child = views_fork_child;
     if (pthread_atfork(fork_prepare, fork_parent, fork_child) == 0) G.atfork_registered = 1;
 }
 

@@ -71,12 +71,15 @@ struct polus_sync_stats {
     uint64_t xol_slots_built; /* distinct instructions relocated */
     uint32_t emulation;       /* 1 if out-of-line execution is available */
     uint32_t reserved;
+    uint64_t fast_path;       /* application writes carried out without the sync lock (fast_path.c) */
+    uint64_t lock_waits;      /* of those, writes that found an item (pair) lock taken by another thread */
 };
 void polus_agent_sync_get_stats(struct polus_sync_stats *out);
 
 /* Flags of polus_agent_sync_configure (tests): */
 #define POLUS_SYNC_FORCE_SINGLE_STEP 0x1u /* never emulate: open the page and single-step */
 #define POLUS_SYNC_KEEP_HANDLERS 0x2u     /* sync_end leaves ours installed as a pass-through */
+#define POLUS_SYNC_NO_FAST_PATH 0x4u      /* every write takes the sync lock (comparisons) */
 void polus_agent_sync_configure(uint32_t flags);
 
 #ifdef __cplusplus

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "fast_path.h"
 #include "fault_handlers.h"
 #include "page_views.h"
 #include "polus/agent_abi.h"
@@ -71,6 +72,7 @@ POLUS_EXPORT uint64_t polus_agent_sync_reserve(uint32_t capacity) {
      * sync_begin (called with every thread stopped) has less to do. */
     (void)mem_fd();
     (void)xol_ensure();
+    (void)lanes_ensure();
     views_register_fork_handlers(); /* pthread_atfork allocates: here, not in the pause */
     result = REG.sync.items;
 out:
@@ -92,6 +94,7 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
     G.my_pid = sys_getpid();
     learn_tcb_tid();
+    (void)lanes_ensure(); /* without lanes every write takes the sync lock, as before */
     views_register_fork_handlers();
     table_free();
     G.count = n;

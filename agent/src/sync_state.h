@@ -27,6 +27,7 @@ extern struct polus_agent_registry polus_agent_registry;
 #pragma GCC visibility push(hidden)
 
 #define NO_ITEM UINT32_MAX
+#define LANES 64 /* threads that can be on the fast path at once (fast_path.c) */
 
 struct sync_fence; /* sync_fence.h */
 #define MAX_DISABLED 16 /* sync functions that faulted, never run again in this update */
@@ -40,6 +41,7 @@ struct page_info {
     uint8_t open;       /* opened (writable) by the lock holder: single-step / sync window */
     uint8_t fresh;      /* added by the last table rebuild */
     uint8_t shared;     /* the mapping is MAP_SHARED ('s' in maps): no view, stores go through pwrite */
+    int lock;           /* the fast path's lock for bytes of this page no item covers (false sharing) */
     uint8_t *view;      /* the page's writable view (page_views.c), NULL if it has none */
 };
 
@@ -87,6 +89,7 @@ struct sync_globals {
     uint64_t table_bytes;
 
     uint8_t *item_flags;
+    int *item_lock;          /* per item: the fast path's lock of its pair (fast_path.c) */
     uint64_t *item_offset;
     uint32_t *work;
     uint32_t work_count;
@@ -116,6 +119,10 @@ struct sync_globals {
     uint32_t fork_locked;   /* the fork handler holds the lock across fork() */
     int views_pid;          /* the process whose memfds back the views (a fork child has its parent's) */
     void (*on_fork_child)(void); /* page_views.c: a fork child's views become its own */
+    /* the fast path (fast_path.c): threads inside it; the exclusive lock waits for none */
+    int fast_users;
+    int *lane_owner;        /* tid owning each lane, 0 free */
+    uint32_t fault_claim;   /* fence_record's first-writer flag */
 
     int mem_fd;
     int mem_pid;
@@ -161,10 +168,14 @@ static inline int fast_tid(void) {
  * glibc 2.x), if the calling thread's is there. */
 void learn_tcb_tid(void);
 
-/* Takes the sync lock: recursive for its owner, timed (~2 s, then -ETIMEDOUT) for entry
- * points, for ever in handlers. A lock left held by a thread of the parent process (we are
+/* Takes the sync lock — the exclusive one: once it is ours, we wait until no other thread is
+ * on the fast path (fast_path.c), and none enters it until we release — recursive for its
+ * owner, timed (~2 s, then -ETIMEDOUT) for entry points, for ever in handlers. A lock left held by a thread of the parent process (we are
  * a fork child) is reset first. 0 or -ETIMEDOUT. */
 int lock_acquire(int tid, int pid, int timed);
+
+/* 1 if thread `tid` is on the fast path (owns a lane). */
+int on_fast_path(int tid);
 
 /* Releases one level of it. */
 void lock_release(void);

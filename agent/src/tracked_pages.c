@@ -243,18 +243,23 @@ int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP); }
 int ensure_aux(uint32_t capacity) {
     if (capacity <= G.aux_capacity) return 0;
     uint64_t cap = capacity;
-    uint64_t bytes = (cap * (8 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
+    uint64_t bytes = (cap * (8 + 4 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
     uint8_t *m = sys_mmap(bytes);
     if (!m) return -ENOMEM;
     uint64_t *off = (uint64_t *)(void *)m;
     uint32_t *work = (uint32_t *)(void *)(m + cap * 8);
-    uint8_t *flags = m + cap * 12;
+    int *locks = (int *)(void *)(m + cap * 12);
+    uint8_t *flags = m + cap * 16;
     if (G.aux_capacity) {
+        /* Called under the exclusive lock; a caller on the fast path (a sync function
+         * registering heap data) may hold item locks: their words move with their values. */
         memcpy(off, G.item_offset, G.aux_capacity * 8ull);
         memcpy(work, G.work, G.aux_capacity * 4ull);
+        memcpy(locks, G.item_lock, G.aux_capacity * 4ull);
         memcpy(flags, G.item_flags, G.aux_capacity);
         sys_munmap(G.item_offset, G.aux_bytes);
     }
+    G.item_lock = locks;
     G.item_offset = off;
     G.work = work;
     G.item_flags = flags;
@@ -500,23 +505,6 @@ uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n) {
         if (a[k] != b[k]) return k;
     return n;
 }
-
-/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
-#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
-    do {                                                                                        \
-        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
-            int32_t pk_ = find_page(pg_);                                                       \
-            if (pk_ < 0) continue;                                                              \
-            struct page_info *pp_ = &G.pages[pk_];                                              \
-            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
-                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
-                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
-                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
-                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
-                body                                                                            \
-            }                                                                                   \
-        }                                                                                       \
-    } while (0)
 
 /* After bytes [lo, hi) were written: compare them with the shadows of the items they
  * overlap. A sync function's writes are absorbed; others put the item on the work list.

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "polus/patch.h"
+#include "sync_state.h"
 
 #pragma GCC visibility push(hidden)
 
@@ -68,6 +69,24 @@ void close_page(uint32_t idx);
 int range_tracked(uint64_t lo, uint64_t n);
 
 /* ---- change detection, the work list, sync functions --------------------------------- */
+
+/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
+#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
+    do {                                                                                        \
+        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
+            int32_t pk_ = find_page(pg_);                                                       \
+            if (pk_ < 0) continue;                                                              \
+            struct page_info *pp_ = &G.pages[pk_];                                              \
+            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
+                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
+                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
+                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
+                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
+                body                                                                            \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+
 
 /* Index of the first byte where a[0..n) and b[0..n) differ; n if none. */
 uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n);

@@ -418,6 +418,39 @@ static double bare_fault_us(int n) {
     return us;
 }
 
+/* D4: threads each writing its own pair for a fixed time; total tracked writes per second. */
+#define SCALE_MAX 8
+static union { struct A v; char pad[64]; } scale_old[SCALE_MAX] __attribute__((aligned(4096)));
+static union { struct A_v1 v; char pad[64]; } scale_new[SCALE_MAX] __attribute__((aligned(4096)));
+static long scale_counts[SCALE_MAX];
+static void *scale_writer(void *arg) {
+    long t = (long)arg;
+    long n = 0;
+    while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+        __asm__ volatile("addl $1, %0" : "+m"(scale_old[t].v.i));
+        n++;
+    }
+    scale_counts[t] = n;
+    return NULL;
+}
+static double scaling_rate(int threads, double seconds) {
+    pthread_t th[SCALE_MAX];
+    atomic_store(&stop_flag, 0);
+    double t0 = now_s();
+    for (long t = 0; t < threads; t++) CHECK(pthread_create(&th[t], NULL, scale_writer, (void *)t) == 0);
+    struct timespec ts = {0, (long)(seconds * 1e9)};
+    nanosleep(&ts, NULL);
+    atomic_store(&stop_flag, 1);
+    long total = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        total += scale_counts[t];
+    }
+    double elapsed = now_s() - t0;
+    for (int t = 0; t < threads; t++) CHECK_EQ(scale_new[t].v.i, scale_old[t].v.i);
+    return (double)total / elapsed;
+}
+
 int test_perf(void) {
     (void)bare_fault_us(5000); /* warm: the first signals of a process cost more */
     double f0 = bare_fault_us(20000);
@@ -427,6 +460,17 @@ int test_perf(void) {
     double sync_write = tracked_write_us(20000, &perf_old.v[0].i);
     CHECK_EQ(perf_new.v[0].i, 19999);
     double fs_write = tracked_write_us(20000, &perf_old.v[1].i);
+    for (int t = 0; t < SCALE_MAX; t++)
+        add_pair(&scale_old[t].v, sizeof(struct A), ctr_old_to_new, &scale_new[t].v, sizeof(struct A_v1), ctr_new_to_old);
+    CHECK_EQ(polus_agent_sync_end(), 0);
+    CHECK_EQ(polus_agent_sync_begin(), 0);
+    double scale[4];
+    const int scale_threads[4] = {1, 2, 4, 8};
+    for (int k = 0; k < 4; k++) scale[k] = scaling_rate(scale_threads[k], 0.4);
+    polus_agent_sync_configure(POLUS_SYNC_NO_FAST_PATH); /* the same with one lock, for comparison */
+    double one_lock[4];
+    for (int k = 0; k < 4; k++) one_lock[k] = scaling_rate(scale_threads[k], 0.4);
+    polus_agent_sync_configure(0);
     polus_agent_sync_configure(POLUS_SYNC_FORCE_SINGLE_STEP);
     double stepped = tracked_write_us(2000, &perf_old.v[0].i);
     CHECK_EQ(perf_new.v[0].i, 1999);
@@ -437,6 +481,9 @@ int test_perf(void) {
     printf("perf: tracked write + post_sync (its store through args), emulated: %.2f us\n", sync_write);
     printf("perf: false-sharing write (1 fault), emulated: %.2f us\n", fs_write);
     printf("perf: tracked write + post_sync, single-step fallback (TF trap + 2 mprotect): %.2f us\n", stepped);
+    for (int k = 0; k < 4; k++)
+        printf("perf: scaling: %d threads on different items: %.0f tracked writes/s (%.2fx one thread; one lock: %.0f/s)\n",
+               scale_threads[k], scale[k], scale[k] / scale[0], one_lock[k]);
     printf("perf: mprotect RO+RW pair: %.2f us with 1 thread, %.2f us with 3 other threads running "
            "(TLB shootdown IPIs)\n",
            mprotect_pair_us(0), mprotect_pair_us(3));

@@ -181,6 +181,9 @@ int test_two_items(void) {
     CHECK_EQ(two_old.v[1].i, TWO_WRITES);
     CHECK_EQ(SYNC.faults, 2 * TWO_WRITES);
     CHECK_EQ(stats().sync_writes, 0);
+    printf("two_items: %llu of the writes on the fast path (no sync lock)\n", (unsigned long long)stats().fast_path);
+    CHECK_EQ(stats().fast_path, 2 * TWO_WRITES); /* none took the sync lock */
+    CHECK_EQ(stats().lock_waits, 0);             /* and neither ever waited for the other */
     CHECK_EQ(polus_agent_sync_end(), 0);
     return 0;
 }

@@ -227,7 +227,7 @@ int test_threads(int single_step) {
         CHECK_EQ(new_ctr.v[k].j, new_side);
     }
     struct polus_sync_stats st = stats();
-    printf("threads: %ld tracked writes in %.2f s by %d threads: %.2f us per tracked write (all serialised), "
+    printf("threads: %ld tracked writes in %.2f s by %d threads: %.2f us per tracked write, "
            "faults=%llu false_sharing=%llu emulated=%llu stepped=%llu sync_writes=%llu\n",
            writes, elapsed, THREADS, elapsed * 1e6 / (double)writes, (unsigned long long)SYNC.faults,
            (unsigned long long)SYNC.false_sharing, (unsigned long long)st.emulated,
