@@ -62,7 +62,7 @@ struct lane {
     uint32_t work_count;
     uint32_t draining;
     uint32_t reserved;
-    int *held[MAX_HELD];
+    uint64_t held[MAX_HELD]; /* lock ids (lock_word): the words move when a sync function registers heap data */
     uint32_t work[WORK_MAX];
     struct sync_fence *fence;
     uint8_t *fence_save; /* FENCE_SAVE_LEVELS * FENCE_SAVE_MAX, mapped on first use */
@@ -163,21 +163,29 @@ static int lk_lock_bounded(int *w) {
     return 0;
 }
 
-static int holds(const struct lane *L, const int *w) {
+/* Lock ids: an item index (its pair's lock), or PAGE_LOCK | page address. Words are looked up
+ * at each use: a sync function registering heap data (sync_api.c, under the exclusive lock)
+ * may move the arrays holding them. */
+#define PAGE_LOCK (1ull << 63)
+static int *lock_word(uint64_t id) {
+    if (id & PAGE_LOCK) return &G.pages[find_page(id & ~PAGE_LOCK)].lock;
+    return &G.item_lock[id];
+}
+
+static int holds(const struct lane *L, uint64_t id) {
     for (uint32_t k = 0; k < L->held_count; k++)
-        if (L->held[k] == w) return 1;
+        if (L->held[k] == id) return 1;
     return 0;
 }
 
 static void release_above(struct lane *L, uint32_t count) {
-    while (L->held_count > count) lk_unlock(L->held[--L->held_count]);
+    while (L->held_count > count) lk_unlock(lock_word(L->held[--L->held_count]));
 }
 
-/* The lock word of item i: its pair's (the lower index of the two). */
-static int *item_lock_word(uint32_t i) {
+/* The lock of item i: its pair's (the lower index of the two). */
+static uint64_t item_lock_id(uint32_t i) {
     uint32_t c = items()[i].counterpart;
-    uint32_t owner = c != NO_ITEM && c < G.count && c < i ? c : i;
-    return &G.item_lock[owner];
+    return c != NO_ITEM && c < G.count && c < i ? c : i;
 }
 
 /* ---- the lane's work list and sync functions (tracked_pages.c's, per lane) ------------ */
@@ -274,9 +282,9 @@ static int fast_store(uint64_t addr, const uint8_t *src, uint64_t n) {
     return sys_pwrite(G.mem_fd, src, n, addr) == (long)n ? 0 : -1;
 }
 
-static int sort_unique(int **w, int n) {
+static int sort_unique(uint64_t *w, int n) {
     for (int a = 1; a < n; a++)
-        for (int b = a; b > 0 && w[b - 1] > w[b]; b--) { int *t = w[b]; w[b] = w[b - 1]; w[b - 1] = t; }
+        for (int b = a; b > 0 && w[b - 1] > w[b]; b--) { uint64_t t = w[b]; w[b] = w[b - 1]; w[b - 1] = t; }
     int m = 0;
     for (int a = 0; a < n; a++)
         if (m == 0 || w[m - 1] != w[a]) w[m++] = w[a];
@@ -292,28 +300,28 @@ static int write_on_lane(struct lane *L, ucontext_t *uc, uint64_t addr, int tid,
     if (!range_tracked(ea, size)) return 0;
     if (!view_of(ea, size) && (G.mem_fd < 0 || G.mem_pid != G.my_pid)) return 0;
     /* the locks: each pair the store touches, or the page's for bytes no item covers */
-    int *want[MAX_LOCKS + 2];
+    uint64_t want[MAX_LOCKS + 2];
     int n = 0, too_many = 0;
     uint64_t covered = 0;
     FOR_ITEMS_IN_RANGE(ea, hi, i, {
         if (!nested && items()[i].pre_sync) too_many = 1;
         if (n >= MAX_LOCKS) too_many = 1;
-        else want[n++] = item_lock_word(i);
+        else want[n++] = item_lock_id(i);
         uint64_t a = items()[i].address > ea ? items()[i].address : ea;
         uint64_t b = items()[i].address + items()[i].size < hi ? items()[i].address + items()[i].size : hi;
         covered += b - a;
     });
     if (too_many) return 0;
     if (covered < size) {
-        for (uint64_t p = PAGE_OF(ea); p < hi; p += PAGE) want[n++] = &G.pages[find_page(p)].lock;
+        for (uint64_t p = PAGE_OF(ea); p < hi; p += PAGE) want[n++] = PAGE_LOCK | p;
     }
     n = sort_unique(want, n);
     const uint32_t held_before = L->held_count;
     for (int k = 0; k < n; k++) {
         if (holds(L, want[k])) continue;
         if (L->held_count == MAX_HELD) { release_above(L, held_before); return 0; }
-        if (!nested) lk_lock(want[k]);
-        else if (!lk_lock_bounded(want[k])) continue; /* see the top: bounded, then without it */
+        if (!nested) lk_lock(lock_word(want[k]));
+        else if (!lk_lock_bounded(lock_word(want[k]))) continue; /* see the top: bounded, then without it */
         L->held[L->held_count++] = want[k];
     }
     uint8_t before[64], after[64];

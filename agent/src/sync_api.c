@@ -214,7 +214,7 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
     int rc = lock_acquire(tid, sys_getpid(), 1);
     if (rc) return rc;
     /* Allowed from a sync function (lock re-entered by its owner), not mid-step. */
-    int from_sync = G.lock_depth > 1 && G.in_sync;
+    int from_sync = (G.lock_depth > 1 && G.in_sync) || on_fast_path(tid); /* a sync function on the fast path */
     if (G.lock_depth > 1 && (!from_sync || G.step.active)) { rc = -EDEADLK; goto out; }
     uint32_t n = REG.sync.item_count;
     if (overlaps_agent_state((uint64_t)(uintptr_t)old_item, size_old) ||

@@ -414,6 +414,7 @@ int build_table(uint32_t n) {
             pages[j].open = G.pages[old].open;
             pages[j].shared = G.pages[old].shared;
             pages[j].view = G.pages[old].view;
+            pages[j].lock = G.pages[old].lock;
         } else {
             pages[j].fresh = 1;
         }
