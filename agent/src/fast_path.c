@@ -241,7 +241,7 @@ static int lane_run_sync(struct lane *L, polus_sync_fn fn, uint32_t i, uint64_t 
     L->in_sync = fence.in_sync;
     if (has_cp) {
         struct polus_tracked_item *cp = &items()[c];
-        if (rc == 0 && cp_view) {
+        if (rc == 0 && (cp_view || !range_tracked(cp->address, cp->size))) { /* its stores did not fault: absorb */
             memcpy((void *)(uintptr_t)cp->shadow, (const void *)(uintptr_t)cp->address, cp->size);
         } else if (rc != 0 && *saved) {
             uint8_t *v = view_of(cp->address, cp->size);
@@ -384,6 +384,41 @@ int fast_write(ucontext_t *uc, uint64_t addr, int tid) {
             L->depth = 0;
             lane_release(L);
         }
+    }
+    __atomic_fetch_sub(&G.fast_users, 1, __ATOMIC_SEQ_CST);
+    return done;
+}
+
+int fast_notify(uint64_t addr, int tid) {
+    if (!lanes || (G.config & POLUS_SYNC_NO_FAST_PATH)) return 0;
+    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid) return 0;
+    if (lane_find(tid)) return -1; /* from a sync function: its stores are absorbed already */
+    __atomic_fetch_add(&G.fast_users, 1, __ATOMIC_SEQ_CST);
+    int done = 0;
+    struct lane *L;
+    if (__atomic_load_n(&G.lock_word, __ATOMIC_SEQ_CST) == 0 && G.active && (L = lane_claim(tid)) != NULL) {
+        done = -1;
+        int32_t k = find_page(addr);
+        if (k >= 0) {
+            struct page_info *p = &G.pages[k];
+            for (uint32_t r = 0; r < p->ref_count; r++) {
+                uint32_t i = G.refs[p->first_ref + r];
+                struct polus_tracked_item *it = &items()[i];
+                if (addr < it->address || addr >= it->address + it->size) continue;
+                L->depth = 1;
+                uint64_t id = item_lock_id(i);
+                lk_lock(lock_word(id));
+                L->held[L->held_count++] = id;
+                uint64_t d = first_diff((const uint8_t *)(uintptr_t)it->address, (const uint8_t *)(uintptr_t)it->shadow, it->size);
+                if (d < it->size) lane_note_change(L, i, d);
+                lane_drain(L, tid);
+                release_above(L, 0);
+                L->depth = 0;
+                done = 1;
+                break;
+            }
+        }
+        lane_release(L);
     }
     __atomic_fetch_sub(&G.fast_users, 1, __ATOMIC_SEQ_CST);
     return done;

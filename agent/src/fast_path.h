@@ -22,6 +22,11 @@
  * cannot carry out here (the caller unwinds it as that function's fault). */
 int fast_write(ucontext_t *uc, uint64_t addr, int tid);
 
+/* polus_wrote (sync_api.c) on the fast path: the NEW item holding addr is compared with its
+ * shadow under its pair's lock and, if it changed, its post_sync runs. 1 done, -1 nothing to
+ * do (no item there, or called from a sync function), 0 not taken (take the sync lock). */
+int fast_notify(uint64_t addr, int tid);
+
 /* For a signal that is not the agent's own, on a thread running a sync function on the fast
  * path: unwinds to that function's fence (does not return). Returns otherwise. */
 void fast_unwind_if_fenced(int sig, const siginfo_t *si, ucontext_t *uc, int tid);

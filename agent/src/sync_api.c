@@ -48,7 +48,10 @@ static int overlaps_agent_state(uint64_t a, uint64_t size) {
 
 static int validate_item(const struct polus_tracked_item *it, uint32_t i, uint32_t n) {
     if (!it->address || !it->size || it->size > (1ull << 40) || it->address + it->size < it->address) return -EINVAL;
-    if (it->side != POLUS_OLD && it->side != POLUS_NEW) return -EINVAL;
+    uint32_t side = it->side & POLUS_ITEM_SIDE_MASK;
+    if (side != POLUS_OLD && side != POLUS_NEW) return -EINVAL;
+    if ((it->side & ~POLUS_ITEM_SIDE_MASK) & ~POLUS_ITEM_WRITES_NOTIFIED) return -EINVAL;
+    if ((it->side & POLUS_ITEM_WRITES_NOTIFIED) && side != POLUS_NEW) return -EINVAL;
     if (it->counterpart != NO_ITEM && (it->counterpart >= n || it->counterpart == i)) return -EINVAL;
     if (overlaps_agent_state(it->address, it->size)) return -EINVAL;
     return 0;
@@ -152,7 +155,7 @@ POLUS_EXPORT int polus_agent_sync_initialize(uint32_t from_side) {
     int ran = 0, faulted = 0;
     for (uint32_t i = 0; i < G.count; i++) {
         struct polus_tracked_item *it = &items()[i];
-        if (it->side != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
+        if ((it->side & POLUS_ITEM_SIDE_MASK) != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
         if (run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, 0, POLUS_SYNC_FAULT_POST, 1, tid) != 0) faulted = 1;
         ran++;
     }
@@ -265,6 +268,31 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
 out:
     lock_release();
     return rc;
+}
+
+/* New code wrote a NEW item flagged POLUS_ITEM_WRITES_NOTIFIED (patch.h: polus_wrote). */
+POLUS_EXPORT void polus_wrote(const void *item) {
+    if (!item || !__atomic_load_n(&G.active, __ATOMIC_ACQUIRE)) return;
+    int tid = fast_tid();
+    int done = fast_notify((uint64_t)(uintptr_t)item, tid);
+    if (done != 0) return; /* synced (1), or nothing to do here (-1) */
+    /* The sync lock is held by someone (or no lane is free): the usual way, under it. */
+    if (lock_acquire(tid, G.my_pid, 0) != 0) return;
+    if (G.active) {
+        int32_t k = find_page((uint64_t)(uintptr_t)item);
+        if (k >= 0) {
+            struct page_info *p = &G.pages[k];
+            for (uint32_t r = 0; r < p->ref_count; r++) {
+                uint32_t i = G.refs[p->first_ref + r];
+                struct polus_tracked_item *it = &items()[i];
+                if ((uint64_t)(uintptr_t)item < it->address || (uint64_t)(uintptr_t)item >= it->address + it->size) continue;
+                uint64_t d = first_diff((const uint8_t *)(uintptr_t)it->address, (const uint8_t *)(uintptr_t)it->shadow, it->size);
+                if (d < it->size) note_change(i, d);
+            }
+            drain(0, tid);
+        }
+    }
+    lock_release();
 }
 
 POLUS_EXPORT void polus_agent_sync_get_stats(struct polus_sync_stats *out) {

@@ -72,7 +72,7 @@ void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32
         r->tid = (uint64_t)tid;
         r->at_unix_ns = unix_ns();
         r->item = item;
-        r->side = it->side;
+        r->side = it->side & POLUS_ITEM_SIDE_MASK;
         r->kind = kind;
         r->signal = (uint32_t)f->signal;
         r->si_code = f->si_code;

@@ -421,8 +421,6 @@ int build_table(uint32_t n) {
     }
     int rc = read_protections(pages, (uint32_t)m);
     if (rc) { sys_munmap(pages, bytes); sys_munmap(tmp, tmp_bytes); return rc; }
-    for (uint64_t j = 0; j < m; j++)
-        if (pages[j].fresh) pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0;
 
     /* refs, grouped by page: count, prefix sums, fill (ref_count is the fill cursor). */
     struct page_info *old_pages = G.pages;
@@ -445,6 +443,15 @@ int build_table(uint32_t n) {
             refs[pg->first_ref + pg->ref_count++] = i;
         }
     (void)old_count;
+    /* A fresh page is protected if it was writable and holds an item whose writes are not
+     * notified (POLUS_ITEM_WRITES_NOTIFIED: new code calls polus_wrote instead of faulting). */
+    for (uint64_t j = 0; j < m; j++) {
+        if (!pages[j].fresh) continue;
+        int needs = 0;
+        for (uint32_t r = 0; r < pages[j].ref_count; r++)
+            if (!(it[refs[pages[j].first_ref + r]].side & POLUS_ITEM_WRITES_NOTIFIED)) needs = 1;
+        pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0 && needs;
+    }
     if (old_pages) sys_munmap(old_pages, G.table_bytes);
     G.refs = refs;
     G.table_bytes = bytes;
@@ -616,7 +623,7 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
         rc = -1;
     }
     fence_disarm(&fence);
-    if (cp_view && rc == 0) {
+    if (rc == 0 && has_cp && (cp_view || !range_tracked(items()[c].address, items()[c].size))) {
         /* What it stored through the view is absorbed, never propagated back (no ping-pong).
          * A queued counterpart keeps its mark: drain still runs its own post_sync. */
         struct polus_tracked_item *cp = &items()[c];

@@ -107,5 +107,6 @@ int test_fence(void);                   /* sync_test_fence.c */
 int test_one_fault(void);               /* sync_test_views.c */
 int test_views_fork(void);
 int test_two_items(void);
+int test_notified(void);
 
 #endif /* POLUS_AGENT_SYNC_TEST_H */

@@ -6,6 +6,8 @@
 // on a page its ticker thread also writes) and keeps the update syncing for as long as the
 // workers run their loop; requests/s for a while before the apply and while syncing, in the
 // same process.
+// D1n: the same with counter-v0-v1-notified.so, whose new code says polus_wrote after writing
+// ab_v1 (POLUS_DATA_WRITES_NOTIFIED): new code writes without a fault, old code stays tracked.
 // D1w uses the Fig. 2 counter (test-servers/fig2/counter.c): eight threads increment ab.a.i
 // through bar()/foo() in a tight loop, every increment a write to the changed global. A thread
 // kept in hold() holds the update in `syncing`; the completed-call rate is measured for 1 s
@@ -99,7 +101,7 @@ double calls_per_second(Counter& counter, double seconds) {
 }
 
 /// One D1 sample, or a negative value when the update did not stay in `syncing`.
-double throughput_fraction_once(double seconds) {
+double throughput_fraction_once(double seconds, const char* patch) {
   Counter counter;
   if (counter.ask("hold") != "HOLDING") return -1;
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -107,7 +109,7 @@ double throughput_fraction_once(double seconds) {
   polus::EngineOptions options;
   options.agent_path = POLUS_BENCH_AGENT;
   options.sync_timeout = std::chrono::milliseconds(100);
-  polus::PatchInfo info = polus::apply_patch(counter.pid(), POLUS_BENCH_COUNTER_PATCH, options);
+  polus::PatchInfo info = polus::apply_patch(counter.pid(), patch, options);
   if (info.state != "syncing") return -1;
   double syncing = calls_per_second(counter, seconds);
   counter.ask("release");
@@ -181,8 +183,10 @@ DataSyncResults run_data_sync(const Config& config) {
     for (int i = 0; i < samples; ++i) {
       double server = greeter_fraction_once(config, seconds);
       if (server >= 0) out.server_fraction.add(server);
-      double fraction = throughput_fraction_once(seconds);
+      double fraction = throughput_fraction_once(seconds, POLUS_BENCH_COUNTER_PATCH);
       if (fraction >= 0) out.throughput_fraction.add(fraction);
+      double notified = throughput_fraction_once(seconds, POLUS_BENCH_COUNTER_NOTIFIED_PATCH);
+      if (notified >= 0) out.throughput_fraction_notified.add(notified);
       PerfSample perf = agent_perf_once();
       if (perf.d2 >= 0) out.tracked_write_us.add(perf.d2);
       if (perf.f0 > 0) {

@@ -143,6 +143,7 @@ struct DataSyncResults {
   bool engine_accepts = false;  // it applied the data patch
   Samples server_fraction;      // greeter requests/s during the sync phase / steady state
   Samples throughput_fraction;  // Fig. 2 counter: the same, the worst case
+  Samples throughput_fraction_notified;  // D1n: the counter whose new code calls polus_wrote
   Samples tracked_write_us;     // cost of one write to a tracked item (D2)
   Samples bare_fault_us;        // F0: a bare SIGSEGV round trip, the floor, same run
   Samples false_sharing_us;     // D3: a write to an untracked variable on a tracked page

@@ -21,7 +21,8 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 3u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier */
+#define POLUS_AGENT_ABI_VERSION 4u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
+                                      4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
@@ -147,10 +148,16 @@ struct polus_tracked_item {
     uint64_t post_sync;   /* polus_sync_fn run after a write to this item, 0 = none */
     uint64_t pre_sync;    /* polus_sync_fn run before the write is let through, 0 = none */
     uint32_t counterpart; /* index (in the same table) of the mapped item on the other side */
-    uint32_t side;        /* POLUS_OLD (1) / POLUS_NEW (2) */
+    uint32_t side;        /* POLUS_OLD (1) / POLUS_NEW (2) in the low byte, POLUS_ITEM_* flags above */
     uint64_t sync_calls;  /* written by the agent: post_sync runs caused by writes to this item */
     uint64_t shadow;      /* agent-private: address of its copy of the item's last synced bytes */
 };
+
+/* Flags in the high bits of polus_tracked_item.side. */
+#define POLUS_ITEM_SIDE_MASK 0xffu
+#define POLUS_ITEM_WRITES_NOTIFIED 0x100u /* a NEW item whose writers call polus_wrote (patch.h,
+                                           * POLUS_DATA_WRITES_NOTIFIED): its pages stay writable
+                                           * unless an item without the flag shares them */
 
 /* Kinds of sync function (struct polus_sync_fault.kind). */
 #define POLUS_SYNC_FAULT_POST 1u /* the written item's post_sync */
