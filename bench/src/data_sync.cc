@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -120,7 +121,7 @@ double throughput_fraction_once(double seconds, const char* patch) {
 
 /// One D1 sample on the greeter under load, or a negative value when the update did not stay
 /// in `syncing`.
-double greeter_fraction_once(const Config& config, double seconds) {
+double greeter_fraction_once(const Config& config, double seconds, DataSyncResults& out) {
   Greeter greeter = Greeter::start(config.paths.greeter, 0, config.tp_clients + 2);
   LoadClient load(greeter.port(), config.tp_clients);
   load.start();
@@ -136,6 +137,15 @@ double greeter_fraction_once(const Config& config, double seconds) {
   options.agent_path = POLUS_BENCH_AGENT;
   options.sync_timeout = std::chrono::milliseconds(100);
   polus::PatchInfo info = polus::apply_patch(greeter.pid(), POLUS_BENCH_GREETER_DATA_PATCH, options);
+  uint64_t total = 0;
+  for (const polus::PausePart& part : info.commit_pause_parts) {
+    total += part.ns;
+    auto at = std::find_if(out.commit_pause_parts.begin(), out.commit_pause_parts.end(),
+                           [&](const auto& p) { return p.first == part.what; });
+    if (at == out.commit_pause_parts.end()) at = out.commit_pause_parts.insert(at, {part.what, Samples{}});
+    at->second.add(part.ns / 1e3);
+  }
+  if (total) out.commit_pause_us.add(total / 1e3);
   double syncing = info.state == "syncing" ? rate() : -1;
   load.stop();
   greeter.stop(SIGKILL);  // the update never ends by itself (see the patch); the server goes
@@ -147,6 +157,7 @@ double greeter_fraction_once(const Config& config, double seconds) {
 struct PerfSample {
   double f0 = -1, d2 = -1, d3 = -1;
   std::array<double, 4> scaling{-1, -1, -1, -1};
+  std::array<double, 4> one_lock{-1, -1, -1, -1};
 };
 PerfSample agent_perf_once() {
   PerfSample out;
@@ -166,6 +177,8 @@ PerfSample agent_perf_once() {
     if (std::sscanf(buf, "perf: scaling: %d threads on different items: %lf", &threads, &rate) == 2) {
       int slot = threads == 1 ? 0 : threads == 2 ? 1 : threads == 4 ? 2 : threads == 8 ? 3 : -1;
       if (slot >= 0) out.scaling[slot] = rate;
+      const char* lock = std::strstr(buf, "one lock: ");
+      if (slot >= 0 && lock) out.one_lock[slot] = std::atof(lock + 10);
     }
   }
   pclose(p);
@@ -181,7 +194,7 @@ DataSyncResults run_data_sync(const Config& config) {
   const double seconds = config.quick ? 0.5 : 1.0;
   try {
     for (int i = 0; i < samples; ++i) {
-      double server = greeter_fraction_once(config, seconds);
+      double server = greeter_fraction_once(config, seconds, out);
       if (server >= 0) out.server_fraction.add(server);
       double fraction = throughput_fraction_once(seconds, POLUS_BENCH_COUNTER_PATCH);
       if (fraction >= 0) out.throughput_fraction.add(fraction);
@@ -197,6 +210,7 @@ DataSyncResults run_data_sync(const Config& config) {
       if (perf.d3 >= 0) out.false_sharing_us.add(perf.d3);
       for (size_t k = 0; k < perf.scaling.size(); ++k) {
         if (perf.scaling[k] > 0) out.scaling[k].add(perf.scaling[k]);
+        if (perf.one_lock[k] > 0) out.scaling_one_lock[k].add(perf.one_lock[k]);
       }
     }
     out.engine_accepts = true;

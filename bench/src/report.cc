@@ -337,10 +337,27 @@ Built build(const Config& config, const AllResults& r) {
           if (!rates.empty()) rates += " · ";
           rates += std::string(names[k]) + ": " + sig3(d.scaling[k].median() / 1e6) + " M/s";
         }
+        if (!d.scaling_one_lock[0].empty()) {
+          rates += " (one lock:";
+          for (size_t k = 0; k < d.scaling_one_lock.size(); ++k) {
+            if (!d.scaling_one_lock[k].empty()) rates += std::string(" ") + names[k] + ": " + sig3(d.scaling_one_lock[k].median() / 1e6);
+          }
+          rates += " M/s)";
+        }
         const double ratio8 = d.scaling[3].empty() ? NAN : d.scaling[3].median() / d.scaling[0].median();
         group.rows.push_back({"D4", "tracked writes per second, threads writing different items (1 · 2 · 4 · 8 threads)",
                               rates, "", times(ratio8) + " at 8 vs 1", "parallel (no global lock)",
                               verdict(ratio8 >= 1.0)});
+      }
+      if (!d.commit_pause_us.empty()) {
+        std::string parts;
+        for (const auto& [what, samples] : d.commit_pause_parts) {
+          if (!parts.empty()) parts += " · ";
+          parts += what + " " + sig3(samples.median()) + " µs";
+        }
+        group.rows.push_back({"D5", "commit pause of a data update (greeter-v0-v1-data.so, 1 pair); every thread stopped: " + parts,
+                              sig3(d.commit_pause_us.median()) + " µs", range_of(d.commit_pause_us, " µs"), "", "≤ 1 ms",
+                              verdict(d.commit_pause_us.median() <= 1000)});
       }
       b.targets.push_back("Data update (rows F0–D4): tracked write " + sig3(d.tracked_write_us.median()) + " µs = " +
                           times(d.tracked_write_ratio.median()) + " F0 (≤ ×1.3); false sharing " +

@@ -150,6 +150,9 @@ struct DataSyncResults {
   Samples tracked_write_ratio;  // D2 / F0, per sample (same process)
   Samples false_sharing_ratio;  // D3 / F0, per sample
   std::array<Samples, 4> scaling;  // D4: tracked writes/s with 1, 2, 4, 8 threads on different items
+  std::array<Samples, 4> scaling_one_lock;  // the same with every write under the one sync lock
+  Samples commit_pause_us;      // D5: the commit pause of the greeter's data update
+  std::vector<std::pair<std::string, Samples>> commit_pause_parts;  // its parts, in order (µs)
 };
 
 DataSyncResults run_data_sync(const Config& config);
