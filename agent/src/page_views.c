@@ -120,6 +120,78 @@ uint32_t views_create(int fresh_only) {
     return made;
 }
 
+static int same_stage_run(const struct page_info *a, const struct page_info *b) {
+    return viewable(b) && !b->view && !b->staged_view && b->prot == a->prot;
+}
+
+/* Step 2 and the mapping of step 3 ahead of time (sync_prepare, while the target runs): the
+ * memfd, its view and its read-only mapping; the copy and the move happen in views_commit. */
+void views_stage(void) {
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!viewable(p) || p->view || p->staged_view) { j++; continue; }
+        uint32_t k = run_end(j, same_stage_run);
+        uint64_t len = (uint64_t)(k - j) * PAGE;
+        long fd = RAW(SYS_memfd_create, "polus-view", MFD_CLOEXEC, 0);
+        uint8_t *view = NULL, *map = NULL;
+        if (fd >= 0) {
+            if (RAW(SYS_ftruncate, fd, len, 0) == 0) view = sys_mmap_full(0, len, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+            if (view && RAW(SYS_madvise, view, len, MADV_DONTFORK) == 0) map = sys_mmap_full(0, len, closed_prot(p), MAP_SHARED, (int)fd, 0);
+            if (!map && view) { sys_munmap(view, len); view = NULL; }
+            RAW(SYS_close, fd, 0, 0);
+        }
+        for (uint32_t m = j; view && m < k; m++) {
+            G.pages[m].staged_view = view + (uint64_t)(m - j) * PAGE;
+            G.pages[m].staged_map = map + (uint64_t)(m - j) * PAGE;
+        }
+        j = k;
+    }
+}
+
+static int same_staged_run(const struct page_info *a, const struct page_info *b) {
+    (void)a;
+    return b->staged_view && b->staged_view == (b - 1)->staged_view + PAGE;
+}
+
+void views_discard_staged(void) {
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!p->staged_view) { j++; continue; }
+        uint32_t k = run_end(j, same_staged_run);
+        uint64_t len = (uint64_t)(k - j) * PAGE;
+        sys_munmap(p->staged_view, len);
+        sys_munmap(p->staged_map, len);
+        for (uint32_t m = j; m < k; m++) G.pages[m].staged_view = G.pages[m].staged_map = NULL;
+        j = k;
+    }
+}
+
+uint32_t views_commit(void) {
+    uint32_t made = 0;
+    for (uint32_t j = 0; j < G.page_count;) {
+        struct page_info *p = &G.pages[j];
+        if (!p->staged_view) { j++; continue; }
+        uint32_t k = run_end(j, same_staged_run);
+        uint64_t len = (uint64_t)(k - j) * PAGE;
+        uint8_t *view = p->staged_view, *map = p->staged_map;
+        memcpy(view, (const void *)(uintptr_t)p->addr, len); /* closed, and we hold the lock */
+        int moved = sys_mremap_fixed(map, len, p->addr) == 0;
+        if (!moved) {
+            sys_munmap(map, len);
+            sys_munmap(view, len);
+        }
+        for (uint32_t m = j; m < k; m++) {
+            G.pages[m].view = moved ? view + (uint64_t)(m - j) * PAGE : NULL;
+            G.pages[m].staged_view = G.pages[m].staged_map = NULL;
+        }
+        made += (uint32_t)moved;
+        j = k;
+    }
+    __atomic_fetch_add(&G.view_runs, made, __ATOMIC_RELEASE);
+    if (made) G.views_pid = sys_getpid();
+    return made + views_create(0); /* runs that were not staged (none, normally) */
+}
+
 static int same_view_run(const struct page_info *a, const struct page_info *b) {
     (void)a;
     return b->view && b->view == (b - 1)->view + PAGE;

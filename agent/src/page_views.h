@@ -23,6 +23,18 @@
  * stores go through /proc/self/mem as before. Returns how many runs got one. */
 uint32_t views_create(int fresh_only);
 
+/* sync_prepare, while the target runs: for each run views_create would make, the memfd, its
+ * view and its read-only mapping, not in use yet. Lock held. */
+void views_stage(void);
+
+/* sync_begin: the staged runs take effect (bytes copied, mapping moved over the pages) as in
+ * views_create, and views_create(0) for any run not staged. Pages closed, lock held. Returns
+ * how many runs have a view now. */
+uint32_t views_commit(void);
+
+/* Unmaps staged views that never took effect (a failed or abandoned begin). */
+void views_discard_staged(void);
+
 /* Puts ordinary private anonymous pages, with identical contents and the closed protection,
  * back at every page that has a view, atomically per run (mremap over it), and unmaps the
  * views. Lock held; pages closed. */

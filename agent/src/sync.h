@@ -25,6 +25,13 @@ extern "C" {
  * are absolute indices in the table. */
 uint64_t polus_agent_sync_reserve(uint32_t capacity);
 
+/* Optional, before sync_begin, while the target runs (the injector calls it before its commit
+ * pause): builds the page table (reading /proc/self/maps), the shadows and the memfds of the
+ * pages' views, so that sync_begin, in the pause, only protects, copies and moves mappings.
+ * Items added afterwards (heap data registered by a pre-update callback) make sync_begin do
+ * it all again. 0 or -errno (as sync_begin; nothing is protected either way). */
+int polus_agent_sync_prepare(void);
+
 /* Starts tracking: shadow copies, SIGSEGV/SIGTRAP handlers (previous ones saved for
  * chaining; SIGBUS/SIGFPE/SIGILL ones too, which only catch sync functions' faults), every
  * writable page holding an item made read-only; registry.sync.fault cleared. 0 or -errno

@@ -83,32 +83,63 @@ out:
     return result;
 }
 
+/* Undoes prepare_locked. */
+static void unprepare(uint32_t n) {
+    views_discard_staged();
+    shadows_free();
+    for (uint32_t i = 0; i < n && REG.sync.items; i++) items()[i].shadow = 0;
+    table_free();
+    G.count = 0;
+    G.prepared = 0;
+}
+
+/* Everything sync_begin needs that does not need the target stopped: the table (with the
+ * pages' protections from /proc/self/maps), the shadows, the memfds of the views. Lock held. */
+static int prepare_locked(uint32_t n) {
+    int rc;
+    if (n > REG.sync.item_capacity || (n && !REG.sync.items)) return -EINVAL;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = validate_item(&items()[i], i, n)) != 0) return rc;
+    if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) return rc;
+    G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
+    G.my_pid = sys_getpid();
+    learn_tcb_tid();
+    (void)lanes_ensure(); /* without lanes every write takes the sync lock, as before */
+    views_register_fork_handlers();
+    unprepare(G.prepared);
+    G.count = n;
+    if ((rc = build_table(n)) != 0) { unprepare(n); return rc; }
+    for (uint32_t i = 0; i < n; i++) {
+        void *s = shadow_alloc(items()[i].size);
+        if (!s) { unprepare(n); return -ENOMEM; }
+        items()[i].shadow = (uint64_t)(uintptr_t)s;
+        G.item_flags[i] = 0;
+    }
+    views_stage();
+    G.prepared = n;
+    return 0;
+}
+
+POLUS_EXPORT int polus_agent_sync_prepare(void) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    rc = G.active ? -EBUSY : prepare_locked(REG.sync.item_count);
+    lock_release();
+    return rc;
+}
+
 POLUS_EXPORT int polus_agent_sync_begin(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     int installed_segv = 0, installed_trap = 0, installed_other = 0;
     uint32_t n = REG.sync.item_count;
     if (G.active) { rc = -EBUSY; goto out; }
-    if (n > REG.sync.item_capacity || (n && !REG.sync.items)) { rc = -EINVAL; goto out; }
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = validate_item(&items()[i], i, n)) != 0) goto out;
-    if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) goto out;
-    if ((rc = fence_reset()) != 0) goto out;
-    G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
-    G.my_pid = sys_getpid();
-    learn_tcb_tid();
-    (void)lanes_ensure(); /* without lanes every write takes the sync lock, as before */
-    views_register_fork_handlers();
-    table_free();
-    G.count = n;
-    if ((rc = build_table(n)) != 0) goto fail;
-    shadows_free();
-    for (uint32_t i = 0; i < n; i++) {
-        void *s = shadow_alloc(items()[i].size);
-        if (!s) { rc = -ENOMEM; goto fail; }
-        items()[i].shadow = (uint64_t)(uintptr_t)s;
-        G.item_flags[i] = 0;
+    /* Prepared ahead (sync_prepare, before the commit pause) unless items came since (a
+     * pre-update callback registering heap data) or it was never called. */
+    if (G.prepared != n || !G.pages || !n) {
+        if ((rc = prepare_locked(n)) != 0) goto out;
     }
+    if ((rc = fence_reset()) != 0) goto fail;
     G.work_count = 0;
     if ((rc = install_fault_handler(SIGSEGV)) != 0) goto fail;
     installed_segv = 1;
@@ -126,10 +157,11 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     }
     /* Then the writable views (page_views.c): the pages are closed and we hold the lock, so
      * their bytes cannot change while they move onto the memfds. */
-    views_create(0);
+    views_commit();
     for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
     REG.sync.faults = REG.sync.false_sharing = 0;
     __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
+    G.prepared = 0;
     G.active = 1;
     REG.sync.active = 1;
     rc = 0;
@@ -139,10 +171,7 @@ fail:
     while (installed_other > 0) restore_fault_handler(FENCED_SIGNALS[--installed_other]);
     if (installed_trap) restore_fault_handler(SIGTRAP);
     if (installed_segv) restore_fault_handler(SIGSEGV);
-    shadows_free();
-    for (uint32_t i = 0; i < n && REG.sync.items; i++) items()[i].shadow = 0;
-    table_free();
-    G.count = 0;
+    unprepare(n);
 out:
     lock_release();
     return rc;
@@ -200,6 +229,7 @@ POLUS_EXPORT int polus_agent_sync_clear(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     if (G.active) { rc = -EBUSY; goto out; }
+    unprepare(G.prepared); /* a prepare whose begin never came */
     REG.sync.item_count = 0;
     REG.sync.faults = REG.sync.false_sharing = 0;
     __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);

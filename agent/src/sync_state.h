@@ -43,6 +43,8 @@ struct page_info {
     uint8_t shared;     /* the mapping is MAP_SHARED ('s' in maps): no view, stores go through pwrite */
     int lock;           /* the fast path's lock for bytes of this page no item covers (false sharing) */
     uint8_t *view;      /* the page's writable view (page_views.c), NULL if it has none */
+    uint8_t *staged_view; /* sync_prepare: the view made ahead, not in use yet (page_views.c) */
+    uint8_t *staged_map;  /* and the read-only mapping of its memfd that will move over the page */
 };
 
 #define MAX_STEP_PAGES 8
@@ -117,6 +119,7 @@ struct sync_globals {
     uint32_t tcb_tid_offset; /* where glibc keeps the thread's tid in its TCB, 0 = ask the kernel */
     uint32_t atfork_registered;
     uint32_t fork_locked;   /* the fork handler holds the lock across fork() */
+    uint32_t prepared;      /* sync_prepare built the table, shadows and staged views for this many items */
     int views_pid;          /* the process whose memfds back the views (a fork child has its parent's) */
     void (*on_fork_child)(void); /* page_views.c: a fork child's views become its own */
     /* the fast path (fast_path.c): threads inside it; the exclusive lock waits for none */

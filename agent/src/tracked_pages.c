@@ -415,6 +415,8 @@ int build_table(uint32_t n) {
             pages[j].shared = G.pages[old].shared;
             pages[j].view = G.pages[old].view;
             pages[j].lock = G.pages[old].lock;
+            pages[j].staged_view = G.pages[old].staged_view;
+            pages[j].staged_map = G.pages[old].staged_map;
         } else {
             pages[j].fresh = 1;
         }

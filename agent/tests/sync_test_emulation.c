@@ -456,6 +456,9 @@ int test_perf(void) {
     double f0 = bare_fault_us(20000);
     add_pair(&perf_old.v[0], sizeof(struct A), ctr_old_to_new, &perf_new.v[0], sizeof(struct A_v1), ctr_new_to_old);
     double b0 = now_s();
+    CHECK_EQ(polus_agent_sync_prepare(), 0);
+    double prepare_us = (now_s() - b0) * 1e6;
+    b0 = now_s();
     CHECK_EQ(polus_agent_sync_begin(), 0);
     double begin_us = (now_s() - b0) * 1e6;
     double plain = tracked_write_us(20000, (volatile int *)&native_global.v);
@@ -480,7 +483,8 @@ int test_perf(void) {
     CHECK_EQ(polus_agent_sync_end(), 0);
     printf("perf: untracked write %.3f us\n", plain);
     printf("perf: bare fault round trip (F0): %.2f us\n", f0);
-    printf("perf: polus_agent_sync_begin (1 pair, called directly): %.1f us\n", begin_us);
+    printf("perf: polus_agent_sync_prepare (1 pair, called directly): %.1f us, then polus_agent_sync_begin: %.1f us\n",
+           prepare_us, begin_us);
     printf("perf: tracked write + post_sync (its store through args), emulated: %.2f us\n", sync_write);
     printf("perf: false-sharing write (1 fault), emulated: %.2f us\n", fs_write);
     printf("perf: tracked write + post_sync, single-step fallback (TF trap + 2 mprotect): %.2f us\n", stepped);

@@ -22,11 +22,13 @@ extern "C" {
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
 #define POLUS_AGENT_ABI_VERSION 4u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
-                                      4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side */
+                                      4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side;
+                                         polus_agent_sync_prepare */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
 #define POLUS_AGENT_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
+#define POLUS_AGENT_SYNC_PREPARE_SYMBOL "polus_agent_sync_prepare" /* optional (ABI 4) */
 #define POLUS_AGENT_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
 #define POLUS_AGENT_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
 #define POLUS_AGENT_SYNC_END_SYMBOL "polus_agent_sync_end"
@@ -255,7 +257,7 @@ POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure mus
  *       0 with registry.last_error set to dlerror()'s text. The injector passes
  *       "/proc/self/fd/N", N a sealed memfd holding the bytes it validated.
  *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
- *   polus_agent_sync_reserve/begin/initialize/end/clear, polus_register_heap_data: the
+ *   polus_agent_sync_reserve/prepare/begin/initialize/end/clear, polus_register_heap_data: the
  *       write-through of registry.sync, declared (and described) in the agent's sync.h.
  */
 

@@ -456,12 +456,20 @@ class Applier {
     PauseRequest request;
     request.giving_up = "cannot commit now";
     request.prepare = [&] { return run_code ? borrower_ : 0; };  // a borrower found safe stays ours
-    request.why_busy = [&] { return busy_reason_now(need_stacks, run_code); };
+    uint64_t check_ns = 0;  // the last check's: the part of the pause before `act` that is not stopping threads
+    request.why_busy = [&] {
+      auto start = Clock::now();
+      std::string reason = busy_reason_now(need_stacks, run_code);
+      check_ns = elapsed_ns(start);
+      return reason;
+    };
     uint64_t acted_ns = 0;
     request.act = [&](const Pause& pause) {
       pause_parts_.clear();
       uint64_t checked_ns = pause.elapsed();
-      pause_parts_.push_back({"stop every thread, check stacks and locks", checked_ns});
+      const uint64_t checks = std::min(check_ns, checked_ns);
+      pause_parts_.push_back({"stop every thread", checked_ns - checks});
+      pause_parts_.push_back({"check stacks, locks and masks", checks});
       if (run_code) run_code_in_pause(pause);
       uint64_t code_ns = pause.elapsed();
       write_all(target_.memory(), writes);

@@ -128,6 +128,14 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
   memory.write_bytes(RemoteAddr(table), items.data(), items.size() * sizeof(polus_tracked_item));
   auto sync_field = RemoteAddr(agent.registry.address() + offsetof(polus_agent_registry, sync));
   memory.write(RemotePtr<uint32_t>(sync_field.address() + offsetof(polus_sync_state, item_count)), count);
+  // What write tracking needs that does not need the target stopped (the page table, read
+  // from /proc/self/maps; shadows; the memfds of the pages' writable views), now, so that the
+  // commit pause's sync_begin only protects and switches mappings. A failure here is not one:
+  // sync_begin does it all again, and reports.
+  if (agent.sync_prepare.address()) {
+    int64_t prepared = static_cast<int32_t>(thread.call(agent.sync_prepare, {}));
+    if (prepared != 0) spdlog::debug("the agent could not prepare write tracking ahead (error {})", -prepared);
+  }
 }
 
 void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan, uint32_t direction) {
