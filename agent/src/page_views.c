@@ -49,10 +49,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "page_views.h"
@@ -288,10 +290,85 @@ void views_register_fork_handlers(void) {
     if (pthread_atfork(fork_prepare, fork_parent, fork_child) == 0) G.atfork_registered = 1;
 }
 
-/* ---- stores ------------------------------------------------------------------------- */
+/* ---- /proc/self/mem ------------------------------------------------------------------ */
 
-int poke(uint64_t addr, const void *src, uint64_t n); /* tracked_pages.h */
-int32_t find_page(uint64_t addr);                      /* tracked_pages.h */
+/* The size of the descriptor table now (FDSize in /proc/self/status); 64 if unknown. */
+static long fd_table_size(void) {
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/status", O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return 64;
+    char buf[768]; /* FDSize is in the first few hundred bytes; this may run in a signal handler
+                    * on a small alternate stack (see read_protections) */
+    long got = RAW(SYS_read, fd, buf, sizeof buf - 1);
+    RAW(SYS_close, fd, 0, 0);
+    if (got <= 0) return 64;
+    buf[got] = 0;
+    static const char key[] = "\nFDSize:";
+    for (long i = 0; i + (long)sizeof key - 1 < got; ++i) {
+        if (memcmp(buf + i, key, sizeof key - 1) != 0) continue;
+        long size = 0;
+        for (const char *c = buf + i + sizeof key - 1; *c == ' ' || *c == '\t' || (*c >= '0' && *c <= '9'); ++c) {
+            if (*c >= '0' && *c <= '9') size = size * 10 + (*c - '0');
+        }
+        return size >= 64 ? size : 64;
+    }
+    return 64;
+}
+
+/* A high descriptor number that is free and inside the table as it is, or -1. Asking for a
+ * number beyond the table (F_DUPFD 600, as we once did) makes the kernel grow it, and growing
+ * a table shared by several threads waits for an RCU grace period (fs/file.c, expand_fdtable:
+ * synchronize_rcu) — seconds on a busy virtual machine, while Polus waited for the agent. */
+static long high_free_descriptor(void) {
+    long size = fd_table_size();
+    for (long k = size - 1, tries = 0; k >= 3 && tries < 64; --k, ++tries) {
+        if (RAW(SYS_fcntl, k, F_GETFD, 0) == -EBADF) return k;
+    }
+    return -1;
+}
+
+int mem_fd(void) {
+    int pid = sys_getpid(); /* not a cached one: a fork child must never write its parent */
+    struct stat st;
+    if (G.mem_fd >= 0) {
+        if (G.mem_pid == pid && RAW(SYS_fstat, G.mem_fd, &st, 0) == 0 && (uint64_t)st.st_dev == G.mem_dev &&
+            (uint64_t)st.st_ino == G.mem_ino)
+            return G.mem_fd;
+        /* A fork child (the inherited fd writes the parent's memory), or the application
+         * closed our descriptor and the number now means something else: never use it. */
+        if (G.mem_pid != pid) RAW(SYS_close, G.mem_fd, 0, 0);
+        G.mem_fd = -1;
+    }
+    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/mem", O_RDWR | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return (int)fd;
+    /* Out of the way of applications that assume low descriptor numbers. */
+    long high = high_free_descriptor();
+    if (high > fd) high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, high);
+    if (high > fd) {
+        RAW(SYS_close, fd, 0, 0);
+        fd = high;
+    }
+    if (RAW(SYS_fstat, fd, &st, 0) != 0) {
+        RAW(SYS_close, fd, 0, 0);
+        return -EIO;
+    }
+    G.mem_fd = (int)fd;
+    G.mem_pid = pid;
+    G.mem_dev = (uint64_t)st.st_dev;
+    G.mem_ino = (uint64_t)st.st_ino;
+    return G.mem_fd;
+}
+
+/* Writes bytes to tracked pages without making them writable. */
+int poke(uint64_t addr, const void *src, uint64_t n) {
+    int fd = mem_fd();
+    if (fd < 0) return -1;
+    return sys_pwrite(fd, src, n, addr) == (long)n ? 0 : -1;
+}
+
+/* For store_emulation.c: emulation is not switched off, and stores can be poked. */
+int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP); }
+
+/* ---- stores ------------------------------------------------------------------------- */
 
 uint8_t *view_of(uint64_t addr, uint64_t n) {
     int32_t k = find_page(addr);

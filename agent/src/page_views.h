@@ -2,10 +2,12 @@
  * page_views.h — a second, writable view of every tracked page (internal to
  * libpolus-agent.so, not installed; every symbol here is hidden). Why and how: page_views.c.
  *
- * Sits on sync_state (the page table in G); used by tracked_pages.c (stores, the sync
- * functions' counterparts), fault_handlers.c and sync_api.c (creating and removing views,
- * fork). Everything below is called with the sync lock held (or, for fork, as said): no
- * malloc, no errno, no locks.
+ * How stores reach tracked pages: through their views, or through /proc/self/mem for pages
+ * without one. Sits on sync_state (the page table in G); used by every layer above it
+ * (tracked_pages.c: stores, the sync functions' counterparts; store_emulation.c, fast_path.c,
+ * fault_handlers.c; sync_api.c: creating and removing views, fork). Everything below is called
+ * with the sync lock held, or on the fast path under the items' locks (fast_path.c), or, for
+ * fork, as said: no malloc, no errno, no locks.
  */
 #ifndef POLUS_AGENT_PAGE_VIEWS_H
 #define POLUS_AGENT_PAGE_VIEWS_H
@@ -15,6 +17,22 @@
 #include "sync_state.h"
 
 #pragma GCC visibility push(hidden)
+
+/* ---- /proc/self/mem ------------------------------------------------------------------ */
+
+/* This process's descriptor on /proc/self/mem (reopened in a fork child, or when the
+ * application closed ours), or -errno. */
+int mem_fd(void);
+
+/* Writes bytes to tracked pages without making them writable (/proc/self/mem). 0 or -1. */
+int poke(uint64_t addr, const void *src, uint64_t n);
+
+/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured. (Stores
+ * land through the pages' views, or /proc/self/mem; if neither works the emulation gives up
+ * and the caller single-steps.) */
+int may_emulate(void);
+
+/* ---- views --------------------------------------------------------------------------- */
 
 /* Gives a writable view to every tracked page without one (only the fresh ones if
  * fresh_only) that is privately mapped and readable. The pages must be closed already (so

@@ -6,7 +6,7 @@
  * INVARIANT): a store to it faults, and the SIGSEGV handler (fault_handlers.c), holding the
  * sync lock, asks emulate() to carry the store out without opening the page. This file
  * decodes the x86-64 instruction at the faulting rip and runs it against a scratch buffer;
- * the page layer's side (poke, range_tracked, run_pre_syncs, scan_written) is reached
+ * the page layer's side (store_bytes, range_tracked, run_pre_syncs, scan_written) is reached
  * through tracked_pages.h, which never calls back here.
  *
  * For the instructions compilers emit for stores (mov, the read-modify-write ALU group,
@@ -18,9 +18,10 @@
  *     rip-relative reference to a 64-byte scratch buffer holding the target bytes;
  *   - runs it there with the thread's registers (GPRs and flags from the ucontext; vector
  *     state via xrstor of the signal frame), so flags, atomics' results, masks and every
- *     corner of x86 semantics are the CPU's own;
- *   - writes the changed bytes back with pwrite(/proc/self/mem), which the kernel allows on
- *     a read-only private mapping (FOLL_FORCE) without making the page writable for anyone;
+ *     corner of x86 semantics are the CPU's own; each concurrent user has its own area (the
+ *     sync lock holder's, and one per lane of the fast path, fast_path.c);
+ *   - stores the changed bytes through the page's writable view (page_views.c), or with
+ *     pwrite(/proc/self/mem) for a page without one;
  *   - copies registers back and advances rip past the instruction.
  * stos/movs are carried out directly (chunked, rep count honoured, DF=1 not emulated).
  * Anything else (x87 stores, fxsave/xsave, segment overrides, 32-bit addressing, an

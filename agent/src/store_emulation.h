@@ -4,7 +4,7 @@
  * here is hidden). How it works: store_emulation.c; why sync uses it instead of opening the
  * page: tracked_pages.c (MECHANISM).
  *
- * The emulator sits on the page layer (tracked_pages.h: it writes tracked memory with poke
+ * The emulator sits on the page layer (tracked_pages.h, page_views.h: it writes tracked memory with store_bytes
  * and accounts for what it wrote with scan_written) and is used by the layers above:
  * fault_handlers.c's SIGSEGV handler emulates, sync_api.c's entry points map the XOL area,
  * check items against the emulator's state and read its counters. Everything below is
@@ -92,7 +92,7 @@ struct emu_result {
 
 /* Carries out the faulting store at uc's rip (which faulted at fault_addr) without making
  * its page writable: runs the pre_syncs (unless in_sync), executes the instruction out of
- * line, writes the changed bytes with poke and compares them with scan_written. res->done
+ * line, writes the changed bytes with store_bytes and compares them with scan_written. res->done
  * is 0 when the instruction cannot be emulated: the caller falls back to single-stepping.
  * in_sync: the write is a sync function's (not counted, absorbed into the shadows). */
 void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct emu_result *res);
@@ -107,7 +107,7 @@ void xol_main_forget(void);
 /* 1 once the XOL area is mapped. */
 int xol_ready(void);
 
-/* 1 if [lo, hi) shares a page with the emulator's own state (polus_xol_ctx, slot keys,
+/* 1 if [lo, hi) shares a page with the emulator's own state (slot keys,
  * counters): tracked items must not, or the handler would fault on its own writes. */
 int emu_state_overlaps(uint64_t lo, uint64_t hi);
 

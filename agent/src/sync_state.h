@@ -171,6 +171,20 @@ static inline int fast_tid(void) {
  * glibc 2.x), if the calling thread's is there. */
 void learn_tcb_tid(void);
 
+/* Index in G.pages of the page holding addr, -1 if none (binary search: the table is sorted). */
+static inline int32_t find_page(uint64_t addr) {
+    uint64_t p = PAGE_OF(addr);
+    int64_t lo = 0, hi = (int64_t)G.page_count - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        uint64_t a = G.pages[mid].addr;
+        if (a == p) return (int32_t)mid;
+        if (a < p) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
 /* Takes the sync lock — the exclusive one: once it is ours, we wait until no other thread is
  * on the fast path (fast_path.c), and none enters it until we release — recursive for its
  * owner, timed (~2 s, then -ETIMEDOUT) for entry points, for ever in handlers. A lock left held by a thread of the parent process (we are

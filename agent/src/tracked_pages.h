@@ -14,23 +14,10 @@
 #include <stdint.h>
 
 #include "polus/patch.h"
+#include "page_views.h"
 #include "sync_state.h"
 
 #pragma GCC visibility push(hidden)
-
-/* ---- /proc/self/mem ------------------------------------------------------------------ */
-
-/* This process's descriptor on /proc/self/mem (reopened in a fork child, or when the
- * application closed ours), or -errno. */
-int mem_fd(void);
-
-/* Writes bytes to tracked pages without making them writable (/proc/self/mem). 0 or -1. */
-int poke(uint64_t addr, const void *src, uint64_t n);
-
-/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured. (Stores
- * land through the pages' views, or /proc/self/mem; if neither works the emulation gives up
- * and the caller single-steps.) */
-int may_emulate(void);
 
 /* ---- per-item arrays, shadows -------------------------------------------------------- */
 
@@ -45,9 +32,6 @@ void *shadow_alloc(uint64_t size);
 void shadows_free(void);
 
 /* ---- the page table, protections ----------------------------------------------------- */
-
-/* Index in G.pages of the page holding addr, -1 if none. */
-int32_t find_page(uint64_t addr);
 
 /* (Re)builds the page table for items [0, n): pages already in it keep their state, new
  * ones are marked fresh with their protection read from /proc/self/maps. 0 or -errno
