@@ -238,10 +238,10 @@ static void on_other_fault(int sig, siginfo_t *si, void *ctx) {
     errno = saved_errno;
 }
 
+/* One rt_sigaction (setting ours returns what was there): sync_begin runs in the commit
+ * pause on a thread the injector follows system call by system call. */
 static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *prev) {
     struct sigaction cur;
-    if (sigaction(sig, NULL, &cur) != 0) return -errno;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn) return 0; /* still ours */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = fn;
@@ -253,8 +253,8 @@ static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct
     sigdelset(&sa.sa_mask, SIGILL);
     sigdelset(&sa.sa_mask, SIGFPE);
     sigdelset(&sa.sa_mask, SIGSYS);
-    *prev = cur;
-    if (sigaction(sig, &sa, NULL) != 0) return -errno;
+    if (sigaction(sig, &sa, &cur) != 0) return -errno;
+    if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn)) *prev = cur; /* still ours: the saved one stays */
     return 0;
 }
 

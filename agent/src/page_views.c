@@ -190,7 +190,7 @@ uint32_t views_commit(void) {
         j = k;
     }
     __atomic_fetch_add(&G.view_runs, made, __ATOMIC_RELEASE);
-    if (made) G.views_pid = sys_getpid();
+    if (made) G.views_pid = G.my_pid; /* set by sync_prepare: no system call here, in the pause */
     return made + views_create(0); /* runs that were not staged (none, normally) */
 }
 

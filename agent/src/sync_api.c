@@ -29,8 +29,8 @@
 /* ---- entry points --------------------------------------------------------------------- */
 
 static int enter(int *tid) {
-    *tid = sys_gettid();
-    int rc = lock_acquire(*tid, sys_getpid(), 1);
+    *tid = fast_tid(); /* the injector follows a borrowed thread system call by system call */
+    int rc = lock_acquire(*tid, G.my_pid ? G.my_pid : sys_getpid(), 1);
     if (rc) return rc;
     if (G.lock_depth > 1) { /* from a sync function, or a thread stopped mid-step */
         lock_release();
