@@ -157,6 +157,9 @@ struct DataSyncResults {
 
 DataSyncResults run_data_sync(const Config& config);
 
+/// The notes on method for rows F0–D5 and why the design wins (markdown paragraphs).
+std::string data_sync_notes(const DataSyncResults& d);
+
 // ---- Memory --------------------------------------------------------------------------------
 
 struct MemoryDelta {
