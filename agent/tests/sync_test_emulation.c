@@ -453,7 +453,6 @@ static double scaling_rate(int threads, double seconds) {
 
 int test_perf(void) {
     (void)bare_fault_us(5000); /* warm: the first signals of a process cost more */
-    double f0 = bare_fault_us(20000);
     add_pair(&perf_old.v[0], sizeof(struct A), ctr_old_to_new, &perf_new.v[0], sizeof(struct A_v1), ctr_new_to_old);
     double b0 = now_s();
     CHECK_EQ(polus_agent_sync_prepare(), 0);
@@ -462,9 +461,18 @@ int test_perf(void) {
     CHECK_EQ(polus_agent_sync_begin(), 0);
     double begin_us = (now_s() - b0) * 1e6;
     double plain = tracked_write_us(20000, (volatile int *)&native_global.v);
-    double sync_write = tracked_write_us(20000, &perf_old.v[0].i);
-    CHECK_EQ(perf_new.v[0].i, 19999);
-    double fs_write = tracked_write_us(20000, &perf_old.v[1].i);
+    /* F0, D2, D3 interleaved, the fastest of several short runs each: on a shared machine a run
+     * the scheduler interrupts says nothing about the code (bare_fault_us swaps the agent's
+     * SIGSEGV handler out and back in; nothing tracked is written meanwhile). */
+    double f0 = 1e9, sync_write = 1e9, fs_write = 1e9;
+    for (int rep = 0; rep < 9; rep++) {
+        double a = bare_fault_us(3000), b = tracked_write_us(3000, &perf_old.v[0].i);
+        CHECK_EQ(perf_new.v[0].i, 2999);
+        double c = tracked_write_us(3000, &perf_old.v[1].i);
+        if (a < f0) f0 = a;
+        if (b < sync_write) sync_write = b;
+        if (c < fs_write) fs_write = c;
+    }
     for (int t = 0; t < SCALE_MAX; t++)
         add_pair(&scale_old[t].v, sizeof(struct A), ctr_old_to_new, &scale_new[t].v, sizeof(struct A_v1), ctr_new_to_old);
     CHECK_EQ(polus_agent_sync_end(), 0);
@@ -482,7 +490,7 @@ int test_perf(void) {
     polus_agent_sync_configure(0);
     CHECK_EQ(polus_agent_sync_end(), 0);
     printf("perf: untracked write %.3f us\n", plain);
-    printf("perf: bare fault round trip (F0): %.2f us\n", f0);
+    printf("perf: bare fault round trip (F0): %.2f us (F0, D2, D3: the fastest of 9 interleaved runs of 3000)\n", f0);
     printf("perf: polus_agent_sync_prepare (1 pair, called directly): %.1f us, then polus_agent_sync_begin: %.1f us\n",
            prepare_us, begin_us);
     printf("perf: tracked write + post_sync (its store through args), emulated: %.2f us\n", sync_write);
