@@ -15,6 +15,7 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include "fast_path.h"
 #include "fault_handlers.h"
 #include "raw_syscall.h"
 #include "store_emulation.h"
@@ -71,8 +72,10 @@ static void on_trap(int sig, siginfo_t *si, void *ctx);
  * fence is unwound to the fence (sync_fence.h), never passed on. A fault the kernel raised, or
  * a signal the thread sent itself (raise); not one sent from outside. */
 static void unwind_if_fenced(int sig, siginfo_t *si, ucontext_t *uc, int tid) {
-    if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid()))
+    if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid())) {
+        fast_unwind_if_fenced(sig, si, uc, tid); /* one running on the fast path */
         fence_unwind(sig, si, uc, tid);
+    }
 }
 
 /* Delivers the signal to the disposition that was there before ours, as the kernel would. */
@@ -156,12 +159,16 @@ static void handle_tracked_write(ucontext_t *uc, uint32_t page, uint64_t addr, i
 }
 
 static void handle_segv(siginfo_t *si, ucontext_t *uc) {
-    int tid = sys_gettid();
+    int tid = fast_tid(); /* no system call on the tracked-write path */
     greg_t *gr = uc->uc_mcontext.gregs;
     uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
     if (si->si_code == SEGV_ACCERR && ((uint64_t)gr[REG_ERR] & 2)) {
         __atomic_fetch_add(&G.write_fault_entries, 1, __ATOMIC_RELAXED); /* before the lock: see sync_end */
-        lock_acquire(tid, sys_getpid(), 0);
+        /* First without the sync lock, under the items' own (fast_path.c). */
+        int fast = fast_write(uc, addr, tid);
+        if (fast > 0) return;
+        if (fast < 0) fast_unwind_if_fenced(SIGSEGV, si, uc, tid); /* a sync function's store it cannot do */
+        lock_acquire(tid, G.my_pid, 0);
         if (G.active) {
             int32_t k = find_page(addr);
             if (k >= 0 && G.pages[k].tracked) {
@@ -231,10 +238,10 @@ static void on_other_fault(int sig, siginfo_t *si, void *ctx) {
     errno = saved_errno;
 }
 
+/* One rt_sigaction (setting ours returns what was there): sync_begin runs in the commit
+ * pause on a thread the injector follows system call by system call. */
 static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *prev) {
     struct sigaction cur;
-    if (sigaction(sig, NULL, &cur) != 0) return -errno;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn) return 0; /* still ours */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = fn;
@@ -246,8 +253,8 @@ static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct
     sigdelset(&sa.sa_mask, SIGILL);
     sigdelset(&sa.sa_mask, SIGFPE);
     sigdelset(&sa.sa_mask, SIGSYS);
-    *prev = cur;
-    if (sigaction(sig, &sa, NULL) != 0) return -errno;
+    if (sigaction(sig, &sa, &cur) != 0) return -errno;
+    if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn)) *prev = cur; /* still ours: the saved one stays */
     return 0;
 }
 

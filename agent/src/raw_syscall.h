@@ -50,6 +50,16 @@ static inline void *sys_mremap(void *p, uint64_t old_len, uint64_t new_len) {
     long r = raw6(SYS_mremap, (long)p, (long)old_len, (long)new_len, MREMAP_MAYMOVE, 0, 0);
     return (unsigned long)r > -4096ul ? NULL : (void *)r;
 }
+/* mmap with every argument (the views of tracked pages: page_views.c); NULL on failure. */
+static inline void *sys_mmap_full(uint64_t addr, uint64_t len, int prot, int flags, int fd, uint64_t off) {
+    long r = raw6(SYS_mmap, (long)addr, (long)len, prot, flags, fd, (long)off);
+    return (unsigned long)r > -4096ul ? NULL : (void *)r;
+}
+/* Moves [p, p+len) over [to, to+len), atomically replacing what was there (MREMAP_FIXED). 0 or -errno. */
+static inline long sys_mremap_fixed(void *p, uint64_t len, uint64_t to) {
+    long r = raw6(SYS_mremap, (long)p, (long)len, (long)len, MREMAP_MAYMOVE | MREMAP_FIXED, (long)to, 0);
+    return (unsigned long)r > -4096ul ? r : 0;
+}
 static inline long sys_pwrite(int fd, const void *buf, uint64_t n, uint64_t off) {
     return raw6(SYS_pwrite64, fd, (long)buf, (long)n, (long)off, 0, 0);
 }

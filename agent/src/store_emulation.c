@@ -6,7 +6,7 @@
  * INVARIANT): a store to it faults, and the SIGSEGV handler (fault_handlers.c), holding the
  * sync lock, asks emulate() to carry the store out without opening the page. This file
  * decodes the x86-64 instruction at the faulting rip and runs it against a scratch buffer;
- * the page layer's side (poke, range_tracked, run_pre_syncs, scan_written) is reached
+ * the page layer's side (store_bytes, range_tracked, run_pre_syncs, scan_written) is reached
  * through tracked_pages.h, which never calls back here.
  *
  * For the instructions compilers emit for stores (mov, the read-modify-write ALU group,
@@ -18,9 +18,10 @@
  *     rip-relative reference to a 64-byte scratch buffer holding the target bytes;
  *   - runs it there with the thread's registers (GPRs and flags from the ucontext; vector
  *     state via xrstor of the signal frame), so flags, atomics' results, masks and every
- *     corner of x86 semantics are the CPU's own;
- *   - writes the changed bytes back with pwrite(/proc/self/mem), which the kernel allows on
- *     a read-only private mapping (FOLL_FORCE) without making the page writable for anyone;
+ *     corner of x86 semantics are the CPU's own; each concurrent user has its own area (the
+ *     sync lock holder's, and one per lane of the fast path, fast_path.c);
+ *   - stores the changed bytes through the page's writable view (page_views.c), or with
+ *     pwrite(/proc/self/mem) for a page without one;
  *   - copies registers back and advances rip past the instruction.
  * stos/movs are carried out directly (chunked, rep count honoured, DF=1 not emulated).
  * Anything else (x87 stores, fxsave/xsave, segment overrides, 32-bit addressing, an
@@ -36,7 +37,9 @@
 #include <ucontext.h>
 
 #include "raw_syscall.h"
+#include "page_views.h"
 #include "store_emulation.h"
+#include "sync_state.h"
 #include "tracked_pages.h"
 
 #define HIDDEN __attribute__((visibility("hidden")))
@@ -47,34 +50,12 @@
 /* The emulator's state, written only by the sync lock holder. Tracked items may not share
  * a page with it (emu_state_overlaps). */
 static struct {
-    uint8_t *xol; /* page 0: code slots (r-x), page 1: scratch, page 2: string buffer */
-    uint8_t xol_keys[64][16]; /* [0] = length, then the original instruction bytes */
-    uint64_t emulated;        /* polus_sync_stats.emulated */
-    uint64_t xol_slots_built; /* polus_sync_stats.xol_slots_built */
+    struct xol_area main; /* the sync lock holder's (the slow path); lanes have their own */
+    uint64_t emulated;        /* polus_sync_stats.emulated (atomic) */
+    uint64_t xol_slots_built; /* polus_sync_stats.xol_slots_built (atomic) */
 } E;
 
 /* ---- x86-64 decoding of the store instructions we execute out of line ------------------ */
-
-enum { K_NONE, K_GPR, K_VEC, K_STOS, K_MOVS };
-
-struct insn {
-    uint8_t bytes[16];
-    uint8_t len;
-    uint8_t kind;
-    uint8_t size;      /* bytes stored (GPR/VEC), element size (STOS/MOVS) */
-    uint8_t rep;
-    uint8_t seg;       /* fs/gs override seen */
-    uint8_t addr32;
-    uint8_t pfx_len;   /* legacy prefixes */
-    uint8_t head_len;  /* everything before ModRM */
-    uint8_t modrm;
-    uint8_t imm_at;
-    uint8_t imm_len;
-    uint8_t rip_relative;
-    int8_t base, index;
-    uint8_t scale;
-    int64_t disp;
-};
 
 /* What a whitelisted opcode is: kind, bytes written, immediate length, ModRM.reg use.
  * reg_use: 0 = opcode extension (allowed set in ext_mask), 1 = GPR operand, 2 = vector. */
@@ -295,21 +276,12 @@ static int decode(const uint8_t *ip, struct insn *d) {
 
 /* ---- out-of-line execution ------------------------------------------------------------ */
 
-struct xol_ctx {
-    uint64_t gpr[16];   /*   0: rax rcx rdx rbx rsp rbp rsi rdi r8..r15 (x86 numbering) */
-    uint64_t rflags;    /* 128 */
-    uint64_t fpstate;   /* 136: signal frame FPU state to xrstor/fxrstor, 0 = none */
-    uint64_t xmask;     /* 144 */
-    uint64_t use_xsave; /* 152 */
-    uint64_t saved_rsp; /* 160 */
-    uint64_t slot;      /* 168 */
-};
-HIDDEN struct xol_ctx polus_xol_ctx;
-HIDDEN void polus_xol_run(void);
+/* polus_xol_run(ctx): load the thread's registers from *ctx, jump to the slot; the slot ends
+ * with an absolute jump to polus_xol_back, which stores them back into the same ctx (found on
+ * the stack: the slot's instruction addresses only its scratch, rip-relative, never the stack)
+ * and returns. Several threads may run slots at once, each with its own area (lanes). */
+HIDDEN void polus_xol_run(struct xol_ctx *ctx);
 HIDDEN extern const char polus_xol_back[];
-
-/* polus_xol_run: load the thread's registers from polus_xol_ctx, jump to the slot; the slot
- * ends with an absolute jump to polus_xol_back, which stores them back and returns. */
 __asm__(".text\n"
         ".p2align 4\n"
         ".globl polus_xol_run\n"
@@ -318,7 +290,7 @@ __asm__(".text\n"
         "polus_xol_run:\n"
         "  endbr64\n"
         "  push %rbp\n  push %rbx\n  push %r12\n  push %r13\n  push %r14\n  push %r15\n"
-        "  lea polus_xol_ctx(%rip), %rdi\n"
+        "  push %rdi\n"
         "  mov %rsp, 160(%rdi)\n"
         "  mov 136(%rdi), %rsi\n"
         "  test %rsi, %rsi\n"
@@ -337,49 +309,73 @@ __asm__(".text\n"
         "  or $0x2, %eax\n"
         "  push %rax\n"
         "  popfq\n"
+        "  push 168(%rdi)\n"
         "  mov 0(%rdi), %rax\n  mov 8(%rdi), %rcx\n  mov 16(%rdi), %rdx\n  mov 24(%rdi), %rbx\n"
         "  mov 40(%rdi), %rbp\n  mov 48(%rdi), %rsi\n"
         "  mov 64(%rdi), %r8\n  mov 72(%rdi), %r9\n  mov 80(%rdi), %r10\n  mov 88(%rdi), %r11\n"
         "  mov 96(%rdi), %r12\n  mov 104(%rdi), %r13\n  mov 112(%rdi), %r14\n  mov 120(%rdi), %r15\n"
         "  mov 56(%rdi), %rdi\n"
-        "  jmp *polus_xol_ctx+168(%rip)\n"
+        "  jmp *(%rsp)\n"
         ".globl polus_xol_back\n"
         ".hidden polus_xol_back\n"
         "polus_xol_back:\n"
         "  endbr64\n"
         "  pushfq\n"
-        "  mov %rax, polus_xol_ctx+0(%rip)\n"
-        "  pop %rax\n"
-        "  mov %rax, polus_xol_ctx+128(%rip)\n"
-        "  mov %rcx, polus_xol_ctx+8(%rip)\n  mov %rdx, polus_xol_ctx+16(%rip)\n"
-        "  mov %rbx, polus_xol_ctx+24(%rip)\n  mov %rbp, polus_xol_ctx+40(%rip)\n"
-        "  mov %rsi, polus_xol_ctx+48(%rip)\n  mov %rdi, polus_xol_ctx+56(%rip)\n"
-        "  mov %r8, polus_xol_ctx+64(%rip)\n  mov %r9, polus_xol_ctx+72(%rip)\n"
-        "  mov %r10, polus_xol_ctx+80(%rip)\n  mov %r11, polus_xol_ctx+88(%rip)\n"
-        "  mov %r12, polus_xol_ctx+96(%rip)\n  mov %r13, polus_xol_ctx+104(%rip)\n"
-        "  mov %r14, polus_xol_ctx+112(%rip)\n  mov %r15, polus_xol_ctx+120(%rip)\n"
-        "  mov polus_xol_ctx+160(%rip), %rsp\n"
+        "  xchg %rax, 16(%rsp)\n" /* rax = ctx; the thread's rax on the stack */
+        "  mov %rcx, 8(%rax)\n  mov %rdx, 16(%rax)\n"
+        "  mov %rbx, 24(%rax)\n  mov %rbp, 40(%rax)\n"
+        "  mov %rsi, 48(%rax)\n  mov %rdi, 56(%rax)\n"
+        "  mov %r8, 64(%rax)\n  mov %r9, 72(%rax)\n"
+        "  mov %r10, 80(%rax)\n  mov %r11, 88(%rax)\n"
+        "  mov %r12, 96(%rax)\n  mov %r13, 104(%rax)\n"
+        "  mov %r14, 112(%rax)\n  mov %r15, 120(%rax)\n"
+        "  pop %rcx\n  mov %rcx, 128(%rax)\n" /* flags */
+        "  pop %rcx\n"                        /* the slot */
+        "  pop %rcx\n  mov %rcx, 0(%rax)\n"   /* the thread's rax */
+        "  mov 160(%rax), %rsp\n"
+        "  add $8, %rsp\n"
         "  pop %r15\n  pop %r14\n  pop %r13\n  pop %r12\n  pop %rbx\n  pop %rbp\n"
         "  ret\n"
         ".size polus_xol_run, .-polus_xol_run\n");
 
 #define XOL_SLOTS 64
 #define XOL_SLOT_BYTES 64
-#define XOL_SCRATCH(x) ((x) + PAGE)       /* 128 bytes, 64-aligned */
-#define XOL_BUFFER(x) ((x) + 2 * PAGE)    /* string instructions' chunk buffer */
-#define XOL_BYTES (3 * PAGE)
+#define XOL_SCRATCH(x) ((x)->base + PAGE)     /* 128 bytes, 64-aligned */
+#define XOL_BUFFER(x) ((x)->base + 2 * PAGE)  /* string instructions' chunk buffer */
 
-int xol_ensure(void) {
-    if (E.xol) return 0;
+/* Maps an area: its code page is a memfd mapped r-x there and read-write elsewhere (slots are
+ * written with plain stores, never through a writable code mapping); if memfd_create is
+ * refused, an anonymous r-x page written through /proc/self/mem. 0 or -errno. */
+int xol_area_init(struct xol_area *x) {
+    if (x->base) return 0;
     uint8_t *m = sys_mmap(XOL_BYTES);
     if (!m) return -ENOMEM;
-    /* The code page is never writable: slots are written through /proc/self/mem. */
-    if (sys_mprotect((uint64_t)(uintptr_t)m, PAGE, PROT_READ | PROT_EXEC) < 0) {
+    long fd = RAW(SYS_memfd_create, "polus-xol", 1 /* MFD_CLOEXEC */, 0);
+    uint8_t *w = NULL;
+    if (fd >= 0) {
+        if (RAW(SYS_ftruncate, fd, PAGE, 0) == 0) w = sys_mmap_full(0, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+        if (w && !sys_mmap_full((uint64_t)(uintptr_t)m, PAGE, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, (int)fd, 0)) {
+            sys_munmap(w, PAGE);
+            w = NULL;
+        }
+        if (w) RAW(SYS_madvise, w, PAGE, MADV_DONTFORK); /* a child writes its own code through /proc/self/mem */
+        RAW(SYS_close, fd, 0, 0);
+    }
+    if (!w && sys_mprotect((uint64_t)(uintptr_t)m, PAGE, PROT_READ | PROT_EXEC) < 0) {
         sys_munmap(m, XOL_BYTES);
         return -EACCES;
     }
-    E.xol = m;
+    x->code_w = w;
+    x->pid = sys_getpid();
+    __atomic_store_n(&x->base, m, __ATOMIC_RELEASE);
     return 0;
+}
+
+int xol_ensure(void) { return xol_area_init(&E.main); }
+
+void xol_main_forget(void) {
+    if (E.main.base) sys_munmap(E.main.base, XOL_BYTES); /* its code page is the parent's memfd */
+    memset(&E.main, 0, sizeof E.main);
 }
 
 static void serialize_instructions(void) {
@@ -387,13 +383,13 @@ static void serialize_instructions(void) {
     __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d)::"memory");
 }
 
-/* The slot running `d` with its memory operand on the scratch buffer; 0 on failure. */
-static uint64_t xol_slot(const struct insn *d) {
+/* The slot of area x running `d` with its memory operand on x's scratch buffer; 0 on failure. */
+static uint64_t xol_slot(struct xol_area *x, const struct insn *d) {
     uint32_t h = 2166136261u;
     for (unsigned k = 0; k < d->len; k++) h = (h ^ d->bytes[k]) * 16777619u;
     unsigned idx = (h ^ (h >> 16)) % XOL_SLOTS;
-    uint64_t slot = (uint64_t)(uintptr_t)E.xol + idx * XOL_SLOT_BYTES;
-    uint8_t *key = E.xol_keys[idx];
+    uint64_t slot = (uint64_t)(uintptr_t)x->base + idx * XOL_SLOT_BYTES;
+    uint8_t *key = x->keys[idx];
     if (key[0] == d->len && memcmp(key + 1, d->bytes, d->len) == 0) return slot;
 
     uint8_t out[XOL_SLOT_BYTES];
@@ -410,18 +406,19 @@ static uint64_t xol_slot(const struct insn *d) {
     n += 4;
     for (unsigned k = 0; k < d->imm_len; k++) out[n++] = d->bytes[d->imm_at + k];
     if (n - 4 > 15) return 0; /* the rewritten instruction would be too long */
-    int64_t disp = (int64_t)(uintptr_t)XOL_SCRATCH(E.xol) - (int64_t)(slot + n);
+    int64_t disp = (int64_t)(uintptr_t)XOL_SCRATCH(x) - (int64_t)(slot + n);
     for (int k = 0; k < 4; k++) out[disp_at + k] = (uint8_t)((uint64_t)disp >> (8 * k));
     out[n++] = 0xff; out[n++] = 0x25; /* jmp *0(%rip) */
     for (int k = 0; k < 4; k++) out[n++] = 0;
     uint64_t back = (uint64_t)(uintptr_t)polus_xol_back;
     for (int k = 0; k < 8; k++) out[n++] = (uint8_t)(back >> (8 * k));
     key[0] = 0;
-    if (poke(slot, out, n) < 0) return 0;
+    if (x->code_w && x->pid == G.my_pid) memcpy(x->code_w + idx * XOL_SLOT_BYTES, out, n);
+    else if (poke(slot, out, n) < 0) return 0;
     serialize_instructions(); /* cross-modified code: serialise before executing it */
     key[0] = d->len;
     memcpy(key + 1, d->bytes, d->len);
-    E.xol_slots_built++;
+    __atomic_fetch_add(&E.xol_slots_built, 1, __ATOMIC_RELAXED);
     return slot;
 }
 
@@ -430,8 +427,8 @@ static const int greg_of_x86[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP,
 
 static uint64_t gpr(const ucontext_t *uc, int x86) { return (uint64_t)uc->uc_mcontext.gregs[greg_of_x86[x86]]; }
 
-static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_addr, int in_sync, int tid,
-                           struct emu_result *res) {
+static void emulate_string(struct xol_area *x, ucontext_t *uc, const struct insn *d, uint64_t fault_addr, int in_sync,
+                           int tid, struct emu_result *res) {
     greg_t *gr = uc->uc_mcontext.gregs;
     if (d->addr32 || d->seg || ((uint64_t)gr[REG_EFL] & DF_FLAG)) return;
     uint64_t size = d->size;
@@ -454,7 +451,7 @@ static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_
     if (d->kind == K_MOVS && dst > src && dst < src + n * size && dst - src < size) return;
     if (!in_sync) run_pre_syncs(dst, dst + n * size, tid);
     res->pre_done = 1;
-    uint8_t *buf = XOL_BUFFER(E.xol);
+    uint8_t *buf = XOL_BUFFER(x);
     uint64_t done = 0, start = dst;
     while (done < n) {
         uint64_t elems = n - done;
@@ -467,7 +464,7 @@ static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_
         } else if (sys_read_self(buf, (const void *)(uintptr_t)src, bytes) != (long)bytes) {
             break; /* unreadable source: the re-executed instruction faults on it natively */
         }
-        if (poke(dst, buf, bytes) < 0) break;
+        if (store_bytes(dst, buf, bytes) < 0) break;
         dst += bytes;
         src += bytes;
         done += elems;
@@ -481,41 +478,34 @@ static void emulate_string(ucontext_t *uc, const struct insn *d, uint64_t fault_
     res->changed = scan_written(start, dst, in_sync);
 }
 
-/* Carries out the faulting store without opening its page (see the top of the file). */
-void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct emu_result *res) {
-    memset(res, 0, sizeof *res);
-    if (!E.xol || !may_emulate()) return;
-    greg_t *gr = uc->uc_mcontext.gregs;
+int emu_decode(const ucontext_t *uc, uint64_t fault_addr, struct insn *d, uint64_t *ea_out) {
+    const greg_t *gr = uc->uc_mcontext.gregs;
     uint64_t rip = (uint64_t)gr[REG_RIP];
-    struct insn d;
-    if (decode((const uint8_t *)(uintptr_t)rip, &d) < 0) return;
-    if (d.kind == K_STOS || d.kind == K_MOVS) {
-        emulate_string(uc, &d, fault_addr, in_sync, tid, res);
-        if (res->done) E.emulated += !in_sync;
-        return;
-    }
-    if (d.seg || d.addr32) return;
-    uint64_t ea = (uint64_t)d.disp;
-    if (d.rip_relative) ea += rip + d.len;
-    if (d.base >= 0) ea += gpr(uc, d.base);
-    if (d.index >= 0) ea += gpr(uc, d.index) * d.scale;
-    uint64_t size = d.size;
-    if (fault_addr < ea || fault_addr >= ea + size || !range_tracked(ea, size)) return;
-    if (!in_sync) run_pre_syncs(ea, ea + size, tid);
-    res->pre_done = 1;
-    uint64_t slot = xol_slot(&d); /* after the pre_syncs: they may have used the slots */
-    if (!slot) return;
-    uint8_t before[64];
-    memcpy(before, (const void *)(uintptr_t)ea, size);
-    uint8_t *scratch = XOL_SCRATCH(E.xol);
-    memcpy(scratch, before, size);
-    struct xol_ctx *c = &polus_xol_ctx;
+    if (decode((const uint8_t *)(uintptr_t)rip, d) < 0) return -1;
+    if (d->kind == K_STOS || d->kind == K_MOVS) return 1;
+    if (d->seg || d->addr32) return -1;
+    uint64_t ea = (uint64_t)d->disp;
+    if (d->rip_relative) ea += rip + d->len;
+    if (d->base >= 0) ea += gpr(uc, d->base);
+    if (d->index >= 0) ea += gpr(uc, d->index) * d->scale;
+    if (fault_addr < ea || fault_addr >= ea + d->size) return -1;
+    *ea_out = ea;
+    return 0;
+}
+
+int emu_run(struct xol_area *x, ucontext_t *uc, const struct insn *d, const uint8_t *before, uint8_t *after) {
+    greg_t *gr = uc->uc_mcontext.gregs;
+    uint64_t slot = xol_slot(x, d);
+    if (!slot) return -1;
+    uint8_t *scratch = XOL_SCRATCH(x);
+    memcpy(scratch, before, d->size);
+    struct xol_ctx *c = &x->ctx;
     for (int k = 0; k < 16; k++) c->gpr[k] = gpr(uc, k);
     c->rflags = (uint64_t)gr[REG_EFL];
     c->fpstate = 0;
-    if (d.kind == K_VEC) {
+    if (d->kind == K_VEC) {
         const uint8_t *fp = (const uint8_t *)uc->uc_mcontext.fpregs;
-        if (!fp) return;
+        if (!fp) return -1;
         uint32_t magic;
         uint64_t features;
         memcpy(&magic, fp + 464, 4);
@@ -525,30 +515,62 @@ void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct e
         c->xmask = c->use_xsave ? features & ~(1ull << 9) /* never PKRU */ : 0;
     }
     c->slot = slot;
-    polus_xol_run();
-    uint64_t first = first_diff(before, scratch, size);
+    polus_xol_run(c);
+    memcpy(after, scratch, d->size);
+    return 0;
+}
+
+void emu_finish(struct xol_area *x, ucontext_t *uc, const struct insn *d) {
+    greg_t *gr = uc->uc_mcontext.gregs;
+    if (d->kind == K_GPR) {
+        for (int k = 0; k < 16; k++)
+            if (k != 4) gr[greg_of_x86[k]] = (greg_t)x->ctx.gpr[k];
+        gr[REG_EFL] = (greg_t)(((uint64_t)gr[REG_EFL] & ~STATUS_FLAGS) | (x->ctx.rflags & STATUS_FLAGS));
+    }
+    gr[REG_RIP] += d->len;
+}
+
+void emu_count(void) { __atomic_fetch_add(&E.emulated, 1, __ATOMIC_RELAXED); }
+
+/* Carries out the faulting store without opening its page (see the top of the file). */
+void emulate(ucontext_t *uc, uint64_t fault_addr, int in_sync, int tid, struct emu_result *res) {
+    memset(res, 0, sizeof *res);
+    struct xol_area *x = &E.main;
+    if (!may_emulate() || (!x->base && xol_area_init(x) != 0)) return;
+    struct insn d;
+    uint64_t ea = 0;
+    int kind = emu_decode(uc, fault_addr, &d, &ea);
+    if (kind < 0) return;
+    if (kind == 1) {
+        emulate_string(x, uc, &d, fault_addr, in_sync, tid, res);
+        if (res->done && !in_sync) emu_count();
+        return;
+    }
+    uint64_t size = d.size;
+    if (!range_tracked(ea, size)) return;
+    if (!in_sync) run_pre_syncs(ea, ea + size, tid);
+    res->pre_done = 1;
+    uint8_t before[64], after[64];
+    memcpy(before, (const void *)(uintptr_t)ea, size);
+    if (emu_run(x, uc, &d, before, after) < 0) return; /* after the pre_syncs: they may have used the slots */
+    uint64_t first = first_diff(before, after, size);
     if (first < size) {
         uint64_t last = size - 1;
-        while (last > first && before[last] == scratch[last]) last--;
-        if (poke(ea + first, scratch + first, last - first + 1) < 0) return;
+        while (last > first && before[last] == after[last]) last--;
+        if (store_bytes(ea + first, after + first, last - first + 1) < 0) return;
     }
-    if (d.kind == K_GPR) {
-        for (int k = 0; k < 16; k++)
-            if (k != 4) gr[greg_of_x86[k]] = (greg_t)c->gpr[k];
-        gr[REG_EFL] = (greg_t)(((uint64_t)gr[REG_EFL] & ~STATUS_FLAGS) | (c->rflags & STATUS_FLAGS));
-    }
-    gr[REG_RIP] = (greg_t)(rip + d.len);
+    emu_finish(x, uc, &d);
     res->done = 1;
-    if (!in_sync) E.emulated++;
+    if (!in_sync) emu_count();
     res->changed = first < size ? scan_written(ea, ea + size, in_sync) : 0;
 }
 
 /* ---- the rest of the interface (store_emulation.h) ------------------------------------ */
 
-int xol_ready(void) { return E.xol != NULL; }
+int xol_ready(void) { return E.main.base != NULL; }
 
 int emu_state_overlaps(uint64_t lo, uint64_t hi) {
-    uint64_t x_lo = PAGE_OF((uintptr_t)&polus_xol_ctx), x_hi = x_lo + PAGE;
+    uint64_t x_lo = 0, x_hi = 0;
     uint64_t e_lo = PAGE_OF((uintptr_t)&E), e_hi = PAGE_OF((uintptr_t)&E + sizeof E - 1) + PAGE;
     return (lo < x_hi && x_lo < hi) || (lo < e_hi && e_lo < hi);
 }

@@ -25,6 +25,13 @@ extern "C" {
  * are absolute indices in the table. */
 uint64_t polus_agent_sync_reserve(uint32_t capacity);
 
+/* Optional, before sync_begin, while the target runs (the injector calls it before its commit
+ * pause): builds the page table (reading /proc/self/maps), the shadows and the memfds of the
+ * pages' views, so that sync_begin, in the pause, only protects, copies and moves mappings.
+ * Items added afterwards (heap data registered by a pre-update callback) make sync_begin do
+ * it all again. 0 or -errno (as sync_begin; nothing is protected either way). */
+int polus_agent_sync_prepare(void);
+
 /* Starts tracking: shadow copies, SIGSEGV/SIGTRAP handlers (previous ones saved for
  * chaining; SIGBUS/SIGFPE/SIGILL ones too, which only catch sync functions' faults), every
  * writable page holding an item made read-only; registry.sync.fault cleared. 0 or -errno
@@ -71,12 +78,15 @@ struct polus_sync_stats {
     uint64_t xol_slots_built; /* distinct instructions relocated */
     uint32_t emulation;       /* 1 if out-of-line execution is available */
     uint32_t reserved;
+    uint64_t fast_path;       /* application writes carried out without the sync lock (fast_path.c) */
+    uint64_t lock_waits;      /* of those, writes that found an item (pair) lock taken by another thread */
 };
 void polus_agent_sync_get_stats(struct polus_sync_stats *out);
 
 /* Flags of polus_agent_sync_configure (tests): */
 #define POLUS_SYNC_FORCE_SINGLE_STEP 0x1u /* never emulate: open the page and single-step */
 #define POLUS_SYNC_KEEP_HANDLERS 0x2u     /* sync_end leaves ours installed as a pass-through */
+#define POLUS_SYNC_NO_FAST_PATH 0x4u      /* every write takes the sync lock (comparisons) */
 void polus_agent_sync_configure(uint32_t flags);
 
 #ifdef __cplusplus

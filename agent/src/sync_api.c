@@ -12,7 +12,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "fast_path.h"
 #include "fault_handlers.h"
+#include "page_views.h"
 #include "polus/agent_abi.h"
 #include "polus/patch.h"
 #include "raw_syscall.h"
@@ -27,8 +29,8 @@
 /* ---- entry points --------------------------------------------------------------------- */
 
 static int enter(int *tid) {
-    *tid = sys_gettid();
-    int rc = lock_acquire(*tid, sys_getpid(), 1);
+    *tid = fast_tid(); /* the injector follows a borrowed thread system call by system call */
+    int rc = lock_acquire(*tid, G.my_pid ? G.my_pid : sys_getpid(), 1);
     if (rc) return rc;
     if (G.lock_depth > 1) { /* from a sync function, or a thread stopped mid-step */
         lock_release();
@@ -46,7 +48,10 @@ static int overlaps_agent_state(uint64_t a, uint64_t size) {
 
 static int validate_item(const struct polus_tracked_item *it, uint32_t i, uint32_t n) {
     if (!it->address || !it->size || it->size > (1ull << 40) || it->address + it->size < it->address) return -EINVAL;
-    if (it->side != POLUS_OLD && it->side != POLUS_NEW) return -EINVAL;
+    uint32_t side = it->side & POLUS_ITEM_SIDE_MASK;
+    if (side != POLUS_OLD && side != POLUS_NEW) return -EINVAL;
+    if ((it->side & ~POLUS_ITEM_SIDE_MASK) & ~POLUS_ITEM_WRITES_NOTIFIED) return -EINVAL;
+    if ((it->side & POLUS_ITEM_WRITES_NOTIFIED) && side != POLUS_NEW) return -EINVAL;
     if (it->counterpart != NO_ITEM && (it->counterpart >= n || it->counterpart == i)) return -EINVAL;
     if (overlaps_agent_state(it->address, it->size)) return -EINVAL;
     return 0;
@@ -70,10 +75,57 @@ POLUS_EXPORT uint64_t polus_agent_sync_reserve(uint32_t capacity) {
      * sync_begin (called with every thread stopped) has less to do. */
     (void)mem_fd();
     (void)xol_ensure();
+    (void)lanes_ensure();
+    views_register_fork_handlers(); /* pthread_atfork allocates: here, not in the pause */
     result = REG.sync.items;
 out:
     lock_release();
     return result;
+}
+
+/* Undoes prepare_locked. */
+static void unprepare(uint32_t n) {
+    views_discard_staged();
+    shadows_free();
+    for (uint32_t i = 0; i < n && REG.sync.items; i++) items()[i].shadow = 0;
+    table_free();
+    G.count = 0;
+    G.prepared = 0;
+}
+
+/* Everything sync_begin needs that does not need the target stopped: the table (with the
+ * pages' protections from /proc/self/maps), the shadows, the memfds of the views. Lock held. */
+static int prepare_locked(uint32_t n) {
+    int rc;
+    if (n > REG.sync.item_capacity || (n && !REG.sync.items)) return -EINVAL;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = validate_item(&items()[i], i, n)) != 0) return rc;
+    if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) return rc;
+    G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
+    G.my_pid = sys_getpid();
+    learn_tcb_tid();
+    (void)lanes_ensure(); /* without lanes every write takes the sync lock, as before */
+    views_register_fork_handlers();
+    unprepare(G.prepared);
+    G.count = n;
+    if ((rc = build_table(n)) != 0) { unprepare(n); return rc; }
+    for (uint32_t i = 0; i < n; i++) {
+        void *s = shadow_alloc(items()[i].size);
+        if (!s) { unprepare(n); return -ENOMEM; }
+        items()[i].shadow = (uint64_t)(uintptr_t)s;
+        G.item_flags[i] = 0;
+    }
+    views_stage();
+    G.prepared = n;
+    return 0;
+}
+
+POLUS_EXPORT int polus_agent_sync_prepare(void) {
+    int tid, rc = enter(&tid);
+    if (rc) return rc;
+    rc = G.active ? -EBUSY : prepare_locked(REG.sync.item_count);
+    lock_release();
+    return rc;
 }
 
 POLUS_EXPORT int polus_agent_sync_begin(void) {
@@ -82,22 +134,12 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     int installed_segv = 0, installed_trap = 0, installed_other = 0;
     uint32_t n = REG.sync.item_count;
     if (G.active) { rc = -EBUSY; goto out; }
-    if (n > REG.sync.item_capacity || (n && !REG.sync.items)) { rc = -EINVAL; goto out; }
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = validate_item(&items()[i], i, n)) != 0) goto out;
-    if ((rc = ensure_aux(REG.sync.item_capacity > n ? REG.sync.item_capacity : n)) != 0) goto out;
-    if ((rc = fence_reset()) != 0) goto out;
-    G.stats.emulation = (mem_fd() >= 0 && xol_ensure() == 0) ? 1 : 0;
-    table_free();
-    G.count = n;
-    if ((rc = build_table(n)) != 0) goto fail;
-    shadows_free();
-    for (uint32_t i = 0; i < n; i++) {
-        void *s = shadow_alloc(items()[i].size);
-        if (!s) { rc = -ENOMEM; goto fail; }
-        items()[i].shadow = (uint64_t)(uintptr_t)s;
-        G.item_flags[i] = 0;
+    /* Prepared ahead (sync_prepare, before the commit pause) unless items came since (a
+     * pre-update callback registering heap data) or it was never called. */
+    if (G.prepared != n || !G.pages || !n) {
+        if ((rc = prepare_locked(n)) != 0) goto out;
     }
+    if ((rc = fence_reset()) != 0) goto fail;
     G.work_count = 0;
     if ((rc = install_fault_handler(SIGSEGV)) != 0) goto fail;
     installed_segv = 1;
@@ -113,9 +155,13 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
         memcpy((void *)(uintptr_t)it->shadow, (const void *)(uintptr_t)it->address, it->size);
         it->sync_calls = 0;
     }
+    /* Then the writable views (page_views.c): the pages are closed and we hold the lock, so
+     * their bytes cannot change while they move onto the memfds. */
+    views_commit();
     for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
     REG.sync.faults = REG.sync.false_sharing = 0;
     __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
+    G.prepared = 0;
     G.active = 1;
     REG.sync.active = 1;
     rc = 0;
@@ -125,10 +171,7 @@ fail:
     while (installed_other > 0) restore_fault_handler(FENCED_SIGNALS[--installed_other]);
     if (installed_trap) restore_fault_handler(SIGTRAP);
     if (installed_segv) restore_fault_handler(SIGSEGV);
-    shadows_free();
-    for (uint32_t i = 0; i < n && REG.sync.items; i++) items()[i].shadow = 0;
-    table_free();
-    G.count = 0;
+    unprepare(n);
 out:
     lock_release();
     return rc;
@@ -141,7 +184,7 @@ POLUS_EXPORT int polus_agent_sync_initialize(uint32_t from_side) {
     int ran = 0, faulted = 0;
     for (uint32_t i = 0; i < G.count; i++) {
         struct polus_tracked_item *it = &items()[i];
-        if (it->side != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
+        if ((it->side & POLUS_ITEM_SIDE_MASK) != from_side || !it->post_sync || it->counterpart == NO_ITEM) continue;
         if (run_sync((polus_sync_fn)(uintptr_t)it->post_sync, i, 0, POLUS_SYNC_FAULT_POST, 1, tid) != 0) faulted = 1;
         ran++;
     }
@@ -161,6 +204,9 @@ POLUS_EXPORT int polus_agent_sync_end(void) {
     if (__atomic_load_n(&REG.sync.fault.function, __ATOMIC_ACQUIRE) && !REG.sync.abandoning) { rc = -ECANCELED; goto out; }
     G.active = 0;
     REG.sync.active = 0;
+    /* Ordinary private pages with the same bytes back under every view, while they are still
+     * closed (a store meanwhile faults and waits for this lock), then the old protection. */
+    views_remove();
     protect_pages(0, 0);
     /* Threads that faulted just before this and wait for the lock find sync inactive and
      * retry their write, which now succeeds. Faults still on their way must reach our
@@ -183,6 +229,7 @@ POLUS_EXPORT int polus_agent_sync_clear(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     if (G.active) { rc = -EBUSY; goto out; }
+    unprepare(G.prepared); /* a prepare whose begin never came */
     REG.sync.item_count = 0;
     REG.sync.faults = REG.sync.false_sharing = 0;
     __atomic_store_n(&REG.sync.chained_faults, 0, __ATOMIC_RELAXED);
@@ -200,7 +247,7 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
     int rc = lock_acquire(tid, sys_getpid(), 1);
     if (rc) return rc;
     /* Allowed from a sync function (lock re-entered by its owner), not mid-step. */
-    int from_sync = G.lock_depth > 1 && G.in_sync;
+    int from_sync = (G.lock_depth > 1 && G.in_sync) || on_fast_path(tid); /* a sync function on the fast path */
     if (G.lock_depth > 1 && (!from_sync || G.step.active)) { rc = -EDEADLK; goto out; }
     uint32_t n = REG.sync.item_count;
     if (overlaps_agent_state((uint64_t)(uintptr_t)old_item, size_old) ||
@@ -236,6 +283,7 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
         build_table(n); /* forget the pair */
         goto out;
     }
+    views_create(1);
     for (uint32_t k = 0; k < G.page_count; k++) G.pages[k].fresh = 0;
     memcpy(s0, old_item, size_old);
     memcpy(s1, new_item, size_new);
@@ -250,6 +298,31 @@ POLUS_EXPORT int polus_register_heap_data(void *old_item, void *new_item, uint64
 out:
     lock_release();
     return rc;
+}
+
+/* New code wrote a NEW item flagged POLUS_ITEM_WRITES_NOTIFIED (patch.h: polus_wrote). */
+POLUS_EXPORT void polus_wrote(const void *item) {
+    if (!item || !__atomic_load_n(&G.active, __ATOMIC_ACQUIRE)) return;
+    int tid = fast_tid();
+    int done = fast_notify((uint64_t)(uintptr_t)item, tid);
+    if (done != 0) return; /* synced (1), or nothing to do here (-1) */
+    /* The sync lock is held by someone (or no lane is free): the usual way, under it. */
+    if (lock_acquire(tid, G.my_pid, 0) != 0) return;
+    if (G.active) {
+        int32_t k = find_page((uint64_t)(uintptr_t)item);
+        if (k >= 0) {
+            struct page_info *p = &G.pages[k];
+            for (uint32_t r = 0; r < p->ref_count; r++) {
+                uint32_t i = G.refs[p->first_ref + r];
+                struct polus_tracked_item *it = &items()[i];
+                if ((uint64_t)(uintptr_t)item < it->address || (uint64_t)(uintptr_t)item >= it->address + it->size) continue;
+                uint64_t d = first_diff((const uint8_t *)(uintptr_t)it->address, (const uint8_t *)(uintptr_t)it->shadow, it->size);
+                if (d < it->size) note_change(i, d);
+            }
+            drain(0, tid);
+        }
+    }
+    lock_release();
 }
 
 POLUS_EXPORT void polus_agent_sync_get_stats(struct polus_sync_stats *out) {

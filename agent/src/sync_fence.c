@@ -62,7 +62,9 @@ static uint64_t unix_ns(void) {
 
 void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32_t kind, uint32_t flags, int tid) {
     struct polus_sync_fault *r = &REG.sync.fault;
-    if (!r->function) {
+    /* Threads on the fast path (fast_path.c) may record at once: the first one writes. */
+    uint32_t unclaimed = 0;
+    if (!r->function && __atomic_compare_exchange_n(&G.fault_claim, &unclaimed, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
         const struct polus_tracked_item *it = &items()[item];
         r->item_address = it->address;
         r->fault_address = f->fault_address;
@@ -70,7 +72,7 @@ void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32
         r->tid = (uint64_t)tid;
         r->at_unix_ns = unix_ns();
         r->item = item;
-        r->side = it->side;
+        r->side = it->side & POLUS_ITEM_SIDE_MASK;
         r->kind = kind;
         r->signal = (uint32_t)f->signal;
         r->si_code = f->si_code;
@@ -79,8 +81,8 @@ void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32
         __atomic_store_n(&r->function, fn, __ATOMIC_RELEASE);
     }
     __atomic_fetch_add(&r->count, 1, __ATOMIC_RELAXED);
-    if (G.disabled_count < MAX_DISABLED) G.disabled[G.disabled_count] = fn;
-    if (G.disabled_count <= MAX_DISABLED) G.disabled_count++;
+    uint32_t slot = __atomic_fetch_add(&G.disabled_count, 1, __ATOMIC_ACQ_REL);
+    if (slot < MAX_DISABLED) __atomic_store_n(&G.disabled[slot], fn, __ATOMIC_RELEASE);
 }
 
 int fence_disabled(uint64_t fn) {
@@ -94,6 +96,7 @@ int fence_reset(void) {
     memset(&REG.sync.fault, 0, sizeof REG.sync.fault);
     REG.sync.abandoning = 0;
     G.disabled_count = 0;
+    G.fault_claim = 0;
     G.fence = NULL;
     if (!G.fence_save) G.fence_save = sys_mmap((uint64_t)FENCE_SAVE_MAX * FENCE_SAVE_LEVELS);
     return G.fence_save ? 0 : -ENOMEM;

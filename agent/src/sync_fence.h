@@ -51,6 +51,7 @@ struct sync_fence {
     uint32_t has_mask;   /* entry points: the caller's signal mask, put back after a fault */
     uint64_t mask;
     uint32_t saved;      /* the counterpart's bytes were copied before the call */
+    uint32_t held;       /* fast path (fast_path.c): item locks its lane held at the call */
     /* what the fault was, filled by fence_unwind */
     int32_t signal, si_code;
     uint64_t fault_address, pc;

@@ -35,13 +35,25 @@ static void reset_inherited_state(void) {
     if (interrupted < G.count) note_change(interrupted, 0);
     if (popped < G.count) note_change(popped, 0);
     G.step.active = 0;
+    /* Threads of the parent on the fast path are not here. */
+    __atomic_store_n(&G.fast_users, 0, __ATOMIC_RELAXED);
+    for (unsigned k = 0; G.lane_owner && k < LANES; k++) G.lane_owner[k] = 0;
     /* A page the parent's thread had open for a single step is writable here: close it. */
     for (uint32_t k = 0; G.active && k < G.page_count; k++)
         if (G.pages[k].open) {
             G.pages[k].open = 0;
             sys_mprotect(G.pages[k].addr, PAGE, closed_prot(&G.pages[k]));
         }
+    /* The views of tracked pages are still the parent's memory (page_views.c, FORK). */
+    if (G.on_fork_child) G.on_fork_child();
     __atomic_store_n(&G.lock_word, 0, __ATOMIC_RELEASE);
+}
+
+void learn_tcb_tid(void) {
+    int tid = sys_gettid();
+    uint64_t self;
+    __asm__("mov %%fs:0x10, %0" : "=r"(self));
+    G.tcb_tid_offset = self && *(volatile int *)(uintptr_t)(self + 0x2d0) == tid ? 0x2d0 : 0;
 }
 
 /* timed: give up after ~2 s (entry points); handlers wait for ever. */
@@ -53,6 +65,9 @@ int lock_acquire(int tid, int pid, int timed) {
     int c = 0;
     if (!__atomic_compare_exchange_n(&G.lock_word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         int holder_pid = __atomic_load_n(&G.lock_pid, __ATOMIC_RELAXED);
+        /* `pid` may be the cached one (G.my_pid): a fork child's before its fork handler ran.
+         * Only here, on contention, ask the kernel. */
+        if (holder_pid != 0 && holder_pid == pid) pid = sys_getpid();
         if (holder_pid != 0 && holder_pid != pid) {
             reset_inherited_state();
             c = 0;
@@ -72,6 +87,30 @@ got:
     G.lock_depth = 1;
     __atomic_store_n(&G.lock_pid, pid, __ATOMIC_RELAXED);
     G.holder_pid = pid;
+    /* Exclusive: wait for the threads on the fast path to leave it (each is a few µs from
+     * done: its write and its sync functions). New ones see lock_word set and do not enter.
+     * The lock word was taken with a locked instruction (a full fence), and the fast path
+     * raises fast_users with one before it reads lock_word: one of the two sees the other.
+     * A caller that is itself on the fast path (a sync function registering heap data) waits
+     * for the others only, and never for ever: two such callers would wait for each other. */
+    int self = on_fast_path(tid);
+    if (self) timed = 1;
+    uint64_t deadline = 0;
+    for (unsigned spins = 0; __atomic_load_n(&G.fast_users, __ATOMIC_SEQ_CST) > self; spins++) {
+        if (spins < 256) { __asm__ volatile("pause"); continue; }
+        if (timed) {
+            if (!deadline) deadline = mono_ns() + 2000000000ull;
+            else if (mono_ns() > deadline) { lock_release(); return -ETIMEDOUT; }
+        }
+        RAW(SYS_sched_yield, 0, 0, 0);
+    }
+    return 0;
+}
+
+int on_fast_path(int tid) {
+    if (!G.lane_owner) return 0;
+    for (unsigned k = 0; k < LANES; k++)
+        if (__atomic_load_n(&G.lane_owner[k], __ATOMIC_RELAXED) == tid) return 1;
     return 0;
 }
 

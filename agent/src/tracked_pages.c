@@ -9,12 +9,16 @@
  *   sync_api.c         the exported entry points (sync.h)
  *   fault_handlers.c   the SIGSEGV/SIGTRAP handlers (steps 1-4 below), the single-step
  *                      fallback, CHAINING, END
+ *   fast_path.c        tracked writes without the sync lock: per-pair locks, per-thread
+ *                      lanes (LOCKS below)
  *   store_emulation.c  the out-of-line execution of MECHANISM
- *   tracked_pages.c    the page table, protections, /proc/self/mem, shadows, change
- *                      detection, the work list, running sync functions (fenced)
+ *   tracked_pages.c    the page table, protections, shadows, change detection, the work
+ *                      list, running sync functions (fenced)
+ *   page_views.c       how stores reach tracked pages: each page's writable view (a memfd
+ *                      mapped twice), or /proc/self/mem; fork
  *   sync_fence.c       the fence around sync functions: a fault in one is unwound, recorded
  *                      and never reaches the target (see sync_fence.h)
- *   sync_state.c       the state they share (G, one struct) and the LOCK
+ *   sync_state.c       the state they share (G, one struct) and the sync LOCK
  *
  * WHAT IT DOES
  *
@@ -22,7 +26,7 @@
  * counterpart on the other side and a post_sync (optionally a pre_sync) function. While
  * sync is active every page holding a tracked item is read-only (original protection minus
  * PROT_WRITE), so every write to a tracked page raises SIGSEGV (SEGV_ACCERR, write bit in
- * the page-fault error code). The handler, under one global lock:
+ * the page-fault error code). The handler, under the locks of the items written (LOCKS):
  *   1. runs the pre_sync of the item(s) about to be written;
  *   2. carries out the write WITHOUT making the page writable (see MECHANISM);
  *   3. compares the written bytes with the item's shadow (its last synced image): if they
@@ -58,16 +62,23 @@
  *
  * So for the instructions compilers emit for stores, the handler executes the faulting
  * instruction out of line, against a scratch buffer, with the thread's registers, and
- * writes the changed bytes back with pwrite(/proc/self/mem), which the kernel allows on a
- * read-only private mapping (FOLL_FORCE) without making the page writable for anyone:
- * store_emulation.c (which instructions, and how). Anything it does not emulate falls back
- * to open-page + single-step, with the window of (a): rare, counted in
- * polus_sync_stats.single_stepped.
+ * stores the changed bytes with a plain store through the page's writable view: a second
+ * mapping of the same physical page, read-write and elsewhere, while the page's own address
+ * stays read-only (page_views.c: a memfd mapped at the page and once more, moved over the
+ * page with one atomic mremap at sync_begin, back to private anonymous memory with the same
+ * bytes at sync_end). Pages that cannot have a view (MAP_SHARED mappings, memfd_create
+ * refused) are written with pwrite(/proc/self/mem), which the kernel allows on a read-only
+ * private mapping (FOLL_FORCE) without making the page writable for anyone. Which
+ * instructions, and how: store_emulation.c. Anything it does not emulate falls back to
+ * open-page + single-step, with the window of (a): rare, counted in
+ * polus_sync_stats.single_stepped (the one case where a tracked page is writable at its
+ * address while tracking).
  *
- * Sync functions write their counterparts by name (paper style) or through args: those
- * writes hit protected pages too; the nested fault (same thread, lock re-entered) is
- * emulated the same way, and the bytes it wrote are absorbed into the shadows (a sync
- * function's writes are never propagated back: no ping-pong).
+ * Sync functions get their counterpart through its view (polus_sync_args.counterpart): their
+ * stores do not fault, and what they stored is absorbed into the counterpart's shadow after
+ * the call (a sync function's writes are never propagated back: no ping-pong). Stores they
+ * make by name (paper style) to the protected original fault again, are emulated the same
+ * way on the same thread, and are absorbed likewise.
  *
  * INVARIANT (emulation path)
  *   While sync is active and no single-step is in flight, every tracked page is mapped
@@ -76,8 +87,8 @@
  *   before it releases the lock.
  * Why it holds:
  *   - User-space stores to a page without PROT_WRITE fault; the faulting thread takes the
- *     global lock before the store takes effect, and the store is performed only by the
- *     lock holder (pwrite), followed, before the lock is released and before the thread
+ *     item's lock (LOCKS) before the store takes effect, and the store is performed only by
+ *     the lock holder (through the view), followed, before the lock is released and before the thread
  *     resumes, by the shadow comparison of exactly the bytes written and the post_sync of
  *     every item they changed. So no write to a tracked item becomes visible without its
  *     counterpart being updated before the writer executes its next instruction — in
@@ -95,13 +106,23 @@
  * and every later one fault) catches other threads' writes, with the lateness described
  * in (a).
  *
- * LOCK: one process-wide futex lock (0 free, 1 held, 2 held with waiters), recursive for
- * its owner (a sync function's own faults re-enter it), timed for entry points. It is
+ * LOCKS. The common write (one operand, pages with views or /proc/self/mem, no pre_sync)
+ * runs on the fast path (fast_path.c): under the locks of the pairs it touches (the page's
+ * for bytes no item covers), taken in ascending order and held from before the store until
+ * its sync functions are done, on a per-thread lane (work list, sync depth, fence,
+ * out-of-line area). Two threads writing different pairs share no lock. Everything else
+ * takes the sync LOCK: one process-wide futex lock (0 free, 1 held, 2 held with waiters),
+ * recursive for its owner (a sync function's own faults re-enter it), timed for entry
+ * points, and EXCLUSIVE: its holder waits until no thread is on the fast path, and no thread
+ * enters the fast path while it is held. The INVARIANT's "the thread holding the sync lock"
+ * reads, on the fast path, "the thread holding the item's pair lock". The sync lock is
  * held from the fault until the write and its syncs are done (for a single-step: until the
- * SIGTRAP). Our handlers block every asynchronous signal (sa_mask; and during a single
- * step, the stepped instruction's uc_sigmask), so no application handler can run on a
- * thread holding it. After fork, a lock inherited from a thread that does not exist in the
- * child is reset (the lock records the holder's pid); /proc/self/mem is reopened likewise.
+ * SIGTRAP), and so are the pair locks on the fast path. Our handlers block every
+ * asynchronous signal (sa_mask; and during a single step, the stepped instruction's
+ * uc_sigmask), so no application handler can run on a thread holding one. After fork, a
+ * lock inherited from a thread that does not exist in the child is reset (the lock records
+ * the holder's pid), the child's lanes are freed and its views made its own (page_views.c,
+ * FORK); /proc/self/mem is reopened likewise.
  *
  * CHAINING: a SIGSEGV that is not a write to a page we protected goes to the previous
  * disposition as the kernel would have delivered it (SA_SIGINFO or not, its sa_mask, its
@@ -138,7 +159,12 @@
  *     around the sync function instead), provided sync functions write only their
  *     counterparts' pages.
  *   - Instructions the agent does not emulate are single-stepped with the window of (a);
- *     stores through a MAP_SHARED mapping too (/proc/self/mem cannot write them).
+ *     stores through a MAP_SHARED mapping too (/proc/self/mem cannot write them). On the
+ *     fast path a sync function cannot wait for the sync lock: such a store made by a sync
+ *     function is unwound as that function's fault (fast_path.c).
+ *   - Viewed pages are MAP_SHARED memfd pages while tracking: a process-shared futex on
+ *     one, or a child made by a raw clone(2) without CLONE_VM, is not supported
+ *     (page_views.c, FORK and LIMITS).
  * ======================================================================================
  */
 #define _GNU_SOURCE
@@ -153,107 +179,35 @@
 
 #include "polus/agent_abi.h"
 #include "polus/patch.h"
+#include "page_views.h"
 #include "raw_syscall.h"
 #include "sync.h"
 #include "sync_fence.h"
 #include "sync_state.h"
 #include "tracked_pages.h"
 
-/* ---- /proc/self/mem ------------------------------------------------------------------ */
-
-/* The size of the descriptor table now (FDSize in /proc/self/status); 64 if unknown. */
-static long fd_table_size(void) {
-    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/status", O_RDONLY | O_CLOEXEC, 0, 0, 0);
-    if (fd < 0) return 64;
-    char buf[768]; /* FDSize is in the first few hundred bytes; this may run in a signal handler
-                    * on a small alternate stack (see read_protections) */
-    long got = RAW(SYS_read, fd, buf, sizeof buf - 1);
-    RAW(SYS_close, fd, 0, 0);
-    if (got <= 0) return 64;
-    buf[got] = 0;
-    static const char key[] = "\nFDSize:";
-    for (long i = 0; i + (long)sizeof key - 1 < got; ++i) {
-        if (memcmp(buf + i, key, sizeof key - 1) != 0) continue;
-        long size = 0;
-        for (const char *c = buf + i + sizeof key - 1; *c == ' ' || *c == '\t' || (*c >= '0' && *c <= '9'); ++c) {
-            if (*c >= '0' && *c <= '9') size = size * 10 + (*c - '0');
-        }
-        return size >= 64 ? size : 64;
-    }
-    return 64;
-}
-
-/* A high descriptor number that is free and inside the table as it is, or -1. Asking for a
- * number beyond the table (F_DUPFD 600, as we once did) makes the kernel grow it, and growing
- * a table shared by several threads waits for an RCU grace period (fs/file.c, expand_fdtable:
- * synchronize_rcu) — seconds on a busy virtual machine, while Polus waited for the agent. */
-static long high_free_descriptor(void) {
-    long size = fd_table_size();
-    for (long k = size - 1, tries = 0; k >= 3 && tries < 64; --k, ++tries) {
-        if (RAW(SYS_fcntl, k, F_GETFD, 0) == -EBADF) return k;
-    }
-    return -1;
-}
-
-int mem_fd(void) {
-    int pid = G.holder_pid; /* set by lock_acquire: we always hold the lock here */
-    struct stat st;
-    if (G.mem_fd >= 0) {
-        if (G.mem_pid == pid && RAW(SYS_fstat, G.mem_fd, &st, 0) == 0 && (uint64_t)st.st_dev == G.mem_dev &&
-            (uint64_t)st.st_ino == G.mem_ino)
-            return G.mem_fd;
-        /* A fork child (the inherited fd writes the parent's memory), or the application
-         * closed our descriptor and the number now means something else: never use it. */
-        if (G.mem_pid != pid) RAW(SYS_close, G.mem_fd, 0, 0);
-        G.mem_fd = -1;
-    }
-    long fd = raw6(SYS_openat, AT_FDCWD, (long)"/proc/self/mem", O_RDWR | O_CLOEXEC, 0, 0, 0);
-    if (fd < 0) return (int)fd;
-    /* Out of the way of applications that assume low descriptor numbers. */
-    long high = high_free_descriptor();
-    if (high > fd) high = RAW(SYS_fcntl, fd, F_DUPFD_CLOEXEC, high);
-    if (high > fd) {
-        RAW(SYS_close, fd, 0, 0);
-        fd = high;
-    }
-    if (RAW(SYS_fstat, fd, &st, 0) != 0) {
-        RAW(SYS_close, fd, 0, 0);
-        return -EIO;
-    }
-    G.mem_fd = (int)fd;
-    G.mem_pid = pid;
-    G.mem_dev = (uint64_t)st.st_dev;
-    G.mem_ino = (uint64_t)st.st_ino;
-    return G.mem_fd;
-}
-
-/* Writes bytes to tracked pages without making them writable. */
-int poke(uint64_t addr, const void *src, uint64_t n) {
-    int fd = mem_fd();
-    if (fd < 0) return -1;
-    return sys_pwrite(fd, src, n, addr) == (long)n ? 0 : -1;
-}
-
-/* For store_emulation.c: emulation is not switched off, and stores can be poked. */
-int may_emulate(void) { return !(G.config & POLUS_SYNC_FORCE_SINGLE_STEP) && mem_fd() >= 0; }
-
 /* ---- per-item auxiliary arrays, shadows ----------------------------------------------- */
 
 int ensure_aux(uint32_t capacity) {
     if (capacity <= G.aux_capacity) return 0;
     uint64_t cap = capacity;
-    uint64_t bytes = (cap * (8 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
+    uint64_t bytes = (cap * (8 + 4 + 4 + 1) + PAGE - 1) & ~(PAGE - 1);
     uint8_t *m = sys_mmap(bytes);
     if (!m) return -ENOMEM;
     uint64_t *off = (uint64_t *)(void *)m;
     uint32_t *work = (uint32_t *)(void *)(m + cap * 8);
-    uint8_t *flags = m + cap * 12;
+    int *locks = (int *)(void *)(m + cap * 12);
+    uint8_t *flags = m + cap * 16;
     if (G.aux_capacity) {
+        /* Called under the exclusive lock; a caller on the fast path (a sync function
+         * registering heap data) may hold item locks: their words move with their values. */
         memcpy(off, G.item_offset, G.aux_capacity * 8ull);
         memcpy(work, G.work, G.aux_capacity * 4ull);
+        memcpy(locks, G.item_lock, G.aux_capacity * 4ull);
         memcpy(flags, G.item_flags, G.aux_capacity);
         sys_munmap(G.item_offset, G.aux_bytes);
     }
+    G.item_lock = locks;
     G.item_offset = off;
     G.work = work;
     G.item_flags = flags;
@@ -287,19 +241,6 @@ void shadows_free(void) {
 
 /* ---- the page table -------------------------------------------------------------------- */
 
-int32_t find_page(uint64_t addr) {
-    uint64_t p = PAGE_OF(addr);
-    int64_t lo = 0, hi = (int64_t)G.page_count - 1;
-    while (lo <= hi) {
-        int64_t mid = (lo + hi) / 2;
-        uint64_t a = G.pages[mid].addr;
-        if (a == p) return (int32_t)mid;
-        if (a < p) lo = mid + 1;
-        else hi = mid - 1;
-    }
-    return -1;
-}
-
 static void sort_u64(uint64_t *a, uint64_t n) { /* heapsort: no recursion, no malloc */
     if (n < 2) return;
     for (uint64_t start = n / 2; start-- > 0;) {
@@ -332,7 +273,7 @@ static int read_protections(struct page_info *pages, uint32_t n) {
     if (fd < 0) return (int)fd;
     char buf[1024]; /* may run on a small alternate signal stack (register from a sync function) */
     uint64_t start = 0, end = 0;
-    int field = 0, prot = 0, perm_index = 0;
+    int field = 0, prot = 0, perm_index = 0, shared = 0;
     uint32_t k = 0;
     while (k < n && !pages[k].fresh) k++;
     int rc = 0;
@@ -346,11 +287,12 @@ static int read_protections(struct page_info *pages, uint32_t n) {
                     if (pages[k].fresh) {
                         if (pages[k].addr < start) { rc = -EFAULT; goto done; }
                         pages[k].prot = prot;
+                        pages[k].shared = (uint8_t)shared;
                     }
                     k++;
                 }
                 start = end = 0;
-                field = prot = perm_index = 0;
+                field = prot = perm_index = shared = 0;
                 continue;
             }
             if (field == 0) {
@@ -364,6 +306,7 @@ static int read_protections(struct page_info *pages, uint32_t n) {
                 if (perm_index == 0 && ch == 'r') prot |= PROT_READ;
                 if (perm_index == 1 && ch == 'w') prot |= PROT_WRITE;
                 if (perm_index == 2 && ch == 'x') prot |= PROT_EXEC;
+                if (perm_index == 3 && ch == 's') shared = 1;
                 perm_index++;
             }
         }
@@ -404,14 +347,17 @@ int build_table(uint32_t n) {
             pages[j].prot = G.pages[old].prot;
             pages[j].tracked = G.pages[old].tracked;
             pages[j].open = G.pages[old].open;
+            pages[j].shared = G.pages[old].shared;
+            pages[j].view = G.pages[old].view;
+            pages[j].lock = G.pages[old].lock;
+            pages[j].staged_view = G.pages[old].staged_view;
+            pages[j].staged_map = G.pages[old].staged_map;
         } else {
             pages[j].fresh = 1;
         }
     }
     int rc = read_protections(pages, (uint32_t)m);
     if (rc) { sys_munmap(pages, bytes); sys_munmap(tmp, tmp_bytes); return rc; }
-    for (uint64_t j = 0; j < m; j++)
-        if (pages[j].fresh) pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0;
 
     /* refs, grouped by page: count, prefix sums, fill (ref_count is the fill cursor). */
     struct page_info *old_pages = G.pages;
@@ -434,6 +380,15 @@ int build_table(uint32_t n) {
             refs[pg->first_ref + pg->ref_count++] = i;
         }
     (void)old_count;
+    /* A fresh page is protected if it was writable and holds an item whose writes are not
+     * notified (POLUS_ITEM_WRITES_NOTIFIED: new code calls polus_wrote instead of faulting). */
+    for (uint64_t j = 0; j < m; j++) {
+        if (!pages[j].fresh) continue;
+        int needs = 0;
+        for (uint32_t r = 0; r < pages[j].ref_count; r++)
+            if (!(it[refs[pages[j].first_ref + r]].side & POLUS_ITEM_WRITES_NOTIFIED)) needs = 1;
+        pages[j].tracked = (pages[j].prot & PROT_WRITE) != 0 && needs;
+    }
     if (old_pages) sys_munmap(old_pages, G.table_bytes);
     G.refs = refs;
     G.table_bytes = bytes;
@@ -496,23 +451,6 @@ uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n) {
     return n;
 }
 
-/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
-#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
-    do {                                                                                        \
-        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
-            int32_t pk_ = find_page(pg_);                                                       \
-            if (pk_ < 0) continue;                                                              \
-            struct page_info *pp_ = &G.pages[pk_];                                              \
-            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
-                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
-                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
-                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
-                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
-                body                                                                            \
-            }                                                                                   \
-        }                                                                                       \
-    } while (0)
-
 /* After bytes [lo, hi) were written: compare them with the shadows of the items they
  * overlap. A sync function's writes are absorbed; others put the item on the work list.
  * Returns how many items changed. */
@@ -556,7 +494,7 @@ uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int
 static void window(uint64_t lo, uint64_t hi, int open) {
     for (uint64_t p = lo; p <= hi; p += PAGE) {
         int32_t k = find_page(p);
-        if (k < 0 || !G.pages[k].tracked) continue;
+        if (k < 0 || !G.pages[k].tracked || G.pages[k].view) continue; /* a viewed page is never opened */
         if (open) open_page((uint32_t)k);
         else close_page((uint32_t)k);
     }
@@ -567,7 +505,7 @@ static void window(uint64_t lo, uint64_t hi, int open) {
 static uint32_t restore_counterpart(uint32_t c, const uint8_t *save) {
     if (!save) return 0;
     struct polus_tracked_item *cp = &items()[c];
-    if (poke(cp->address, save, cp->size) != 0) {
+    if (store_bytes(cp->address, save, cp->size) != 0) {
         /* no /proc/self/mem: through the page's own protection, opened for the copy */
         uint64_t lo = PAGE_OF(cp->address), hi = PAGE_OF(cp->address + cp->size - 1);
         window(lo, hi, 1);
@@ -587,8 +525,12 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
     struct polus_tracked_item *it = &items()[i];
     const uint32_t c = it->counterpart;
     const int has_cp = c != NO_ITEM && c < G.count;
+    /* The counterpart through its writable view (page_views.c) when it has one: the sync
+     * function's stores then do not fault, and nothing needs opening. */
+    uint8_t *const cp_view = has_cp ? view_of(items()[c].address, items()[c].size) : NULL;
     struct polus_sync_args args = {(void *)(uintptr_t)it->address,
-                                   has_cp ? (void *)(uintptr_t)items()[c].address : NULL, offset, (uint64_t)tid};
+                                   cp_view ? (void *)cp_view : has_cp ? (void *)(uintptr_t)items()[c].address : NULL,
+                                   offset, (uint64_t)tid};
     const uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
     G.sync_item = i;
     G.sync_counterpart = has_cp ? c : NO_ITEM;
@@ -599,7 +541,8 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
     fence_arm(&fence, windowed);
     uint8_t *const save = has_cp ? fence_save_area(&fence, items()[c].size) : NULL;
     volatile uint32_t *const saved = &fence.saved; /* read after a longjmp: from memory */
-    if (windowed && has_cp) window(lo, hi, 1);
+    const int open_window = windowed && has_cp && !cp_view;
+    if (open_window) window(lo, hi, 1);
     int rc = 0;
     if (sigsetjmp(fence.env, 0) == 0) {
         if (save) {
@@ -617,7 +560,13 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
         rc = -1;
     }
     fence_disarm(&fence);
-    if (windowed && has_cp) {
+    if (rc == 0 && has_cp && (cp_view || !range_tracked(items()[c].address, items()[c].size))) {
+        /* What it stored through the view is absorbed, never propagated back (no ping-pong).
+         * A queued counterpart keeps its mark: drain still runs its own post_sync. */
+        struct polus_tracked_item *cp = &items()[c];
+        memcpy((void *)(uintptr_t)cp->shadow, (const void *)(uintptr_t)cp->address, cp->size);
+    }
+    if (open_window) {
         /* Close first (mprotect returns after the TLB shootdown: every store made through
          * the window is visible, every later one faults), then compare. */
         window(lo, hi, 0);

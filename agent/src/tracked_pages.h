@@ -14,21 +14,10 @@
 #include <stdint.h>
 
 #include "polus/patch.h"
+#include "page_views.h"
+#include "sync_state.h"
 
 #pragma GCC visibility push(hidden)
-
-/* ---- /proc/self/mem ------------------------------------------------------------------ */
-
-/* This process's descriptor on /proc/self/mem (reopened in a fork child, or when the
- * application closed ours), or -errno. */
-int mem_fd(void);
-
-/* Writes bytes to tracked pages without making them writable (/proc/self/mem). 0 or -1. */
-int poke(uint64_t addr, const void *src, uint64_t n);
-
-/* 1 if emulation may be tried now: POLUS_SYNC_FORCE_SINGLE_STEP is not configured and
- * /proc/self/mem is open. */
-int may_emulate(void);
 
 /* ---- per-item arrays, shadows -------------------------------------------------------- */
 
@@ -43,9 +32,6 @@ void *shadow_alloc(uint64_t size);
 void shadows_free(void);
 
 /* ---- the page table, protections ----------------------------------------------------- */
-
-/* Index in G.pages of the page holding addr, -1 if none. */
-int32_t find_page(uint64_t addr);
 
 /* (Re)builds the page table for items [0, n): pages already in it keep their state, new
  * ones are marked fresh with their protection read from /proc/self/maps. 0 or -errno
@@ -67,6 +53,24 @@ void close_page(uint32_t idx);
 int range_tracked(uint64_t lo, uint64_t n);
 
 /* ---- change detection, the work list, sync functions --------------------------------- */
+
+/* Visit each item overlapping [lo, hi) once: at its first page inside the range. */
+#define FOR_ITEMS_IN_RANGE(lo, hi, idx_var, body)                                              \
+    do {                                                                                        \
+        for (uint64_t pg_ = PAGE_OF(lo); pg_ < (hi); pg_ += PAGE) {                             \
+            int32_t pk_ = find_page(pg_);                                                       \
+            if (pk_ < 0) continue;                                                              \
+            struct page_info *pp_ = &G.pages[pk_];                                              \
+            for (uint32_t r_ = 0; r_ < pp_->ref_count; r_++) {                                  \
+                uint32_t idx_var = G.refs[pp_->first_ref + r_];                                 \
+                const struct polus_tracked_item *ci_ = &items()[idx_var];                       \
+                if (ci_->address >= (hi) || ci_->address + ci_->size <= (lo)) continue;        \
+                if (pg_ != PAGE_OF(lo) && ci_->address < pg_) continue;                         \
+                body                                                                            \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+
 
 /* Index of the first byte where a[0..n) and b[0..n) differ; n if none. */
 uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t n);

@@ -8,7 +8,7 @@
  * This file: main, the helpers and fixtures the scenarios share (sync_test.h). The
  * scenarios: sync_test_writes.c (basic, threads, false_sharing), sync_test_signals.c (chain,
  * fatal, end), sync_test_heap.c (heap), sync_test_emulation.c (emulation, perf),
- * sync_test_fence.c (fence).
+ * sync_test_fence.c (fence), sync_test_views.c (one_fault, views_fork, two_items, notified).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -128,6 +128,10 @@ int main(int argc, char **argv) {
     if (!strcmp(t, "emulation")) return test_emulation();
     if (!strcmp(t, "perf")) return test_perf();
     if (!strcmp(t, "fence")) return test_fence();
+    if (!strcmp(t, "one_fault")) return test_one_fault();
+    if (!strcmp(t, "views_fork")) return test_views_fork();
+    if (!strcmp(t, "two_items")) return test_two_items();
+    if (!strcmp(t, "notified")) return test_notified();
     fprintf(stderr, "unknown test %s\n", t);
     return 2;
 }

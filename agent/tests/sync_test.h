@@ -104,5 +104,9 @@ int test_heap(void);                    /* sync_test_heap.c */
 int test_emulation(void);               /* sync_test_emulation.c */
 int test_perf(void);
 int test_fence(void);                   /* sync_test_fence.c */
+int test_one_fault(void);               /* sync_test_views.c */
+int test_views_fork(void);
+int test_two_items(void);
+int test_notified(void);
 
 #endif /* POLUS_AGENT_SYNC_TEST_H */

@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <time.h>
+#include <ucontext.h>
 
 #include "sync_test.h"
 
@@ -392,22 +394,111 @@ static double tracked_write_us(int n, volatile int *p) {
     return (now_s() - t0) * 1e6 / n;
 }
 
+/* F0, the floor: a bare SIGSEGV round trip on this machine — a store to a read-only page, a
+ * handler that only skips it (the 2-byte `mov %esi, (%rdi)`), sigreturn. */
+static void skip_store(int sig, siginfo_t *si, void *ctx) {
+    (void)sig;
+    (void)si;
+    ((ucontext_t *)ctx)->uc_mcontext.gregs[REG_RIP] += 2;
+}
+static double bare_fault_us(int n) {
+    struct sigaction sa, prev;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = skip_store;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    CHECK(sigaction(SIGSEGV, &sa, &prev) == 0);
+    void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(ro != MAP_FAILED);
+    (void)*(volatile int *)ro; /* present and read-only, as a tracked page is */
+    double t0 = now_s();
+    for (int k = 0; k < n; k++) __asm__ volatile(".byte 0x89, 0x37" /* mov %esi, (%rdi) */ ::"D"(ro), "S"(k) : "memory");
+    double us = (now_s() - t0) * 1e6 / n;
+    munmap(ro, 4096);
+    CHECK(sigaction(SIGSEGV, &prev, NULL) == 0);
+    return us;
+}
+
+/* D4: threads each writing its own pair for a fixed time; total tracked writes per second. */
+#define SCALE_MAX 8
+static union { struct A v; char pad[64]; } scale_old[SCALE_MAX] __attribute__((aligned(4096)));
+static union { struct A_v1 v; char pad[64]; } scale_new[SCALE_MAX] __attribute__((aligned(4096)));
+static long scale_counts[SCALE_MAX];
+static void *scale_writer(void *arg) {
+    long t = (long)arg;
+    long n = 0;
+    while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+        __asm__ volatile("addl $1, %0" : "+m"(scale_old[t].v.i));
+        n++;
+    }
+    scale_counts[t] = n;
+    return NULL;
+}
+static double scaling_rate(int threads, double seconds) {
+    pthread_t th[SCALE_MAX];
+    atomic_store(&stop_flag, 0);
+    double t0 = now_s();
+    for (long t = 0; t < threads; t++) CHECK(pthread_create(&th[t], NULL, scale_writer, (void *)t) == 0);
+    struct timespec ts = {0, (long)(seconds * 1e9)};
+    nanosleep(&ts, NULL);
+    atomic_store(&stop_flag, 1);
+    long total = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        total += scale_counts[t];
+    }
+    double elapsed = now_s() - t0;
+    for (int t = 0; t < threads; t++) CHECK_EQ(scale_new[t].v.i, scale_old[t].v.i);
+    return (double)total / elapsed;
+}
+
 int test_perf(void) {
+    (void)bare_fault_us(5000); /* warm: the first signals of a process cost more */
     add_pair(&perf_old.v[0], sizeof(struct A), ctr_old_to_new, &perf_new.v[0], sizeof(struct A_v1), ctr_new_to_old);
+    double b0 = now_s();
+    CHECK_EQ(polus_agent_sync_prepare(), 0);
+    double prepare_us = (now_s() - b0) * 1e6;
+    b0 = now_s();
     CHECK_EQ(polus_agent_sync_begin(), 0);
+    double begin_us = (now_s() - b0) * 1e6;
     double plain = tracked_write_us(20000, (volatile int *)&native_global.v);
-    double sync_write = tracked_write_us(20000, &perf_old.v[0].i);
-    CHECK_EQ(perf_new.v[0].i, 19999);
-    double fs_write = tracked_write_us(20000, &perf_old.v[1].i);
+    /* F0, D2, D3 interleaved, the fastest of several short runs each: on a shared machine a run
+     * the scheduler interrupts says nothing about the code (bare_fault_us swaps the agent's
+     * SIGSEGV handler out and back in; nothing tracked is written meanwhile). */
+    double f0 = 1e9, sync_write = 1e9, fs_write = 1e9;
+    for (int rep = 0; rep < 9; rep++) {
+        double a = bare_fault_us(3000), b = tracked_write_us(3000, &perf_old.v[0].i);
+        CHECK_EQ(perf_new.v[0].i, 2999);
+        double c = tracked_write_us(3000, &perf_old.v[1].i);
+        if (a < f0) f0 = a;
+        if (b < sync_write) sync_write = b;
+        if (c < fs_write) fs_write = c;
+    }
+    for (int t = 0; t < SCALE_MAX; t++)
+        add_pair(&scale_old[t].v, sizeof(struct A), ctr_old_to_new, &scale_new[t].v, sizeof(struct A_v1), ctr_new_to_old);
+    CHECK_EQ(polus_agent_sync_end(), 0);
+    CHECK_EQ(polus_agent_sync_begin(), 0);
+    double scale[4];
+    const int scale_threads[4] = {1, 2, 4, 8};
+    for (int k = 0; k < 4; k++) scale[k] = scaling_rate(scale_threads[k], 0.4);
+    polus_agent_sync_configure(POLUS_SYNC_NO_FAST_PATH); /* the same with one lock, for comparison */
+    double one_lock[4];
+    for (int k = 0; k < 4; k++) one_lock[k] = scaling_rate(scale_threads[k], 0.4);
+    polus_agent_sync_configure(0);
     polus_agent_sync_configure(POLUS_SYNC_FORCE_SINGLE_STEP);
     double stepped = tracked_write_us(2000, &perf_old.v[0].i);
     CHECK_EQ(perf_new.v[0].i, 1999);
     polus_agent_sync_configure(0);
     CHECK_EQ(polus_agent_sync_end(), 0);
     printf("perf: untracked write %.3f us\n", plain);
-    printf("perf: tracked write + post_sync (2 faults: the write, the sync's store), emulated: %.2f us\n", sync_write);
+    printf("perf: bare fault round trip (F0): %.2f us (F0, D2, D3: the fastest of 9 interleaved runs of 3000)\n", f0);
+    printf("perf: polus_agent_sync_prepare (1 pair, called directly): %.1f us, then polus_agent_sync_begin: %.1f us\n",
+           prepare_us, begin_us);
+    printf("perf: tracked write + post_sync (its store through args), emulated: %.2f us\n", sync_write);
     printf("perf: false-sharing write (1 fault), emulated: %.2f us\n", fs_write);
     printf("perf: tracked write + post_sync, single-step fallback (TF trap + 2 mprotect): %.2f us\n", stepped);
+    for (int k = 0; k < 4; k++)
+        printf("perf: scaling: %d threads on different items: %.0f tracked writes/s (%.2fx one thread; one lock: %.0f/s)\n",
+               scale_threads[k], scale[k], scale[k] / scale[0], one_lock[k]);
     printf("perf: mprotect RO+RW pair: %.2f us with 1 thread, %.2f us with 3 other threads running "
            "(TLB shootdown IPIs)\n",
            mprotect_pair_us(0), mprotect_pair_us(3));

@@ -143,10 +143,22 @@ struct DataSyncResults {
   bool engine_accepts = false;  // it applied the data patch
   Samples server_fraction;      // greeter requests/s during the sync phase / steady state
   Samples throughput_fraction;  // Fig. 2 counter: the same, the worst case
-  Samples tracked_write_us;     // cost of one write to a tracked item
+  Samples throughput_fraction_notified;  // D1n: the counter whose new code calls polus_wrote
+  Samples tracked_write_us;     // cost of one write to a tracked item (D2)
+  Samples bare_fault_us;        // F0: a bare SIGSEGV round trip, the floor, same run
+  Samples false_sharing_us;     // D3: a write to an untracked variable on a tracked page
+  Samples tracked_write_ratio;  // D2 / F0, per sample (same process)
+  Samples false_sharing_ratio;  // D3 / F0, per sample
+  std::array<Samples, 4> scaling;  // D4: tracked writes/s with 1, 2, 4, 8 threads on different items
+  std::array<Samples, 4> scaling_one_lock;  // the same with every write under the one sync lock
+  Samples commit_pause_us;      // D5: the commit pause of the greeter's data update
+  std::vector<std::pair<std::string, Samples>> commit_pause_parts;  // its parts, in order (µs)
 };
 
 DataSyncResults run_data_sync(const Config& config);
+
+/// The notes on method for rows F0–D5 and why the design wins (markdown paragraphs).
+std::string data_sync_notes(const DataSyncResults& d);
 
 // ---- Memory --------------------------------------------------------------------------------
 

@@ -151,6 +151,46 @@ TEST_CASE("a thread looping in an old function holds the update open, visibly, u
   CHECK(target.ask("probe").rfind("probe ok", 0) == 0);  // its own handler is back on its own
 }
 
+TEST_CASE("with the opt-in, new code writes its data without a fault while old code stays tracked",
+          "[data][live]") {
+  // counter-v0-v1-notified.so: ab_v1 is POLUS_DATA_WRITES_NOTIFIED and foo_v1 calls polus_wrote.
+  ChildProcess target({binary_path("counter-v0")});
+  REQUIRE(target.read_line() == "READY");
+  REQUIRE(target.ask("hold") == "HOLDING");
+  auto info = polus::apply_patch(target.pid(), patch_path("counter-v0-v1-notified.so"), options(300ms));
+  REQUIRE(info.state == "syncing");
+  std::this_thread::sleep_for(200ms);  // eight threads of new code write ab_v1; hold() writes ab
+  auto [before, before_counts] = quiesced_figures(target);
+  const uint64_t faults_before = polus::read_status(target.pid()).write_faults;
+  std::this_thread::sleep_for(300ms);
+  auto [during, during_counts] = quiesced_figures(target);
+  auto status = polus::read_status(target.pid());
+  REQUIRE(status.patches.size() == 1);
+  const polus::PatchInfo& p = status.patches[0];
+  CHECK(status.sync_active);
+  REQUIRE(p.items.size() == 2);
+  CHECK(p.items[0].sync_calls > 0);  // old code's writes still synced to the new side
+  CHECK(p.items[1].sync_calls > 0);  // new code's, at its polus_wrote, to the old side
+  // Over the same stretch: counter.c keeps its semaphore and its call counter on ab's page, so
+  // every call still faults three times there (false sharing: sem_wait, sem_post, calls++),
+  // and each hold() round four times; without the opt-in, new code's own two stores to ab_v1
+  // and its v1_calls++ on ab_v1's page fault too (six a call).
+  const long new_code_calls = during.at("v1_calls") - before.at("v1_calls");
+  const long old_code_rounds = during_counts.at("hold_writes") - before_counts.at("hold_writes");
+  const uint64_t faults = status.write_faults - faults_before;
+  CAPTURE(new_code_calls, old_code_rounds, faults);
+  CHECK(new_code_calls > 1000);
+  CHECK(faults <= static_cast<uint64_t>(4 * old_code_rounds + 4 * new_code_calls));
+
+  REQUIRE(target.ask("release") == "RELEASED");
+  CHECK(polus::finish_update(target.pid(), options()).state == "committed");
+  auto [report, counts] = quiesced_figures(target);
+  CHECK(report.at("i") == counts.at("calls"));
+  CHECK(report.at("b") == counts.at("hold_writes"));
+  CHECK(report.at("j") == report.at("v1_calls"));
+  CHECK(counts.at("violations") == 0);
+}
+
 TEST_CASE("heap data of a changed type is converted by a pre-update callback and synced", "[data][live][heap]") {
   ChildProcess target({binary_path("inventory-v0")});
   REQUIRE(target.read_line() == "READY");

@@ -10,6 +10,17 @@
 
 #include <polus/patch.h>
 
+/* Built twice: counter-v0-v1-notified.so defines POLUS_COUNTER_WRITES_NOTIFIED, flags ab_v1
+ * POLUS_DATA_WRITES_NOTIFIED and has foo_v1 say polus_wrote after its write: the new code
+ * then writes ab_v1 without a fault while old code's writes to ab stay tracked. */
+#ifdef POLUS_COUNTER_WRITES_NOTIFIED
+#define NEW_AB_FLAGS POLUS_DATA_WRITES_NOTIFIED
+#define WROTE(item) POLUS_WROTE(item)
+#else
+#define NEW_AB_FLAGS 0
+#define WROTE(item) do { } while (0)
+#endif
+
 /* External definitions: the old types, as the target has them. */
 struct A {
     int i;
@@ -42,6 +53,7 @@ void foo_v1(struct A_v1 *a) {
     sem_wait(mutex);
     a->i++;
     a->j++;
+    WROTE(*a); /* inside the lock: old code reading ab under it sees the write */
     sem_post(mutex);
 }
 
@@ -83,7 +95,7 @@ static const struct polus_function functions[] = {
 enum { OLD_AB, NEW_AB };
 static const struct polus_data data[] = {
     [OLD_AB] = POLUS_OLD_DATA("ab", &ab, 0, old_ab_post_sync, NULL),
-    [NEW_AB] = POLUS_NEW_DATA(ab_v1, new_ab_post_sync, NULL),
+    [NEW_AB] = {"ab_v1", (void *)&ab_v1, 0, sizeof ab_v1, new_ab_post_sync, NULL, POLUS_NEW, NEW_AB_FLAGS},
 };
 
 static const struct polus_mapping mappings[] = {

@@ -21,11 +21,14 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 3u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier */
+#define POLUS_AGENT_ABI_VERSION 4u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
+                                      4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side;
+                                         polus_agent_sync_prepare */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
 #define POLUS_AGENT_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
+#define POLUS_AGENT_SYNC_PREPARE_SYMBOL "polus_agent_sync_prepare" /* optional (ABI 4) */
 #define POLUS_AGENT_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
 #define POLUS_AGENT_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
 #define POLUS_AGENT_SYNC_END_SYMBOL "polus_agent_sync_end"
@@ -147,10 +150,16 @@ struct polus_tracked_item {
     uint64_t post_sync;   /* polus_sync_fn run after a write to this item, 0 = none */
     uint64_t pre_sync;    /* polus_sync_fn run before the write is let through, 0 = none */
     uint32_t counterpart; /* index (in the same table) of the mapped item on the other side */
-    uint32_t side;        /* POLUS_OLD (1) / POLUS_NEW (2) */
+    uint32_t side;        /* POLUS_OLD (1) / POLUS_NEW (2) in the low byte, POLUS_ITEM_* flags above */
     uint64_t sync_calls;  /* written by the agent: post_sync runs caused by writes to this item */
     uint64_t shadow;      /* agent-private: address of its copy of the item's last synced bytes */
 };
+
+/* Flags in the high bits of polus_tracked_item.side. */
+#define POLUS_ITEM_SIDE_MASK 0xffu
+#define POLUS_ITEM_WRITES_NOTIFIED 0x100u /* a NEW item whose writers call polus_wrote (patch.h,
+                                           * POLUS_DATA_WRITES_NOTIFIED): its pages stay writable
+                                           * unless an item without the flag shares them */
 
 /* Kinds of sync function (struct polus_sync_fault.kind). */
 #define POLUS_SYNC_FAULT_POST 1u /* the written item's post_sync */
@@ -248,7 +257,7 @@ POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure mus
  *       0 with registry.last_error set to dlerror()'s text. The injector passes
  *       "/proc/self/fd/N", N a sealed memfd holding the bytes it validated.
  *   polus_agent_unload_patch(handle): dlclose; returns 0 or -1 with last_error set.
- *   polus_agent_sync_reserve/begin/initialize/end/clear, polus_register_heap_data: the
+ *   polus_agent_sync_reserve/prepare/begin/initialize/end/clear, polus_register_heap_data: the
  *       write-through of registry.sync, declared (and described) in the agent's sync.h.
  */
 

@@ -41,6 +41,12 @@ struct TrackedItemInfo {
   uint64_t sync_calls = 0; // post_sync runs caused by writes to this item
 };
 
+/// One part of the commit pause (apply only): what ran while every thread was stopped.
+struct PausePart {
+  std::string what;
+  uint64_t ns = 0;
+};
+
 /// A thread found running a function that holds a data update open.
 struct HolderInfo {
   pid_t tid = 0;
@@ -71,6 +77,7 @@ struct PatchInfo {
   std::vector<HolderInfo> holders;    // who holds it now
   std::vector<TrackedItemInfo> items; // while syncing: the protected items and their sync counts
   std::string fault;        // a sync function of the update in flight faulted: which, where, how ("" if none)
+  std::vector<PausePart> commit_pause_parts;  // apply: the commit pause, part by part, in order (not kept in the registry)
 };
 
 /// An update Polus abandoned because the patch's code faulted in the target.

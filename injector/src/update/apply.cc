@@ -116,7 +116,9 @@ class Applier {
     } else {
       run_post_update_callbacks();
     }
-    return info_from_record(record_view_);
+    PatchInfo info = info_from_record(record_view_);
+    info.commit_pause_parts = pause_parts_;
+    return info;
   }
 
  private:
@@ -347,18 +349,32 @@ class Applier {
     PauseRequest request;
     request.giving_up = "cannot commit now";
     request.prepare = [&] { return run_code ? borrower_ : 0; };  // a borrower found safe stays ours
-    request.why_busy = [&] { return busy_reason_now(need_stacks, run_code); };
+    uint64_t check_ns = 0;  // the last check's: the part of the pause before `act` that is not stopping threads
+    request.why_busy = [&] {
+      auto start = Clock::now();
+      std::string reason = busy_reason_now(need_stacks, run_code);
+      check_ns = elapsed_ns(start);
+      return reason;
+    };
+    uint64_t acted_ns = 0;
     request.act = [&](const Pause& pause) {
+      pause_parts_.clear();
       uint64_t checked_ns = pause.elapsed();
-      if (run_code) run_code_in_pause();
+      const uint64_t checks = std::min(check_ns, checked_ns);
+      pause_parts_.push_back({"stop every thread", checked_ns - checks});
+      pause_parts_.push_back({"check stacks, locks and masks", checks});
+      if (run_code) run_code_in_pause(pause);
       uint64_t code_ns = pause.elapsed();
       write_all(target_.memory(), writes);
       // The outcome, still in the pause: cut short after this, the record says what is true.
       write_record_state(target_.memory(), record_view_, has_data_ ? POLUS_STATE_SYNCING : POLUS_STATE_COMMITTED);
       committed_ = true;
+      acted_ns = pause.elapsed();
+      pause_parts_.push_back({"jumps and record written", acted_ns - code_ns});
       spdlog::debug("commit pause: checked at {} us, code run at {} us", checked_ns / 1000, code_ns / 1000);
     };
     pause_ns_ = target_.pause_when_free(request);
+    if (pause_ns_ > acted_ns) pause_parts_.push_back({"threads resumed", pause_ns_ - acted_ns});
     spdlog::debug("commit pause {} us", pause_ns_ / 1000);
   }
 
@@ -382,9 +398,17 @@ class Applier {
 
   /// With every other thread stopped: pre-update callbacks, then the new data starts as a
   /// copy of the old and both are protected — atomically with respect to the application.
-  void run_code_in_pause() {
+  void run_code_in_pause(const Pause& pause) {
+    uint64_t mark = pause.elapsed();
+    auto part = [&](const char* what) {
+      uint64_t now = pause.elapsed();
+      pause_parts_.push_back({what, now - mark});
+      mark = now;
+    };
     BorrowedThread thread = target_.borrow(borrower_);
+    part("borrow a thread");
     int refused = run_callbacks(thread, patch_, patch_bias_, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
+    part("pre-update callbacks");
     if (refused != 0) {
       throw Error(ErrorCode::kUnsafeToPatch, "the patch's pre-update callback refused the update (returned " +
                                                  std::to_string(refused) + "); the target is unchanged");
@@ -398,8 +422,11 @@ class Applier {
         throw abandon_before_start(target_, *agent_, record_view_.header, POLUS_UPDATE_APPLY, fault);
       }
       uint64_t init_ns = elapsed_ns(start);
+      part("initial syncs (old -> new)");
       unblock_fault_signals(target_.session());
+      part("SIGSEGV/SIGTRAP unblocked in every thread");
       begin_sync(thread, *agent_);
+      part("write tracking started (agent: protect, shadows, views)");
       spdlog::debug("in the pause: sync functions {} us, write tracking started {} us", init_ns / 1000,
                     (elapsed_ns(start) - init_ns) / 1000);
     }
@@ -498,6 +525,7 @@ class Applier {
   uint64_t patch_handle_ = 0;
   uint64_t patch_bias_ = 0;
   uint64_t pause_ns_ = 0;
+  std::vector<PausePart> pause_parts_;
   RehearsalCost rehearsal_;
   bool committed_ = false;
   bool listed_ = false;  // the record is in the registry

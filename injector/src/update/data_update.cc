@@ -78,6 +78,7 @@ DataPlan plan_data_update(const PatchDescription& patch, const ProcessSymbols& s
     pair.old_pre_sync = runtime(old_item.pre_sync, patch_bias);
     pair.new_post_sync = runtime(new_item.post_sync, patch_bias);
     pair.new_pre_sync = runtime(new_item.pre_sync, patch_bias);
+    pair.new_writes_notified = (new_item.flags & POLUS_DATA_WRITES_NOTIFIED) != 0;
     plan.pairs.push_back(pair);
   }
   for (uint32_t index : watched_functions) {
@@ -121,11 +122,20 @@ void install_tracked_items(BorrowedThread& thread, ProcessMemory& memory, const 
   for (const TrackedPair& p : plan.pairs) {
     uint32_t at = static_cast<uint32_t>(items.size());
     items.push_back({p.old_address, p.old_size, p.old_post_sync, p.old_pre_sync, at + 1, POLUS_OLD, 0, 0});
-    items.push_back({p.new_address, p.new_size, p.new_post_sync, p.new_pre_sync, at, POLUS_NEW, 0, 0});
+    const uint32_t new_side = POLUS_NEW | (p.new_writes_notified ? POLUS_ITEM_WRITES_NOTIFIED : 0u);
+    items.push_back({p.new_address, p.new_size, p.new_post_sync, p.new_pre_sync, at, new_side, 0, 0});
   }
   memory.write_bytes(RemoteAddr(table), items.data(), items.size() * sizeof(polus_tracked_item));
   auto sync_field = RemoteAddr(agent.registry.address() + offsetof(polus_agent_registry, sync));
   memory.write(RemotePtr<uint32_t>(sync_field.address() + offsetof(polus_sync_state, item_count)), count);
+  // What write tracking needs that does not need the target stopped (the page table, read
+  // from /proc/self/maps; shadows; the memfds of the pages' writable views), now, so that the
+  // commit pause's sync_begin only protects and switches mappings. A failure here is not one:
+  // sync_begin does it all again, and reports.
+  if (agent.sync_prepare.address()) {
+    int64_t prepared = static_cast<int32_t>(thread.call(agent.sync_prepare, {}));
+    if (prepared != 0) spdlog::debug("the agent could not prepare write tracking ahead (error {})", -prepared);
+  }
 }
 
 void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, const DataPlan& plan, uint32_t direction) {

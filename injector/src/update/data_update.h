@@ -30,6 +30,7 @@ struct TrackedPair {
   std::string old_name, new_name;
   uint64_t old_address = 0, old_size = 0, new_address = 0, new_size = 0;
   uint64_t old_post_sync = 0, old_pre_sync = 0, new_post_sync = 0, new_pre_sync = 0;  // 0 = none
+  bool new_writes_notified = false;  // POLUS_DATA_WRITES_NOTIFIED on the new item: new code calls polus_wrote
 };
 
 struct DataPlan {

@@ -37,6 +37,9 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
   if (symbol_value_or_zero(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL)) {
     agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_RESERVE_SYMBOL));
     agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL));
+    if (uint64_t prepare = symbol_value_or_zero(object, POLUS_AGENT_SYNC_PREPARE_SYMBOL)) {
+      agent.sync_prepare = RemoteAddr(load_bias + prepare);
+    }
     agent.sync_end = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_END_SYMBOL));
   }
   return agent;

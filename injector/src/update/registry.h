@@ -28,6 +28,7 @@ struct AgentLocation {
   RemoteAddr load_patch;
   RemoteAddr unload_patch;
   RemoteAddr sync_reserve;  // uint64_t polus_agent_sync_reserve(uint32_t capacity)
+  RemoteAddr sync_prepare;  // int polus_agent_sync_prepare(void), 0 if the agent has none
   RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
   RemoteAddr sync_end;      // int polus_agent_sync_end(void)
 };

@@ -88,6 +88,17 @@ std::vector<SyscallProbe> agent_calls() {
       {"clock_gettime", SYS_clock_gettime, {1, kSomeAddress}},
       {"mremap", SYS_mremap, {kSomeAddress, 4096, 8192, 1 /* MREMAP_MAYMOVE */}},
       {"fcntl", SYS_fcntl, {3, F_GETFL}},
+      // the writable views of tracked pages (agent/src/page_views.c): a memfd per run of pages,
+      // mapped twice, moved over the pages with mremap; and back at the end
+      {"memfd_create (a tracked page's writable view)", SYS_memfd_create, {kSomeAddress, 1 /* MFD_CLOEXEC */}},
+      {"ftruncate (the view's memfd)", SYS_ftruncate, {3, 4096}},
+      {"mmap (the view, shared)", SYS_mmap, {0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 3, 0}},
+      {"mmap (the view at the page, read-only)", SYS_mmap, {0, 4096, PROT_READ, MAP_SHARED, 3, 0}},
+      {"mmap (the private copy at the end)", SYS_mmap, {0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0}},
+      {"madvise (MADV_DONTFORK on the view)", SYS_madvise, {kSomeAddress, 4096, MADV_DONTFORK}},
+      {"mremap (the view over the page)", SYS_mremap, {kSomeAddress, 4096, 4096, 3 /* MREMAP_MAYMOVE | MREMAP_FIXED */, kSomeAddress}},
+      {"munmap (the view)", SYS_munmap, {kSomeAddress, 4096}},
+      {"close (the view's memfd)", SYS_close, {3}},
   };
 }
 

@@ -155,7 +155,7 @@ ProcessStatus read_status(pid_t pid, const Caller& caller) {
         auto symbol = symbols->symbol_containing(RemoteAddr(item.address));
         std::string name = symbol && symbol->address.address() == item.address ? symbol->qualified_name()
                                                                                 : "heap " + hex(item.address);
-        info.items.push_back({name, item.side == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
+        info.items.push_back({name, (item.side & POLUS_ITEM_SIDE_MASK) == POLUS_OLD ? "old" : "new", item.address, item.size, item.sync_calls});
       }
     }
     status.patches.push_back(std::move(info));

@@ -72,6 +72,11 @@ typedef void (*polus_sync_fn)(const struct polus_sync_args *args);
 #define POLUS_DATA_HEAP_ROOT 0x2u /* roots heap data a pre-update callback converts and registers with
                                      polus_register_heap_data: the item itself is not protected, but
                                      the functions using it (F2D) hold the update open */
+#define POLUS_DATA_WRITES_NOTIFIED 0x4u /* on a NEW item: the patch's code calls polus_wrote(&item)
+                                     after each write to it (before releasing the lock that guards
+                                     it), so its page is left writable — no fault — unless a tracked
+                                     item without this flag shares the page; polus_wrote runs its
+                                     post_sync. Old code's writes to the OLD item are tracked as ever */
 
 /*
  * A global of the old or the new version.
@@ -191,6 +196,18 @@ __attribute__((weak)) int polus_register_heap_data(void *old_item, void *new_ite
                                                    uint64_t new_size, polus_sync_fn old_post_sync,
                                                    polus_sync_fn new_post_sync);
 #endif
+
+/*
+ * Provided by libpolus-agent.so (weak, as above): new code says it wrote a NEW item flagged
+ * POLUS_DATA_WRITES_NOTIFIED (any address inside it): if the item changed since it was last
+ * synced, its post_sync runs now, on this thread, before polus_wrote returns. Outside a data
+ * update, or for an address that is not such an item, it does nothing. Use POLUS_WROTE(item).
+ */
+#ifndef POLUS_AGENT_BUILD
+__attribute__((weak)) void polus_wrote(const void *item);
+#endif
+#define POLUS_WROTE(item) \
+    do { if (polus_wrote) polus_wrote(&(item)); } while (0)
 
 /* ---- Conveniences for patch authors ---------------------------------------------- */
 
