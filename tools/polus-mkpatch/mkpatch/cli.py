@@ -38,6 +38,10 @@ def parse_args(argv):
     p.add_argument("--author", help="C file with the author's part (sync functions, heap conversion)")
     p.add_argument("--workdir", help="where to build (default: a temporary directory, removed afterwards)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the build trees")
+    p.add_argument("--reuse-builds", action="store_true",
+                   help="with --workdir: take the old build from the previous run if it built exactly this old "
+                        "tree (a series: patch N's new tree is patch N+1's old one), and build the new tree "
+                        "incrementally from the old build")
     p.add_argument("--include", default=os.environ.get("POLUS_PATCH_INCLUDE") or
                    os.path.join(os.path.dirname(os.path.dirname(tool_dir())), "patch-format", "include"),
                    help="directory holding polus/patch.h")
@@ -74,10 +78,21 @@ def _generate(args, out, workdir, findings, rep):
     for path in (args.old, args.new):
         if path and not os.path.isdir(path):
             raise Refused("%s is not a directory" % path)
-    old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
+    if args.reuse_builds and not args.workdir:
+        raise Refused("--reuse-builds needs --workdir (the directory the builds are kept in between runs)")
+    old = build.reusable(workdir, os.path.abspath(args.old), args.build) if args.reuse_builds else None
+    if old is not None:
+        log("the old tree: reusing the build in %s (built from the same source, command and flags)" % old.root)
+        findings.note("old build reused from the previous run (same source digest, command and flags)")
+    else:
+        old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
     old = build.move(old, os.path.join(workdir, "old"))
     new = build.build(workdir, os.path.abspath(args.new or args.old), args.build, "new",
-                      fix=os.path.abspath(args.fix) if args.fix else None)
+                      fix=os.path.abspath(args.fix) if args.fix else None,
+                      base=old if args.reuse_builds else None)
+    if args.reuse_builds:
+        findings.note("new tree built incrementally from the old build (only what the fix touches was recompiled)")
+        build.save_stamp(new, args.build)
     binary = build.find_binary(new, args.binary)
     build.find_binary(old, binary)
     old_bin = Binary(old.path(binary))

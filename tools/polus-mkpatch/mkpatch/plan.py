@@ -78,7 +78,9 @@ class Plan:
             defined |= seg.defines
         roots = set()
         for (obj, name) in a.kept:
-            if obj == tu.obj:
+            # A compiler-made part is carried only for the code calling it: the recompile (with
+            # -ffixed-r11) may split or clone differently, and then its callers use their own.
+            if obj == tu.obj and (name in defined or not is_generated_name(name)):
                 roots.add(name)
         for (obj, name) in self.kept_data:
             if obj == tu.obj:

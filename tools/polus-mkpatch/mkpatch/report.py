@@ -50,6 +50,9 @@ class Report:
             carried = sorted(n for (o, n) in a.kept if is_generated_name(n))
             if carried:
                 lines.append("  carried compiler-made parts: %s" % ", ".join(carried))
+            if a.line_only:
+                lines.append("  unchanged but for line numbers (__LINE__ the fix shifted; not replaced): %s" %
+                             ", ".join(sorted(a.tus[o].key(n, False) for o, n in a.line_only)))
             for (obj, name) in a.removed:
                 lines.append("  removed   %s (left in the target, unused by new code)" % a.tus[obj].key(name, False))
             lines.append("")
