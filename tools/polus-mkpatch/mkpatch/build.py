@@ -213,21 +213,36 @@ def save_stamp(result, command, flags=None):
 
 
 def reusable(workdir, source_tree, command, flags=None):
-    """The Build left at WORKDIR/src by the previous run if it was built from exactly
-    `source_tree` with `command` and the same flags; else None."""
-    src = os.path.join(workdir, "src")
+    """The Build left at WORKDIR/src (the previous run's new tree) or WORKDIR/old (its old one)
+    if it was built from exactly `source_tree` with `command` and the same flags; else None."""
+    digest = None
+    for place in ("src", "old"):
+        found, digest = _reusable_at(os.path.join(workdir, place), source_tree, command, flags, digest)
+        if found is not None:
+            if place == "old":
+                src = os.path.join(workdir, "src")
+                if os.path.exists(src):
+                    shutil.rmtree(src)
+                os.rename(found.root, src)
+                found.root = src
+            return found
+    return None
+
+
+def _reusable_at(src, source_tree, command, flags, digest):
     try:
         with open(os.path.join(src, STAMP)) as f:
             stamp = json.load(f)
     except (OSError, ValueError):
-        return None
+        return None, digest
     if stamp.get("command") != command or stamp.get("flags") != " ".join(flags or GENERATOR_FLAGS):
-        return None
-    if stamp.get("source") != tree_digest(source_tree):
-        return None
+        return None, digest
+    digest = digest or tree_digest(source_tree)
+    if stamp.get("source") != digest:
+        return None, digest
     result = Build(src, stamp["compiles"], stamp["links"])
     result.source_tree = os.path.abspath(source_tree)
-    return result
+    return result, digest
 
 
 def _relative(path, root):

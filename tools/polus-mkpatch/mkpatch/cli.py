@@ -35,6 +35,10 @@ def parse_args(argv):
     p.add_argument("--name", help="the patch's name (default: from the fix)")
     p.add_argument("--description", help="one line for the operator")
     p.add_argument("--versions", help="version file shared by a series of patches (created if missing)")
+    p.add_argument("--fresh-data", action="append", default=[], metavar="NAME",
+                   help="a changed global the program never writes at run time (a table): the patch carries its "
+                        "new definition with its initial value and does not sync it with the old one (repeatable; "
+                        "file-static names as file.c:name)")
     p.add_argument("--author", help="C file with the author's part (sync functions, heap conversion)")
     p.add_argument("--workdir", help="where to build (default: a temporary directory, removed afterwards)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the build trees")
@@ -86,6 +90,8 @@ def _generate(args, out, workdir, findings, rep):
         findings.note("old build reused from the previous run (same source digest, command and flags)")
     else:
         old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
+        if args.reuse_builds:
+            build.save_stamp(old, args.build)
     old = build.move(old, os.path.join(workdir, "old"))
     new = build.build(workdir, os.path.abspath(args.new or args.old), args.build, "new",
                       fix=os.path.abspath(args.fix) if args.fix else None,
@@ -119,6 +125,7 @@ def _generate(args, out, workdir, findings, rep):
 
     analysis = compare.analyse(old, new, binary, findings)
     closure.close_over(analysis, old, new, findings)
+    _fresh_data(analysis, args.fresh_data, findings)
     rep.analysis = analysis
     if not analysis.kept and not analysis.data_changes:
         raise Refused("the fix changes no function and no data of %s (compared object by object)" % binary)
@@ -184,6 +191,34 @@ def _generate(args, out, workdir, findings, rep):
     versions.record(name, so, {"path": running.path if running else os.path.join(out, "old-" + os.path.basename(binary)),
                                "build_id": build_id}, record)
     return EXIT_OK
+
+
+def _fresh_data(analysis, names, findings):
+    """--fresh-data: globals whose layout changed that the author says are never written at run
+    time become new data (their new initial value, no sync); the rest with an initial value get
+    a warning, as syncing copies the running values over it."""
+    for name in names:
+        keys = [k for k, ch in analysis.data_changes.items() if name in (ch.key, k[1])]
+        if not keys:
+            raise Refused("--fresh-data %s: the fix does not change the type of a global of that name (changed: %s)"
+                          % (name, ", ".join(sorted(ch.key for ch in analysis.data_changes.values())) or "none"))
+        for k in keys:
+            change = analysis.data_changes[k]
+            if change.kind != "layout":
+                raise Refused("--fresh-data %s: it is %s, not a global whose own bytes changed layout" %
+                              (name, "thread-local" if change.kind == "tls" else "a pointer to changed heap data"))
+            del analysis.data_changes[k]
+            analysis.new_data.add(k)
+            findings.note("%s: carried with its new initial value, not synced with the old one (--fresh-data: the "
+                          "program never writes it at run time); old code keeps reading the old one, new code the "
+                          "new one" % change.key)
+    for (obj, name), change in sorted(analysis.data_changes.items()):
+        tu = analysis.tus[obj]
+        ent = tu.new.data.get(name) if tu.new else None
+        if change.kind == "layout" and ent is not None and ent.section.type != "SHT_NOBITS":
+            findings.warn("initializer-changed", "%s has initial contents in the new version; the update fills the new "
+                          "copy from the running one (matched members), not from them. If the program never writes "
+                          "%s at run time (a table), pass --fresh-data %s" % (change.key, change.key, change.key))
 
 
 def _check_old_functions(plan, binary, findings):

@@ -152,8 +152,13 @@ class Plan:
         if name in self.global_replaced:
             return ("import", self.global_replaced[name], "function")
         if self.v.knows(name):
+            # An earlier patch's entity: live data where it put it; a function called as the
+            # file says ("call" after a signature change, else its own name, whose entry jumps to
+            # the newest "code").
             ent = self.v.state["entities"][name]
-            return ("import", ent.get("call") or ent.get("data"), "function" if "call" in ent else "data")
+            if "data" in ent:
+                return ("import", ent["data"], "data")
+            return ("import", self.v.call(name), "function")
         found = self.old_bin.lookup(name)
         if found is not None and ":" not in name:
             return ("import", name, "function" if found[1] else "data")
