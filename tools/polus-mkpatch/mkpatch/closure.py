@@ -122,13 +122,16 @@ def _refuse_data_main_uses(a):
         tu = a.tus[obj]
         old = tu.old.data.get(name) if tu.old else None
         new = tu.new.data.get(name) if tu.new else None
-        sizes = " (%d bytes, now %d)" % (old.size, new.size) if old and new else ""
-        users = sum(1 for why in a.kept.values() if why == "uses %s" % change.key)
+        sizes = ""
+        if old and new:
+            sizes = " (%d bytes, now %d)" % (old.size, new.size) if old.size != new.size else \
+                " (members moved; %d bytes still)" % old.size
+        users = len({f for _, f in change.old_users | change.new_users})
         raise Refused("the fix changes the layout of %s%s, which main() uses: main never returns, so the running "
                       "main would keep the old copy in use and the data update would never end (old and new copies "
-                      "synced on every access, for the life of the process); %d functions use it and would be "
-                      "replaced. Keep the layout: put what the fix adds in a new global of its own (a shadow "
-                      "variable) and write the fix against that" % (change.key, sizes, users))
+                      "synced on every access, for the life of the process); %d functions use it. Keep the layout: "
+                      "put what the fix adds in a new global of its own (a shadow variable) and write the fix "
+                      "against that" % (change.key, sizes, users))
 
 
 def _old_signature(a, tu, name):
