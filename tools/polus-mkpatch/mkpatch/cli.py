@@ -170,6 +170,7 @@ def _generate(args, out, workdir, findings, rep):
         compare_builds(old_bin, running, {s for s in specs if s not in live}, findings,
                        quiet_identity=versions.number > 1)
     _check_old_functions(plan, running or old_bin, findings)
+    force = _check_copies(plan, analysis, findings)
     so = os.path.join(out, name + ".so")
     if os.path.exists(so):
         os.unlink(so)
@@ -187,7 +188,7 @@ def _generate(args, out, workdir, findings, rep):
         return EXIT_PATCH_BUILD
     if findings.placeholders and not author:
         raise BuildFailed("internal: the patch built although it has placeholders")
-    rep.built(so)
+    rep.built(so, force)
     versions.record(name, so, {"path": running.path if running else os.path.join(out, "old-" + os.path.basename(binary)),
                                "build_id": build_id}, record)
     return EXIT_OK
@@ -219,6 +220,37 @@ def _fresh_data(analysis, names, findings):
             findings.warn("initializer-changed", "%s has initial contents in the new version; the update fills the new "
                           "copy from the running one (matched members), not from them. If the program never writes "
                           "%s at run time (a table), pass --fresh-data %s" % (change.key, change.key, change.key))
+
+
+def _check_copies(plan, a, findings):
+    """gcc's copies of a replaced function in the old build (foo.part.0, foo.isra.0), which
+    callers reach without passing foo's entry: polusctl refuses a patch that leaves them unless
+    --force. Copies are local to their object, so their callers are found in the old object's
+    relocations: if the patch replaces every one of them, no new code reaches the copy and
+    --force is safe (returned: the reasons); otherwise a warning names the callers left."""
+    reasons = []
+    for (obj, name), _ in sorted(plan.replaced.items()):
+        tu = a.tus[obj]
+        if tu.old is None:
+            continue
+        replaced_here = {n for (o, n) in plan.replaced if o == obj}
+        for copy in sorted(tu.old.parts_of(name)):
+            if copy == name + ".cold":
+                continue  # the function's own cold part: only its body jumps there
+            callers = closure.named_users(tu.old, copy) - {name}
+            outside = sorted(callers - replaced_here)
+            if outside:
+                findings.warn("copies", "%s: gcc's copy %s in the running binary is also called by %s, which the patch "
+                                        "does not replace: polusctl refuses the patch, as those calls would keep "
+                                        "running the old body; replace those callers too" %
+                              (tu.key(name, False), copy, ", ".join(outside)))
+            else:
+                reasons.append("%s is called only by %s, all replaced by this patch" %
+                               (copy, ", ".join(sorted(callers | {name}))))
+    if reasons:
+        findings.note("polusctl apply needs --force: it refuses a replaced function with copies gcc made unless it "
+                      "can tell who calls them; the old object's relocations show it: " + "; ".join(reasons))
+    return reasons
 
 
 def _check_old_functions(plan, binary, findings):

@@ -33,9 +33,12 @@ class Report:
                         "the placeholders below (write them in a file, see author-skeleton.c if present, and run "
                         "again with --author FILE)."]
 
-    def built(self, so):
-        self.outcome = ["RESULT: built %s" % so, "apply it:  polusctl apply PID %s" % so,
+    def built(self, so, force=None):
+        self.outcome = ["RESULT: built %s" % so, "apply it:  polusctl apply PID %s%s" % (so, " --force" if force else ""),
                         "undo it:   polusctl rollback PID"]
+        if force:
+            self.outcome.append("(--force: gcc's copies of replaced functions are called only by replaced functions: "
+                                "see Notes)")
 
     def write(self):
         lines = ["polus-mkpatch report", "=" * 20, ""] + self.lines_head + [""] + self.outcome + [""]
