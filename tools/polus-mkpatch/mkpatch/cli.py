@@ -154,7 +154,12 @@ def _generate(args, out, workdir, findings, rep):
     if args.author:
         author = "author.c"
         shutil.copy2(args.author, os.path.join(out, author))
-    text, skeleton, record = generate(plan, units, build_id, name, description, author, findings, versions.number)
+    author_text = ""
+    if args.author:
+        with open(args.author, errors="replace") as f:
+            author_text = f.read()
+    text, skeleton, record = generate(plan, units, build_id, name, description, author, findings, versions.number,
+                                      author_text)
     with open(os.path.join(out, "patch.c"), "w") as f:
         f.write(text)
     if skeleton:
