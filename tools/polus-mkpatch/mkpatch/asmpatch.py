@@ -102,7 +102,8 @@ def split_operands(text):
     return out
 
 
-MEMORY = re.compile(r"^(?P<star>\*?)(?P<sym>[A-Za-z_.$][\w.$]*)(?P<suffix>@[A-Za-z]+)?(?P<off>[+-]\d+)?"
+# gcc writes an offset before or after the symbol: sym+8(%rip), 32+sym(%rip).
+MEMORY = re.compile(r"^(?P<star>\*?)(?:(?P<pre>-?\d+)\+)?(?P<sym>[A-Za-z_.$][\w.$]*)(?P<suffix>@[A-Za-z]+)?(?P<off>[+-]\d+)?"
                     r"\(%rip\)$")
 DIRECT = re.compile(r"^(?P<sym>[A-Za-z_.$][\w.$]*)(?P<suffix>@PLT)?$")
 DATA_EXPR = re.compile(r"^(?P<sym>[A-Za-z_.$][\w.$]*)(?P<off>[+-]\d+)?$")
@@ -372,7 +373,7 @@ def _rewrite_instruction(line, stripped, plan, refs, findings):
         if not mm:
             raise Refused("%s: cannot rewrite '%s' to reach %s in the running target" % (plan.tu_id, stripped, name))
         slot = refs.slot(spec, kind)
-        off = int(mm.group("off") or 0)
+        off = int(mm.group("off") or 0) + int(mm.group("pre") or 0)
         if mm.group("suffix") == "@GOTPCREL":
             if off:
                 raise Refused("%s: cannot rewrite '%s' (an offset on a GOT reference)" % (plan.tu_id, stripped))

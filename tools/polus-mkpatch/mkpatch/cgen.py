@@ -1,4 +1,6 @@
 """The generated patch source (patch.c): types, slots, sync functions, callbacks, descriptor."""
+import re
+
 from . import dwarf
 from .common import c_ident
 from .ctypes_gen import TypeWriter
@@ -31,12 +33,18 @@ class Descriptor:
             self.mappings.append(m)
 
 
-def generate(plan, units, build_id, name, description, author_file, findings, version):
+AUTHOR_PRE_UPDATE = "polus_author_pre_update"
+
+
+def generate(plan, units, build_id, name, description, author_file, findings, version, author_text=""):
     """Returns (patch.c text, author skeleton text or None, {entity: version fields})."""
     a = plan.a
     types = TypeWriter(plan.suffix)
     desc = Descriptor()
     body, decls, skeleton, author_protos = [], [], [], []
+    author_pre = bool(author_file and re.search(r"\b%s\s*\(" % AUTHOR_PRE_UPDATE, author_text))
+    if author_pre:
+        author_protos.append("static int %s(const struct polus_callback_args *args);" % AUTHOR_PRE_UPDATE)
     record = {}
     new_fns = set()
     # Functions: redirects first, then added ones.
@@ -196,6 +204,12 @@ def generate(plan, units, build_id, name, description, author_file, findings, ve
         out.append("    for (unsigned i = 0; i < sizeof tables / sizeof tables[0]; i++)\n"
                    "        for (const struct polus_mkpatch_fixup *f = tables[i]; f->where; f++)\n"
                    "            *f->where = (char *)*f->slot + f->addend;\n    return 0;\n}")
+    # The author's own pre-update work (redo what a fix changed in code that already ran), after
+    # the generated callbacks: the fixups and conversions are done by then.
+    if author_pre:
+        callbacks_pre.append(AUTHOR_PRE_UPDATE)
+        findings.note("the author's %s() runs at the commit (and again on rollback, args->rollback set), after "
+                      "the generated callbacks" % AUTHOR_PRE_UPDATE)
     for cb in callbacks_pre:
         desc.callbacks.append("{POLUS_CB_PRE_UPDATE, 0, %s}" % cb)
     out.append(_arrays(desc, build_id))

@@ -35,9 +35,17 @@ def parse_args(argv):
     p.add_argument("--name", help="the patch's name (default: from the fix)")
     p.add_argument("--description", help="one line for the operator")
     p.add_argument("--versions", help="version file shared by a series of patches (created if missing)")
+    p.add_argument("--fresh-data", action="append", default=[], metavar="NAME",
+                   help="a changed global the program never writes at run time (a table): the patch carries its "
+                        "new definition with its initial value and does not sync it with the old one (repeatable; "
+                        "file-static names as file.c:name)")
     p.add_argument("--author", help="C file with the author's part (sync functions, heap conversion)")
     p.add_argument("--workdir", help="where to build (default: a temporary directory, removed afterwards)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the build trees")
+    p.add_argument("--reuse-builds", action="store_true",
+                   help="with --workdir: take the old build from the previous run if it built exactly this old "
+                        "tree (a series: patch N's new tree is patch N+1's old one), and build the new tree "
+                        "incrementally from the old build")
     p.add_argument("--include", default=os.environ.get("POLUS_PATCH_INCLUDE") or
                    os.path.join(os.path.dirname(os.path.dirname(tool_dir())), "patch-format", "include"),
                    help="directory holding polus/patch.h")
@@ -74,10 +82,23 @@ def _generate(args, out, workdir, findings, rep):
     for path in (args.old, args.new):
         if path and not os.path.isdir(path):
             raise Refused("%s is not a directory" % path)
-    old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
+    if args.reuse_builds and not args.workdir:
+        raise Refused("--reuse-builds needs --workdir (the directory the builds are kept in between runs)")
+    old = build.reusable(workdir, os.path.abspath(args.old), args.build) if args.reuse_builds else None
+    if old is not None:
+        log("the old tree: reusing the build in %s (built from the same source, command and flags)" % old.root)
+        findings.note("old build reused from the previous run (same source digest, command and flags)")
+    else:
+        old = build.build(workdir, os.path.abspath(args.old), args.build, "old")
+        if args.reuse_builds:
+            build.save_stamp(old, args.build)
     old = build.move(old, os.path.join(workdir, "old"))
     new = build.build(workdir, os.path.abspath(args.new or args.old), args.build, "new",
-                      fix=os.path.abspath(args.fix) if args.fix else None)
+                      fix=os.path.abspath(args.fix) if args.fix else None,
+                      base=old if args.reuse_builds else None)
+    if args.reuse_builds:
+        findings.note("new tree built incrementally from the old build (only what the fix touches was recompiled)")
+        build.save_stamp(new, args.build)
     binary = build.find_binary(new, args.binary)
     build.find_binary(old, binary)
     old_bin = Binary(old.path(binary))
@@ -104,6 +125,7 @@ def _generate(args, out, workdir, findings, rep):
 
     analysis = compare.analyse(old, new, binary, findings)
     closure.close_over(analysis, old, new, findings)
+    _fresh_data(analysis, args.fresh_data, findings)
     rep.analysis = analysis
     if not analysis.kept and not analysis.data_changes:
         raise Refused("the fix changes no function and no data of %s (compared object by object)" % binary)
@@ -132,7 +154,12 @@ def _generate(args, out, workdir, findings, rep):
     if args.author:
         author = "author.c"
         shutil.copy2(args.author, os.path.join(out, author))
-    text, skeleton, record = generate(plan, units, build_id, name, description, author, findings, versions.number)
+    author_text = ""
+    if args.author:
+        with open(args.author, errors="replace") as f:
+            author_text = f.read()
+    text, skeleton, record = generate(plan, units, build_id, name, description, author, findings, versions.number,
+                                      author_text)
     with open(os.path.join(out, "patch.c"), "w") as f:
         f.write(text)
     if skeleton:
@@ -148,6 +175,7 @@ def _generate(args, out, workdir, findings, rep):
         compare_builds(old_bin, running, {s for s in specs if s not in live}, findings,
                        quiet_identity=versions.number > 1)
     _check_old_functions(plan, running or old_bin, findings)
+    force = _check_copies(plan, analysis, findings)
     so = os.path.join(out, name + ".so")
     if os.path.exists(so):
         os.unlink(so)
@@ -165,10 +193,69 @@ def _generate(args, out, workdir, findings, rep):
         return EXIT_PATCH_BUILD
     if findings.placeholders and not author:
         raise BuildFailed("internal: the patch built although it has placeholders")
-    rep.built(so)
+    rep.built(so, force)
     versions.record(name, so, {"path": running.path if running else os.path.join(out, "old-" + os.path.basename(binary)),
                                "build_id": build_id}, record)
     return EXIT_OK
+
+
+def _fresh_data(analysis, names, findings):
+    """--fresh-data: globals whose layout changed that the author says are never written at run
+    time become new data (their new initial value, no sync); the rest with an initial value get
+    a warning, as syncing copies the running values over it."""
+    for name in names:
+        keys = [k for k, ch in analysis.data_changes.items() if name in (ch.key, k[1])]
+        if not keys:
+            raise Refused("--fresh-data %s: the fix does not change the type of a global of that name (changed: %s)"
+                          % (name, ", ".join(sorted(ch.key for ch in analysis.data_changes.values())) or "none"))
+        for k in keys:
+            change = analysis.data_changes[k]
+            if change.kind != "layout":
+                raise Refused("--fresh-data %s: it is %s, not a global whose own bytes changed layout" %
+                              (name, "thread-local" if change.kind == "tls" else "a pointer to changed heap data"))
+            del analysis.data_changes[k]
+            analysis.new_data.add(k)
+            findings.note("%s: carried with its new initial value, not synced with the old one (--fresh-data: the "
+                          "program never writes it at run time); old code keeps reading the old one, new code the "
+                          "new one" % change.key)
+    for (obj, name), change in sorted(analysis.data_changes.items()):
+        tu = analysis.tus[obj]
+        ent = tu.new.data.get(name) if tu.new else None
+        if change.kind == "layout" and ent is not None and ent.section.type != "SHT_NOBITS":
+            findings.warn("initializer-changed", "%s has initial contents in the new version; the update fills the new "
+                          "copy from the running one (matched members), not from them. If the program never writes "
+                          "%s at run time (a table), pass --fresh-data %s" % (change.key, change.key, change.key))
+
+
+def _check_copies(plan, a, findings):
+    """gcc's copies of a replaced function in the old build (foo.part.0, foo.isra.0), which
+    callers reach without passing foo's entry: polusctl refuses a patch that leaves them unless
+    --force. Copies are local to their object, so their callers are found in the old object's
+    relocations: if the patch replaces every one of them, no new code reaches the copy and
+    --force is safe (returned: the reasons); otherwise a warning names the callers left."""
+    reasons = []
+    for (obj, name), _ in sorted(plan.replaced.items()):
+        tu = a.tus[obj]
+        if tu.old is None:
+            continue
+        replaced_here = {n for (o, n) in plan.replaced if o == obj}
+        for copy in sorted(tu.old.parts_of(name)):
+            if copy == name + ".cold":
+                continue  # the function's own cold part: only its body jumps there
+            callers = closure.named_users(tu.old, copy) - {name}
+            outside = sorted(callers - replaced_here)
+            if outside:
+                findings.warn("copies", "%s: gcc's copy %s in the running binary is also called by %s, which the patch "
+                                        "does not replace: polusctl refuses the patch, as those calls would keep "
+                                        "running the old body; replace those callers too" %
+                              (tu.key(name, False), copy, ", ".join(outside)))
+            else:
+                reasons.append("%s is called only by %s, all replaced by this patch" %
+                               (copy, ", ".join(sorted(callers | {name}))))
+    if reasons:
+        findings.note("polusctl apply needs --force: it refuses a replaced function with copies gcc made unless it "
+                      "can tell who calls them; the old object's relocations show it: " + "; ".join(reasons))
+    return reasons
 
 
 def _check_old_functions(plan, binary, findings):

@@ -1,6 +1,6 @@
 """The closure of what the patch must replace: users of changed data, callers of functions whose
 signature changed, and functions that call a changed compiler-made clone or part of themselves."""
-from .common import is_generated_name
+from .common import Refused, is_generated_name
 from .objects import ObjectFile
 
 
@@ -66,6 +66,7 @@ def close_over(a, build_old, build_new, findings):
             for other in _units_using(a, tu, name, build_old, build_new, new=False):
                 if other.old is not None:
                     change.old_users |= {(other.obj, f) for f in named_users(other.old, name)}
+    _refuse_data_main_uses(a)
     # A function whose signature changed because a changed type is in it (foo(struct A *) when
     # struct A changed) may write changed data through its parameters: it uses that data.
     for (obj, name) in sorted(a.sig_changed):
@@ -109,6 +110,28 @@ def close_over(a, build_old, build_new, findings):
         if name == "main" and why != "added":
             findings.warn("main-changed", "main() changed (%s): the running main() will not run the new code; "
                                           "only a new call would" % a.tus[obj].source)
+
+
+def _refuse_data_main_uses(a):
+    """A global whose layout changed and that main() uses cannot be converted: main never
+    returns, so its activation keeps the old copy in use and the update would stay syncing for
+    good (each access of old or new code a fault, for the life of the process)."""
+    for (obj, name), change in sorted(a.data_changes.items()):
+        if change.kind != "layout" or not any(f == "main" for _, f in change.old_users):
+            continue
+        tu = a.tus[obj]
+        old = tu.old.data.get(name) if tu.old else None
+        new = tu.new.data.get(name) if tu.new else None
+        sizes = ""
+        if old and new:
+            sizes = " (%d bytes, now %d)" % (old.size, new.size) if old.size != new.size else \
+                " (members moved; %d bytes still)" % old.size
+        users = len({f for _, f in change.old_users | change.new_users})
+        raise Refused("the fix changes the layout of %s%s, which main() uses: main never returns, so the running "
+                      "main would keep the old copy in use and the data update would never end (old and new copies "
+                      "synced on every access, for the life of the process); %d functions use it. Keep the layout: "
+                      "put what the fix adds in a new global of its own (a shadow variable) and write the fix "
+                      "against that" % (change.key, sizes, users))
 
 
 def _old_signature(a, tu, name):

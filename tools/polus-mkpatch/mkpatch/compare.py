@@ -6,12 +6,13 @@ is the same but which points to a changed type roots heap data. Then the closure
 that uses changed data, or calls a function whose signature changed, or a changed compiler-made
 clone, must be replaced too.
 """
+import difflib
 import hashlib
 import os
 
 from . import dwarf
 from .common import Refused, is_generated_name
-from .objects import ObjectFile
+from .objects import ObjectFile, differs_only_in_lines
 
 
 class TU:
@@ -68,6 +69,46 @@ class Analysis:
         self.const_changed = set() # (obj, name): read-only data whose content changed (the patch carries it)
         self.removed_data = []
         self.changed_tus = []      # TUs whose object differs
+        self.line_only = []        # (obj, name): differ only in shifted line numbers (not carried)
+        self._line_pairs = None
+        self.old_root = self.new_root = None
+
+    def line_pairs(self):
+        """(old line, new line) pairs of every C source or header the fix changed, where the two
+        differ: what __LINE__ becomes in code the fix only moved."""
+        if self._line_pairs is None:
+            self._line_pairs = set()
+            for rel in _changed_sources(self.old_root, self.new_root):
+                with open(os.path.join(self.old_root, rel), errors="replace") as f:
+                    old = f.readlines()
+                with open(os.path.join(self.new_root, rel), errors="replace") as f:
+                    new = f.readlines()
+                for oi, ni, n in difflib.SequenceMatcher(None, old, new, autojunk=False).get_matching_blocks():
+                    if oi != ni:
+                        self._line_pairs.update((oi + k + 1, ni + k + 1) for k in range(n))
+        return self._line_pairs
+
+
+def _changed_sources(old_root, new_root):
+    """C sources and headers (relative paths) whose content differs between the two trees."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(new_root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.endswith((".c", ".h")):
+                continue
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, new_root)
+            other = os.path.join(old_root, rel)
+            if not os.path.isfile(other):
+                continue  # a new file: no old line numbers to map
+            if os.path.getsize(other) != os.path.getsize(path):
+                out.append(rel)
+                continue
+            with open(other, "rb") as f1, open(path, "rb") as f2:
+                if f1.read() != f2.read():
+                    out.append(rel)
+    return out
 
 
 def _digest(path):
@@ -112,6 +153,7 @@ def _in_binary(obj, file, symbols):
 def analyse(old_build, new_build, binary_rel, findings):
     """Compares the two builds; returns an Analysis."""
     a = Analysis()
+    a.old_root, a.new_root = old_build.root, new_build.root
     old_bin, new_bin = old_build.path(binary_rel), new_build.path(binary_rel)
     old_syms, new_syms = _binary_symbols(old_bin), _binary_symbols(new_bin)
     objs = sorted(set(old_build.compiles) | set(new_build.compiles))
@@ -177,6 +219,9 @@ def _compare_units(a, old_build, new_build, old_bin, new_bin, binary_rel, findin
                 if not is_generated_name(name):
                     a.added.add((tu.obj, name))
             elif old.identity != fn.identity:
+                if differs_only_in_lines(tu.old, old, tu.new, fn, a.line_pairs()):
+                    a.line_only.append((tu.obj, name))
+                    continue
                 a.kept[(tu.obj, name)] = "changed"
                 if not is_generated_name(name):
                     osig = dwarf.function_signature(old_dw.functions.get((cu, name)))

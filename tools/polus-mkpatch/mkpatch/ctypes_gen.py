@@ -120,6 +120,8 @@ class TypeWriter:
                     strip_qualifiers(target).tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
                 return self.aggregate_ref(strip_qualifiers(target), new_side, need_complete=False) + " " + inner2
             return self.declare(target, inner2, new_side)
+        if inner.startswith("*") and t in ("DW_TAG_array_type", "DW_TAG_subroutine_type"):
+            inner = "(" + inner + ")"  # a pointer to an array or function: T (*p)[N], not T *p[N]
         if t == "DW_TAG_array_type":
             dims = "".join("[%s]" % (d if d is not None else "") for d in dwarf.array_dims(die))
             return self.declare(type_of(die), inner + dims, new_side)

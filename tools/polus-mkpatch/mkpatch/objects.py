@@ -215,31 +215,75 @@ class ObjectFile:
         self._anon_identity[sec.index] = ident
         return ident
 
-    def _fill(self, ent):
+    def body(self, ent):
+        """A function's or datum's bytes with every relocated field zeroed, and what each
+        relocation refers to ((offset, type, key) in order); None for .bss data."""
         sec, sym = ent.section, ent.symbol
+        if sec.type == "SHT_NOBITS":
+            return None
         start, end = sym.value, sym.value + sym.size
+        data = bytearray(sec.data[start:end])
+        keys = []
+        for r in sec.relocs:
+            if not (start <= r[0] < end):
+                continue
+            size = RELOC_SIZE.get(r[1], 4)
+            data[r[0] - start:r[0] - start + size] = b"\0" * size
+            key, name = self.describe(sec, r)
+            keys.append((r[0] - start, r[1], key))
+            if name and name != ent.name:
+                ent.refs.add(name)
+                if r[1] in TLS_RELOCS:
+                    ent.tls_refs.add(name)
+        return data, keys
+
+    def _fill(self, ent):
         h = hashlib.sha1()
         h.update(ent.kind.encode())
-        if sec.type == "SHT_NOBITS":
-            h.update(b"bss %d" % sym.size)
+        body = self.body(ent)
+        if body is None:
+            h.update(b"bss %d" % ent.symbol.size)
         else:
-            data = bytearray(sec.data[start:end])
-            keys = []
-            for r in sec.relocs:
-                if not (start <= r[0] < end):
-                    continue
-                size = RELOC_SIZE.get(r[1], 4)
-                data[r[0] - start:r[0] - start + size] = b"\0" * size
-                key, name = self.describe(sec, r)
-                keys.append((r[0] - start, r[1], key))
-                if name and name != ent.name:
-                    ent.refs.add(name)
-                    if r[1] in TLS_RELOCS:
-                        ent.tls_refs.add(name)
-            h.update(bytes(data))
-            h.update(repr(keys).encode())
+            h.update(bytes(body[0]))
+            h.update(repr(body[1]).encode())
         ent.identity = h.hexdigest()
 
     def parts_of(self, name):
         """The compiler-made pieces of function `name` (name.cold, name.part.0, ...)."""
         return [f for f in self.functions if is_generated_name(f) and f.split(".")[0] == name]
+
+
+# Instructions that pass a line number to a reporting function (serverAssert's __LINE__ lands in
+# a register, a stack slot or a push).
+_LINE_CARRIERS = {"mov", "push"}
+_detail = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_detail.detail = True
+
+
+def differs_only_in_lines(old_obj, old_ent, new_obj, new_ent, line_pairs):
+    """True if two versions of a function differ only in immediates that are line numbers the
+    fix shifted (`line_pairs`: (old line, new line) of the changed files): the same instructions,
+    the same relocations, and every differing instruction a mov or push of an immediate whose
+    old and new values are such a pair (__LINE__ in an assertion). kpatch-build ignores the same
+    kind of change for the kernel's WARN/BUG macros."""
+    if old_ent.kind != "function" or new_ent.kind != "function":
+        return False
+    ob, nb = old_obj.body(old_ent), new_obj.body(new_ent)
+    if ob is None or nb is None or len(ob[0]) != len(nb[0]) or ob[1] != nb[1] or ob[0] == nb[0]:
+        return False
+    oi = list(_detail.disasm(bytes(ob[0]), 0))
+    ni = list(_detail.disasm(bytes(nb[0]), 0))
+    if len(oi) != len(ni) or sum(i.size for i in oi) != len(ob[0]):
+        return False
+    for a, b in zip(oi, ni):
+        if a.bytes == b.bytes:
+            continue
+        if a.mnemonic != b.mnemonic or a.size != b.size or a.mnemonic not in _LINE_CARRIERS:
+            return False
+        if not a.imm_offset or a.imm_offset != b.imm_offset or a.bytes[:a.imm_offset] != b.bytes[:b.imm_offset]:
+            return False
+        oimm = [o.imm for o in a.operands if o.type == capstone.x86.X86_OP_IMM]
+        nimm = [o.imm for o in b.operands if o.type == capstone.x86.X86_OP_IMM]
+        if len(oimm) != 1 or len(nimm) != 1 or (oimm[0], nimm[0]) not in line_pairs:
+            return False
+    return True

@@ -78,7 +78,9 @@ class Plan:
             defined |= seg.defines
         roots = set()
         for (obj, name) in a.kept:
-            if obj == tu.obj:
+            # A compiler-made part is carried only for the code calling it: the recompile (with
+            # -ffixed-r11) may split or clone differently, and then its callers use their own.
+            if obj == tu.obj and (name in defined or not is_generated_name(name)):
                 roots.add(name)
         for (obj, name) in self.kept_data:
             if obj == tu.obj:
@@ -150,8 +152,13 @@ class Plan:
         if name in self.global_replaced:
             return ("import", self.global_replaced[name], "function")
         if self.v.knows(name):
+            # An earlier patch's entity: live data where it put it; a function called as the
+            # file says ("call" after a signature change, else its own name, whose entry jumps to
+            # the newest "code").
             ent = self.v.state["entities"][name]
-            return ("import", ent.get("call") or ent.get("data"), "function" if "call" in ent else "data")
+            if "data" in ent:
+                return ("import", ent["data"], "data")
+            return ("import", self.v.call(name), "function")
         found = self.old_bin.lookup(name)
         if found is not None and ":" not in name:
             return ("import", name, "function" if found[1] else "data")

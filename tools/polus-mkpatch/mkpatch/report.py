@@ -33,9 +33,12 @@ class Report:
                         "the placeholders below (write them in a file, see author-skeleton.c if present, and run "
                         "again with --author FILE)."]
 
-    def built(self, so):
-        self.outcome = ["RESULT: built %s" % so, "apply it:  polusctl apply PID %s" % so,
+    def built(self, so, force=None):
+        self.outcome = ["RESULT: built %s" % so, "apply it:  polusctl apply PID %s%s" % (so, " --force" if force else ""),
                         "undo it:   polusctl rollback PID"]
+        if force:
+            self.outcome.append("(--force: gcc's copies of replaced functions are called only by replaced functions: "
+                                "see Notes)")
 
     def write(self):
         lines = ["polus-mkpatch report", "=" * 20, ""] + self.lines_head + [""] + self.outcome + [""]
@@ -50,6 +53,9 @@ class Report:
             carried = sorted(n for (o, n) in a.kept if is_generated_name(n))
             if carried:
                 lines.append("  carried compiler-made parts: %s" % ", ".join(carried))
+            if a.line_only:
+                lines.append("  unchanged but for line numbers (__LINE__ the fix shifted; not replaced): %s" %
+                             ", ".join(sorted(a.tus[o].key(n, False) for o, n in a.line_only)))
             for (obj, name) in a.removed:
                 lines.append("  removed   %s (left in the target, unused by new code)" % a.tus[obj].key(name, False))
             lines.append("")

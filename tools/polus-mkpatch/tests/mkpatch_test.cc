@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <spawn.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -300,4 +301,74 @@ TEST_CASE("a type change it cannot match is left to the author: no build until w
   Generated written = mkpatch("budget", args);
   CHECK(written.status == 0);
   CHECK(std::filesystem::exists(written.patch("budget")));
+}
+
+// What a real series (Debian's redis CVE fixes, bench/redis-cve-series.sh) needed, on a small
+// program: builds reused from one patch to the next, assertions whose __LINE__ a fix moved not
+// counted as changes, the author's own pre-update hook, and a layout change of a global main()
+// reads refused.
+TEST_CASE("a series with reused builds: moved __LINE__ is no change, each patch applies on the last",
+          "[mkpatch][series]") {
+  const std::string cases = kServers + "/mkpatch-cases";
+  const std::string work = std::string(MKPATCH_WORK_DIR) + "/series";
+  std::filesystem::remove_all(work);
+  std::filesystem::create_directories(work + "/trees");
+  // The trees a series walks: patch N's old tree is patch N-1's fixed one.
+  const std::string tree0 = work + "/trees/0", tree1 = work + "/trees/1";
+  std::filesystem::copy(cases + "/series", tree0);
+  std::filesystem::copy(cases + "/series", tree1);
+  REQUIRE(std::system(("patch -s -p1 -d " + tree1 + " < " + cases + "/series-1.diff").c_str()) == 0);
+  const std::string build = "cc -O2 -o prog prog.c";
+  auto series_args = [&](const std::string& old, const std::string& fix, const std::string& name) {
+    return std::vector<std::string>{"--old", old, "--fix", cases + "/" + fix, "--build", build, "--name", name,
+                                    "--versions", work + "/versions.json", "--workdir", work + "/builds",
+                                    "--reuse-builds"};
+  };
+  Generated one = mkpatch("series-1", series_args(tree0, "series-1.diff", "series-1"));
+  REQUIRE(one.status == 0);
+  CHECK(one.report.find("replaced  clamp ") != std::string::npos);
+  CHECK(one.report.find("unchanged but for line numbers (__LINE__ the fix shifted; not replaced): answer, twice") !=
+        std::string::npos);
+  CHECK(one.report.find("replaced  twice") == std::string::npos);
+  // Patch 2 brings a new global; its author's pre-update hook sets it at the commit.
+  auto args2 = series_args(tree1, "series-2.diff", "series-2");
+  args2.insert(args2.end(), {"--author", cases + "/series-2-author.c"});
+  Generated two = mkpatch("series-2", args2);
+  REQUIRE(two.status == 0);
+  CHECK(two.report.find("old build reused from the previous run") != std::string::npos);
+  CHECK(two.report.find("new tree built incrementally") != std::string::npos);
+  CHECK(two.report.find("replaced  twice ") != std::string::npos);
+  CHECK(two.report.find("new       factor -> factor_v2") != std::string::npos);
+
+  // Both applied to the program both are bound to (the first patch's rebuilt old binary).
+  ChildProcess prog({one.dir + "/old-prog"});
+  REQUIRE(prog.read_line() == "READY");
+  auto ask = [&](long n) {
+    prog.send(std::to_string(n));
+    return prog.read_line();
+  };
+  CHECK(ask(50) == "20");
+  CHECK(ask(5) == "10");
+  auto a1 = run_polusctl({"apply", std::to_string(prog.pid()), one.patch("series-1")});
+  INFO(a1.out << a1.err);
+  REQUIRE(a1.status == 0);
+  CHECK(ask(50) == "18");  // clamped below the limit now
+  CHECK(ask(5) == "10");
+  auto a2 = run_polusctl({"apply", std::to_string(prog.pid()), two.patch("series-2")});
+  INFO(a2.out << a2.err);
+  REQUIRE(a2.status == 0);
+  CHECK(ask(50) == "36");  // 4 * 9: the hook's factor, not the initial 3
+  CHECK(ask(5) == "20");
+  REQUIRE(run_polusctl({"rollback", std::to_string(prog.pid())}).status == 0);
+  CHECK(ask(50) == "18");
+  REQUIRE(run_polusctl({"rollback", std::to_string(prog.pid())}).status == 0);
+  CHECK(ask(50) == "20");
+  CHECK(ask(5) == "10");
+
+  // A member added to the global main() reads: main never returns, so the update could never end.
+  Generated layout = mkpatch("series-layout", {"--old", tree0, "--fix", cases + "/series-layout.diff",
+                                               "--build", build});
+  CHECK(layout.status == 4);
+  CHECK(layout.report.find("the fix changes the layout of config (8 bytes, now 16), which main() uses") !=
+        std::string::npos);
 }
