@@ -583,15 +583,22 @@ public:
         if (!threads_.empty())
             throw std::logic_error("LoadGenerator already started");
         stopping_ = false;
+        abandon_ = false;
+        running_ = clients_;
         for (int i = 0; i < clients_; i++)
             threads_.emplace_back([this, i] { run(i); });
     }
 
-    // Stops and joins the client threads (an in-flight request is abandoned within ~50 ms
-    // and is not counted). Idempotent.
+    // Stops and joins the client threads. A request in flight gets up to 2 s to be answered
+    // and counted (a server counts a request it answered: tests compare counts exactly); one
+    // still unanswered then is abandoned and not counted. Idempotent.
     void stop()
     {
         stopping_ = true;
+        auto deadline = std::chrono::steady_clock::now() + 2s;
+        while (running_ > 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(1ms);
+        abandon_ = true;
         for (auto &thread : threads_)
             thread.join();
         threads_.clear();
@@ -663,6 +670,10 @@ private:
 
     void run(int index)
     {
+        struct Finished {
+            std::atomic<int> &running;
+            ~Finished() { running--; }
+        } finished{running_};
         const std::string name = client_name(index);
         std::optional<Client> client;
         int last_version = -1;
@@ -671,7 +682,7 @@ private:
             try {
                 if (!client) {
                     client.emplace(port_, timeout_);
-                    client->set_cancel_flag(&stopping_);
+                    client->set_cancel_flag(&abandon_);
                 }
                 std::string reply = client->request(line);
                 int version = reply_version(reply, name);
@@ -714,6 +725,8 @@ private:
     const std::chrono::milliseconds timeout_;
     std::vector<std::thread> threads_;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> abandon_{false};  // cancels a request in flight (stop's grace period is over)
+    std::atomic<int> running_{0};       // client threads not yet finished
     std::array<std::atomic<long>, 3> by_version_{};
     std::vector<std::atomic<long>> per_client_; // sized once, never resized
     std::atomic<long> malformed_{0};
