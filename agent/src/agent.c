@@ -7,10 +7,14 @@
  * the process's own dynamic loader, so dlerror()'s text reaches the operator.
  */
 #include <dlfcn.h>
+#include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "polus/agent_abi.h"
+#include "polus/patch.h"
+#include "sync_fence.h"
 
 #define POLUS_EXPORT __attribute__((visibility("default")))
 
@@ -50,4 +54,21 @@ POLUS_EXPORT int polus_agent_unload_patch(uint64_t handle) {
         return -1;
     }
     return 0;
+}
+
+/* A patch callback, fenced (sync_fence.h, struct callback_fence): the injector calls this
+ * instead of the callback itself while write tracking is on. */
+POLUS_EXPORT int64_t polus_agent_run_callback(uint64_t fn, const struct polus_callback_args *args) {
+    struct callback_fence fence;
+    if (sigsetjmp(fence.env, 0)) {
+        callback_fence_disarm();
+        snprintf(polus_agent_registry.last_error, sizeof polus_agent_registry.last_error,
+                 "signal %d at 0x%llx (fault address 0x%llx)", fence.signal, (unsigned long long)fence.pc,
+                 (unsigned long long)fence.fault_address);
+        return POLUS_CALLBACK_FAULTED;
+    }
+    callback_fence_arm(&fence);
+    int result = ((polus_callback_fn)(uintptr_t)fn)(args);
+    callback_fence_disarm();
+    return result;
 }

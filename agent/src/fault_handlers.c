@@ -75,6 +75,7 @@ static void unwind_if_fenced(int sig, siginfo_t *si, ucontext_t *uc, int tid) {
     if (si->si_code > 0 || ((si->si_code == SI_TKILL || si->si_code == SI_USER) && si->si_pid == sys_getpid())) {
         fast_unwind_if_fenced(sig, si, uc, tid); /* one running on the fast path */
         fence_unwind(sig, si, uc, tid);
+        callback_fence_unwind(sig, si, uc, tid); /* a patch callback Polus runs on this thread */
     }
 }
 

@@ -101,3 +101,31 @@ int fence_reset(void) {
     if (!G.fence_save) G.fence_save = sys_mmap((uint64_t)FENCE_SAVE_MAX * FENCE_SAVE_LEVELS);
     return G.fence_save ? 0 : -ENOMEM;
 }
+
+/* ---- the callback fence (sync_fence.h) ---------------------------------------------------- */
+
+static struct callback_fence *armed_callback;
+
+void callback_fence_arm(struct callback_fence *f) {
+    f->tid = sys_gettid();
+    f->signal = 0;
+    uint64_t mask = 0;
+    raw6(SYS_rt_sigprocmask, SIG_BLOCK, 0, (long)&mask, 8, 0, 0);
+    f->mask = mask;
+    __atomic_store_n(&armed_callback, f, __ATOMIC_RELEASE);
+}
+
+void callback_fence_disarm(void) { __atomic_store_n(&armed_callback, NULL, __ATOMIC_RELEASE); }
+
+void callback_fence_unwind(int sig, const siginfo_t *si, ucontext_t *uc, int tid) {
+    struct callback_fence *f = __atomic_load_n(&armed_callback, __ATOMIC_ACQUIRE);
+    if (!f || f->tid != tid) return;
+    /* Holding the sync lock, the thread is inside the agent's handling of a tracked write the
+     * callback made: unwinding now would leave the lock taken. Such a fault is the agent's. */
+    if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid) return;
+    f->signal = sig;
+    f->fault_address = (uint64_t)(uintptr_t)si->si_addr;
+    f->pc = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    set_sigmask(f->mask);  /* as fence_unwind: the buffer was saved without the mask */
+    siglongjmp(f->env, 1);
+}

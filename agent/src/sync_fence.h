@@ -82,6 +82,33 @@ int fence_disabled(uint64_t fn);
  * mapped. 0 or -ENOMEM. */
 int fence_reset(void);
 
+/* The fence around a patch callback (pre/post-update, thread, function, data callbacks) that
+ * the injector runs on a borrowed thread while write tracking is on, through
+ * polus_agent_run_callback (agent.c). Then the borrowed thread's fault signals go to the
+ * agent's handlers (its tracked writes must reach them), so a fault of the callback's own
+ * would reach the target's disposition and kill it. Instead, a fault no sync fence claims, on
+ * the fenced thread while it does not hold the sync lock, is unwound here: the callback is
+ * abandoned (as the injector abandons a crashed call when tracking is off), the thread goes
+ * on. One at a time: the injector borrows one thread. */
+struct callback_fence {
+    sigjmp_buf env;
+    int tid;
+    uint64_t mask;     /* the caller's signal mask, put back after a fault */
+    int32_t signal;    /* what the fault was, filled by callback_fence_unwind */
+    uint64_t pc, fault_address;
+};
+
+/* Arms `f` for the calling thread (right before sigsetjmp(f->env, 0)). */
+void callback_fence_arm(struct callback_fence *f);
+
+/* Disarms it (after the callback returned, or after the unwind). */
+void callback_fence_disarm(void);
+
+/* From a handler, for a signal that is not the agent's own and no sync fence claimed: on the
+ * thread of an armed callback fence that does not hold the sync lock, unwinds to it (does not
+ * return). */
+void callback_fence_unwind(int sig, const siginfo_t *si, ucontext_t *uc, int tid);
+
 #pragma GCC visibility pop
 
 #endif /* POLUS_AGENT_SYNC_FENCE_H */

@@ -211,3 +211,23 @@ TEST_CASE("a new -> old sync function that faults when Polus starts a rollback l
   check_last_failure(server.pid(), "rollback", "copy_to_old");
   check_every_request_counted(server, load, 1);
 }
+
+TEST_CASE("a post-update callback that faults while write tracking is on: the agent's fence stops it, the "
+          "greeter goes on and the update completes",
+          "[data][live][fault]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  LoadGenerator load(server.port(), 2);
+  load.start();
+  REQUIRE(load.wait_for_replies(200));
+  // The callback runs on a borrowed thread whose faults go to the agent (tracked writes must
+  // reach it); without the fence its SIGSEGV went on to the greeter's default disposition.
+  polus::PatchInfo applied = polus::apply_patch(server.pid(), patch_path("bad-callback-fault.so"), options());
+  CHECK(applied.state == "committed");
+  REQUIRE(server.alive());
+  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
+  long before = load.ok();
+  REQUIRE(load.wait_for_replies(before + 200));
+  CHECK(polus::read_status(server.pid()).patches.at(0).state == "committed");
+  CHECK_FALSE(polus::read_status(server.pid()).sync_active);
+  check_every_request_counted(server, load, 1);
+}

@@ -10,6 +10,8 @@
  *   FAULT_IN_ROLLBACK  0: counting starts with the apply; 1: with the rollback (the pre-update
  *                      callback of that direction arms it)
  *   FAULT_ON_CALL      N: the Nth call of that function once armed faults
+ *   CALLBACK_FAULT     1: no sync function faults (FAULT_ON_CALL -1); the post-update callback
+ *                      dereferences NULL, run by Polus while write tracking is still on
  *   WATCH              which items the patch says the old worker_thread uses: 1 the old one
  *                      (an apply syncs for good: every worker runs worker_thread), 2 the new
  *                      one (a rollback does), 3 both; a direction that watches nothing ends at
@@ -31,6 +33,9 @@
 #endif
 #ifndef WATCH
 #define WATCH 1
+#endif
+#ifndef CALLBACK_FAULT
+#define CALLBACK_FAULT 0
 #endif
 
 static long requests_count_v1;
@@ -100,7 +105,16 @@ static const struct polus_mapping mappings[] = {
 #endif
 };
 
+#if CALLBACK_FAULT
+static int crash(const struct polus_callback_args *args)
+{
+    (void)args;
+    return *(volatile int *)nowhere;
+}
+static const struct polus_callback callbacks[] = {{POLUS_CB_PRE_UPDATE, 0, arm}, {POLUS_CB_POST_UPDATE, 0, crash}};
+#else
 static const struct polus_callback callbacks[] = {{POLUS_CB_PRE_UPDATE, 0, arm}};
+#endif
 
 POLUS_PATCH("bad-sync-fault", "greeter: a data patch whose sync function dereferences NULL",
             functions, POLUS_ARRAY_COUNT(functions), data, POLUS_ARRAY_COUNT(data),

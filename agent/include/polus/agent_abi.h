@@ -34,6 +34,11 @@ extern "C" {
 #define POLUS_AGENT_SYNC_END_SYMBOL "polus_agent_sync_end"
 #define POLUS_AGENT_SYNC_CLEAR_SYMBOL "polus_agent_sync_clear"
 #define POLUS_AGENT_REGISTER_HEAP_DATA_SYMBOL "polus_register_heap_data"
+/* int64_t polus_agent_run_callback(polus_callback_fn fn, const struct polus_callback_args *args):
+ * fn(args) inside a fence (optional, ABI 4): POLUS_CALLBACK_FAULTED if it faulted, with
+ * registry.last_error naming the signal and the pc; the fault never reaches the target. */
+#define POLUS_AGENT_RUN_CALLBACK_SYMBOL "polus_agent_run_callback"
+#define POLUS_CALLBACK_FAULTED (-0x7fffffffffffffffll - 1)
 
 #define POLUS_MAX_PATCHES 256u
 #define POLUS_MAX_ARENAS 32u

@@ -94,6 +94,13 @@ class BorrowedThread {
     return call(function, {arena_.put_args(&block, sizeof block).address()});
   }
 
+  /// Calls `function(first, &block)` with `block` copied to the arena (a call made through a
+  /// wrapper in the target, such as the agent's fenced callback runner).
+  template <typename T>
+  uint64_t call_with_block_after(RemoteAddr function, uint64_t first, const T& block) {
+    return call(function, {first, arena_.put_args(&block, sizeof block).address()});
+  }
+
   /// Calls `function(path, more...)` with `text` copied to the arena (dlopen, the agent's loader).
   uint64_t call_with_string(RemoteAddr function, const std::string& text, std::initializer_list<uint64_t> more = {});
 
@@ -117,6 +124,11 @@ class BorrowedThread {
   /// protected page: its SIGSEGV and the agent's SIGTRAPs must reach the agent's handlers
   /// instead of counting as a crash of our code.
   void set_pass_faults(bool pass) { pass_faults_ = pass; }
+  /// The target's memory, as this thread's calls see it.
+  ProcessMemory& memory() { return memory_; }
+
+  /// Whether fault signals go to the target's handlers (set_pass_faults).
+  bool passes_faults() const { return pass_faults_; }
 
  private:
   /// Runs the thread from `regs` (rsp on a frame written for this run) until it makes

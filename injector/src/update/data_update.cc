@@ -221,13 +221,27 @@ bool end_sync(BorrowedThread& thread, const AgentLocation& agent) {
 }
 
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
-                  uint32_t index, uint64_t thread_id, uint32_t direction) {
+                  uint32_t index, uint64_t thread_id, uint32_t direction, const AgentLocation* agent) {
+  const bool fenced = agent && agent->run_callback.address() && thread.passes_faults();
   for (const polus_callback& cb : patch.callbacks) {
     if (cb.kind != kind) continue;
     polus_callback_args args{kind, index, thread_id, direction == POLUS_UPDATE_ROLLBACK ? 1u : 0u, 0};
     uint64_t fn = reinterpret_cast<uint64_t>(cb.fn) + patch_bias;
-    int result = static_cast<int32_t>(thread.call_with_block(RemoteAddr(fn), args));
-    if (result != 0) return result;
+    if (!fenced) {
+      int result = static_cast<int32_t>(thread.call_with_block(RemoteAddr(fn), args));
+      if (result != 0) return result;
+      continue;
+    }
+    const int64_t result = static_cast<int64_t>(thread.call_with_block_after(agent->run_callback, fn, args));
+    if (result == POLUS_CALLBACK_FAULTED) {
+      const polus_agent_registry registry = thread.memory().read(agent->registry);
+      const std::string where(registry.last_error, strnlen(registry.last_error, sizeof registry.last_error));
+      throw CodeFault("the patch's callback at " + hex(fn) + " faulted (" + where +
+                          ") while write tracking was on; the agent's fence stopped it there: the signal was not "
+                          "delivered and the thread went on",
+                      0, fn);
+    }
+    if (static_cast<int32_t>(result) != 0) return static_cast<int32_t>(result);
   }
   return 0;
 }
@@ -392,7 +406,13 @@ SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent,
       BorrowedThread thread = target.borrow_safe_thread();
       thread.set_pass_faults(true);
       auto fire = [&](uint32_t kind, uint32_t index, uint64_t about_thread) {
-        if (has_callbacks) run_callbacks(thread, patch, patch_bias, kind, index, about_thread, direction);
+        if (!has_callbacks) return;
+        try {
+          run_callbacks(thread, patch, patch_bias, kind, index, about_thread, direction, &agent);
+        } catch (const CodeFault& e) {
+          // Contained by the agent's fence: the target goes on, and so does the update.
+          spdlog::warn("process {}: {}", target.pid(), e.what());
+        }
       };
       for (const polus_holder& h : threads_left) {
         auto w = std::find_if(record.watched.begin(), record.watched.end(),

@@ -86,8 +86,11 @@ void begin_sync(BorrowedThread& thread, const AgentLocation& agent);
 bool end_sync(BorrowedThread& thread, const AgentLocation& agent);
 
 /// Calls every callback of `kind` with `index` and `thread_id`; returns the first non-zero result.
+/// While the thread passes faults to the target (write tracking on), each callback runs inside
+/// the agent's callback fence (`agent`'s run_callback, if it has one): a fault of its own is
+/// contained there and reported as a CodeFault, as a crash of a callback is with tracking off.
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
-                  uint32_t index, uint64_t thread_id, uint32_t direction);
+                  uint32_t index, uint64_t thread_id, uint32_t direction, const AgentLocation* agent = nullptr);
 
 /// How drive_sync_to_end ended.
 enum class SyncOutcome {

@@ -42,6 +42,9 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
     }
     agent.sync_end = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_END_SYMBOL));
   }
+  if (uint64_t run_callback = symbol_value_or_zero(object, POLUS_AGENT_RUN_CALLBACK_SYMBOL)) {
+    agent.run_callback = RemoteAddr(load_bias + run_callback);
+  }
   return agent;
 }
 

@@ -31,6 +31,7 @@ struct AgentLocation {
   RemoteAddr sync_prepare;  // int polus_agent_sync_prepare(void), 0 if the agent has none
   RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
   RemoteAddr sync_end;      // int polus_agent_sync_end(void)
+  RemoteAddr run_callback;  // int64_t polus_agent_run_callback(fn, args), 0 if the agent has none
 };
 
 /// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the

@@ -193,7 +193,7 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     if (!run_code) return;
     BorrowedThread thread = target.borrow(borrower);
     thread.set_pass_faults(sync_active);
-    run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK);
+    run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK, &ctx.agent);
     if (!sync_active) {
       try {
         initialize_counterparts(thread, target.memory(), plan, POLUS_UPDATE_ROLLBACK);
