@@ -347,6 +347,11 @@ ElfObjectFile read_elf_object(const std::string& path) {
   return object;
 }
 
+std::vector<Symbol> read_elf_symbols(const std::vector<uint8_t>& image, const std::string& label) {
+  elf::ElfFile file(std::vector<char>(image.begin(), image.end()), label);
+  return elf::read_symbols(file.get());
+}
+
 std::string read_build_id(const std::string& path) {
   elf::ElfFile file(path);
   return elf::read_headers(file.get()).build_id_hex;

@@ -176,6 +176,10 @@ class ProcessSymbols {
 /// Reads one ELF file as a whole: symbols at link-time addresses (bias 0), build-id.
 ElfObjectFile read_elf_object(const std::string& path);
 
+/// The symbols (.symtab, else .dynsym) of an ELF image already in memory, at link-time
+/// addresses; `label` names it in messages. Nothing is opened.
+std::vector<Symbol> read_elf_symbols(const std::vector<uint8_t>& image, const std::string& label);
+
 /// The build-id of an ELF file on disk, "" if it has none. Throws on unreadable files.
 std::string read_build_id(const std::string& path);
 

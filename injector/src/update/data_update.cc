@@ -37,9 +37,11 @@ std::set<uint32_t> functions_using(const PatchDescription& patch, uint32_t data_
   return result;
 }
 
-/// The size of a patch function without a dynamic symbol (a static one), from .symtab.
+/// The size of a patch function without a dynamic symbol (a static one), from .symtab — of
+/// the bytes that were validated and loaded, not of whatever file is at the path now.
 uint64_t new_function_size(const PatchDescription& patch, uint64_t link_address) {
-  for (const Symbol& s : read_elf_object(patch.path).symbols) {
+  if (!patch.bytes) return 0;
+  for (const Symbol& s : read_elf_symbols(*patch.bytes, patch.path)) {
     if (s.address.address() == link_address && s.size) return s.size;
   }
   return 0;
