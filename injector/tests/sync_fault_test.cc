@@ -230,4 +230,17 @@ TEST_CASE("a post-update callback that faults while write tracking is on: the ag
   CHECK(polus::read_status(server.pid()).patches.at(0).state == "committed");
   CHECK_FALSE(polus::read_status(server.pid()).sync_active);
   check_every_request_counted(server, load, 1);
+
+  // Its rollback waits for every worker to leave worker_thread (the patch says it uses the new
+  // counter): it stays syncing. Applying the same patch meanwhile is refused, not reported as
+  // "already applied".
+  REQUIRE(polus::rollback_patch(server.pid(), options(200ms)).state == "syncing");
+  try {
+    polus::apply_patch(server.pid(), patch_path("bad-callback-fault.so"), options());
+    FAIL("apply of a patch being rolled back said it was applied");
+  } catch (const polus::Error& e) {
+    CHECK(e.code() == polus::ErrorCode::kUnsafeToPatch);
+    CHECK_THAT(std::string(e.what()), Catch::Contains("is being rolled back") && Catch::Contains("then apply it again"));
+  }
+  CHECK(server.alive());
 }

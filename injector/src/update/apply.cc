@@ -86,6 +86,13 @@ class Applier {
     agent_ = locate_agent(target_.pid(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
     if (const PatchRecordView* same = find_active_copy()) {
+      if (same->header.state == POLUS_STATE_SYNCING && same->header.direction == POLUS_UPDATE_ROLLBACK) {
+        // Not "already applied": it is on its way out, and apply cannot turn a rollback around.
+        throw Error(ErrorCode::kUnsafeToPatch,
+                    "patch " + patch_.name + " (id " + std::to_string(same->header.id) + ") is being rolled back from process " +
+                        std::to_string(target_.pid()) + ": its rollback syncs until no thread runs its new code. Let it end "
+                        "(`polusctl finish " + std::to_string(target_.pid()) + "`, or polusd does), then apply it again");
+      }
       PatchInfo info = info_from_record(*same);
       info.already_applied = true;
       spdlog::info("patch {} (sha256 {}) is already applied to process {} as id {}; nothing changed", patch_.name,
