@@ -27,6 +27,7 @@ median() { sort -n | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else p
 json_field() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
 now_us() { echo $(( $(date +%s%N) / 1000 )); }
 
+strip -o "$work/polusctl-stripped" "$polusctl"  # as the package ships it (CPACK_STRIP_FILES)
 mkfifo "$work/in"
 "$build/bench/bench_target" --threads 8 <"$work/in" >"$work/out" 2>&1 &
 target=$!
@@ -47,12 +48,13 @@ for _ in $(seq "$reps"); do
     echo $(( $(now_us) - began )) >>"$work/${mode}_rollback"
   done
   began=$(now_us); $polusctl --version >/dev/null; echo $(( $(now_us) - began )) >>"$work/version"
+  began=$(now_us); "$work/polusctl-stripped" --version >/dev/null; echo $(( $(now_us) - began )) >>"$work/stripped"
   began=$(now_us); /bin/true; echo $(( $(now_us) - began )) >>"$work/true"
 done
 unset POLUS_NO_DAEMON
 
 ms() { awk -v a="$1" 'BEGIN{printf "%.2f", a/1000}'; }
-for f in local_wall local_engine local_rollback daemon_wall daemon_engine daemon_rollback version true; do
+for f in local_wall local_engine local_rollback daemon_wall daemon_engine daemon_rollback version stripped true; do
   eval "$f=$(median <"$work/$f")"
 done
 local_over=$(awk -v a="$local_wall" -v b="$local_engine" 'BEGIN{print a-b}')
@@ -76,10 +78,11 @@ wall = the polusctl process's start to its exit.
 | through polusd | $(ms "$daemon_wall") | $(ms "$daemon_engine") | $(ms "$daemon_over") | $(ms "$daemon_rollback") |
 
 Going through polusd adds **$(awk -v a="$daemon_over" -v b="$local_over" 'BEGIN{printf "%.2f", (a-b)/1000}') ms** to what the command costs beyond the engine's
-own time (target: at most 1 ms more — **${verdict}**). The client's start alone: \`polusctl --version\`
-$(ms "$version") ms, against $(ms "$true") ms for \`/bin/true\` (starting any process, the floor); the
-difference is polusctl loading its libraries (the engine's, which a command through polusd does
-not use).
+own time (target: at most 1 ms more — **${verdict}**). The client's start alone, \`polusctl --version\`:
+$(ms "$stripped") ms stripped as the package ships it, $(ms "$version") ms as built here (RelWithDebInfo: its
+debug sections make it ~90 MB), against $(ms "$true") ms for \`/bin/true\` (starting any process and timing
+it from this script, the floor). What is left above the floor is polusctl loading its libraries (the
+engine's, which a command through polusd does not use) and building its command line parser.
 EOF2
 write_reliability_section polusd-overhead bench/polusd-overhead.sh "$work/section.md"
 echo "==> wrote RELIABILITY.md"
