@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "daemon_dir.h"
 #include "greeter_process.h"
 #include "nginx_process.h"
 #include "polusctl_run.h"
@@ -38,51 +39,10 @@ using Run = polus::testing::PolusctlRun;
 
 Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
 
-/// A directory of the test's own with polusd's socket and the store; polusctl goes through
-/// polusd there. The polusd it started is stopped at the end.
-class Setup {
+/// A polusd of the test's own (daemon_dir.h), and builds nobody else runs.
+class Setup : public polus::testing::DaemonDir {
  public:
-  Setup() {
-    char tmpl[] = "/tmp/polus-persist.XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    setenv("POLUS_SOCKET", (dir_ + "/polusd.sock").c_str(), 1);
-    setenv("POLUS_STORE", (dir_ + "/store").c_str(), 1);
-    // The polusd this test starts looks after this test's processes only (tools/polusd/scope.h):
-    // tests running beside it leave updates in flight that are theirs to see through. Daemons
-    // started under the test (nginx) stay its descendants as it is their subreaper.
-    setenv("POLUSD_SCOPE_ROOT", std::to_string(getpid()).c_str(), 1);
-    prctl(PR_SET_CHILD_SUBREAPER, 1);
-    polus::testing::polusctl_through_daemon() = true;
-  }
-  ~Setup() {
-    kill_daemon(SIGTERM);
-    polus::testing::polusctl_through_daemon() = false;
-    unsetenv("POLUS_SOCKET");
-    unsetenv("POLUSD_SCOPE_ROOT");
-    unsetenv("POLUS_STORE");
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-  const std::string& dir() const { return dir_; }
-
-  /// The polusd holding the socket's lock (0: none).
-  pid_t daemon() const {
-    const std::string lock = dir_ + "/polusd.sock.lock";
-    int fd = open(lock.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    bool held = flock(fd, LOCK_SH | LOCK_NB) != 0;
-    close(fd);
-    if (!held) return 0;
-    std::ifstream in(lock);
-    pid_t pid = 0;
-    in >> pid;
-    return pid;
-  }
-  void kill_daemon(int sig) {
-    pid_t pid = daemon();
-    if (pid <= 0) return;
-    kill(pid, sig);
-    while (daemon() == pid) std::this_thread::sleep_for(5ms);
-  }
+  Setup() : DaemonDir("polus-persist") {}
 
   /// `original` copied to DIR/`name`, its build-id bytes replaced by random ones: a build
   /// nobody else runs (other tests' processes of the original are not this test's to patch).
@@ -111,7 +71,7 @@ class Setup {
       std::snprintf(digits, sizeof digits, "%02x", static_cast<unsigned char>(bytes[at + i]));
       fresh += digits;
     }
-    const std::string path = dir_ + "/" + name;
+    const std::string path = dir() + "/" + name;
     std::ofstream(path, std::ios::binary) << bytes;
     REQUIRE(chmod(path.c_str(), 0755) == 0);
     return {path, fresh};
@@ -120,8 +80,6 @@ class Setup {
   /// greeter-v0 with a build of its own.
   std::pair<std::string, std::string> unique_greeter() { return unique_copy(binary_path("greeter-v0"), "greeter-sticky"); }
 
- private:
-  std::string dir_;
 };
 
 /// Waits until `server` answers `want` to HELLO op (polusd works meanwhile); the test's timeout

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "child_process.h"
+#include "daemon_dir.h"
 #include "greeter_process.h"
 #include "polusctl_run.h"
 
@@ -37,59 +38,7 @@ using Run = polus::testing::PolusctlRun;
 
 Run polusctl(const std::vector<std::string>& args) { return polus::testing::run_polusctl(args); }
 
-/// A socket directory of this test's own, polusctl pointed at it ($POLUS_SOCKET) and set to go
-/// through polusd; the daemon it started is stopped at the end.
-class DaemonDir {
- public:
-  DaemonDir() {
-    char tmpl[] = "/tmp/polusd-test.XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    socket_ = dir_ + "/polusd.sock";
-    setenv("POLUS_SOCKET", socket_.c_str(), 1);
-    // The polusd this test starts looks after this test's processes only (tools/polusd/scope.h):
-    // tests running beside it leave updates in flight that are theirs to see through. Daemons
-    // started under the test (nginx) stay its descendants as it is their subreaper.
-    setenv("POLUSD_SCOPE_ROOT", std::to_string(getpid()).c_str(), 1);
-    prctl(PR_SET_CHILD_SUBREAPER, 1);
-    polus::testing::polusctl_through_daemon() = true;
-  }
-  ~DaemonDir() {
-    stop();
-    polus::testing::polusctl_through_daemon() = false;
-    unsetenv("POLUS_SOCKET");
-    unsetenv("POLUSD_SCOPE_ROOT");
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-  const std::string& socket() const { return socket_; }
-
-  /// The pid of the polusd holding the socket's lock, 0 if none does.
-  pid_t daemon() const {
-    int fd = open((socket_ + ".lock").c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    bool held = flock(fd, LOCK_SH | LOCK_NB) != 0;
-    close(fd);
-    if (!held) return 0;
-    std::ifstream in(socket_ + ".lock");
-    pid_t pid = 0;
-    in >> pid;
-    return pid;
-  }
-
-  /// Kills the daemon with `sig` and waits until its lock is free (the kernel drops it when
-  /// the process is gone).
-  void kill_daemon(int sig) {
-    pid_t pid = daemon();
-    if (pid <= 0) return;
-    ::kill(pid, sig);
-    while (daemon() == pid) std::this_thread::sleep_for(5ms);
-  }
-
-  void stop() { kill_daemon(SIGTERM); }
-
- private:
-  std::string dir_;
-  std::string socket_;
-};
+using polus::testing::DaemonDir;
 
 /// The state of patch `id` of `pid` in `status --json` ("" if not listed).
 std::string state_of(pid_t pid, int id) {
