@@ -59,7 +59,11 @@ for f in local_wall local_engine local_rollback daemon_wall daemon_engine daemon
 done
 local_over=$(awk -v a="$local_wall" -v b="$local_engine" 'BEGIN{print a-b}')
 daemon_over=$(awk -v a="$daemon_wall" -v b="$daemon_engine" 'BEGIN{print a-b}')
-verdict=$(awk -v o="$daemon_over" -v l="$local_over" 'BEGIN{print (o - l <= 1000) ? "met" : "MISSED"}')
+# The issue's target: a command through polusd costs at most 1 ms more than the engine's own
+# time. The wall time here includes starting a process and timing it from this script (the
+# /bin/true row), which is taken off.
+beyond=$(awk -v w="$daemon_wall" -v e="$daemon_engine" -v t="$true" 'BEGIN{print w - t - e}')
+verdict=$(awk -v b="$beyond" 'BEGIN{print (b <= 1000) ? "met" : "MISSED"}')
 echo "local: wall $local_wall us, engine $local_engine us; daemon: wall $daemon_wall us, engine $daemon_engine us" >&2
 
 source bench/reliability-section.sh
@@ -77,12 +81,15 @@ wall = the polusctl process's start to its exit.
 | \`--no-daemon\` | $(ms "$local_wall") | $(ms "$local_engine") | $(ms "$local_over") | $(ms "$local_rollback") |
 | through polusd | $(ms "$daemon_wall") | $(ms "$daemon_engine") | $(ms "$daemon_over") | $(ms "$daemon_rollback") |
 
-Going through polusd adds **$(awk -v a="$daemon_over" -v b="$local_over" 'BEGIN{printf "%.2f", (a-b)/1000}') ms** to what the command costs beyond the engine's
-own time (target: at most 1 ms more — **${verdict}**). The client's start alone, \`polusctl --version\`:
+Through polusd, an apply costs **$(ms "$beyond") ms** beyond the engine's own time, once the floor of
+starting and timing any process ($(ms "$true") ms, \`/bin/true\`) is taken off (target: at most 1 ms —
+**${verdict}**). Compared with the same command run in polusctl itself, going through polusd adds
+$(awk -v a="$daemon_over" -v b="$local_over" 'BEGIN{printf "%.2f", (a-b)/1000}') ms. The client's start alone, \`polusctl --version\`:
 $(ms "$stripped") ms stripped as the package ships it, $(ms "$version") ms as built here (RelWithDebInfo: its
 debug sections make it ~90 MB), against $(ms "$true") ms for \`/bin/true\` (starting any process and timing
-it from this script, the floor). What is left above the floor is polusctl loading its libraries (the
-engine's, which a command through polusd does not use) and building its command line parser.
+it from this script, the floor). What is left above the floor is polusctl loading and relocating its
+libraries (the engine's, which a command through polusd does not use; capstone, the largest, is
+loaded only when something is disassembled) and building its command line parser.
 EOF2
 write_reliability_section polusd-overhead bench/polusd-overhead.sh "$work/section.md"
 echo "==> wrote RELIABILITY.md"

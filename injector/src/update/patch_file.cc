@@ -5,7 +5,7 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,11 +27,14 @@ using patch_image::malformed;
 using patch_image::PatchImage;
 
 std::string sha256_hex(const std::vector<uint8_t>& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr) != 1 || length != 32) {
-    throw Error(ErrorCode::kInternal, "libcrypto could not compute a SHA-256 (EVP_Digest failed); reinstall libssl3");
+  // libsodium (already there for signatures) rather than libcrypto: one library less for every
+  // polusctl to load and relocate at start.
+  static const bool ready = sodium_init() >= 0;
+  unsigned char digest[crypto_hash_sha256_BYTES];
+  if (!ready || crypto_hash_sha256(digest, bytes.data(), bytes.size()) != 0) {
+    throw Error(ErrorCode::kInternal, "libsodium could not compute a SHA-256 (sodium_init failed); reinstall libsodium23");
   }
+  const unsigned length = crypto_hash_sha256_BYTES;
   static const char kDigits[] = "0123456789abcdef";
   std::string out;
   for (unsigned i = 0; i < length; ++i) {
