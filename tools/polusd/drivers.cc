@@ -81,6 +81,7 @@ std::vector<pid_t> Drivers::active() {
 
 void Drivers::drive(pid_t pid, polus::EngineOptions options) {
   options.sync_timeout = round_;
+  options.on_sync_progress = nullptr;  // the client that asked is gone: nobody to show it to
   options.audit.skip_idle_rounds = true;  // a round that changed nothing is not an audit record
   for (;;) {
     if (polus::stop_requested()) break;  // the update stays recorded as syncing
