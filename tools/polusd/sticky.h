@@ -7,7 +7,9 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -40,7 +42,14 @@ class Sticky {
   Drivers& drivers_;
   int fd_ = -1;
   std::mutex mutex_;
-  std::vector<std::thread> workers_;
+  /// One thread per process being given its stored patches; `done` once it has ended, so the
+  /// next apply_to joins it (a fork-per-connection server would otherwise leave a finished,
+  /// unjoined thread — its stack — per connection).
+  struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Worker> workers_;
   std::thread watcher_;
   std::map<std::tuple<dev_t, ino_t, time_t, long>, std::string> build_ids_;
 };
