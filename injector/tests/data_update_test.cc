@@ -161,7 +161,7 @@ TEST_CASE("with the opt-in, new code writes its data without a fault while old c
   REQUIRE(info.state == "syncing");
   std::this_thread::sleep_for(200ms);  // eight threads of new code write ab_v1; hold() writes ab
   auto [before, before_counts] = quiesced_figures(target);
-  const uint64_t faults_before = polus::read_status(target.pid()).write_faults;
+  const auto status_before = polus::read_status(target.pid());
   std::this_thread::sleep_for(300ms);
   auto [during, during_counts] = quiesced_figures(target);
   auto status = polus::read_status(target.pid());
@@ -177,10 +177,15 @@ TEST_CASE("with the opt-in, new code writes its data without a fault while old c
   // and its v1_calls++ on ab_v1's page fault too (six a call).
   const long new_code_calls = during.at("v1_calls") - before.at("v1_calls");
   const long old_code_rounds = during_counts.at("hold_writes") - before_counts.at("hold_writes");
-  const uint64_t faults = status.write_faults - faults_before;
-  CAPTURE(new_code_calls, old_code_rounds, faults);
+  // Faults on a tracked item (not false sharing, whose count grows with how often the threads
+  // contend for the semaphore on ab's page): old code's writes to ab only. Without the opt-in,
+  // new code's stores to ab_v1 fault too: about one more per call here (checked by running
+  // this with counter-v0-v1.so: 16864 for 16231 calls).
+  const uint64_t faults = status.write_faults - status_before.write_faults;
+  const uint64_t on_items = faults - (status.false_sharing - status_before.false_sharing);
+  CAPTURE(new_code_calls, old_code_rounds, faults, on_items);
   CHECK(new_code_calls > 1000);
-  CHECK(faults <= static_cast<uint64_t>(4 * old_code_rounds + 4 * new_code_calls));
+  CHECK(on_items <= static_cast<uint64_t>(4 * old_code_rounds + new_code_calls / 10));
 
   REQUIRE(target.ask("release") == "RELEASED");
   CHECK(polus::finish_update(target.pid(), options()).state == "committed");
