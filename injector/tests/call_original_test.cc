@@ -234,3 +234,17 @@ TEST_CASE("a wrapper calling the function it replaces, under load, stacked and r
     CHECK(server.alive());
   }
 }
+
+TEST_CASE("a pre-update callback may call the version its patch replaces, in the rehearsal's copy too",
+          "[call-original][live]") {
+  // Its `resolved` slot is filled before any callback runs: in the process at the commit, and
+  // in the copy the rehearsal loads the patch into (there the entry is still the original).
+  auto server = polus::testing::GreeterProcess::spawn(polus::testing::binary_path("greeter-v0"), 2);
+  polus::EngineOptions o;
+  o.agent_path = POLUS_AGENT_PATH;
+  o.rehearse = true;
+  polus::PatchInfo info = polus::apply_patch(server.pid(), polus::testing::patch_path("greeter-wrap-checked.so"), o);
+  CHECK(info.state == "committed");
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0) [wrapped]");
+  CHECK(polus::rollback_patch(server.pid(), o).state == "rolled-back");
+}

@@ -169,7 +169,7 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name());
+    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name(), slot_values_);
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.

@@ -30,7 +30,8 @@ bool is_allocator(const std::string& name) {
 
 /// Runs the load in the copy; throws Error describing what went wrong there.
 void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& memory, const PatchDescription& patch,
-                  const std::string& agent_path, std::optional<AgentLocation> agent, const std::string& memfd_name) {
+                  const std::string& agent_path, std::optional<AgentLocation> agent, const std::string& memfd_name,
+                  const std::vector<std::pair<uint64_t, uint64_t>>& slots) {
   const pid_t copy = session.pid();
   if (!session.stop_thread(copy, step_deadline())) {
     throw Error(ErrorCode::kTargetDied, "the copy exited before Polus could use it");
@@ -62,8 +63,12 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
   // Pre-update callbacks of a code-only patch need nothing of the update's state: try them
   // too. (A data patch's callbacks register heap data with the agent's tracking, which only
   // the real commit sets up.)
+  const uint64_t bias = memory.read(RemotePtr<uint64_t>(patch_handle));
+  // As the real load does before any callback: a callback may call the version its patch
+  // replaces (an OLD function's slot) or use an import. No jump is written in the copy, so the
+  // original entries are that version.
+  for (const auto& [slot, value] : slots) memory.write(RemotePtr<uint64_t>(bias + slot), value);
   if (patch.mappings_of(POLUS_MAP_DATA).empty()) {
-    const uint64_t bias = memory.read(RemotePtr<uint64_t>(patch_handle));
     int refused = run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_APPLY);
     if (refused) spdlog::debug("rehearsal: the pre-update callback refused ({}); the real commit will say so", refused);
   }
@@ -72,7 +77,8 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
 }  // namespace
 
 RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                            const std::optional<AgentLocation>& agent, const std::string& memfd_name) {
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name,
+                            const std::vector<std::pair<uint64_t, uint64_t>>& slots) {
   const auto started = Clock::now();
   // The copy runs our stubs: the arena must exist before it is made.
   {
@@ -121,7 +127,7 @@ RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch
   std::string failure;
   try {
     ProcMemory memory(copy);
-    load_in_copy(target, *session, memory, patch, agent_path, agent, memfd_name);
+    load_in_copy(target, *session, memory, patch, agent_path, agent, memfd_name, slots);
   } catch (const Error& e) {
     failure = e.code() == ErrorCode::kTargetDied ? "the copy died (" + std::string(e.what()) + ")" : e.what();
   } catch (const std::exception& e) {

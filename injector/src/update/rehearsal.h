@@ -14,6 +14,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "update/patch_file.h"
 #include "update/registry.h"
@@ -32,7 +34,11 @@ struct RehearsalCost {
   uint64_t pause_ns = 0;  // every thread of the target stopped while the copy was made:
                           // grows with the target's page tables (clone copies them)
 };
+/// `slots`: (link-time address in the patch, value) of every `resolved` slot and import, as the
+/// real load fills them before any callback runs — here with the original entries, since the
+/// copy has no redirects.
 RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
-                            const std::optional<AgentLocation>& agent, const std::string& memfd_name);
+                            const std::optional<AgentLocation>& agent, const std::string& memfd_name,
+                            const std::vector<std::pair<uint64_t, uint64_t>>& slots = {});
 
 }  // namespace polus
