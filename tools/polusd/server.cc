@@ -1,5 +1,6 @@
 // polusd's socket and its requests (server.h).
 #include "server.h"
+#include "thread_set.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -229,35 +230,16 @@ Listener::~Listener() {
 
 void serve(Listener& listener, Drivers& drivers) {
   polusctl::in_flight_hook() = [&drivers](pid_t pid, const polus::EngineOptions& options) { drivers.adopt(pid, options); };
-  struct Connection {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
-  };
-  std::vector<Connection> connections;
+  ThreadSet connections;  // one thread per connection, joined as they finish
   while (!polus::stop_requested()) {
-    // Threads of connections served are joined as we go (a finished thread keeps its stack
-    // until then).
-    for (auto it = connections.begin(); it != connections.end();) {
-      if (it->done->load()) {
-        it->thread.join();
-        it = connections.erase(it);
-      } else {
-        ++it;
-      }
-    }
     pollfd p{listener.fd(), POLLIN, 0};
     // A bounded wait: the stop signals are blocked (they wait for us), so look at them often.
     if (::poll(&p, 1, 100) <= 0) continue;
     int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    connections.push_back({std::thread([fd, &drivers, done] {
-                             serve_connection(fd, drivers);
-                             done->store(true);
-                           }),
-                           done});
+    connections.start([fd, &drivers] { serve_connection(fd, drivers); });
   }
-  for (auto& c : connections) c.thread.join();
+  connections.join_all();
 }
 
 }  // namespace polusd

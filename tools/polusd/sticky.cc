@@ -72,8 +72,7 @@ Sticky::Sticky(std::string store, Drivers& drivers) : store_(std::move(store)), 
 
 Sticky::~Sticky() {
   if (watcher_.joinable()) watcher_.join();
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (auto& w : workers_) w.thread.join();
+  workers_.join_all();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -135,21 +134,7 @@ std::string Sticky::build_of(pid_t pid) {
 }
 
 void Sticky::apply_to(pid_t pid, bool just_started) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (auto it = workers_.begin(); it != workers_.end();) {
-    if (it->done->load()) {
-      it->thread.join();
-      it = workers_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  auto done = std::make_shared<std::atomic<bool>>(false);
-  workers_.push_back({std::thread([this, pid, just_started, done] {
-    struct Done {
-      std::atomic<bool>& flag;
-      ~Done() { flag = true; }
-    } mark{*done};
+  workers_.start([this, pid, just_started] {
     polus::EngineOptions options;
     options.agent_path = polusctl::default_agent_path();
     options.timeout = std::chrono::milliseconds(2000);
@@ -176,7 +161,7 @@ void Sticky::apply_to(pid_t pid, bool just_started) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(attempt < 10 ? 20 : 250));
     }
-  }), done});
+  });
 }
 
 }  // namespace polusd

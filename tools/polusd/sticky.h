@@ -7,16 +7,14 @@
 
 #include <sys/types.h>
 
-#include <atomic>
 #include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
 #include "drivers.h"
+#include "thread_set.h"
 
 namespace polusd {
 
@@ -41,15 +39,9 @@ class Sticky {
   std::string store_;
   Drivers& drivers_;
   int fd_ = -1;
-  std::mutex mutex_;
-  /// One thread per process being given its stored patches; `done` once it has ended, so the
-  /// next apply_to joins it (a fork-per-connection server would otherwise leave a finished,
-  /// unjoined thread — its stack — per connection).
-  struct Worker {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
-  };
-  std::vector<Worker> workers_;
+  /// One thread per process being given its stored patches, joined as they finish (a
+  /// fork-per-connection server of a stored build starts one per connection).
+  ThreadSet workers_;
   std::thread watcher_;
   std::map<std::tuple<dev_t, ino_t, time_t, long>, std::string> build_ids_;
 };
