@@ -5,16 +5,19 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -39,27 +42,76 @@ inline int free_port() {
   return ntohs(addr.sin_port);
 }
 
-/// One HTTP/1.0 GET: the whole response, "" if the connection failed.
-inline std::string http_get(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+/// One HTTP/1.0 GET: the whole response, "" if the connection failed or nothing came within
+/// 5 s. `why`, when given, receives what went wrong on an empty response (the step, errno, and
+/// how long it took).
+///
+/// The waits are poll()s that go on after EINTR. Not SO_RCVTIMEO: a blocking socket call with
+/// a timeout set is never restarted by the kernel (signal(7)), so a signal that merely woke
+/// the thread — a SIGCHLD queued while the test's main thread had it blocked, handed to this
+/// thread and then ignored — made read() fail with EINTR halfway through a good response.
+inline std::string http_get(int port, const std::string& path, std::string* why = nullptr) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(5);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  auto failed = [&](const char* step, int error) {
+    if (why) {
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+      *why = std::string(step) + ": " + (error ? std::strerror(error) : "closed by the server") + " after " +
+             std::to_string(ms.count()) + " ms";
+    }
+    ::close(fd);
+    return std::string();
+  };
+  // Waits until `fd` is ready for `events`; false at the deadline.
+  auto wait_for = [&](short events) {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd, events, 0};
+      int n = ::poll(&p, 1, static_cast<int>(left.count()));
+      if (n > 0) return true;
+      if (n < 0 && errno != EINTR) return false;
+    }
+  };
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return "";
+    if (errno != EINPROGRESS) return failed("connect", errno);
+    if (!wait_for(POLLOUT)) return failed("connect", ETIMEDOUT);
+    int error = 0;
+    socklen_t len = sizeof error;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
+    if (error != 0) return failed("connect", error);
   }
-  std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  if (::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    ::close(fd);
-    return "";
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  for (size_t sent = 0; sent < request.size();) {
+    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (errno == EAGAIN || errno == EINTR) {
+      if (!wait_for(POLLOUT)) return failed("send", ETIMEDOUT);
+    } else {
+      return failed("send", errno);
+    }
   }
   std::string response;
   char buffer[4096];
-  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) response.append(buffer, static_cast<size_t>(n));
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n > 0) {
+      response.append(buffer, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;
+    } else if (errno == EAGAIN || errno == EINTR) {
+      if (!wait_for(POLLIN)) return failed("read", ETIMEDOUT);
+    } else {
+      return failed("read", errno);
+    }
+  }
+  if (response.empty()) return failed("read", 0);
   ::close(fd);
   return response;
 }
@@ -172,6 +224,13 @@ class NginxProcess {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return false;
+  }
+
+  /// The last lines of nginx's error log (what it said about workers that died).
+  std::string error_log() const {
+    std::ifstream in(dir_ + "/logs/error.log");
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return all.size() > 2000 ? all.substr(all.size() - 2000) : all;
   }
 
   pid_t master() const { return master_; }

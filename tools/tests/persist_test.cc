@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -152,11 +153,17 @@ class HttpLoad {
     for (int i = 0; i < 2; ++i) {
       clients_.emplace_back([this, port] {
         while (!stop_) {
-          std::string r = polus::testing::http_get(port, "/index.html");
+          std::string why;
+          std::string r = polus::testing::http_get(port, "/index.html", &why);
           std::string date = polus::testing::header(r, "Last-Modified");
           bool ok = r.find(" 200 ") != std::string::npos && r.ends_with("hello from nginx\n") &&
                     (date.ends_with(" GMT") || date.ends_with(" UTC"));
-          (ok ? answered_ : failed_)++;
+          if (ok) {
+            answered_++;
+          } else if (failed_++ == 0) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            first_failure_ = r.empty() ? "no response (" + why + ")" : r.substr(0, 300);
+          }
         }
       });
     }
@@ -169,11 +176,18 @@ class HttpLoad {
   }
   int answered() const { return answered_; }
   int failed() const { return failed_; }
+  /// What the first failed request got back (for the test's report).
+  std::string first_failure() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return first_failure_;
+  }
 
  private:
   std::atomic<bool> stop_{false};
   std::atomic<int> answered_{0}, failed_{0};
   std::vector<std::thread> clients_;
+  mutable std::mutex mutex_;
+  std::string first_failure_;
 };
 
 /// Whether every process of nginx (master and workers) has patch `name` committed, waiting up
@@ -220,7 +234,8 @@ TEST_CASE("nginx as Debian runs it, 4 workers under load: one command patches al
     REQUIRE(apply.status == 0);
     CHECK(all_patched(nginx, "nginx-time-utc"));
     load.stop();
-    INFO("answered " << load.answered());
+    INFO("answered " << load.answered() << "; the first failure got: " << load.first_failure());
+    INFO("nginx's error log: " << nginx.error_log());
     CHECK(load.failed() == 0);  // not one request lost to the patching
     CHECK(load.answered() > 0);
   }
@@ -257,6 +272,8 @@ TEST_CASE("nginx as Debian runs it, 4 workers under load: one command patches al
     CHECK(all_patched(nginx, "nginx-time-utc"));
     CHECK(utc_answers(nginx.port()).first == 24);
     load.stop();
+    INFO("the first failure got: " << load.first_failure());
+    INFO("nginx's error log: " << nginx.error_log());
     CHECK(load.failed() == 0);
   }
 
