@@ -230,13 +230,16 @@ static int lane_run_sync(struct lane *L, polus_sync_fn fn, uint32_t i, uint64_t 
             memcpy(save, (const void *)(uintptr_t)items()[c].address, items()[c].size);
             *saved = 1;
         }
+        fence_ready(&fence, 1u + (uint32_t)(L - lanes), (uint64_t)(uintptr_t)fn, tid);
         fn(&args);
     } else {
-        /* Back from fast_unwind_if_fenced: what the nested levels held is let go. */
+        /* Back from fast_unwind_if_fenced or polus_agent_escape_fence: what the nested levels
+         * held is let go. */
         L->depth = (uint32_t)fence.lock_depth;
         release_above(L, fence.held);
         rc = -1;
     }
+    fence_done(&fence);
     L->fence = fence.prev;
     L->in_sync = fence.in_sync;
     if (has_cp) {
@@ -422,6 +425,11 @@ int fast_notify(uint64_t addr, int tid) {
     }
     __atomic_fetch_sub(&G.fast_users, 1, __ATOMIC_SEQ_CST);
     return done;
+}
+
+struct sync_fence *fast_lane_fence(int tid) {
+    struct lane *L = lane_find(tid);
+    return L ? L->fence : NULL;
 }
 
 void fast_unwind_if_fenced(int sig, const siginfo_t *si, ucontext_t *uc, int tid) {

@@ -31,6 +31,10 @@ int fast_notify(uint64_t addr, int tid);
  * path: unwinds to that function's fence (does not return). Returns otherwise. */
 void fast_unwind_if_fenced(int sig, const siginfo_t *si, ucontext_t *uc, int tid);
 
+/* The innermost fence of the sync functions `tid` runs on the fast path, NULL if none
+ * (polus_agent_escape_fence, sync_fence.c). */
+struct sync_fence *fast_lane_fence(int tid);
+
 /* Maps the lanes (once; entry points). 0 or -ENOMEM. */
 int lanes_ensure(void);
 

@@ -226,9 +226,10 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     errno = saved_errno;
 }
 
-/* SIGBUS, SIGFPE, SIGILL: installed while tracking only to catch sync functions' faults. */
+/* SIGBUS, SIGFPE, SIGILL, SIGABRT: installed while tracking only to catch sync functions'
+ * faults. */
 static struct sigaction *other_slot(int sig) {
-    return sig == SIGBUS ? &G.prev_bus : sig == SIGFPE ? &G.prev_fpe : &G.prev_ill;
+    return sig == SIGBUS ? &G.prev_bus : sig == SIGFPE ? &G.prev_fpe : sig == SIGABRT ? &G.prev_abrt : &G.prev_ill;
 }
 static void on_other_fault(int sig, siginfo_t *si, void *ctx) {
     int saved_errno = errno;
@@ -369,7 +370,7 @@ int restore_fault_handlers_when_quiet(void) {
         }
         int restored = restore_handler(SIGSEGV, on_segv, &G.prev_segv);
         restored &= restore_handler(SIGTRAP, on_trap, &G.prev_trap);
-        for (int k = 0; k < 3; k++) restored &= restore_fault_handler(FENCED_SIGNALS[k]);
+        for (int k = 0; k < FENCED_SIGNAL_COUNT; k++) restored &= restore_fault_handler(FENCED_SIGNALS[k]);
         return restored;
     }
     return 0;

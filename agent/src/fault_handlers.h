@@ -14,9 +14,13 @@
 
 #pragma GCC visibility push(hidden)
 
-/* The other fault signals a sync function can raise; ours are installed for them while
- * tracking, only to catch those faults (sync_fence.h); anything else goes on as before. */
-static const int FENCED_SIGNALS[3] = {SIGBUS, SIGFPE, SIGILL};
+/* The other fault signals a sync function can raise — SIGABRT too: abort() and a failed
+ * assert() raise it on their own thread; ours are installed for them while tracking, only to
+ * catch those (sync_fence.h); anything else goes on as before. Unwinding out of abort() is
+ * what glibc allows a SIGABRT handler (stdlib/abort.c, glibc 2.36: its lock is released and
+ * its stage reset before it raises, so a later abort() in the target still ends it). */
+#define FENCED_SIGNAL_COUNT 4
+static const int FENCED_SIGNALS[FENCED_SIGNAL_COUNT] = {SIGBUS, SIGFPE, SIGILL, SIGABRT};
 
 /* Puts ours in front for `sig` (SIGSEGV, SIGTRAP or one of FENCED_SIGNALS): the previous
  * disposition is saved for chaining, unless ours is still installed (then the one saved

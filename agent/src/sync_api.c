@@ -145,7 +145,7 @@ POLUS_EXPORT int polus_agent_sync_begin(void) {
     installed_segv = 1;
     if ((rc = install_fault_handler(SIGTRAP)) != 0) goto fail;
     installed_trap = 1;
-    for (; installed_other < 3; installed_other++)
+    for (; installed_other < FENCED_SIGNAL_COUNT; installed_other++)
         if ((rc = install_fault_handler(FENCED_SIGNALS[installed_other])) != 0) goto fail;
     /* Protect, then snapshot: every write that completed before the protection is in the
      * snapshot, every later one faults (and waits for this lock). */

@@ -10,6 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#define POLUS_EXPORTED __attribute__((visibility("default")))
+
+#include "fast_path.h"
+#include "polus/agent_abi.h"
 #include "raw_syscall.h"
 #include "sync_fence.h"
 #include "sync_state.h"
@@ -22,6 +26,9 @@ void fence_arm(struct sync_fence *f, int save_mask) {
     f->has_mask = 0;
     f->saved = 0;
     f->signal = 0;
+    f->ready = 0;
+    f->timed_out = 0;
+    f->watch_slot = ~0u;
     if (save_mask) {
         uint64_t mask = 0;
         if (raw6(SYS_rt_sigprocmask, SIG_BLOCK, 0, (long)&mask, 8, 0, 0) == 0) {
@@ -33,6 +40,73 @@ void fence_arm(struct sync_fence *f, int save_mask) {
 }
 
 void fence_disarm(struct sync_fence *f) { __atomic_store_n(&G.fence, f->prev, __ATOMIC_RELAXED); }
+
+/* ---- the watch over running sync functions, and the way out (agent_abi.h) ------------------
+ *
+ * A sync function that never returns (a loop, a wait for something that never comes) would
+ * hold its thread for ever — inside the target's SIGSEGV handler, with the sync lock or its
+ * items' locks taken, so every other writer of those items would wait too. The agent cannot
+ * tell "slow" from "never" without a clock on the tracked-write path; the injector, which
+ * inspects the target every few milliseconds while it syncs, can: a slot that shows the same
+ * call (same `calls`) for longer than its limit. It then stops that thread and sends it into
+ * polus_agent_escape_fence, which unwinds to the fence as fence_unwind does for a fault. */
+POLUS_EXPORTED struct polus_fence_watch polus_agent_fence_watch = {.slot_count = POLUS_FENCE_WATCH_SLOTS};
+
+void fence_ready(struct sync_fence *f, uint32_t slot, uint64_t fn, int tid) {
+    f->watch_slot = slot;
+    __atomic_store_n(&f->ready, 1, __ATOMIC_RELEASE);
+    if (f->depth != 0 || slot >= POLUS_FENCE_WATCH_SLOTS) return;
+    struct polus_fence_watch_slot *w = &polus_agent_fence_watch.slots[slot];
+    __atomic_store_n(&w->calls, w->calls + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->function, fn, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->tid, tid, __ATOMIC_RELEASE); /* last: the injector trusts a non-zero tid */
+}
+
+void fence_done(struct sync_fence *f) {
+    if (f->depth == 0 && f->watch_slot < POLUS_FENCE_WATCH_SLOTS)
+        __atomic_store_n(&polus_agent_fence_watch.slots[f->watch_slot].tid, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&f->ready, 0, __ATOMIC_RELAXED);
+}
+
+void fence_watch_fork_child(void) {
+    for (uint32_t k = 0; k < POLUS_FENCE_WATCH_SLOTS; k++) polus_agent_fence_watch.slots[k].tid = 0;
+}
+
+static struct sync_fence *innermost_ready(struct sync_fence *f) {
+    while (f && !__atomic_load_n(&f->ready, __ATOMIC_ACQUIRE)) f = f->prev;
+    return f;
+}
+
+struct sync_fence *fence_innermost(struct sync_fence *lane, int tid) {
+    struct sync_fence *held = __atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid ? innermost_ready(G.fence) : NULL;
+    struct sync_fence *laned = innermost_ready(lane);
+    if (!held) return laned;
+    if (!laned) return held;
+    /* Both (a fast-path sync function's write that went the locked way, or the reverse): the
+     * later one is deeper on this thread's stack. */
+    return (uintptr_t)held < (uintptr_t)laned ? held : laned;
+}
+
+/* Called on a thread the injector stopped inside a sync function and sent here, with the pc
+ * it was at and the signal it raised there (0: it did not return in time). A borrowed thread
+ * running an entry point gets here for signals too: it blocks those the agent's handlers would
+ * take (SIGABRT) or raises them where the injector, not the agent, sees them first. The injector wrote the thread's own context below its stack as a signal frame
+ * whose return leads to rt_sigreturn: had the call ended meanwhile (it cannot: the thread was
+ * stopped and the watch read then), returning here would put the thread back as it was. */
+POLUS_EXPORTED void polus_agent_escape_fence(uint64_t pc, int32_t signal) {
+    int tid = sys_gettid();
+    struct sync_fence *f = fence_innermost(fast_lane_fence(tid), tid);
+    if (!f) return;
+    f->signal = signal;
+    f->si_code = 0;
+    f->fault_address = 0;
+    f->pc = pc;
+    f->timed_out = signal == 0;
+    /* The handler's mask (the thread is inside the agent's SIGSEGV handler) stays; an entry
+     * point's caller gets its own back, as after a fault. */
+    if (f->has_mask) set_sigmask(f->mask);
+    siglongjmp(f->env, 1);
+}
 
 uint8_t *fence_save_area(const struct sync_fence *f, uint64_t size) {
     if (!G.fence_save || size > FENCE_SAVE_MAX || f->depth >= FENCE_SAVE_LEVELS) return NULL;
@@ -76,7 +150,7 @@ void fence_record(const struct sync_fence *f, uint64_t fn, uint32_t item, uint32
         r->kind = kind;
         r->signal = (uint32_t)f->signal;
         r->si_code = f->si_code;
-        r->flags = flags;
+        r->flags = flags | (f->timed_out ? POLUS_SYNC_FAULT_TIMED_OUT : 0);
         /* last: the injector takes a non-zero function as the whole record being there */
         __atomic_store_n(&r->function, fn, __ATOMIC_RELEASE);
     }
@@ -120,6 +194,14 @@ void callback_fence_disarm(void) { __atomic_store_n(&armed_callback, NULL, __ATO
 void callback_fence_unwind(int sig, const siginfo_t *si, ucontext_t *uc, int tid) {
     struct callback_fence *f = __atomic_load_n(&armed_callback, __ATOMIC_ACQUIRE);
     if (!f || f->tid != tid) return;
+    /* A fence left armed by a callback the injector gave up on (it did not return in time:
+     * the thread was put back in its own context by rt_sigreturn, past this fence's frame).
+     * The fence lives in polus_agent_run_callback's frame, above every frame of the callback:
+     * code interrupted above it on the stack is no longer inside the callback. */
+    if ((uint64_t)uc->uc_mcontext.gregs[REG_RSP] > (uint64_t)(uintptr_t)f) {
+        __atomic_compare_exchange_n(&armed_callback, &f, NULL, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+        return;
+    }
     /* Holding the sync lock, the thread is inside the agent's handling of a tracked write the
      * callback made: unwinding now would leave the lock taken. Such a fault is the agent's. */
     if (__atomic_load_n(&G.lock_owner, __ATOMIC_RELAXED) == tid) return;

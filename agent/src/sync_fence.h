@@ -24,7 +24,13 @@
  * The injector then abandons the update (it watches sync.fault at every inspection, and
  * sync_end refuses to end tracking while a fault is recorded and not being abandoned).
  *
- * Uses sync_state only; used by tracked_pages.c (arming) and fault_handlers.c (unwinding).
+ * A function that never returns is unwound the same way from outside: each outermost call
+ * shows in the fence watch (polus_agent_fence_watch, agent_abi.h) once its fence is ready,
+ * and the injector sends a thread it finds in one call for too long into
+ * polus_agent_escape_fence, which jumps to that thread's innermost ready fence.
+ *
+ * Uses sync_state and fast_path (the lanes' fences); used by tracked_pages.c and fast_path.c
+ * (arming) and fault_handlers.c (unwinding).
  */
 #ifndef POLUS_AGENT_SYNC_FENCE_H
 #define POLUS_AGENT_SYNC_FENCE_H
@@ -52,6 +58,9 @@ struct sync_fence {
     uint64_t mask;
     uint32_t saved;      /* the counterpart's bytes were copied before the call */
     uint32_t held;       /* fast path (fast_path.c): item locks its lane held at the call */
+    uint32_t ready;      /* env is set: an escape (polus_agent_escape_fence) may jump to it */
+    uint32_t timed_out;  /* it did not return: the injector sent its thread out (fence_escape) */
+    uint32_t watch_slot; /* its slot in polus_agent_fence_watch (outermost calls only) */
     /* what the fault was, filled by fence_unwind */
     int32_t signal, si_code;
     uint64_t fault_address, pc;
@@ -63,6 +72,22 @@ void fence_arm(struct sync_fence *f, int save_mask);
 
 /* Disarms it (after the call returned, or after the unwind). */
 void fence_disarm(struct sync_fence *f);
+
+/* Right after sigsetjmp(f->env, 0) returned 0, before the sync function `fn` is called: the
+ * fence may now be escaped to, and an outermost call (depth 0) shows in the watch
+ * (polus_fence_watch, agent_abi.h) in `slot`: 0 for the sync lock's holder, 1 + lane index on
+ * the fast path. */
+void fence_ready(struct sync_fence *f, uint32_t slot, uint64_t fn, int tid);
+
+/* After the call returned or was unwound: gone from the watch. */
+void fence_done(struct sync_fence *f);
+
+/* A fork child: the calls the watch shows ran on threads of the parent. */
+void fence_watch_fork_child(void);
+
+/* The innermost ready fence of `tid` among the lock holder's (G.fence) and the lane fence
+ * `lane` (NULL: none), NULL if neither. */
+struct sync_fence *fence_innermost(struct sync_fence *lane, int tid);
 
 /* Where to keep the counterpart's bytes for fence `f`, NULL if size is too big. */
 uint8_t *fence_save_area(const struct sync_fence *f, uint64_t size);

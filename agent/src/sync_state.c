@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "raw_syscall.h"
+#include "sync_fence.h"
 #include "sync_state.h"
 
 struct sync_globals G = {.mem_fd = -1, .sync_item = NO_ITEM, .sync_counterpart = NO_ITEM};
@@ -30,6 +31,7 @@ static void reset_inherited_state(void) {
     G.sync_item = NO_ITEM;
     G.sync_counterpart = NO_ITEM;
     G.fence = NULL; /* it was on the stack of a thread this process does not have */
+    fence_watch_fork_child();
     for (uint32_t i = 0; i < G.count; i++) G.item_flags[i] &= ~F_DIRTY; /* marks = the queue */
     for (uint32_t k = 0; k < G.work_count; k++) G.item_flags[G.work[k]] |= F_DIRTY;
     if (interrupted < G.count) note_change(interrupted, 0);

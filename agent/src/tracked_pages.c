@@ -549,9 +549,11 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
             memcpy(save, (const void *)(uintptr_t)items()[c].address, items()[c].size);
             *saved = 1;
         }
+        fence_ready(&fence, 0, (uint64_t)(uintptr_t)fn, tid);
         fn(&args);
     } else {
-        /* Back from fence_unwind: the function faulted. Nothing it left half-done stays: the
+        /* Back from fence_unwind (the function faulted) or polus_agent_escape_fence (it did
+         * not return). Nothing it left half-done stays: the
          * lock at its depth of the call, the step it may have started closed (handle_segv
          * finished it), the counterpart as it was. */
         G.lock_depth = fence.lock_depth;
@@ -559,6 +561,7 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
         G.step.active = 0;
         rc = -1;
     }
+    fence_done(&fence);
     fence_disarm(&fence);
     if (rc == 0 && has_cp && (cp_view || !range_tracked(items()[c].address, items()[c].size))) {
         /* What it stored through the view is absorbed, never propagated back (no ping-pong).

@@ -64,13 +64,40 @@ void check_every_request_counted(GreeterProcess& server, LoadGenerator& load, lo
   CHECK(served <= load.ok() + extra + load.clients());
 }
 
-void check_last_failure(pid_t pid, const std::string& direction, const std::string& function) {
+/// `signal`: what the sync function raised (0: it did not return); `what`: how the reason says so.
+void check_last_failure(pid_t pid, const std::string& direction, const std::string& function, int signal = SIGSEGV,
+                        const std::string& what = "SIGSEGV") {
   polus::ProcessStatus status = polus::read_status(pid);
   REQUIRE(status.last_failure);
   CHECK(status.last_failure->patch_name == "bad-sync-fault");
   CHECK(status.last_failure->direction == direction);
-  CHECK(status.last_failure->signal == SIGSEGV);
-  CHECK_THAT(status.last_failure->reason, Catch::Contains(function) && Catch::Contains("SIGSEGV"));
+  CHECK(status.last_failure->signal == signal);
+  CHECK_THAT(status.last_failure->reason, Catch::Contains(function) && Catch::Contains(what));
+}
+
+/// A data patch whose old -> new sync function goes wrong on its third call, in the agent's
+/// handler on a worker thread of the greeter under load: the apply is abandoned with `what` in
+/// its message, the greeter keeps serving and counting, and a good patch applies afterwards.
+void expect_abandoned_under_load(const std::string& patch, int signal, const std::string& what) {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  LoadGenerator load(server.port(), 2);
+  load.start();
+  REQUIRE(load.wait_for_replies(200));
+  std::string message = load_failed_message([&] { polus::apply_patch(server.pid(), patch_path(patch), options()); });
+  CHECK_THAT(message, Catch::Contains("copy_to_new") && Catch::Contains(what) &&
+                          Catch::Contains("back on its old code and old data"));
+  REQUIRE(server.alive());
+  long before = load.ok();
+  REQUIRE(load.wait_for_replies(before + 200));
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  CHECK(polus::read_status(server.pid()).patches.empty());
+  CHECK_FALSE(maps_contain(server.pid(), patch));
+  check_last_failure(server.pid(), "apply", "copy_to_new", signal, what);
+  auto good = polus::apply_patch(server.pid(), patch_path("greeter-v0-v1-data.so"), options(100ms));
+  CHECK(good.state == "syncing");
+  CHECK(server.request("HELLO bob") == "Hi there, bob! (v1)");
+  CHECK(polus::rollback_patch(server.pid(), options()).state == "rolled-back");
+  check_every_request_counted(server, load, 2);
 }
 
 }  // namespace
@@ -243,4 +270,54 @@ TEST_CASE("a post-update callback that faults while write tracking is on: the ag
     CHECK_THAT(std::string(e.what()), Catch::Contains("is being rolled back") && Catch::Contains("then apply it again"));
   }
   CHECK(server.alive());
+}
+
+TEST_CASE("a sync function that calls abort() on its third call under load: the agent's fence takes the "
+          "SIGABRT, the update is abandoned and the greeter goes on",
+          "[data][live][fault]") {
+  // Without the fence, abort() in the agent's SIGSEGV handler ended the greeter (SIGABRT).
+  expect_abandoned_under_load("bad-sync-abort.so", SIGABRT, "SIGABRT");
+}
+
+TEST_CASE("a sync function that never returns: Polus sends its thread out of it after a second, the update is "
+          "abandoned and the greeter goes on",
+          "[data][live][fault]") {
+  // Without the watchdog, the worker thread spun in the agent's handler for good, holding
+  // the sync lock: every other worker's next HELLO waited behind it.
+  expect_abandoned_under_load("bad-sync-hang.so", 0, "did not return");
+}
+
+TEST_CASE("a sync function that calls abort() when Polus runs it to start the update: the target is unchanged",
+          "[data][live][fault]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  LoadGenerator load(server.port(), 2);
+  load.start();
+  REQUIRE(load.wait_for_replies(200));
+  auto run = polus::testing::run_polusctl({"apply", std::to_string(server.pid()), patch_path("bad-sync-abort-start.so")});
+  CHECK(run.status == 10);
+  CHECK_THAT(run.err, Catch::Contains("copy_to_new") && Catch::Contains("SIGABRT") &&
+                          Catch::Contains("the target is unchanged"));
+  REQUIRE(server.alive());
+  CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");
+  check_last_failure(server.pid(), "apply", "copy_to_new", SIGABRT, "SIGABRT");
+  check_every_request_counted(server, load, 1);
+}
+
+TEST_CASE("a post-update callback that calls abort() while write tracking is on: the greeter goes on and the "
+          "update completes",
+          "[data][live][fault]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  LoadGenerator load(server.port(), 2);
+  load.start();
+  REQUIRE(load.wait_for_replies(200));
+  // The agent takes SIGABRT while tracking (to fence sync functions); a callback's abort() on
+  // the borrowed thread must still end as a crash of the callback, not go on to the greeter's
+  // default disposition, and leave no fence armed behind it.
+  polus::PatchInfo applied = polus::apply_patch(server.pid(), patch_path("bad-callback-abort.so"), options());
+  CHECK(applied.state == "committed");
+  REQUIRE(server.alive());
+  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
+  long before = load.ok();
+  REQUIRE(load.wait_for_replies(before + 200));
+  check_every_request_counted(server, load, 1);
 }

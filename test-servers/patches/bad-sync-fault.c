@@ -11,7 +11,10 @@
  *                      callback of that direction arms it)
  *   FAULT_ON_CALL      N: the Nth call of that function once armed faults
  *   CALLBACK_FAULT     1: no sync function faults (FAULT_ON_CALL -1); the post-update callback
- *                      dereferences NULL, run by Polus while write tracking is still on
+ *                      dereferences NULL, run by Polus while write tracking is still on;
+ *                      2: it calls abort() instead
+ *   FAULT_KIND         what the bug is: 0 a NULL dereference (SIGSEGV), 1 abort() (SIGABRT),
+ *                      2 a loop that never ends
  *   WATCH              which items the patch says the old worker_thread uses: 1 the old one
  *                      (an apply syncs for good: every worker runs worker_thread), 2 the new
  *                      one (a rollback does), 3 both; a direction that watches nothing ends at
@@ -19,6 +22,7 @@
  */
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <polus/patch.h>
 
@@ -33,6 +37,9 @@
 #endif
 #ifndef WATCH
 #define WATCH 1
+#endif
+#ifndef FAULT_KIND
+#define FAULT_KIND 0
 #endif
 #ifndef CALLBACK_FAULT
 #define CALLBACK_FAULT 0
@@ -50,7 +57,13 @@ static void copy(const struct polus_sync_args *args, int faulty)
 {
     if (faulty && armed && ++calls == FAULT_ON_CALL) {
         *(volatile long *)args->counterpart = -1;
+#if FAULT_KIND == 1
+        abort();
+#elif FAULT_KIND == 2
+        for (;;) __asm__ volatile("pause" ::: "memory");
+#else
         *(volatile int *)nowhere = 1;
+#endif
     }
     *(long *)args->counterpart = *(const long *)args->written;
 }
@@ -109,6 +122,9 @@ static const struct polus_mapping mappings[] = {
 static int crash(const struct polus_callback_args *args)
 {
     (void)args;
+#if CALLBACK_FAULT == 2
+    abort();
+#endif
     return *(volatile int *)nowhere;
 }
 static const struct polus_callback callbacks[] = {{POLUS_CB_PRE_UPDATE, 0, arm}, {POLUS_CB_POST_UPDATE, 0, crash}};

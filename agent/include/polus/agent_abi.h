@@ -39,6 +39,16 @@ extern "C" {
  * registry.last_error naming the signal and the pc; the fault never reaches the target. */
 #define POLUS_AGENT_RUN_CALLBACK_SYMBOL "polus_agent_run_callback"
 #define POLUS_CALLBACK_FAULTED (-0x7fffffffffffffffll - 1)
+/* The watch over the sync functions the agent runs (optional, ABI 4): struct polus_fence_watch,
+ * which the agent updates as each fenced sync function starts and ends; and
+ * void polus_agent_escape_fence(uint64_t pc), the way out of one that does not return. A thread
+ * the watch shows inside the same call for too long (a loop, a wait that never ends) is
+ * stopped and sent there by the injector, as void polus_agent_escape_fence(uint64_t pc,
+ * int32_t signal) with the pc it was at: the agent unwinds to the fence as it does for a
+ * fault, and records it with POLUS_SYNC_FAULT_TIMED_OUT (signal 0), or as that signal (one a
+ * thread borrowed by the injector raised inside a sync function). */
+#define POLUS_AGENT_FENCE_WATCH_SYMBOL "polus_agent_fence_watch"
+#define POLUS_AGENT_ESCAPE_FENCE_SYMBOL "polus_agent_escape_fence"
 
 #define POLUS_MAX_PATCHES 256u
 #define POLUS_MAX_ARENAS 32u
@@ -171,6 +181,8 @@ struct polus_tracked_item {
 #define POLUS_SYNC_FAULT_PRE 2u  /* its pre_sync */
 /* Flags of struct polus_sync_fault. */
 #define POLUS_SYNC_FAULT_RESTORED 0x1u /* the counterpart's bytes from before the call were put back */
+#define POLUS_SYNC_FAULT_TIMED_OUT 0x2u /* it did not return: the injector sent its thread out (signal 0,
+                                           pc where it was) */
 
 /*
  * A patch's sync function that faulted (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP) while the
@@ -196,6 +208,22 @@ struct polus_sync_fault {
     uint32_t flags;         /* POLUS_SYNC_FAULT_* */
     uint32_t count;         /* sync function faults caught since sync_begin, every function */
     uint32_t reserved;
+};
+
+/* One sync function running, as struct polus_fence_watch shows it. The agent writes calls and
+ * function first and tid last when a call starts, and tid = 0 when it ends; the injector reads
+ * the table with every thread stopped. */
+struct polus_fence_watch_slot {
+    int32_t tid;       /* the thread running it; 0: this slot runs none now */
+    uint32_t calls;    /* calls this slot has started: the same value in two reads is the same call */
+    uint64_t function; /* the sync function */
+};
+/* Slot 0: the sync lock's holder; the others: the fast path's lanes (one thread each). */
+#define POLUS_FENCE_WATCH_SLOTS 65u
+struct polus_fence_watch {
+    uint32_t slot_count; /* POLUS_FENCE_WATCH_SLOTS */
+    uint32_t reserved;
+    struct polus_fence_watch_slot slots[POLUS_FENCE_WATCH_SLOTS];
 };
 
 /* The write-through machinery's state, part of the registry (read by status). */
@@ -255,6 +283,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_tracked_item) == 56, "tracked item must hav
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_fault) == 80, "sync fault must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 128, "sync state must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch_slot) == 16, "fence watch slot must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch) == 8 + 16 * POLUS_FENCE_WATCH_SLOTS, "fence watch must have no padding");
 
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).

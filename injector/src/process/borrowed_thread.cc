@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -14,6 +15,7 @@
 
 #include "common/format.h"
 #include "polus/error.h"
+#include "process/divert.h"
 #include "process/process_maps.h"
 
 namespace polus {
@@ -79,18 +81,7 @@ SyscallStop syscall_stop(pid_t tid) {
 BorrowedThread::BorrowedThread(PtraceSession& session, ProcessMemory& memory, pid_t tid, ScratchArena& arena,
                                std::function<BootstrapEntries()> bootstrap)
     : session_(session), memory_(memory), tid_(tid), arena_(arena), bootstrap_(std::move(bootstrap)) {
-  saved_.regs = session_.get_regs(tid_);
-  // The FPU/SSE/AVX/AVX-512 state too: dlopen and libc's string functions clobber vector
-  // registers the interrupted code may still be using (NT_X86_XSTATE covers all of it).
-  saved_.xstate.resize(16384);
-  iovec io{saved_.xstate.data(), saved_.xstate.size()};
-  if (::ptrace(PTRACE_GETREGSET, tid_, reinterpret_cast<void*>(NT_X86_XSTATE), &io) != 0) {
-    throw_errno("reading the vector registers of thread " + std::to_string(tid_), errno);
-  }
-  saved_.xstate.resize(io.iov_len);
-  std::optional<uint64_t> mask = session_.signal_mask(tid_);
-  if (!mask) throw_errno("reading the signal mask of thread " + std::to_string(tid_), errno);
-  saved_.signal_mask = *mask;
+  saved_ = read_thread_context(session_, tid_);
   session_.set_borrowed(tid_, true);
 }
 
@@ -163,7 +154,7 @@ int64_t BorrowedThread::syscall_with_string(long number, const std::string& text
 
 uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, RemoteAddr sigreturn_pc,
                              long syscall_result_of, const char* what) {
-  const Clock::time_point deadline = step_deadline();
+  Clock::time_point deadline = step_deadline();
   session_.set_regs(tid_, regs);
   session_.set_signal_mask(tid_, kCallMask);
   set_frame_signal_mask(memory_, frame, saved_.signal_mask & ~session_.thread(tid_).unblock_on_return);
@@ -172,10 +163,16 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
   int inject = 0;
   for (;;) {
     BorrowedStop stop;
+    const Clock::time_point wait_until = rescue_ ? std::min(deadline, Clock::now() + rescue_every_) : deadline;
     try {
-      stop = session_.run_borrowed(tid_, deadline, inject);
+      stop = session_.run_borrowed(tid_, wait_until, inject);
     } catch (const Error& e) {
       if (e.code() != ErrorCode::kTimeout) throw;
+      inject = 0;
+      if (wait_until < deadline) {  // a look at a long call (set_rescue), not the deadline
+        if (session_.stop_thread(tid_, step_deadline()) && rescue_(tid_, 0)) deadline = step_deadline();
+        continue;
+      }
       std::string where;
       try {
         session_.stop_thread(tid_, step_deadline());
@@ -211,6 +208,7 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
       inject = sig;  // the agent's write tracking at work
       continue;
     }
+    if (rescue_ && rescue_(tid_, sig)) continue;  // inside a sync function: the agent's fence ends it
     // The injected code crashed. The signal is not delivered (the target survives); the
     // thread goes back to its own context through the frame (the callee may have left a
     // lock held).

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 #include <sys/user.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -130,6 +131,18 @@ class BorrowedThread {
   /// Whether fault signals go to the target's handlers (set_pass_faults).
   bool passes_faults() const { return pass_faults_; }
 
+  /// A second chance for calls that would be abandoned. Abandoning a call (rt_sigreturn back
+  /// to the thread's own context) is safe for code that holds nothing; a call into the agent
+  /// that runs a patch's sync function holds the agent's sync lock, and abandoning it would
+  /// leave that taken for good. `rescue(tid, signal)` is asked, with the thread stopped, when
+  /// the code raised a signal that would abandon the call (`signal`), and every `every`
+  /// while a call runs (signal 0); it returns true once it has sent the thread somewhere
+  /// that ends the call normally (update/sync_watchdog.h). An empty function: none.
+  void set_rescue(std::function<bool(pid_t tid, int signal)> rescue, std::chrono::milliseconds every) {
+    rescue_ = std::move(rescue);
+    rescue_every_ = every;
+  }
+
  private:
   /// Runs the thread from `regs` (rsp on a frame written for this run) until it makes
   /// rt_sigreturn at `sigreturn_pc`, then lets that return happen. Returns the result slot,
@@ -152,6 +165,8 @@ class BorrowedThread {
   std::function<BootstrapEntries()> bootstrap_;
   SavedContext saved_;
   bool pass_faults_ = false;
+  std::function<bool(pid_t, int)> rescue_;
+  std::chrono::milliseconds rescue_every_{0};
 };
 
 }  // namespace polus

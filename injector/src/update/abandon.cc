@@ -44,9 +44,17 @@ std::string describe_sync_fault(const polus_sync_fault& fault, const ProcessSymb
   std::string text = std::string("the ") + (fault.kind == POLUS_SYNC_FAULT_PRE ? "pre_sync" : "sync") + " function " +
                      name_at(symbols, fault.function, false) + " of patch " + patch + " (" +
                      (old_side ? "old -> new" : "new -> old") + ", for " + name_at(symbols, fault.item_address, false) +
-                     ") faulted: " + signal_name(static_cast<int>(fault.signal));
-  if (fault.signal == SIGSEGV || fault.signal == SIGBUS) text += " at address " + hex(fault.fault_address);
-  if (fault.pc) text += " (pc " + name_at(symbols, fault.pc, true) + ")";
+                     ")";
+  if (fault.flags & POLUS_SYNC_FAULT_TIMED_OUT) {
+    // Sent out of its fence by the watchdog (update/sync_watchdog.h), or given up by the
+    // engine that called it.
+    text += " did not return: it loops, or waits for something that does not come; Polus stopped it";
+    if (fault.pc) text += " at pc " + name_at(symbols, fault.pc, true);
+  } else {
+    text += " faulted: " + signal_name(static_cast<int>(fault.signal));
+    if (fault.signal == SIGSEGV || fault.signal == SIGBUS) text += " at address " + hex(fault.fault_address);
+    if (fault.pc) text += " (pc " + name_at(symbols, fault.pc, true) + ")";
+  }
   text += ", thread " + std::to_string(fault.tid);
   if (fault.count > 1) text += " (" + std::to_string(fault.count) + " faults in all)";
   if (!(fault.flags & POLUS_SYNC_FAULT_RESTORED)) {

@@ -153,22 +153,30 @@ void initialize_counterparts(BorrowedThread& thread, ProcessMemory& memory, cons
     if (!before.empty()) memory.read_bytes(RemoteAddr(counterpart), before.data(), before.size());
     polus_sync_args args{reinterpret_cast<void*>(written), reinterpret_cast<void*>(counterpart), 0,
                          static_cast<uint64_t>(thread.tid())};
-    try {
-      thread.call_with_block(RemoteAddr(sync), args);
-    } catch (const CodeFault& fault) {
-      // Half a conversion must not stay behind: the counterpart as it was (every other
-      // thread is stopped).
+    // Half a conversion must not stay behind: the counterpart as it was (every other thread
+    // is stopped).
+    auto fault_record = [&](int signal, uint64_t pc, uint32_t flags) {
       if (!before.empty()) memory.write_bytes(RemoteAddr(counterpart), before.data(), before.size());
       polus_sync_fault record{};
       record.function = sync;
       record.item_address = written;
-      record.pc = fault.pc();
+      record.pc = pc;
       record.tid = static_cast<uint64_t>(thread.tid());
       record.side = apply ? POLUS_OLD : POLUS_NEW;
       record.kind = POLUS_SYNC_FAULT_POST;
-      record.signal = static_cast<uint32_t>(fault.signal());
-      record.flags = before.empty() ? 0 : POLUS_SYNC_FAULT_RESTORED;
-      throw SyncFunctionFault(record);
+      record.signal = static_cast<uint32_t>(signal);
+      record.flags = flags | (before.empty() ? 0 : POLUS_SYNC_FAULT_RESTORED);
+      return SyncFunctionFault(record);
+    };
+    try {
+      thread.call_with_block(RemoteAddr(sync), args);
+    } catch (const CodeFault& fault) {
+      throw fault_record(fault.signal(), fault.pc(), 0);
+    } catch (const Error& e) {
+      // It did not return: the call was given up, the thread put back as it was (it held
+      // nothing of the agent's: the engine called it directly).
+      if (e.code() != ErrorCode::kTimeout) throw;
+      throw fault_record(0, 0, POLUS_SYNC_FAULT_TIMED_OUT);
     }
   }
 }
@@ -220,6 +228,12 @@ bool end_sync(BorrowedThread& thread, const AgentLocation& agent) {
     throw Error(ErrorCode::kInternal, "the agent could not end write tracking (error " + std::to_string(-result) + ")");
   }
   return true;
+}
+
+void watch_sync_functions(BorrowedThread& thread, SyncWatchdog& watchdog) {
+  if (!watchdog.available()) return;
+  thread.set_rescue([&watchdog](pid_t tid, int signal) { return watchdog.rescue(tid, signal); },
+                    std::chrono::milliseconds(100));
 }
 
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,
@@ -340,6 +354,7 @@ SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent,
   target.extend_deadline(until - Clock::now());
   Unwinder unwinder(target.symbols(), target.pid());
   const uint32_t direction = record.header.direction;
+  SyncWatchdog watchdog(target, agent, kSyncFunctionLimit);
   for (;;) {
     target.seize();
     Inspection inspection;
@@ -347,6 +362,9 @@ SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent,
       Pause pause(target.session());
       unblock_fault_signals(target.session(), /*since_start=*/true);  // threads born since the last inspection
       inspection = inspect_stacks(target, unwinder, record.watched);
+      // A sync function that has not returned for a second is sent out of its fence; the
+      // agent records it as faulted, and the next inspection abandons the update.
+      watchdog.rescue_stuck();
       max_pause_ns = std::max(max_pause_ns, pause.end());
     }
     // A sync function faulted (its fence in the agent recorded it): no more patch code, no
@@ -407,6 +425,7 @@ SyncOutcome drive_sync_to_end(TargetContext& target, const AgentLocation& agent,
     if (done || (has_callbacks && (!threads_left.empty() || !functions_left.empty() || !data_done.empty()))) {
       BorrowedThread thread = target.borrow_safe_thread();
       thread.set_pass_faults(true);
+      watch_sync_functions(thread, watchdog);
       auto fire = [&](uint32_t kind, uint32_t index, uint64_t about_thread) {
         if (!has_callbacks) return;
         try {

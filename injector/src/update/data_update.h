@@ -19,6 +19,7 @@
 #include "process/borrowed_thread.h"
 #include "update/patch_file.h"
 #include "update/registry.h"
+#include "update/sync_watchdog.h"
 #include "binary/symbols.h"
 #include "update/target.h"
 
@@ -84,6 +85,11 @@ void begin_sync(BorrowedThread& thread, const AgentLocation& agent);
 /// Lifts the protection and stops tracking. false (nothing changed) when the agent refuses
 /// because a sync function faulted and the update is not being abandoned.
 bool end_sync(BorrowedThread& thread, const AgentLocation& agent);
+
+/// Lets `watchdog` rescue `thread` when a call into the agent (ending tracking, a callback
+/// registering heap data) runs a sync function that crashes or never returns there
+/// (BorrowedThread::set_rescue).
+void watch_sync_functions(BorrowedThread& thread, SyncWatchdog& watchdog);
 
 /// Calls every callback of `kind` with `index` and `thread_id`; returns the first non-zero result.
 /// While the thread passes faults to the target (write tracking on), each callback runs inside

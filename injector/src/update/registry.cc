@@ -45,6 +45,12 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
   if (uint64_t run_callback = symbol_value_or_zero(object, POLUS_AGENT_RUN_CALLBACK_SYMBOL)) {
     agent.run_callback = RemoteAddr(load_bias + run_callback);
   }
+  const uint64_t watch = symbol_value_or_zero(object, POLUS_AGENT_FENCE_WATCH_SYMBOL);
+  const uint64_t escape = symbol_value_or_zero(object, POLUS_AGENT_ESCAPE_FENCE_SYMBOL);
+  if (watch && escape) {
+    agent.fence_watch = RemotePtr<polus_fence_watch>(load_bias + watch);
+    agent.escape_fence = RemoteAddr(load_bias + escape);
+  }
   return agent;
 }
 

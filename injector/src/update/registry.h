@@ -32,6 +32,8 @@ struct AgentLocation {
   RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
   RemoteAddr sync_end;      // int polus_agent_sync_end(void)
   RemoteAddr run_callback;  // int64_t polus_agent_run_callback(fn, args), 0 if the agent has none
+  RemotePtr<polus_fence_watch> fence_watch;  // the sync functions running (update/sync_watchdog.h), 0 if none
+  RemoteAddr escape_fence;                   // void polus_agent_escape_fence(pc, signal), 0 if none
 };
 
 /// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the

@@ -193,6 +193,8 @@ PatchInfo rollback_data_patch(TargetContext& target, RegistryContext& ctx, Patch
     if (!run_code) return;
     BorrowedThread thread = target.borrow(borrower);
     thread.set_pass_faults(sync_active);
+    SyncWatchdog watchdog(target, ctx.agent, kSyncFunctionLimit);
+    if (sync_active) watch_sync_functions(thread, watchdog);
     run_callbacks(thread, patch, bias, POLUS_CB_PRE_UPDATE, ~0u, 0, POLUS_UPDATE_ROLLBACK, &ctx.agent);
     if (!sync_active) {
       try {
