@@ -441,7 +441,8 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
     if (::ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
       if (errno == ESRCH && task_exited(pid_, tid)) {
         throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " (or its thread " +
-                                                std::to_string(tid) + ") exited while running code injected by Polus");
+                                                std::to_string(tid) + ") exited while running code injected by Polus" +
+                                                how_it_ended());
       }
       throw_errno("resuming borrowed thread", errno);
     }
@@ -453,7 +454,7 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
       if (process_exited_ || !threads_.count(tid)) {
         throw Error(ErrorCode::kTargetDied,
                     "process " + std::to_string(pid_) + " (or its thread " + std::to_string(tid) +
-                        ") exited while running code injected by Polus");
+                        ") exited while running code injected by Polus" + how_it_ended());
       }
       t = &threads_.at(tid);
       if (t->stop != StopKind::kNone) break;
@@ -488,6 +489,13 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
     t->stop_signal = 0;
     spdlog::debug("deferred signal {} for borrowed thread {}", sig, tid);
   }
+}
+
+std::string PtraceSession::how_it_ended() const {
+  if (!process_exited_ || exit_status_ == 0) return "";
+  if (WIFEXITED(exit_status_)) return " (it called exit with status " + std::to_string(WEXITSTATUS(exit_status_)) + ")";
+  if (WIFSIGNALED(exit_status_)) return std::string(" (killed by ") + strsignal(WTERMSIG(exit_status_)) + ")";
+  return "";
 }
 
 bool PtraceSession::probe_unreported_stop(pid_t tid) {

@@ -168,6 +168,9 @@ class PtraceSession {
   std::map<pid_t, ThreadState> threads_;
   bool process_exited_ = false;
   int exit_status_ = 0;
+  /// " (it called exit with status N)" / " (killed by SIG...)" once the process has exited
+  /// and its leader's wait status was seen; "" otherwise.
+  std::string how_it_ended() const;
   bool moved_from_ = false;
 };
 

@@ -177,6 +177,9 @@ uint64_t load_patch_from_memfd(BorrowedThread& thread, ProcessMemory& memory, pi
     for (int64_t each : fds) {
       try {
         thread.syscall(SYS_close, {static_cast<uint64_t>(each)});
+      } catch (const Error& e) {
+        if (e.code() == ErrorCode::kTargetDied) return;  // nothing left to close
+        spdlog::warn("could not close the patch's memfd {} in process {}: {}", each, pid, e.what());
       } catch (const std::exception& e) {
         spdlog::warn("could not close the patch's memfd {} in process {}: {}", each, pid, e.what());
       }
