@@ -62,7 +62,10 @@ start_greeter "$work/greeter.out"
 [ "$(hello)" = "Hello, op! (v0)" ] || fail "greeter v0"
 "$work/prefix/sbin/polusctl" apply "$greeter_pid" "$work/greeter-v1.so" >/dev/null || fail "installed polusctl apply"
 [ "$(hello)" = "Hi there, op! (v1)" ] || fail "the patch built with the installed header did not take"
-grep -q "$work/prefix/lib/polus/libpolus-agent.so" "/proc/$greeter_pid/maps" || fail "not the installed agent"
+# The agent comes from a sealed memfd holding the installed file's bytes (never loaded by path).
+agent_range=$(awk '$6 == "/memfd:libpolus-agent.so" && $3 == "00000000" { print $1; exit }' "/proc/$greeter_pid/maps")
+[ -n "$agent_range" ] || fail "no agent memfd in the greeter's maps"
+cmp -s "$work/prefix/lib/polus/libpolus-agent.so" "/proc/$greeter_pid/map_files/$agent_range" || fail "not the installed agent"
 "$work/prefix/sbin/polusctl" rollback "$greeter_pid" >/dev/null || fail "installed polusctl rollback"
 kill "$greeter_pid"; wait "$greeter_pid" 2>/dev/null || true; greeter_pid=""
 echo "ok: installed files, a patch built against them, applied without --agent"
@@ -81,8 +84,8 @@ echo "ok: $(basename "$deb"): $(grep -c . <<<"$contents") entries"
 
 echo "== dpkg -i into an overlay of / (private mount namespace), then apply from there"
 mkdir -p "$work/root"
-# The greeter runs inside that root too: the target loads the agent by path, in its own view
-# of the file system.
+# The greeter runs inside that root too; the agent it gets (from a memfd) holds the packaged
+# file's bytes.
 inside=$(cat <<INSIDE
 set -e
 mount -t tmpfs tmpfs "$work/ov"
@@ -106,7 +109,8 @@ chroot "$work/root" /bin/bash -e -c '
     test -z "\$complaints" || { echo "systemd-analyze verify: \$complaints" >&2; exit 1; }
   fi
   /usr/sbin/polusctl apply \$greeter_pid "$build/test-servers/patches/greeter-v0-v1.so" >/dev/null
-  grep -q " /usr/lib/polus/libpolus-agent.so" /proc/\$greeter_pid/maps
+  agent_range=\$(awk "\\\$6 == \"/memfd:libpolus-agent.so\" && \\\$3 == \"00000000\" { print \\\$1; exit }" /proc/\$greeter_pid/maps)
+  cmp -s /usr/lib/polus/libpolus-agent.so /proc/\$greeter_pid/map_files/\$agent_range
   test "\$(hello)" = "Hi there, op! (v1)"
   kill \$greeter_pid
   man -w polusctl >/dev/null 2>&1 || test -e /usr/share/man/man8/polusctl.8

@@ -18,11 +18,38 @@
 
 #define POLUS_EXPORT __attribute__((visibility("default")))
 
-/* Initialised statically (in .data): valid the moment the library is mapped, no constructor. */
+/* The entry points defined in the other files (sync.h declares them for patches). */
+uint64_t polus_agent_sync_reserve(uint32_t capacity);
+int polus_agent_sync_prepare(void);
+int polus_agent_sync_begin(void);
+int polus_agent_sync_end(void);
+void polus_agent_escape_fence(uint64_t pc, int32_t signal);
+extern struct polus_fence_watch polus_agent_fence_watch;
+uint64_t polus_agent_load_patch(const char *path);
+int polus_agent_unload_patch(uint64_t handle);
+int64_t polus_agent_run_callback(uint64_t fn, const struct polus_callback_args *args);
+
+#define ADDRESS_OF(x) ((uint64_t)(uintptr_t)&(x))
+
+/* Initialised statically (in .data): valid the moment the library is mapped, no constructor;
+ * the entries are relocated by the dynamic loader (R_X86_64_RELATIVE) before anyone reads them. */
 POLUS_EXPORT struct polus_agent_registry polus_agent_registry = {
     .magic = POLUS_AGENT_MAGIC,
     .abi_version = POLUS_AGENT_ABI_VERSION,
     .next_patch_id = 1,
+    .entries =
+        {
+            .self = ADDRESS_OF(polus_agent_registry),
+            .load_patch = ADDRESS_OF(polus_agent_load_patch),
+            .unload_patch = ADDRESS_OF(polus_agent_unload_patch),
+            .sync_reserve = ADDRESS_OF(polus_agent_sync_reserve),
+            .sync_prepare = ADDRESS_OF(polus_agent_sync_prepare),
+            .sync_begin = ADDRESS_OF(polus_agent_sync_begin),
+            .sync_end = ADDRESS_OF(polus_agent_sync_end),
+            .run_callback = ADDRESS_OF(polus_agent_run_callback),
+            .fence_watch = ADDRESS_OF(polus_agent_fence_watch),
+            .escape_fence = ADDRESS_OF(polus_agent_escape_fence),
+        },
 };
 
 static void remember_dlerror(void) {

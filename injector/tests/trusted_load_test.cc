@@ -214,18 +214,19 @@ TEST_CASE("a data patch whose file is gone is rolled back from the bytes the tar
 namespace {
 
 /// The greeter as pid 1 of its own pid and mount namespaces (unshare), with a tmpfs mounted
-/// over `hidden` inside, so the patch's path does not exist there.
+/// over each of `hidden` inside, so the patch's path (and the agent's) does not exist there.
 struct NamespacedGreeter {
   pid_t unshare = -1;
   pid_t greeter = -1;  // its pid in our namespace
   int port = 0;
   int stdout_fd = -1;  // kept open: the greeter must not get SIGPIPE for a later line
 
-  NamespacedGreeter(const std::string& hidden) {
+  explicit NamespacedGreeter(const std::vector<std::string>& hidden) {
     int out[2];
     REQUIRE(pipe2(out, O_CLOEXEC) == 0);
-    const std::string script = "mount -t tmpfs polus-hidden " + hidden + " && exec " + binary_path("greeter-v0") +
-                               " --port 0 --workers 4";
+    std::string script;
+    for (const std::string& dir : hidden) script += "mount -t tmpfs polus-hidden " + dir + " && ";
+    script += "exec " + binary_path("greeter-v0") + " --port 0 --workers 4";
     unshare = fork();
     if (unshare == 0) {
       dup2(out[1], 1);
@@ -270,7 +271,8 @@ struct NamespacedGreeter {
 
 }  // namespace
 
-TEST_CASE("a target in its own mount and pid namespace, where the patch's path does not exist", "[trust][live]") {
+TEST_CASE("a target in its own mount and pid namespace, where neither the patch's path nor the agent's exists",
+          "[trust][live]") {
   if (!running_as_root()) return;
   if (std::system("unshare --mount --pid --fork --mount-proc true >/dev/null 2>&1") != 0) {
     WARN("unshare --mount --pid cannot run here (no privileges for namespaces?); skipped");
@@ -279,10 +281,13 @@ TEST_CASE("a target in its own mount and pid namespace, where the patch's path d
   TempDir dir;
   const std::string hidden = make_dir(dir / "hidden", 0755);
   const std::string patch = copy_file(patch_path("greeter-v0-v1.so"), hidden + "/greeter-v0-v1.so");
-  NamespacedGreeter server(hidden);
+  // The agent polusctl loads (tools/polusctl: the build tree's, beside it).
+  const std::string agent_dir = std::filesystem::path(POLUS_AGENT_PATH).parent_path();
+  NamespacedGreeter server({hidden, agent_dir});
   const std::string pid = std::to_string(server.greeter);
-  // Inside, the path leads to an empty tmpfs; the greeter is its namespace's pid 1.
+  // Inside, the paths lead to empty tmpfs; the greeter is its namespace's pid 1.
   CHECK_FALSE(std::filesystem::exists("/proc/" + pid + "/root" + patch));
+  CHECK_FALSE(std::filesystem::exists("/proc/" + pid + "/root" + std::string(POLUS_AGENT_PATH)));
   CHECK(file_text("/proc/" + pid + "/status").find("NSpid:\t" + pid + "\t1\n") != std::string::npos);
   CHECK(server.request("HELLO op") == "Hello, op! (v0)");
 

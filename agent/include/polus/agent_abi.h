@@ -21,9 +21,11 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 4u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
+#define POLUS_AGENT_ABI_VERSION 5u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
                                       4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side;
-                                         polus_agent_sync_prepare */
+                                         polus_agent_sync_prepare;
+                                      5: the registry says where the entry points are (polus_agent_entries):
+                                         the agent is loaded from a memfd and found without its file */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
@@ -226,6 +228,25 @@ struct polus_fence_watch {
     struct polus_fence_watch_slot slots[POLUS_FENCE_WATCH_SLOTS];
 };
 
+/* Where the agent's entry points and tables are, as loaded: addresses the dynamic loader
+ * relocated (a static initialiser). The agent is loaded from a sealed memfd — the bytes Polus
+ * checked, whatever the target's mount namespace holds at any path — so no file of it may be
+ * at hand when Polus finds it again; the registry, found by its magic in the agent's
+ * writable mapping (`self` confirms the find), says the rest. */
+struct polus_agent_entries {
+    uint64_t self;          /* &polus_agent_registry */
+    uint64_t load_patch;    /* POLUS_AGENT_LOAD_SYMBOL */
+    uint64_t unload_patch;  /* POLUS_AGENT_UNLOAD_SYMBOL */
+    uint64_t sync_reserve;
+    uint64_t sync_prepare;
+    uint64_t sync_begin;
+    uint64_t sync_end;
+    uint64_t run_callback;
+    uint64_t fence_watch;   /* struct polus_fence_watch * */
+    uint64_t escape_fence;
+    uint64_t reserved[6];
+};
+
 /* The write-through machinery's state, part of the registry (read by status). */
 struct polus_sync_state {
     uint64_t items;          /* struct polus_tracked_item[item_capacity] (agent-owned mapping) */
@@ -267,6 +288,7 @@ struct polus_agent_registry {
     struct polus_sync_state sync;
     char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
     struct polus_update_failure last_failure;
+    struct polus_agent_entries entries;
 };
 
 #if defined(__cplusplus)
@@ -284,6 +306,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_sync_fault) == 80, "sync fault must have no
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 128, "sync state must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch_slot) == 16, "fence watch slot must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_agent_entries) == 128, "agent entries must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_agent_registry) == 3968, "registry must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch) == 8 + 16 * POLUS_FENCE_WATCH_SLOTS, "fence watch must have no padding");
 
 /*

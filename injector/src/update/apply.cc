@@ -83,8 +83,10 @@ class Applier {
     resolve_imports();
     // Resolve the old data now, so a missing global is reported before anything changes.
     has_data_ = !plan_data_update(patch_, target_.symbols(), 0, POLUS_UPDATE_APPLY).empty();
-    agent_ = locate_agent(target_.pid(), target_.symbols().maps());
+    agent_ = locate_agent(target_.memory(), target_.symbols().maps());
     if (agent_) registry_ = read_registry(target_.memory(), *agent_);
+    // The agent's bytes, checked and read once, for the copy and the target (update/patch_memfd.h).
+    if (!agent_) agent_image_ = read_agent_image(options_.agent_path, options_.allowed_owners);
     if (const PatchRecordView* same = find_active_copy()) {
       if (same->header.state == POLUS_STATE_SYNCING && same->header.direction == POLUS_UPDATE_ROLLBACK) {
         // Not "already applied": it is on its way out, and apply cannot turn a rollback around.
@@ -169,7 +171,7 @@ class Applier {
 
   /// The load tried first in a copy of the process (update/rehearsal.h).
   void rehearse() {
-    rehearsal_ = rehearse_load(target_, patch_, options_.agent_path, agent_, memfd_name(), slot_values_);
+    rehearsal_ = rehearse_load(target_, patch_, agent_image_, agent_, memfd_name(), slot_values_);
   }
 
   /// Loads agent and patch through one borrowed thread while the others keep running.
@@ -180,15 +182,15 @@ class Applier {
     const LoadedObject& main = target_.symbols().main_executable();
     target_.arena().ensure(thread, main.text_start, main.text_end);
     if (!agent_) {
-      uint64_t handle = thread.call_with_string(target_.libc_function("dlopen"), options_.agent_path, {RTLD_NOW | RTLD_GLOBAL});
-      if (handle == 0) {
-        uint64_t message = thread.call(target_.libc_function("dlerror"), {});
-        throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + options_.agent_path + " into process " +
-                                                std::to_string(target_.pid()) + ": " +
-                                                target_.memory().read_c_string(RemoteAddr(message), 1024));
+      // From a sealed memfd too: the bytes checked, whatever the target's mount namespace holds
+      // at the agent's path (a container may have none there).
+      agent_handle_ = load_agent_from_memfd(thread, target_.memory(), target_.pid(), dynamic_loader_debug(target_.symbols()),
+                                            target_.libc_function("dlopen"), target_.libc_function("dlerror"), agent_image_);
+      agent_ = locate_agent(target_.memory(), read_process_maps(target_.pid()));
+      if (!agent_) {
+        throw Error(ErrorCode::kLoadFailed, "the Polus agent (" + agent_image_.path + ") was loaded into process " +
+                                                std::to_string(target_.pid()) + ", but its registry is not in its mappings");
       }
-      agent_handle_ = handle;
-      agent_ = agent_location_at(options_.agent_path, target_.memory().read(RemotePtr<uint64_t>(handle)));
       registry_ = read_registry(target_.memory(), *agent_);
     }
 
@@ -519,6 +521,7 @@ class Applier {
   PatchDescription patch_;
   TargetContext target_;
   std::optional<AgentLocation> agent_;
+  AgentImage agent_image_;  // read when the target has no agent yet
   RegistrySnapshot registry_;
   std::map<uint64_t, const polus_redirect_record*> active_;
   std::vector<PlannedRedirect> plans_;

@@ -47,6 +47,14 @@ std::string patch_memfd_name(const std::string& patch_name, const std::string& s
 uint64_t load_patch_from_memfd(BorrowedThread& thread, ProcessMemory& memory, pid_t pid, const AgentLocation& agent,
                                RemoteAddr r_debug, const PatchDescription& patch, const std::string& memfd_name);
 
+/// Loads the Polus agent into process `pid` the same way: a sealed memfd named
+/// "libpolus-agent.so" (its mappings show as "/memfd:libpolus-agent.so (deleted)") holding
+/// agent.bytes, opened with the target's own `dlopen` (RTLD_NOW | RTLD_GLOBAL: patches link
+/// against its exports); `dlerror` explains a failure. Returns the handle (a struct link_map *).
+/// Throws Error(kLoadFailed).
+uint64_t load_agent_from_memfd(BorrowedThread& thread, ProcessMemory& memory, pid_t pid, RemoteAddr r_debug,
+                               RemoteAddr dlopen, RemoteAddr dlerror, const AgentImage& agent);
+
 /// The dynamic loader's _r_debug in a process whose symbols are `symbols`.
 RemoteAddr dynamic_loader_debug(const ProcessSymbols& symbols);
 

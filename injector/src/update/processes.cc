@@ -81,11 +81,13 @@ std::vector<pid_t> processes_with_build_id(const std::string& hex) {
 
 std::vector<pid_t> patched_processes() {
   std::vector<pid_t> found;
-  const std::string agent = std::string("/") + kAgentFileName + "\n";
+  // Its memfd's mappings (update/patch_memfd.h), or the file an older Polus loaded.
+  const std::string from_memfd = std::string("/memfd:") + kAgentFileName + " (deleted)\n";
+  const std::string from_file = std::string("/") + kAgentFileName + "\n";
   for (pid_t pid : all_processes()) {
     std::string maps;
     if (read_whole_file("/proc/" + std::to_string(pid) + "/maps", maps) != 0) continue;
-    if (maps.find(agent) != std::string::npos) found.push_back(pid);
+    if (maps.find(from_memfd) != std::string::npos || maps.find(from_file) != std::string::npos) found.push_back(pid);
   }
   return found;
 }

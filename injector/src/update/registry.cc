@@ -8,66 +8,106 @@
 #include "polus/error.h"
 #include "common/format.h"
 #include "binary/symbols.h"
+#include "update/patch_trust.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace polus {
 
+bool is_agent_mapping(const std::string& path) {
+  // Loaded from a memfd named kAgentFileName (update/patch_memfd.h), or by an older Polus
+  // from its file.
+  // read_process_maps drops the " (deleted)" the kernel appends to a memfd's name.
+  const std::string memfd = std::string("/memfd:") + kAgentFileName;
+  return path == memfd || path == memfd + " (deleted)" || basename_of(path) == kAgentFileName;
+}
+
 namespace {
-uint64_t symbol_value_or_zero(const ElfObjectFile& object, const char* name) {
-  for (const Symbol& s : object.symbols) {
-    if (s.name == name && s.is_global) return s.address.address();
+
+/// The registry's address in the agent's writable mappings among `maps`: the first 8-byte
+/// aligned POLUS_AGENT_MAGIC there. 0 if none.
+uint64_t find_registry(ProcessMemory& memory, const std::vector<MappedRegion>& maps) {
+  for (const MappedRegion& region : maps) {
+    if (!region.writable || !region.readable || !is_agent_mapping(region.path)) continue;
+    std::vector<uint64_t> words((region.end - region.start) / 8);
+    try {
+      memory.read_bytes(RemoteAddr(region.start), words.data(), words.size() * 8);
+    } catch (const Error&) {
+      continue;
+    }
+    for (size_t i = 0; i < words.size(); ++i) {
+      if (words[i] == POLUS_AGENT_MAGIC) return region.start + i * 8;
+    }
   }
   return 0;
 }
 
-uint64_t symbol_value(const ElfObjectFile& object, const char* name) {
-  if (uint64_t value = symbol_value_or_zero(object, name)) return value;
-  throw Error(ErrorCode::kInternal, object.path + " lacks '" + name + "': not a Polus agent of this version");
-}
 }  // namespace
 
-AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
-  ElfObjectFile object = read_elf_object(path);
+AgentLocation agent_at_registry(ProcessMemory& memory, uint64_t registry, const std::string& path) {
   AgentLocation agent;
   agent.path = path;
-  agent.load_bias = load_bias;
-  agent.registry = RemotePtr<polus_agent_registry>(load_bias + symbol_value(object, POLUS_AGENT_REGISTRY_SYMBOL));
-  agent.load_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_LOAD_SYMBOL));
-  agent.unload_patch = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_UNLOAD_SYMBOL));
-  // Write tracking is optional: an agent without it still serves code-only patches.
-  if (symbol_value_or_zero(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL)) {
-    agent.sync_reserve = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_RESERVE_SYMBOL));
-    agent.sync_begin = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_BEGIN_SYMBOL));
-    if (uint64_t prepare = symbol_value_or_zero(object, POLUS_AGENT_SYNC_PREPARE_SYMBOL)) {
-      agent.sync_prepare = RemoteAddr(load_bias + prepare);
-    }
-    agent.sync_end = RemoteAddr(load_bias + symbol_value(object, POLUS_AGENT_SYNC_END_SYMBOL));
+  agent.registry = RemotePtr<polus_agent_registry>(registry);
+  // Only a registry of our version has the entries where we look (read_registry refuses the
+  // others, naming both versions).
+  if (memory.read(RemotePtr<uint32_t>(registry + offsetof(polus_agent_registry, abi_version))) != POLUS_AGENT_ABI_VERSION) {
+    return agent;
   }
-  if (uint64_t run_callback = symbol_value_or_zero(object, POLUS_AGENT_RUN_CALLBACK_SYMBOL)) {
-    agent.run_callback = RemoteAddr(load_bias + run_callback);
+  const polus_agent_entries e =
+      memory.read(RemotePtr<polus_agent_entries>(registry + offsetof(polus_agent_registry, entries)));
+  if (e.self != registry || !e.load_patch || !e.unload_patch) {
+    throw Error(ErrorCode::kInternal, "the Polus agent's registry at " + hex(registry) + " in the target (" + path +
+                                          ") does not describe itself (corrupt, or not a Polus agent)");
   }
-  const uint64_t watch = symbol_value_or_zero(object, POLUS_AGENT_FENCE_WATCH_SYMBOL);
-  const uint64_t escape = symbol_value_or_zero(object, POLUS_AGENT_ESCAPE_FENCE_SYMBOL);
-  if (watch && escape) {
-    agent.fence_watch = RemotePtr<polus_fence_watch>(load_bias + watch);
-    agent.escape_fence = RemoteAddr(load_bias + escape);
+  agent.load_patch = RemoteAddr(e.load_patch);
+  agent.unload_patch = RemoteAddr(e.unload_patch);
+  agent.sync_reserve = RemoteAddr(e.sync_reserve);
+  agent.sync_prepare = RemoteAddr(e.sync_prepare);
+  agent.sync_begin = RemoteAddr(e.sync_begin);
+  agent.sync_end = RemoteAddr(e.sync_end);
+  agent.run_callback = RemoteAddr(e.run_callback);
+  if (e.fence_watch && e.escape_fence) {
+    agent.fence_watch = RemotePtr<polus_fence_watch>(e.fence_watch);
+    agent.escape_fence = RemoteAddr(e.escape_fence);
   }
   return agent;
 }
 
-std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps) {
+std::optional<AgentLocation> locate_agent(ProcessMemory& memory, const std::vector<MappedRegion>& maps) {
+  const uint64_t registry = find_registry(memory, maps);
+  if (!registry) return std::nullopt;
+  std::string path;
   for (const MappedRegion& region : maps) {
-    if (region.file_offset != 0 || basename_of(region.path) != kAgentFileName) continue;
-    // The agent is linked at 0, so the mapping of file offset 0 is its load bias.
-    std::string path = "/proc/" + std::to_string(pid) + "/root" + region.path;
-    try {
-      AgentLocation agent = agent_location_at(path, region.start);
-      agent.path = region.path;
-      return agent;
-    } catch (const Error&) {
-      return agent_location_at(region.path, region.start);
-    }
+    if (region.contains(registry)) path = region.path;
   }
-  return std::nullopt;
+  return agent_at_registry(memory, registry, path);
+}
+
+std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps) {
+  if (std::none_of(maps.begin(), maps.end(), [](const MappedRegion& r) { return is_agent_mapping(r.path); })) {
+    return std::nullopt;  // without opening its memory
+  }
+  ProcMemory memory(pid);
+  return locate_agent(memory, maps);
+}
+
+AgentImage read_agent_image(const std::string& path, const std::vector<uid_t>& allowed_owners) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw Error(ErrorCode::kLoadFailed, "cannot read the Polus agent " + path + ": " + std::strerror(errno) +
+                                            "; install Polus, or name the agent with --agent");
+  }
+  TrustOptions trust;
+  trust.allowed_owners = allowed_owners;
+  trust.kind = "Polus agent";
+  TrustedFile file = open_trusted_patch(path, trust);
+  AgentImage image;
+  image.path = file.path();
+  image.bytes = std::make_shared<const std::vector<uint8_t>>(file.read_all());
+  return image;
 }
 
 RegistrySnapshot read_registry(ProcessMemory& memory, const AgentLocation& agent) {

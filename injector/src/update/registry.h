@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,11 +44,32 @@ void write_registry_bookkeeping(ProcessMemory& memory, const AgentLocation& agen
 /// The agent's tracked items (read by status while a data update syncs).
 std::vector<polus_tracked_item> read_tracked_items(ProcessMemory& memory, const polus_sync_state& sync);
 
-/// Finds the agent in the target's maps; nullopt if it was never loaded there.
-std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps);
+/// Whether a mapping of `path` (as /proc/PID/maps names it) is the agent's: its memfd, or the
+/// file an older Polus loaded it from.
+bool is_agent_mapping(const std::string& path);
 
-/// Computes the agent's entry points for a copy loaded at `load_bias` from `path`.
-AgentLocation agent_location_at(const std::string& path, uint64_t load_bias);
+/// Finds the agent in the target's maps (its registry, by its magic in the agent's writable
+/// mapping, and the entry points the registry lists); nullopt if it was never loaded there.
+/// Needs no file of the agent: it may have come from a memfd, in another mount namespace.
+/// Throws Error(kInternal) on a registry that does not describe itself.
+std::optional<AgentLocation> locate_agent(pid_t pid, const std::vector<MappedRegion>& maps);
+std::optional<AgentLocation> locate_agent(ProcessMemory& memory, const std::vector<MappedRegion>& maps);
+
+/// The agent whose registry is at `registry` (mapped from `path`). For a registry of another
+/// ABI version only the registry is set (read_registry then says which version it is).
+AgentLocation agent_at_registry(ProcessMemory& memory, uint64_t registry, const std::string& path);
+
+/// The Polus agent's file, checked like a patch file (update/patch_trust.h) and read once: the
+/// bytes a target loads, through a sealed memfd (update/patch_memfd.h).
+struct AgentImage {
+  std::string path;
+  std::shared_ptr<const std::vector<uint8_t>> bytes;
+};
+
+/// Reads the agent at `path`. Throws Error(kLoadFailed) when it cannot be read,
+/// Error(kPermissionDenied) when someone untrusted could have written it (`allowed_owners`
+/// as for patch files).
+AgentImage read_agent_image(const std::string& path, const std::vector<uid_t>& allowed_owners);
 
 /// One applied patch as recorded in the target.
 struct PatchRecordView {

@@ -30,7 +30,7 @@ bool is_allocator(const std::string& name) {
 
 /// Runs the load in the copy; throws Error describing what went wrong there.
 void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& memory, const PatchDescription& patch,
-                  const std::string& agent_path, std::optional<AgentLocation> agent, const std::string& memfd_name,
+                  const AgentImage& agent_image, std::optional<AgentLocation> agent, const std::string& memfd_name,
                   const std::vector<std::pair<uint64_t, uint64_t>>& slots) {
   const pid_t copy = session.pid();
   if (!session.stop_thread(copy, step_deadline())) {
@@ -49,13 +49,10 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
   // sockets, files, the agent's /proc/self/mem (which is the target's memory).
   thread.syscall(SYS_close_range, {3, ~0u, 0});
   if (!agent) {
-    uint64_t handle = thread.call_with_string(target.libc_function("dlopen"), agent_path, {RTLD_NOW | RTLD_GLOBAL});
-    if (handle == 0) {
-      uint64_t message = thread.call(target.libc_function("dlerror"), {});
-      throw Error(ErrorCode::kLoadFailed, "cannot load the Polus agent " + agent_path + ": " +
-                                              memory.read_c_string(RemoteAddr(message), 1024));
-    }
-    agent = agent_location_at(agent_path, memory.read(RemotePtr<uint64_t>(handle)));
+    load_agent_from_memfd(thread, memory, copy, dynamic_loader_debug(target.symbols()), target.libc_function("dlopen"),
+                          target.libc_function("dlerror"), agent_image);
+    agent = locate_agent(memory, read_process_maps(copy));
+    if (!agent) throw Error(ErrorCode::kLoadFailed, "the Polus agent was loaded in the copy, but its registry is not there");
   }
   // The same bytes the target will load, from a sealed memfd made in the copy.
   uint64_t patch_handle = load_patch_from_memfd(thread, memory, copy, *agent, dynamic_loader_debug(target.symbols()), patch,
@@ -76,7 +73,7 @@ void load_in_copy(TargetContext& target, PtraceSession& session, ProcMemory& mem
 
 }  // namespace
 
-RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const AgentImage& agent_image,
                             const std::optional<AgentLocation>& agent, const std::string& memfd_name,
                             const std::vector<std::pair<uint64_t, uint64_t>>& slots) {
   const auto started = Clock::now();
@@ -127,7 +124,7 @@ RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch
   std::string failure;
   try {
     ProcMemory memory(copy);
-    load_in_copy(target, *session, memory, patch, agent_path, agent, memfd_name, slots);
+    load_in_copy(target, *session, memory, patch, agent_image, agent, memfd_name, slots);
   } catch (const Error& e) {
     failure = e.code() == ErrorCode::kTargetDied ? "the copy died (" + std::string(e.what()) + ")" : e.what();
   } catch (const std::exception& e) {

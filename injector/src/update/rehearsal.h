@@ -23,8 +23,9 @@
 
 namespace polus {
 
-/// Loads the agent (unless `agent` says it is there) and `patch` into a copy of the target,
-/// from a sealed memfd named `memfd_name` holding the validated bytes (update/patch_memfd.h),
+/// Loads the agent (`agent_image`, unless `agent` says it is there) and `patch` into a copy of
+/// the target, each from a sealed memfd (the patch's named `memfd_name`) holding the validated
+/// bytes (update/patch_memfd.h),
 /// and runs the patch's pre-update callbacks there (code-only patches). Throws
 /// Error(kLoadFailed) saying what happened in the copy; the target itself is unchanged
 /// (but for the scratch arena, which the copy needs and the caller unmaps on failure).
@@ -37,7 +38,7 @@ struct RehearsalCost {
 /// `slots`: (link-time address in the patch, value) of every `resolved` slot and import, as the
 /// real load fills them before any callback runs — here with the original entries, since the
 /// copy has no redirects.
-RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const std::string& agent_path,
+RehearsalCost rehearse_load(TargetContext& target, const PatchDescription& patch, const AgentImage& agent_image,
                             const std::optional<AgentLocation>& agent, const std::string& memfd_name,
                             const std::vector<std::pair<uint64_t, uint64_t>>& slots = {});
 
