@@ -26,22 +26,24 @@ extern "C" {
                                          polus_agent_sync_prepare;
                                       5: the registry says where the entry points are (polus_agent_entries):
                                          the agent is loaded from a memfd and found without its file */
+/* The agent's exported names. Since ABI 5 the injector finds every entry point through the
+ * registry (struct polus_agent_entries); the names stay for patches and debuggers. */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
 #define POLUS_AGENT_SYNC_RESERVE_SYMBOL "polus_agent_sync_reserve"
-#define POLUS_AGENT_SYNC_PREPARE_SYMBOL "polus_agent_sync_prepare" /* optional (ABI 4) */
+#define POLUS_AGENT_SYNC_PREPARE_SYMBOL "polus_agent_sync_prepare"
 #define POLUS_AGENT_SYNC_BEGIN_SYMBOL "polus_agent_sync_begin"
 #define POLUS_AGENT_SYNC_INITIALIZE_SYMBOL "polus_agent_sync_initialize"
 #define POLUS_AGENT_SYNC_END_SYMBOL "polus_agent_sync_end"
 #define POLUS_AGENT_SYNC_CLEAR_SYMBOL "polus_agent_sync_clear"
 #define POLUS_AGENT_REGISTER_HEAP_DATA_SYMBOL "polus_register_heap_data"
 /* int64_t polus_agent_run_callback(polus_callback_fn fn, const struct polus_callback_args *args):
- * fn(args) inside a fence (optional, ABI 4): POLUS_CALLBACK_FAULTED if it faulted, with
+ * fn(args) inside a fence: POLUS_CALLBACK_FAULTED if it faulted, with
  * registry.last_error naming the signal and the pc; the fault never reaches the target. */
 #define POLUS_AGENT_RUN_CALLBACK_SYMBOL "polus_agent_run_callback"
 #define POLUS_CALLBACK_FAULTED (-0x7fffffffffffffffll - 1)
-/* The watch over the sync functions the agent runs (optional, ABI 4): struct polus_fence_watch,
+/* The watch over the sync functions the agent runs: struct polus_fence_watch,
  * which the agent updates as each fenced sync function starts and ends; and
  * void polus_agent_escape_fence(uint64_t pc), the way out of one that does not return. A thread
  * the watch shows inside the same call for too long (a loop, a wait that never ends) is
