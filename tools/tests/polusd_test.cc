@@ -129,7 +129,11 @@ TEST_CASE("polusd killed during operations: nothing is lost, the next polusd see
   for (int trial = 0; trial < 12; ++trial) {
     INFO("trial " << trial);
     const bool rolling_back = trial % 2 == 1;
-    if (rolling_back) REQUIRE(polusctl({"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"}).status == 0);
+    if (rolling_back) {
+      Run apply = polusctl({"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"});
+      INFO(apply.err);
+      REQUIRE(apply.status == 0);
+    }
     pid_t client = polus::testing::start_polusctl(
         rolling_back ? std::vector<std::string>{"rollback", pid, "--sync-timeout", "100"}
                      : std::vector<std::string>{"apply", pid, patch_path("greeter-v0-v1-data.so"), "--sync-timeout", "100"});
@@ -145,6 +149,7 @@ TEST_CASE("polusd killed during operations: nothing is lost, the next polusd see
     int rollbacks = 0;
     Run rollback;
     while ((rollback = polusctl({"rollback", pid, "--sync-timeout", "5000"})).status == 0 && rollbacks < 6) ++rollbacks;
+    INFO("last rollback said: " << rollback.err);
     CHECK(rollback.status == 12);  // nothing left to roll back
     CHECK_THAT(polusctl({"status", pid}).out, Catch::Contains("no patches applied"));
     CHECK(server.request("HELLO op") == "Hello, op! (v0)");

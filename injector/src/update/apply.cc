@@ -188,6 +188,7 @@ class Applier {
                                             target_.libc_function("dlopen"), target_.libc_function("dlerror"), agent_image_);
       agent_ = locate_agent(target_.memory(), read_process_maps(target_.pid()));
       if (!agent_) {
+        read_process_maps(target_.pid());  // throws kNoSuchProcess if the target died meanwhile
         throw Error(ErrorCode::kLoadFailed, "the Polus agent (" + agent_image_.path + ") was loaded into process " +
                                                 std::to_string(target_.pid()) + ", but its registry is not in its mappings");
       }
