@@ -58,6 +58,8 @@ bool maps_contain(pid_t pid, const std::string& text) {
 void check_every_request_counted(GreeterProcess& server, LoadGenerator& load, long extra) {
   load.stop();
   REQUIRE(server.alive());
+  for (const std::string& sample : load.error_samples()) UNSCOPED_INFO("connection error: " << sample);
+  for (const std::string& sample : load.malformed_samples()) UNSCOPED_INFO("malformed reply: " << sample);
   CHECK(load.failures() == 0);
   long served = server.stats()["requests"];
   CHECK(served >= load.ok() + extra);
@@ -320,4 +322,32 @@ TEST_CASE("a post-update callback that calls abort() while write tracking is on:
   long before = load.ok();
   REQUIRE(load.wait_for_replies(before + 200));
   check_every_request_counted(server, load, 1);
+}
+
+TEST_CASE("a sync function that calls abort() or never returns on the thread Polus borrowed: the call ends through "
+          "the agent's fence, the greeter goes on",
+          "[data][live][fault]") {
+  // The post-update callback writes the new counter: copy_to_old runs in the agent's handler
+  // on the borrowed thread, with a lock of the agent's taken. Abandoning the call there (as a
+  // crash of our code) would leave that lock taken for good, and the greeter's next write to
+  // the counter would wait for ever.
+  for (const char* patch : {"bad-borrowed-sync-abort.so", "bad-borrowed-sync-hang.so"}) {
+    INFO(patch);
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+    LoadGenerator load(server.port(), 2);
+    load.start();
+    REQUIRE(load.wait_for_replies(200));
+    std::string message = load_failed_message([&] {
+      polus::PatchInfo info = polus::apply_patch(server.pid(), patch_path(patch), options());
+      UNSCOPED_INFO("apply returned state " << info.state);
+    });
+    // The patch says the old worker_thread uses the new counter (it is built for rollbacks),
+    // so going back to the old code syncs for as long as the workers run: it stays abandoning.
+    CHECK_THAT(message, Catch::Contains("copy_to_old") && Catch::Contains("the update is being abandoned"));
+    REQUIRE(server.alive());
+    long before = load.ok();
+    REQUIRE(load.wait_for_replies(before + 200));  // every worker still writes the counter
+    CHECK(server.request("HELLO ann") == "Hello, ann! (v0)");  // the jumps are out
+    check_every_request_counted(server, load, 1);
+  }
 }

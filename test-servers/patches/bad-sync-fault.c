@@ -12,7 +12,8 @@
  *   FAULT_ON_CALL      N: the Nth call of that function once armed faults
  *   CALLBACK_FAULT     1: no sync function faults (FAULT_ON_CALL -1); the post-update callback
  *                      dereferences NULL, run by Polus while write tracking is still on;
- *                      2: it calls abort() instead
+ *                      2: it calls abort() instead; 3: it writes the new counter, so the
+ *                      new -> old sync function runs on the thread Polus borrowed
  *   FAULT_KIND         what the bug is: 0 a NULL dereference (SIGSEGV), 1 abort() (SIGABRT),
  *                      2 a loop that never ends
  *   WATCH              which items the patch says the old worker_thread uses: 1 the old one
@@ -124,6 +125,11 @@ static int crash(const struct polus_callback_args *args)
     (void)args;
 #if CALLBACK_FAULT == 2
     abort();
+#elif CALLBACK_FAULT == 3
+    /* A tracked write on the thread Polus borrowed: the agent's handler runs copy_to_old
+     * there, inside the agent's fence, with the sync lock (or the pair's) taken. */
+    ++*(volatile long *)&requests_count_v1;
+    return 0;
 #endif
     return *(volatile int *)nowhere;
 }

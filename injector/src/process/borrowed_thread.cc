@@ -163,16 +163,12 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
   int inject = 0;
   for (;;) {
     BorrowedStop stop;
-    const Clock::time_point wait_until = rescue_ ? std::min(deadline, Clock::now() + rescue_every_) : deadline;
     try {
-      stop = session_.run_borrowed(tid_, wait_until, inject);
+      std::function<bool()> interrupt_if;
+      if (stuck_) interrupt_if = [this] { return stuck_(tid_); };
+      stop = session_.run_borrowed(tid_, deadline, inject, interrupt_if);
     } catch (const Error& e) {
       if (e.code() != ErrorCode::kTimeout) throw;
-      inject = 0;
-      if (wait_until < deadline) {  // a look at a long call (set_rescue), not the deadline
-        if (session_.stop_thread(tid_, step_deadline()) && rescue_(tid_, 0)) deadline = step_deadline();
-        continue;
-      }
       std::string where;
       try {
         session_.stop_thread(tid_, step_deadline());
@@ -184,6 +180,10 @@ uint64_t BorrowedThread::run(user_regs_struct regs, const SignalFrame& frame, Re
                                            " when given up, and the thread was put back as it was");
     }
     inject = 0;
+    if (stop.kind == StopKind::kInterrupt) {  // stuck_ said so: stopped at a clean point
+      if (rescue_(tid_, 0)) deadline = step_deadline();
+      continue;
+    }
     if (stop.kind == StopKind::kSyscall) {
       const SyscallStop info = syscall_stop(tid_);
       if (info.op == SyscallStop::kEntry) {

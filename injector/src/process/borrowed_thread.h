@@ -134,13 +134,15 @@ class BorrowedThread {
   /// A second chance for calls that would be abandoned. Abandoning a call (rt_sigreturn back
   /// to the thread's own context) is safe for code that holds nothing; a call into the agent
   /// that runs a patch's sync function holds the agent's sync lock, and abandoning it would
-  /// leave that taken for good. `rescue(tid, signal)` is asked, with the thread stopped, when
-  /// the code raised a signal that would abandon the call (`signal`), and every `every`
-  /// while a call runs (signal 0); it returns true once it has sent the thread somewhere
-  /// that ends the call normally (update/sync_watchdog.h). An empty function: none.
-  void set_rescue(std::function<bool(pid_t tid, int signal)> rescue, std::chrono::milliseconds every) {
+  /// leave that taken for good. `stuck(tid)` is asked about every 100 ms while a call runs
+  /// (the thread running: it may only read memory); once it says yes, the thread is
+  /// interrupted and `rescue(tid, 0)` asked at that interrupt stop. `rescue(tid, signal)` is
+  /// also asked, the thread stopped, when the code raised a signal that would abandon the call.
+  /// It returns true once it has sent the thread somewhere that ends the call normally
+  /// (update/sync_watchdog.h). Empty functions: none.
+  void set_rescue(std::function<bool(pid_t tid, int signal)> rescue, std::function<bool(pid_t tid)> stuck) {
     rescue_ = std::move(rescue);
-    rescue_every_ = every;
+    stuck_ = std::move(stuck);
   }
 
  private:
@@ -166,7 +168,7 @@ class BorrowedThread {
   SavedContext saved_;
   bool pass_faults_ = false;
   std::function<bool(pid_t, int)> rescue_;
-  std::chrono::milliseconds rescue_every_{0};
+  std::function<bool(pid_t)> stuck_;
 };
 
 }  // namespace polus

@@ -435,8 +435,12 @@ namespace {
 /// "state D, in the kernel at synchronize_rcu_normal": what a thread is doing, for messages.
 }  // namespace
 
-BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, int inject) {
+BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, int inject,
+                                         const std::function<bool()>& interrupt_if) {
+  constexpr auto kAskEvery = std::chrono::milliseconds(100);
   ThreadState* t = &threads_.at(tid);
+  bool interrupted = false;
+  auto asked = Clock::now();
   for (;;) {
     if (::ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(inject))) != 0) {
       if (errno == ESRCH && task_exited(pid_, tid)) {
@@ -466,9 +470,18 @@ BorrowedStop PtraceSession::run_borrowed(pid_t tid, Clock::time_point deadline, 
         throw Error(ErrorCode::kTimeout, "code injected into thread " + std::to_string(tid) +
                                              " did not finish in time (" + describe_wait(pid_, tid) + ")");
       }
-      wait_event(deadline);  // all threads: others' signals must not wait for our code to finish
+      if (interrupt_if && !interrupted && Clock::now() - asked >= kAskEvery) {
+        asked = Clock::now();
+        if (interrupt_if()) {
+          interrupted = ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) == 0;
+        }
+      }
+      // All threads: others' signals must not wait for our code to finish.
+      wait_event(interrupt_if && !interrupted ? std::min(deadline, Clock::now() + kAskEvery) : deadline);
     }
     if (t->stop == StopKind::kSyscall) return {StopKind::kSyscall, 0};
+    // Our interrupt (an earlier stop may have come first: then it is a stale one, below).
+    if (t->stop == StopKind::kInterrupt && interrupted) return {StopKind::kInterrupt, 0};
     if (t->stop != StopKind::kSignal) continue;  // a stale interrupt or event stop: go on
     int sig = t->stop_signal;
     if (sig == SIGTRAP || is_synchronous_fault(sig)) {

@@ -120,7 +120,11 @@ class PtraceSession {
   /// fault (signals other than synchronous faults and SIGTRAP are deferred, delivered when it
   /// is let go). `inject` is a signal to deliver as it resumes (a fault passed on to the
   /// target's handler). Throws kTargetDied / kTimeout.
-  BorrowedStop run_borrowed(pid_t tid, Clock::time_point deadline, int inject = 0);
+  /// `interrupt_if`, when given, is asked about every 100 ms while the thread runs; once it
+  /// says yes the thread is interrupted, and its interrupt stop is returned as such (kInterrupt):
+  /// a clean point to look at it (BorrowedThread::set_rescue).
+  BorrowedStop run_borrowed(pid_t tid, Clock::time_point deadline, int inject = 0,
+                            const std::function<bool()>& interrupt_if = {});
 
   /// Sets the signal mask of a stopped thread (PTRACE_SETSIGMASK). False if it is gone.
   bool set_signal_mask(pid_t tid, uint64_t mask);

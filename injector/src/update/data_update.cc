@@ -233,7 +233,7 @@ bool end_sync(BorrowedThread& thread, const AgentLocation& agent) {
 void watch_sync_functions(BorrowedThread& thread, SyncWatchdog& watchdog) {
   if (!watchdog.available()) return;
   thread.set_rescue([&watchdog](pid_t tid, int signal) { return watchdog.rescue(tid, signal); },
-                    std::chrono::milliseconds(100));
+                    [&watchdog](pid_t tid) { return watchdog.stuck(tid); });
 }
 
 int run_callbacks(BorrowedThread& thread, const PatchDescription& patch, uint64_t patch_bias, uint32_t kind,

@@ -75,6 +75,17 @@ int SyncWatchdog::rescue_stuck() {
   return sent;
 }
 
+bool SyncWatchdog::stuck(pid_t tid) {
+  std::optional<polus_fence_watch> watch = read_watch();
+  if (!watch) return false;
+  const Clock::time_point now = Clock::now();
+  bool found = false;
+  for (uint32_t k = 0; k < POLUS_FENCE_WATCH_SLOTS; ++k) {
+    if (stuck(*watch, k, now) && watch->slots[k].tid == tid) found = true;
+  }
+  return found;
+}
+
 bool SyncWatchdog::rescue(pid_t tid, int signal) {
   std::optional<polus_fence_watch> watch = read_watch();
   if (!watch) return false;

@@ -46,6 +46,10 @@ class SyncWatchdog {
   /// the limit (`signal` 0), sends it out and returns true.
   bool rescue(pid_t tid, int signal);
 
+  /// For BorrowedThread::set_rescue, `tid` running: whether it has been inside one sync
+  /// function call for longer than the limit (reads the watch only).
+  bool stuck(pid_t tid);
+
   /// Whether the agent has a fence watch at all.
   bool available() const { return watch_.address() != 0 && escape_.address() != 0; }
 
