@@ -199,6 +199,10 @@ POLUS_EXPORT int polus_agent_sync_end(void) {
     int tid, rc = enter(&tid);
     if (rc) return rc;
     if (!G.active) { rc = 0; goto out; }
+    /* Called on a thread that was stopped in the middle of a tracked write on the fast path
+     * (the injector must never borrow one: it counts the agent's code as lock-holding): the
+     * tables freed below are the ones that write is using. */
+    if (on_fast_path(tid)) { rc = -EDEADLK; goto out; }
     /* A sync function faulted: one write's counterpart never got it. Only the injector,
      * abandoning the update, decides what ends it (it sets sync.abandoning first). */
     if (__atomic_load_n(&REG.sync.fault.function, __ATOMIC_ACQUIRE) && !REG.sync.abandoning) { rc = -ECANCELED; goto out; }

@@ -29,6 +29,7 @@
 #include "process/process_memory.h"
 #include "trust_fixtures.h"
 #include "update/registry.h"
+#include "update/target.h"
 
 using namespace polus::testing;
 using Run = polus::testing::PolusctlRun;
@@ -324,4 +325,30 @@ TEST_CASE("a registry of another ABI version is refused, naming both versions", 
   CHECK(server.request("HELLO op") == "Hi there, op! (v1)");  // nothing was changed
   memory.write(version, POLUS_AGENT_ABI_VERSION);
   CHECK(polusctl({"rollback", pid}).status == 0);
+}
+
+TEST_CASE("the agent, loaded from its memfd, is found and counted as lock-holding code", "[trust][live]") {
+  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+  REQUIRE(polusctl({"apply", std::to_string(server.pid()), patch_path("greeter-v0-v1.so")}).status == 0);
+  const std::vector<polus::MappedRegion> maps = polus::read_process_maps(server.pid());
+  std::vector<polus::MappedRegion> code;
+  for (const polus::MappedRegion& r : maps) {
+    if (r.path == "/memfd:libpolus-agent.so" && r.executable) code.push_back(r);
+  }
+  REQUIRE(code.size() == 1);  // from the memfd, never by path
+  std::optional<polus::AgentLocation> agent = polus::locate_agent(server.pid(), maps);
+  REQUIRE(agent);
+  CHECK(code[0].contains(agent->load_patch.address()));  // the registry's entries: its own code
+  // A thread stopped inside the agent (a tracked write in progress) must never be borrowed:
+  // ending tracking on it would free the tables that write is using (it killed the Fig. 2
+  // counter under load when the agent's memfd was not recognised here).
+  {
+    // (It holds the process's operation lock while it lives.)
+    polus::TargetContext target(server.pid(), polus::SymbolOptions{}, polus::Clock::now() + std::chrono::seconds(10));
+    const auto& ranges = target.lock_holding_ranges();
+    CHECK(std::any_of(ranges.begin(), ranges.end(), [&](const polus::AddressRange& r) {
+      return r.start == code[0].start && r.end == code[0].end && r.what == "the Polus agent's write tracking";
+    }));
+  }
+  CHECK(polusctl({"rollback", std::to_string(server.pid())}).status == 0);
 }

@@ -1,5 +1,7 @@
 #include "update/target.h"
 
+#include "update/registry.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -113,9 +115,14 @@ const std::vector<AddressRange>& TargetContext::lock_holding_ranges() {
     if (basename_of(object.path).rfind("ld-", 0) == 0) {
       ranges.push_back({object.text_start, object.text_end, "the dynamic loader"});
     }
-    // A thread inside the agent's fault handler holds its sync lock.
-    if (basename_of(object.path) == "libpolus-agent.so") {
-      ranges.push_back({object.text_start, object.text_end, "the Polus agent's write tracking"});
+  }
+  // A thread inside the agent's fault handler holds its sync lock or its items' locks, and
+  // may be on the fast path: ending tracking on it would free the tables it is using. From
+  // the maps, not the objects: the agent comes from a memfd, whose file a caller without
+  // root cannot open (then it is no object of ours at all).
+  for (const MappedRegion& region : symbols_.maps()) {
+    if (region.executable && is_agent_mapping(region.path)) {
+      ranges.push_back({region.start, region.end, "the Polus agent's write tracking"});
     }
   }
   // Their exported entry points, and the code they jump to: a thread deeper inside (e.g. in
