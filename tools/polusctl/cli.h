@@ -132,6 +132,10 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
 /// exponent); false if `text` is not one.
 bool whole_number(const std::string& text, uint64_t min, uint64_t max, uint64_t& value);
 
+/// Now, in microseconds since the epoch (CLOCK_REALTIME: comparable across processes and with
+/// bash's $EPOCHREALTIME, which bench/polusd-overhead.sh reads around a whole command).
+double timestamp_us();
+
 /// polusd's socket: $POLUS_SOCKET, else /run/polus/polusd.sock for root, else
 /// $XDG_RUNTIME_DIR/polus/polusd.sock (or /tmp/polus-UID/polusd.sock) for other users.
 std::string default_socket_path();

@@ -2,6 +2,7 @@
 // default path, and running a request with its errors mapped to exit statuses.
 #include <limits.h>
 #include <pwd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -63,6 +64,12 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
                      std::to_string(kMaxMilliseconds) + ", not '" + text + "'");
   }
   return std::chrono::milliseconds(value);
+}
+
+double timestamp_us() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<double>(now.tv_sec) * 1e6 + static_cast<double>(now.tv_nsec) / 1e3;
 }
 
 std::string default_socket_path() {

@@ -114,7 +114,7 @@ Output failure(const std::string& socket, const std::string& why) {
 
 }  // namespace
 
-Output run_through_daemon(const Json& request) {
+Output run_through_daemon(const Json& request, Json* timings) {
   const std::string socket = default_socket_path();
   int fd = connect_to(socket);
   if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
@@ -130,10 +130,17 @@ Output run_through_daemon(const Json& request) {
                                            "; see " + socket + ".log)");
   }
   if (fd < 0) return failure(socket, std::strerror(errno));
-  if (!write_all(fd, request.dump() + "\n")) {
+  if (timings) (*timings)["connected"] = timestamp_us();
+  Json timed;
+  if (timings) {
+    timed = request;
+    timed["timings"] = true;
+  }
+  if (!write_all(fd, (timings ? timed : request).dump() + "\n")) {
     ::close(fd);
     return failure(socket, std::string("sending the request: ") + std::strerror(errno));
   }
+  if (timings) (*timings)["sent"] = timestamp_us();
   // Ctrl-C, kill and a dropped ssh session are relayed: polusd stops the operation at its
   // next safe point (as polusctl itself would) and answers.
   sigset_t stop = polus::stop_signals();
@@ -188,8 +195,10 @@ Output run_through_daemon(const Json& request) {
     out.status = 1;
     return out;
   }
+  if (timings) (*timings)["answered"] = timestamp_us();
   try {
     Json reply = Json::parse(answer);
+    if (timings && reply.contains("timings")) (*timings)["daemon"] = reply["timings"];
     Output out;
     out.out = reply.value("out", std::string());
     out.err = reply.value("err", std::string());

@@ -41,6 +41,10 @@ std::string usage_line(CLI::App* sub) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // $POLUS_TIMINGS=FILE: append when each step of this command happened (bench/polusd-overhead.sh).
+  const char* timings_file = std::getenv("POLUS_TIMINGS");
+  polusctl::Json timings;
+  if (timings_file) timings["main"] = polusctl::timestamp_us();
   CLI::App app{"polusctl — live-patch running x86-64 Linux processes (Polus " POLUS_VERSION ")", "polusctl"};
   app.set_version_flag("--version", "polusctl (Polus) " POLUS_VERSION);
   app.require_subcommand(1, 1);
@@ -94,11 +98,24 @@ int main(int argc, char** argv) {
   // On a terminal, a long sync phase shows who holds it, refreshed (to stderr: --json's
   // stdout stays clean, and a pipe or a log file gets no carriage returns).
   if (unit->via_daemon && ::isatty(STDERR_FILENO) && !request.value("json", false)) request["progress"] = true;
-  polusctl::Output out = unit->via_daemon && !no_daemon ? polusctl::run_through_daemon(request)
-                                                        : polusctl::run_request(request);
+  if (timings_file) timings["parsed"] = polusctl::timestamp_us();
+  polusctl::Output out;
+  if (unit->via_daemon && !no_daemon) {
+    out = polusctl::run_through_daemon(request, timings_file ? &timings : nullptr);
+  } else {
+    out = polusctl::run_request(request);
+    if (timings_file) timings["ran"] = polusctl::timestamp_us();
+  }
   polusctl::end_progress_line();
   std::fwrite(out.out.data(), 1, out.out.size(), stdout);
   std::fflush(stdout);
   std::fwrite(out.err.data(), 1, out.err.size(), stderr);
+  if (timings_file) {
+    timings["written"] = polusctl::timestamp_us();
+    if (FILE* f = std::fopen(timings_file, "a")) {
+      std::fprintf(f, "%s\n", timings.dump().c_str());
+      std::fclose(f);
+    }
+  }
   return out.status;
 }

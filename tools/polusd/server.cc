@@ -76,7 +76,7 @@ polusctl::Output refuse(const std::string& command, const std::string& why) {
 
 /// Serves one connection: authorise, run the request (watching for a cancel line meanwhile),
 /// answer.
-void serve_connection(int fd, Drivers& drivers) {
+void serve_connection(int fd, double accepted_us, Drivers& drivers) {
   Caller caller;
   ucred cred{};
   socklen_t len = sizeof cred;
@@ -90,10 +90,13 @@ void serve_connection(int fd, Drivers& drivers) {
     ::close(fd);
     return;
   }
+  const double read_us = polusctl::timestamp_us();
   polusctl::Output out;
   polusctl::Json request;
+  polusctl::Json timings;  // asked for by the bench (polusctl with $POLUS_TIMINGS)
   try {
     request = polusctl::Json::parse(line);
+    if (request.is_object() && request.value("timings", false)) timings = {{"accepted", accepted_us}, {"read", read_us}};
   } catch (const std::exception& e) {
     out.err = std::string("polusd: unreadable request: ") + e.what() + "\n";
     out.status = 2;
@@ -159,7 +162,9 @@ void serve_connection(int fd, Drivers& drivers) {
       const std::string message = polusctl::Json{{"progress", line}}.dump() + "\n";
       (void)::send(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     };
+    if (!timings.is_null()) timings["run_begin"] = polusctl::timestamp_us();
     out = polusctl::run_request(request);
+    if (!timings.is_null()) timings["run_end"] = polusctl::timestamp_us();
     polusctl::progress_sink() = nullptr;
     polus::thread_stop_flag() = nullptr;
     uint64_t one = 1;
@@ -167,7 +172,12 @@ void serve_connection(int fd, Drivers& drivers) {
     watcher.join();
     ::close(wake);
   }
-  std::string answer = polusctl::Json{{"status", out.status}, {"out", out.out}, {"err", out.err}}.dump() + "\n";
+  polusctl::Json reply{{"status", out.status}, {"out", out.out}, {"err", out.err}};
+  if (!timings.is_null()) {
+    timings["answer"] = polusctl::timestamp_us();
+    reply["timings"] = timings;
+  }
+  std::string answer = reply.dump() + "\n";
   size_t sent = 0;
   while (sent < answer.size()) {
     ssize_t n = ::send(fd, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
@@ -237,7 +247,8 @@ void serve(Listener& listener, Drivers& drivers) {
     if (::poll(&p, 1, 100) <= 0) continue;
     int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    connections.start([fd, &drivers] { serve_connection(fd, drivers); });
+    const double accepted = polusctl::timestamp_us();
+    connections.start([fd, accepted, &drivers] { serve_connection(fd, accepted, drivers); });
   }
   connections.join_all();
 }
