@@ -73,15 +73,17 @@ for head, timing in zip(lines[0::2], lines[1::2]):
         row["engine"] = e
         row["start"] = t["main"] - began
         row["parse"] = t["parsed"] - t["main"]
+        call = (t if mode == "local" else t["daemon"])["engine_call"]
+        row["unclocked"] = call - e
         if mode == "local":
-            row["outside"] = t["ran"] - t["parsed"] - e
+            row["outside"] = t["ran"] - t["parsed"] - call
             row["exit"] = ended - t["ran"]
         else:
             d = t["daemon"]
             row["connect"] = t["sent"] - t["parsed"]
             row["to_polusd"] = d["read"] - t["sent"]
             row["before_run"] = d["run_begin"] - d["read"]
-            row["outside"] = d["run_end"] - d["run_begin"] - e
+            row["outside"] = d["run_end"] - d["run_begin"] - call
             row["after_run"] = d["answer"] - d["run_end"]
             row["reply"] = t["answered"] - d["answer"]
             row["exit"] = ended - t["answered"]
@@ -117,8 +119,9 @@ about its wall time (medians do not add exactly).
 | connecting to polusd, sending the request | | ${daemon_connect} |
 | polusd reading it (accept, its thread) | | ${daemon_to_polusd} |
 | polusd before the command (authorising, cancel watch) | | ${daemon_before_run} |
-| the command outside the engine (options, targets, audit record, output) | ${local_outside} | ${daemon_outside} |
-| **the engine** | ${local_engine} | ${daemon_engine} |
+| the command outside the engine (options, targets, output) | ${local_outside} | ${daemon_outside} |
+| **the engine**, its own clock (\`apply_wall_ns\`) | ${local_engine} | ${daemon_engine} |
+| the engine's call beyond its own clock (access check, audit record, the target's threads let go) | ${local_unclocked} | ${daemon_unclocked} |
 | polusd after the command (to its answer) | | ${daemon_after_run} |
 | the answer reaching polusctl | | ${daemon_reply} |
 | writing the output, exit | ${local_exit} | ${daemon_exit} |

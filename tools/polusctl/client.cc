@@ -104,6 +104,16 @@ bool write_all(int fd, const std::string& data) {
   return true;
 }
 
+/// Shows a progress line from polusd as polusctl shows its own: one line on stderr rewritten in
+/// place (\r and erase-line: the terminal shows the newest line only); "" ends it.
+void show_progress(const std::string& line) {
+  static bool shown = false;
+  if (line.empty() && !shown) return;
+  const std::string text = line.empty() ? "\r\033[K" : "\r\033[K" + line;
+  (void)!::write(STDERR_FILENO, text.data(), text.size());
+  shown = !line.empty();
+}
+
 Output failure(const std::string& socket, const std::string& why) {
   Output out;
   out.err = "polusctl: cannot reach polusd at " + socket + ": " + why +
@@ -177,8 +187,9 @@ Output run_through_daemon(const Json& request, Json* timings) {
         } else {
           // Progress; or a line cut short (polusd drops what does not fit while the client
           // does not read), which is skipped.
-          if (message.is_object() && message.contains("progress") && message["progress"].is_string() && progress_sink()) {
-            progress_sink()(message["progress"].get<std::string>());
+          if (message.is_object() && message.contains("progress") && message["progress"].is_string() &&
+              !message["progress"].get<std::string>().empty()) {
+            show_progress(message["progress"].get<std::string>());
           }
           answer.erase(0, end + 1);
         }
@@ -188,6 +199,7 @@ Output run_through_daemon(const Json& request, Json* timings) {
   }
   if (signals >= 0) ::close(signals);
   ::close(fd);
+  show_progress("");
   if (answer.empty() || answer.back() != '\n') {
     Output out;
     out.err = "polusctl: polusd (" + socket + ") went away before it answered; an operation it had begun is "

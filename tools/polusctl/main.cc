@@ -13,12 +13,10 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
-
 #include "cli.h"
 #include "client.h"
 #include "commands.h"
+#include "engine_module.h"
 
 namespace {
 
@@ -92,7 +90,6 @@ int main(int argc, char** argv) {
     std::cerr << "polusctl " << unit->name << ": " << e.what() << "\n" << usage_line(sub);
     return 2;
   }
-  spdlog::set_default_logger(spdlog::stderr_color_mt("polus"));
   const char* no_daemon_env = std::getenv("POLUS_NO_DAEMON");
   const bool no_daemon = request.value("no_daemon", false) || (no_daemon_env && std::string(no_daemon_env) == "1");
   // On a terminal, a long sync phase shows who holds it, refreshed (to stderr: --json's
@@ -103,10 +100,12 @@ int main(int argc, char** argv) {
   if (unit->via_daemon && !no_daemon) {
     out = polusctl::run_through_daemon(request, timings_file ? &timings : nullptr);
   } else {
-    out = polusctl::run_request(request);
-    if (timings_file) timings["ran"] = polusctl::timestamp_us();
+    out = polusctl::run_in_process(request);
+    if (timings_file) {
+      timings["ran"] = polusctl::timestamp_us();
+      timings["engine_call"] = out.engine_call_us;
+    }
   }
-  polusctl::end_progress_line();
   std::fwrite(out.out.data(), 1, out.out.size(), stdout);
   std::fflush(stdout);
   std::fwrite(out.err.data(), 1, out.err.size(), stderr);
