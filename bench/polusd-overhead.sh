@@ -73,7 +73,7 @@ for head, timing in zip(lines[0::2], lines[1::2]):
         row["engine"] = e
         row["start"] = t["main"] - began
         row["parse"] = t["parsed"] - t["main"]
-        call = (t if mode == "local" else t["daemon"])["engine_call"]
+        call = (t if mode == "local" else t["daemon"]).get("engine_call", e)  # (older builds: not noted)
         row["unclocked"] = call - e
         if mode == "local":
             row["outside"] = t["ran"] - t["parsed"] - call
@@ -88,14 +88,18 @@ for head, timing in zip(lines[0::2], lines[1::2]):
             row["reply"] = t["answered"] - d["answer"]
             row["exit"] = ended - t["answered"]
         row["beyond"] = row["wall"] - e
+        row["beyond_call"] = row["wall"] - call
     rows.setdefault(mode, []).append(row)
 for mode, runs in rows.items():
     for key in runs[0]:
         print(f"{mode}_{key}={statistics.median(r[key] for r in runs) / 1000:.2f}")
 floor = statistics.median(r["wall"] for r in rows["true"])
-beyond = [r["beyond"] - floor for r in rows["daemon"]]
-print(f"daemon_beyond_floor={statistics.median(beyond) / 1000:.2f}")
-print(f"verdict={'met' if statistics.median(beyond) <= 1000 else 'MISSED'}")
+beyond = statistics.median(r["beyond"] - floor for r in rows["daemon"])
+beyond_call = statistics.median(r["beyond_call"] - floor for r in rows["daemon"])
+print(f"daemon_beyond_floor={beyond / 1000:.2f}")
+print(f"daemon_beyond_call_floor={beyond_call / 1000:.2f}")
+print(f"verdict={'met' if beyond <= 1000 else 'MISSED'}")
+print(f"verdict_call={'met' if beyond_call <= 1000 else 'MISSED'}")
 EOF
 source "$work/steps"
 cat "$work/steps" >&2
@@ -126,12 +130,17 @@ about its wall time (medians do not add exactly).
 | the answer reaching polusctl | | ${daemon_reply} |
 | writing the output, exit | ${local_exit} | ${daemon_exit} |
 | **wall** | ${local_wall} | ${daemon_wall} |
-| wall − engine | ${local_beyond} | ${daemon_beyond} |
+| wall − engine's own clock | ${local_beyond} | ${daemon_beyond} |
+| wall − engine's whole call | ${local_beyond_call} | ${daemon_beyond_call} |
 
 Starting any process from this script and seeing it exit (\`/bin/true\`) takes ${true_wall} ms, the floor of
-any command; \`polusctl --version\` (the client's start and exit alone) ${version_wall} ms.
-Through polusd an apply costs **${daemon_beyond} ms** beyond the engine's own time, **${daemon_beyond_floor} ms** once the
-floor is taken off (target: at most 1 ms beyond the engine — **${verdict}** with the floor off).
+any command; \`polusctl --version\` (the client's start and exit alone) ${version_wall} ms. With the floor
+taken off, an apply through polusd costs **${daemon_beyond_floor} ms** beyond the engine's own clock and
+**${daemon_beyond_call_floor} ms** beyond the engine's whole call (\`polus::apply_patch\`, which also checks access, writes the
+audit record and lets the target's threads go after its clock stops). Target: at most 1 ms beyond the
+engine's own time — **${verdict}** against its clock, **${verdict_call}** against its whole call. The machine's load
+shows in every step: on a loaded machine each wake-up (polusd's thread, the client, this script)
+waits for a CPU.
 EOF2
 write_reliability_section polusd-overhead bench/polusd-overhead.sh "$work/section.md"
 echo "==> wrote RELIABILITY.md"

@@ -9,7 +9,16 @@
 
 extern "C" __attribute__((visibility("default"))) void polusctl_engine_run(const polusctl::Json& request,
                                                                           polusctl::Output& out) {
-  if (!spdlog::get("polus")) spdlog::set_default_logger(spdlog::stderr_color_mt("polus"));
-  out = polusctl::run_request(request);
+  // Nothing thrown leaves the module: polusctl has a C++ runtime of its own (tools/CMakeLists.txt).
+  try {
+    if (!spdlog::get("polus")) spdlog::set_default_logger(spdlog::stderr_color_mt("polus"));
+    out = polusctl::run_request(request);
+  } catch (const std::exception& e) {
+    out.err += std::string("polusctl: internal error: ") + e.what() + "\n";
+    out.status = 1;
+  } catch (...) {
+    out.err += "polusctl: internal error\n";
+    out.status = 1;
+  }
   polusctl::end_progress_line();
 }

@@ -11,7 +11,7 @@
 #include "cli.h"
 
 /// The module's one entry (extern "C": looked up by name): runs `request` as run_request does,
-/// its sync progress on this process's stderr, and ends the progress line.
+/// its sync progress on this process's stderr, and ends the progress line. Throws nothing.
 extern "C" void polusctl_engine_run(const polusctl::Json& request, polusctl::Output& out);
 
 namespace polusctl {

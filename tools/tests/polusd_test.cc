@@ -200,7 +200,7 @@ TEST_CASE("polusctl sends a command to polusd without its engine module; polusd'
   auto greeter = GreeterProcess::spawn(binary_path("greeter-v0"), 2);
   const std::string pid = std::to_string(greeter.pid());
   CHECK_THAT(shell(thin + "apply " + pid + " " + patch_path("greeter-v0-v1.so")),
-             Catch::StartsWith("applied greeter-v0-v1 to process " + pid) && Catch::EndsWith("EXIT=0\n"));
+             Catch::StartsWith("applied greeter-v1 to process " + pid) && Catch::EndsWith("EXIT=0\n"));
   CHECK(greeter.request("HELLO op") == "Hi there, op! (v1)");
   // A request that fails inside polusd: the documented status and the message --no-daemon gives.
   const std::string gone = "2147483646";
