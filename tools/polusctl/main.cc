@@ -47,8 +47,16 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "polusctl (Polus) " POLUS_VERSION);
   app.require_subcommand(1, 1);
   app.footer(kFooter);
+  // `polusctl COMMAND ...` registers that command alone: what is parsed, and every message about
+  // it, is the same, and the other nine (~200 options) are not built at each start. Anything else
+  // (--help, --version, an unknown command) sees them all.
   std::vector<std::pair<const polusctl::CommandUnit*, std::function<polusctl::Json()>>> built;
-  for (const polusctl::CommandUnit& unit : polusctl::command_units()) built.emplace_back(&unit, unit.add(app));
+  for (const polusctl::CommandUnit& unit : polusctl::command_units()) {
+    if (argc > 1 && argv[1] == std::string(unit.name)) built.emplace_back(&unit, unit.add(app));
+  }
+  if (built.empty()) {
+    for (const polusctl::CommandUnit& unit : polusctl::command_units()) built.emplace_back(&unit, unit.add(app));
+  }
 
   auto parsed = [&]() -> std::pair<const polusctl::CommandUnit*, CLI::App*> {
     for (auto& [unit, build] : built) {
