@@ -122,6 +122,10 @@ std::string default_store_path();
 /// $XDG_RUNTIME_DIR/polus/polusd.sock (or /tmp/polus-UID/polusd.sock) for other users.
 std::string default_socket_path();
 
+/// The first of `candidates` (paths relative to the directory of this program's executable)
+/// that exists and is readable, resolved; else `otherwise` (the installed path).
+std::string beside_this_program(const std::vector<std::string>& candidates, const std::string& otherwise);
+
 /// libpolus-agent.so: $POLUS_AGENT, else next to this program (../agent/ in a build tree; where
 /// cmake --install puts it relative to polusctl; ../lib/polus/; its own directory), else the
 /// installed one (POLUS_INSTALLED_AGENT, from CMake).

@@ -81,23 +81,26 @@ std::string default_socket_path() {
   return "/tmp/polus-" + std::to_string(geteuid()) + "/polusd.sock";
 }
 
-std::string default_agent_path() {
-  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+std::string beside_this_program(const std::vector<std::string>& candidates, const std::string& otherwise) {
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    self[n] = 0;
-    std::string dir(self);
-    dir = dir.substr(0, dir.rfind('/'));
-    // The build tree (tools/ beside agent/), then an install at any prefix (sbin/ and
-    // lib/polus/ as cmake --install lays them out).
-    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/" POLUS_AGENT_FROM_SBIN,
-                                         dir + "/../lib/polus/libpolus-agent.so", dir + "/libpolus-agent.so"}) {
-      char resolved[PATH_MAX];
-      if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
-    }
+  if (n <= 0) return otherwise;
+  self[n] = 0;
+  const std::string dir = std::string(self).substr(0, std::string(self).rfind('/'));
+  for (const std::string& candidate : candidates) {
+    char resolved[PATH_MAX];
+    if (realpath((dir + "/" + candidate).c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
   }
-  return POLUS_INSTALLED_AGENT;
+  return otherwise;
+}
+
+std::string default_agent_path() {
+  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+  // The build tree (tools/ beside agent/), then an install at any prefix (sbin/ and
+  // lib/polus/ as cmake --install lays them out).
+  return beside_this_program({"../agent/libpolus-agent.so", POLUS_AGENT_FROM_SBIN, "../lib/polus/libpolus-agent.so",
+                              "libpolus-agent.so"},
+                             POLUS_INSTALLED_AGENT);
 }
 
 void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {

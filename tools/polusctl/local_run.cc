@@ -1,27 +1,14 @@
 // Running a command in polusctl's own process: loading the polusctl-engine module
 // (engine_module.h).
 #include <dlfcn.h>
-#include <limits.h>
-#include <unistd.h>
 
 #include "engine_module.h"
 
 namespace polusctl {
 
 std::string engine_module_path() {
-  char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    self[n] = 0;
-    std::string dir(self);
-    dir = dir.substr(0, dir.rfind('/'));
-    // The build tree (the module beside polusctl), then an install at any prefix.
-    for (const std::string& candidate : {dir + "/libpolusctl-engine.so", dir + "/" POLUS_ENGINE_FROM_SBIN}) {
-      char resolved[PATH_MAX];
-      if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
-    }
-  }
-  return POLUS_INSTALLED_ENGINE;
+  // The build tree (the module beside polusctl), then an install at any prefix.
+  return beside_this_program({"libpolusctl-engine.so", POLUS_ENGINE_FROM_SBIN}, POLUS_INSTALLED_ENGINE);
 }
 
 Output run_in_process(const Json& request) {
