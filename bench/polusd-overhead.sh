@@ -123,7 +123,7 @@ about its wall time (medians do not add exactly).
 | connecting to polusd, sending the request | | ${daemon_connect} |
 | polusd reading it (accept, its thread) | | ${daemon_to_polusd} |
 | polusd before the command (authorising, cancel watch) | | ${daemon_before_run} |
-| the command outside the engine (options, targets, output) | ${local_outside} | ${daemon_outside} |
+| the command outside the engine (options, targets, output; in polusctl also loading its engine module) | ${local_outside} | ${daemon_outside} |
 | **the engine**, its own clock (\`apply_wall_ns\`) | ${local_engine} | ${daemon_engine} |
 | the engine's call beyond its own clock (access check, audit record, the target's threads let go) | ${local_unclocked} | ${daemon_unclocked} |
 | polusd after the command (to its answer) | | ${daemon_after_run} |
