@@ -40,7 +40,7 @@ hello() {
 
 echo "== cmake --install into $work/prefix"
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-for f in sbin/polusctl sbin/polusd lib/polus/libpolus-agent.so include/polus/patch.h \
+for f in sbin/polusctl sbin/polusd lib/polus/libpolus-agent.so lib/polus/libpolusctl-engine.so include/polus/patch.h \
          share/pkgconfig/polus-patch.pc share/man/man8/polusctl.8 share/man/man8/polusd.8 \
          share/man/man5/polus-patch.5 lib/systemd/system/polusd.service lib/systemd/system/polusd.socket \
          share/bash-completion/completions/polusctl; do
@@ -74,7 +74,8 @@ echo "== cpack -G DEB"
 (cd "$build" && cpack -G DEB -B "$work/deb" >/dev/null) || fail "cpack -G DEB"
 deb=$(ls "$work"/deb/polus_*_amd64.deb)
 contents=$(dpkg-deb -c "$deb")
-for f in ./usr/sbin/polusctl ./usr/sbin/polusd ./usr/lib/polus/libpolus-agent.so ./usr/include/polus/patch.h \
+for f in ./usr/sbin/polusctl ./usr/sbin/polusd ./usr/lib/polus/libpolus-agent.so ./usr/lib/polus/libpolusctl-engine.so \
+         ./usr/include/polus/patch.h \
          ./usr/lib/systemd/system/polusd.service ./usr/lib/systemd/system/polusd.socket \
          ./usr/share/man/man8/polusctl.8 ./usr/share/bash-completion/completions/polusctl; do
   grep -q " $f\$" <<<"$contents" || fail "the package lacks $f"

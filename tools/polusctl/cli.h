@@ -1,10 +1,13 @@
 // tools/polusctl/cli.h — what every polusctl command unit shares.
 //
-// A command is one small unit (cmd_*.cc): it registers its subcommand and options with CLI11
-// and turns what was parsed into a request (JSON), and it runs a request, writing to an
-// Output. The request is the command's whole input, so the same run function serves
-// `polusctl CMD --no-daemon` in-process and polusd serving a client (tools/polusd/): the
-// output is the same either way. commands.cc lists the units; main.cc wires them.
+// A command is one small unit in two halves. Its options (cmd_*.cc, here) register its
+// subcommand with CLI11 and turn what was parsed into a request (JSON); its run (run_*.cc,
+// run.h) runs a request with the engine, writing to an Output. The request is the command's
+// whole input, so the same run serves `polusctl CMD --no-daemon` in-process and polusd serving
+// a client (tools/polusd/): the output is the same either way. Only the options half is in the
+// polusctl executable, which links nothing of the engine: a command sent to polusd starts no
+// more than a socket client; the runs are in the polusctl-engine module, loaded only
+// for a command run in-process (engine_module.h). commands.cc lists the units; main.cc wires them.
 #pragma once
 
 #include <sys/types.h>
@@ -19,10 +22,6 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "polus/engine.h"
-#include "polus/error.h"
-#include "polus/options.h"
-
 namespace polusctl {
 
 /// Key order kept as written: the documented --json layouts start with "pid" / "result".
@@ -33,6 +32,9 @@ struct Output {
   std::string out;  // stdout
   std::string err;  // stderr
   int status = 0;   // exit status (tools/README.md)
+  /// How long the engine's calls took, whole (microseconds; so far apply to one process):
+  /// for the bench's breakdown ($POLUS_TIMINGS), which polusd sends back only when asked.
+  double engine_call_us = 0;
 };
 
 /// A command line that does not make sense: exit 2 with the message and the command's usage.
@@ -45,29 +47,14 @@ class UsageError : public std::runtime_error {
 struct CommandUnit {
   const char* name;
   /// Registers the subcommand and its options on `app`; returns what builds the request
-  /// once parsing is done (it may throw UsageError).
+  /// once parsing is done (it may throw UsageError). Its run is run.h's run_X.
   std::function<std::function<Json()>(CLI::App& app)> add;
-  /// Runs a request, writing to `out` (errors included: run_request catches them).
-  std::function<void(const Json& request, Output& out)> run;
   /// Whether polusd runs it by default (it changes targets and may leave an update in flight).
   bool via_daemon = false;
 };
 
 /// Every command, in help order.
 const std::vector<CommandUnit>& command_units();
-
-/// Runs `request` with the unit its "command" names, mapping errors to exit statuses:
-/// polus::Error to its documented status (and {"result":"error",...} with --json), a
-/// UsageError to 2, anything else to 1 ("internal error").
-Output run_request(const Json& request);
-
-/// Where a command run in this thread shows sync progress (request "progress": true): by
-/// default, one line on stderr rewritten in place (a terminal); polusd sends it to its client.
-/// Called at most four times a second.
-std::function<void(const std::string& line)>& progress_sink();
-
-/// Ends the line the default progress sink wrote, if it wrote one.
-void end_progress_line();
 
 // ---- Options shared by several commands -------------------------------------------------
 
@@ -107,15 +94,6 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which);
 /// "engine" object; the agent path defaults to default_agent_path(). Throws UsageError.
 Json engine_request(const EngineArgs& args);
 
-/// The EngineOptions a request's "engine" object describes, for the process that runs it:
-/// the configuration file is read here (polusd: its own), then $POLUS_AUDIT_LOG, then the
-/// request's options. The caller is this process, or, in polusd, the client as SO_PEERCRED
-/// gave it (request["caller"], written by polusd over anything the client sent); a client
-/// whose uid is neither root nor polusd's own cannot choose the configuration file, audit log
-/// or trusted keys polusd uses for it. Throws UsageError for a bad or missing configuration
-/// file, polus::Error(kPermissionDenied) for an untrusted one.
-polus::EngineOptions engine_options(const Json& request);
-
 /// Adds --json and -v/--verbose to `sub`.
 void add_output_flags(CLI::App* sub, bool& json, bool& verbose);
 
@@ -132,9 +110,21 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
 /// exponent); false if `text` is not one.
 bool whole_number(const std::string& text, uint64_t min, uint64_t max, uint64_t& value);
 
+/// Now, in microseconds since the epoch (CLOCK_REALTIME: comparable across processes and with
+/// bash's $EPOCHREALTIME, which bench/polusd-overhead.sh reads around a whole command).
+double timestamp_us();
+
+/// The store of patches that stick: $POLUS_STORE, else /var/lib/polus for root, else
+/// ~/.local/state/polus.
+std::string default_store_path();
+
 /// polusd's socket: $POLUS_SOCKET, else /run/polus/polusd.sock for root, else
 /// $XDG_RUNTIME_DIR/polus/polusd.sock (or /tmp/polus-UID/polusd.sock) for other users.
 std::string default_socket_path();
+
+/// The first of `candidates` (paths relative to the directory of this program's executable)
+/// that exists and is readable, resolved; else `otherwise` (the installed path).
+std::string beside_this_program(const std::vector<std::string>& candidates, const std::string& otherwise);
 
 /// libpolus-agent.so: $POLUS_AGENT, else next to this program (../agent/ in a build tree; where
 /// cmake --install puts it relative to polusctl; ../lib/polus/; its own directory), else the

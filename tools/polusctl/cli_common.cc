@@ -2,20 +2,16 @@
 // default path, and running a request with its errors mapped to exit statuses.
 #include <limits.h>
 #include <pwd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <memory>
 #include <limits>
-
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "cli.h"
 #include "commands.h"
-#include "render.h"
 
 namespace polusctl {
 
@@ -65,6 +61,19 @@ std::chrono::milliseconds parse_ms(const std::string& option, const std::string&
   return std::chrono::milliseconds(value);
 }
 
+double timestamp_us() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<double>(now.tv_sec) * 1e6 + static_cast<double>(now.tv_nsec) / 1e3;
+}
+
+std::string default_store_path() {
+  if (const char* env = std::getenv("POLUS_STORE"); env && *env) return env;
+  if (geteuid() == 0) return "/var/lib/polus";
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "/tmp") + "/.local/state/polus";
+}
+
 std::string default_socket_path() {
   if (const char* env = std::getenv("POLUS_SOCKET"); env && *env) return env;
   if (geteuid() == 0) return "/run/polus/polusd.sock";
@@ -72,23 +81,26 @@ std::string default_socket_path() {
   return "/tmp/polus-" + std::to_string(geteuid()) + "/polusd.sock";
 }
 
-std::string default_agent_path() {
-  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+std::string beside_this_program(const std::vector<std::string>& candidates, const std::string& otherwise) {
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    self[n] = 0;
-    std::string dir(self);
-    dir = dir.substr(0, dir.rfind('/'));
-    // The build tree (tools/ beside agent/), then an install at any prefix (sbin/ and
-    // lib/polus/ as cmake --install lays them out).
-    for (const std::string& candidate : {dir + "/../agent/libpolus-agent.so", dir + "/" POLUS_AGENT_FROM_SBIN,
-                                         dir + "/../lib/polus/libpolus-agent.so", dir + "/libpolus-agent.so"}) {
-      char resolved[PATH_MAX];
-      if (realpath(candidate.c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
-    }
+  if (n <= 0) return otherwise;
+  self[n] = 0;
+  const std::string dir = std::string(self).substr(0, std::string(self).rfind('/'));
+  for (const std::string& candidate : candidates) {
+    char resolved[PATH_MAX];
+    if (realpath((dir + "/" + candidate).c_str(), resolved) && access(resolved, R_OK) == 0) return resolved;
   }
-  return POLUS_INSTALLED_AGENT;
+  return otherwise;
+}
+
+std::string default_agent_path() {
+  if (const char* env = std::getenv("POLUS_AGENT")) return env;
+  // The build tree (tools/ beside agent/), then an install at any prefix (sbin/ and
+  // lib/polus/ as cmake --install lays them out).
+  return beside_this_program({"../agent/libpolus-agent.so", POLUS_AGENT_FROM_SBIN, "../lib/polus/libpolus-agent.so",
+                              "libpolus-agent.so"},
+                             POLUS_INSTALLED_AGENT);
 }
 
 void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
@@ -156,102 +168,9 @@ Json engine_request(const EngineArgs& args) {
   return e;
 }
 
-polus::EngineOptions engine_options(const Json& request) {
-  polus::EngineOptions options;
-  // Who asks: set by polusd from SO_PEERCRED (it overwrites whatever a client sent); in
-  // polusctl's own process, polusctl itself (Caller::self(), the default).
-  if (request.contains("caller")) {
-    const Json& c = request["caller"];
-    options.caller = polus::Caller{c.at("uid").get<uid_t>(), c.at("gid").get<gid_t>(), c.at("pid").get<pid_t>()};
-  }
-  if (!request.contains("engine")) return options;
-  const Json& e = request["engine"];
-  // A client of polusd with fewer rights than polusd cannot point it at files of its choosing.
-  const bool chooses_files = !request.contains("caller") || options.caller.uid == 0 || options.caller.uid == geteuid();
-  const std::string config = chooses_files ? e.value("config", std::string()) : std::string();
-  try {
-    if (!polus::read_config_file(config.empty() ? polus::kDefaultConfigFile : config, options) && !config.empty()) {
-      throw UsageError("--config: " + config + " does not exist");
-    }
-  } catch (const std::invalid_argument& err) {
-    throw UsageError(std::string("configuration: ") + err.what());
-  }
-  if (const char* audit = std::getenv("POLUS_AUDIT_LOG")) options.audit.file = audit;
-  options.audit.enabled = true;
-  if (e.value("require_signature", false)) options.signature.required = true;
-  if (chooses_files && e.contains("trusted_keys")) options.signature.trusted_keys = e["trusted_keys"].get<std::string>();
-  if (chooses_files && e.contains("audit_log")) options.audit.file = e["audit_log"].get<std::string>();
-  options.agent_path = e.value("agent", std::string());
-  options.rehearse = e.value("rehearse", true);
-  options.force = e.value("force", false);
-  for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());
-  for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
-  if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());
-  if (e.contains("sync_timeout_ms")) options.sync_timeout = std::chrono::milliseconds(e["sync_timeout_ms"].get<uint64_t>());
-  if (request.value("progress", false)) {
-    auto last = std::make_shared<std::chrono::steady_clock::time_point>();
-    options.on_sync_progress = [last](const polus::SyncProgress& p) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now - *last < std::chrono::milliseconds(250)) return;
-      *last = now;
-      if (progress_sink()) progress_sink()(progress_line(p));
-    };
-  }
-  return options;
-}
-
-namespace {
-bool progress_shown = false;
-}
-
-std::function<void(const std::string& line)>& progress_sink() {
-  thread_local std::function<void(const std::string&)> sink = [](const std::string& line) {
-    // \r and erase-line: the terminal shows the newest line only.
-    std::string text = "\r\033[K" + line;
-    (void)!::write(STDERR_FILENO, text.data(), text.size());
-    progress_shown = true;
-  };
-  return sink;
-}
-
-void end_progress_line() {
-  if (!progress_shown) return;
-  (void)!::write(STDERR_FILENO, "\r\033[K", 4);
-  progress_shown = false;
-}
-
 void add_output_flags(CLI::App* sub, bool& json, bool& verbose) {
   sub->add_flag("--json", json, "machine-readable output on stdout");
   sub->add_flag("-v,--verbose", verbose, "log what the engine does (to stderr)");
-}
-
-Output run_request(const Json& request) {
-  Output out;
-  const std::string command = request.value("command", std::string());
-  const bool json = request.value("json", false);
-  spdlog::set_level(request.value("verbose", false) ? spdlog::level::debug : spdlog::level::warn);
-  try {
-    for (const CommandUnit& unit : command_units()) {
-      if (command == unit.name) {
-        unit.run(request, out);
-        return out;
-      }
-    }
-    throw UsageError("unknown command '" + command + "'");
-  } catch (const polus::Error& e) {
-    if (json) {
-      out.out += Json{{"result", "error"}, {"error", polus::error_code_name(e.code())}, {"message", e.what()}}.dump() + "\n";
-    }
-    out.err += "polusctl " + command + ": " + e.what() + "\n";
-    out.status = polus::error_exit_status(e.code());
-  } catch (const UsageError& e) {
-    out.err += "polusctl " + command + ": " + e.what() + "\n";
-    out.status = 2;
-  } catch (const std::exception& e) {
-    out.err += "polusctl " + command + ": internal error: " + e.what() + "\n";
-    out.status = 1;
-  }
-  return out;
 }
 
 }  // namespace polusctl

@@ -104,6 +104,16 @@ bool write_all(int fd, const std::string& data) {
   return true;
 }
 
+/// Shows a progress line from polusd as polusctl shows its own: one line on stderr rewritten in
+/// place (\r and erase-line: the terminal shows the newest line only); "" ends it.
+void show_progress(const std::string& line) {
+  static bool shown = false;
+  if (line.empty() && !shown) return;
+  const std::string text = line.empty() ? "\r\033[K" : "\r\033[K" + line;
+  (void)!::write(STDERR_FILENO, text.data(), text.size());
+  shown = !line.empty();
+}
+
 Output failure(const std::string& socket, const std::string& why) {
   Output out;
   out.err = "polusctl: cannot reach polusd at " + socket + ": " + why +
@@ -114,7 +124,7 @@ Output failure(const std::string& socket, const std::string& why) {
 
 }  // namespace
 
-Output run_through_daemon(const Json& request) {
+Output run_through_daemon(const Json& request, Json* timings) {
   const std::string socket = default_socket_path();
   int fd = connect_to(socket);
   if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
@@ -130,10 +140,17 @@ Output run_through_daemon(const Json& request) {
                                            "; see " + socket + ".log)");
   }
   if (fd < 0) return failure(socket, std::strerror(errno));
-  if (!write_all(fd, request.dump() + "\n")) {
+  if (timings) (*timings)["connected"] = timestamp_us();
+  Json timed;
+  if (timings) {
+    timed = request;
+    timed["timings"] = true;
+  }
+  if (!write_all(fd, (timings ? timed : request).dump() + "\n")) {
     ::close(fd);
     return failure(socket, std::string("sending the request: ") + std::strerror(errno));
   }
+  if (timings) (*timings)["sent"] = timestamp_us();
   // Ctrl-C, kill and a dropped ssh session are relayed: polusd stops the operation at its
   // next safe point (as polusctl itself would) and answers.
   sigset_t stop = polus::stop_signals();
@@ -170,8 +187,9 @@ Output run_through_daemon(const Json& request) {
         } else {
           // Progress; or a line cut short (polusd drops what does not fit while the client
           // does not read), which is skipped.
-          if (message.is_object() && message.contains("progress") && message["progress"].is_string() && progress_sink()) {
-            progress_sink()(message["progress"].get<std::string>());
+          if (message.is_object() && message.contains("progress") && message["progress"].is_string() &&
+              !message["progress"].get<std::string>().empty()) {
+            show_progress(message["progress"].get<std::string>());
           }
           answer.erase(0, end + 1);
         }
@@ -181,6 +199,7 @@ Output run_through_daemon(const Json& request) {
   }
   if (signals >= 0) ::close(signals);
   ::close(fd);
+  show_progress("");
   if (answer.empty() || answer.back() != '\n') {
     Output out;
     out.err = "polusctl: polusd (" + socket + ") went away before it answered; an operation it had begun is "
@@ -188,8 +207,10 @@ Output run_through_daemon(const Json& request) {
     out.status = 1;
     return out;
   }
+  if (timings) (*timings)["answered"] = timestamp_us();
   try {
     Json reply = Json::parse(answer);
+    if (timings && reply.contains("timings")) (*timings)["daemon"] = reply["timings"];
     Output out;
     out.out = reply.value("out", std::string());
     out.err = reply.value("err", std::string());

@@ -1,12 +1,10 @@
-// polusctl keygen and polusctl sign: the key pairs and detached signatures of signed patches
-// (polus/signing.h). Both run in polusctl's own process, as the user who runs it: the secret
-// key never travels to polusd.
+// polusctl keygen and polusctl sign, their options (their runs: run_sign.cc): the key pairs and
+// detached signatures of signed patches (polus/signing.h). Both run in polusctl's own process, as
+// the user who runs it: the secret key never travels to polusd.
 #include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
-#include "polus/signing.h"
-#include "render.h"
 
 namespace polusctl {
 
@@ -41,18 +39,6 @@ std::function<Json()> add_keygen(CLI::App& app) {
   };
 }
 
-void run_keygen(const Json& request, Output& out) {
-  polus::SigningKey key = polus::generate_signing_key(request["base"].get<std::string>(), request["comment"].get<std::string>());
-  if (request.value("json", false)) {
-    out.out += Json{{"result", "ok"}, {"key_id", key.key_id}, {"secret_key", key.secret_path}, {"public_key", key.public_path}}
-                   .dump() + "\n";
-    return;
-  }
-  out.out += format("key %s: secret key %s (keep it where patches are built, not where they are applied), public key %s "
-                    "(install it in the trusted-keys directory, e.g. /etc/polus/trusted-keys/)\n",
-                    key.key_id.c_str(), key.secret_path.c_str(), key.public_path.c_str());
-}
-
 std::function<Json()> add_sign(CLI::App& app) {
   auto args = std::make_shared<SignArgs>();
   CLI::App* sub = app.add_subcommand("sign", "write PATCH.so.sig, an Ed25519 signature of the patch");
@@ -64,16 +50,6 @@ std::function<Json()> add_sign(CLI::App& app) {
     return Json{{"command", "sign"}, {"json", args->json}, {"verbose", args->verbose},
                 {"key", absolute_path(args->key)}, {"patch", absolute_path(args->patch)}};
   };
-}
-
-void run_sign(const Json& request, Output& out) {
-  const std::string patch = request["patch"].get<std::string>();
-  std::string key_id = polus::sign_patch(request["key"].get<std::string>(), patch);
-  if (request.value("json", false)) {
-    out.out += Json{{"result", "ok"}, {"key_id", key_id}, {"signature", patch + ".sig"}}.dump() + "\n";
-    return;
-  }
-  out.out += format("signed %s with key %s: %s.sig\n", patch.c_str(), key_id.c_str(), patch.c_str());
 }
 
 }  // namespace polusctl

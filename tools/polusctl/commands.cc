@@ -1,4 +1,5 @@
-// The list of polusctl's command units, and the small hooks they share (commands.h).
+// The list of polusctl's command units (their options half), and the small helpers they share
+// (commands.h).
 #include "commands.h"
 
 #include <limits.h>
@@ -7,18 +8,19 @@
 namespace polusctl {
 
 const std::vector<CommandUnit>& command_units() {
-  // To add a command: a cmd_*.cc with add_X/run_X (commands.h), and one line here.
+  // To add a command: a cmd_*.cc with add_X (commands.h), a run_*.cc with run_X
+  // (run.h), and one line here and in run_common.cc.
   static const std::vector<CommandUnit> units = {
-      {"apply", add_apply, run_apply, true},
-      {"rollback", add_rollback, run_rollback, true},
-      {"finish", add_finish, run_finish, true},
-      {"status", add_status, run_status, false},
-      {"check", add_check, run_check, false},
-      {"info", add_info, run_info, false},
-      {"stacks", add_stacks, run_stacks, false},
-      {"store", add_store, run_store, false},
-      {"keygen", add_keygen, run_keygen, false},
-      {"sign", add_sign, run_sign, false},
+      {"apply", add_apply, true},
+      {"rollback", add_rollback, true},
+      {"finish", add_finish, true},
+      {"status", add_status, false},
+      {"check", add_check, false},
+      {"info", add_info, false},
+      {"stacks", add_stacks, false},
+      {"store", add_store, false},
+      {"keygen", add_keygen, false},
+      {"sign", add_sign, false},
   };
   return units;
 }
@@ -34,15 +36,6 @@ std::string absolute_path(const std::string& path) {
   char cwd[PATH_MAX];
   if (!getcwd(cwd, sizeof cwd)) return path;
   return std::string(cwd) + "/" + path;
-}
-
-std::function<void(pid_t, const polus::EngineOptions&)>& in_flight_hook() {
-  static std::function<void(pid_t, const polus::EngineOptions&)> hook;
-  return hook;
-}
-
-void note_in_flight(const Json& request, pid_t pid, const polus::PatchInfo& info) {
-  if (info.state == "syncing" && in_flight_hook()) in_flight_hook()(pid, engine_options(request));
 }
 
 }  // namespace polusctl

@@ -13,12 +13,10 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
-
 #include "cli.h"
 #include "client.h"
 #include "commands.h"
+#include "engine_module.h"
 
 namespace {
 
@@ -41,12 +39,24 @@ std::string usage_line(CLI::App* sub) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // $POLUS_TIMINGS=FILE: append when each step of this command happened (bench/polusd-overhead.sh).
+  const char* timings_file = std::getenv("POLUS_TIMINGS");
+  polusctl::Json timings;
+  if (timings_file) timings["main"] = polusctl::timestamp_us();
   CLI::App app{"polusctl — live-patch running x86-64 Linux processes (Polus " POLUS_VERSION ")", "polusctl"};
   app.set_version_flag("--version", "polusctl (Polus) " POLUS_VERSION);
   app.require_subcommand(1, 1);
   app.footer(kFooter);
+  // `polusctl COMMAND ...` registers that command alone: what is parsed, and every message about
+  // it, is the same, and the other nine (~200 options) are not built at each start. Anything else
+  // (--help, --version, an unknown command) sees them all.
   std::vector<std::pair<const polusctl::CommandUnit*, std::function<polusctl::Json()>>> built;
-  for (const polusctl::CommandUnit& unit : polusctl::command_units()) built.emplace_back(&unit, unit.add(app));
+  for (const polusctl::CommandUnit& unit : polusctl::command_units()) {
+    if (argc > 1 && argv[1] == std::string(unit.name)) built.emplace_back(&unit, unit.add(app));
+  }
+  if (built.empty()) {
+    for (const polusctl::CommandUnit& unit : polusctl::command_units()) built.emplace_back(&unit, unit.add(app));
+  }
 
   auto parsed = [&]() -> std::pair<const polusctl::CommandUnit*, CLI::App*> {
     for (auto& [unit, build] : built) {
@@ -88,17 +98,31 @@ int main(int argc, char** argv) {
     std::cerr << "polusctl " << unit->name << ": " << e.what() << "\n" << usage_line(sub);
     return 2;
   }
-  spdlog::set_default_logger(spdlog::stderr_color_mt("polus"));
   const char* no_daemon_env = std::getenv("POLUS_NO_DAEMON");
   const bool no_daemon = request.value("no_daemon", false) || (no_daemon_env && std::string(no_daemon_env) == "1");
   // On a terminal, a long sync phase shows who holds it, refreshed (to stderr: --json's
   // stdout stays clean, and a pipe or a log file gets no carriage returns).
   if (unit->via_daemon && ::isatty(STDERR_FILENO) && !request.value("json", false)) request["progress"] = true;
-  polusctl::Output out = unit->via_daemon && !no_daemon ? polusctl::run_through_daemon(request)
-                                                        : polusctl::run_request(request);
-  polusctl::end_progress_line();
+  if (timings_file) timings["parsed"] = polusctl::timestamp_us();
+  polusctl::Output out;
+  if (unit->via_daemon && !no_daemon) {
+    out = polusctl::run_through_daemon(request, timings_file ? &timings : nullptr);
+  } else {
+    out = polusctl::run_in_process(request);
+    if (timings_file) {
+      timings["ran"] = polusctl::timestamp_us();
+      timings["engine_call"] = out.engine_call_us;
+    }
+  }
   std::fwrite(out.out.data(), 1, out.out.size(), stdout);
   std::fflush(stdout);
   std::fwrite(out.err.data(), 1, out.err.size(), stderr);
+  if (timings_file) {
+    timings["written"] = polusctl::timestamp_us();
+    if (FILE* f = std::fopen(timings_file, "a")) {
+      std::fprintf(f, "%s\n", timings.dump().c_str());
+      std::fclose(f);
+    }
+  }
   return out.status;
 }

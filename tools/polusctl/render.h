@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "cli.h"
+#include "run.h"
 #include "polus/engine.h"
 
 namespace polusctl {

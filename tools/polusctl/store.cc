@@ -46,13 +46,6 @@ std::string read_file(const std::string& path) {
 
 }  // namespace
 
-std::string default_store_path() {
-  if (const char* env = std::getenv("POLUS_STORE"); env && *env) return env;
-  if (geteuid() == 0) return "/var/lib/polus";
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "/tmp") + "/.local/state/polus";
-}
-
 std::pair<std::string, bool> store_patch(const std::string& store, const std::string& build_id, const std::string& patch) {
   polus::PatchFileInfo info = polus::describe_patch_file(patch, polus::EngineOptions{});
   for (const StoredPatch& s : list_stored(store, build_id)) {

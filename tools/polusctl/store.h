@@ -13,12 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "cli.h"
+#include "run.h"
 
 namespace polusctl {
-
-/// The store: $POLUS_STORE, else /var/lib/polus for root, else ~/.local/state/polus.
-std::string default_store_path();
 
 /// One stored patch.
 struct StoredPatch {

@@ -2,7 +2,7 @@
 // rounds, like `polusd PID` did for one process.
 #include "drivers.h"
 
-#include "cli.h"
+#include "run.h"
 #include "scope.h"
 
 #include <signal.h>

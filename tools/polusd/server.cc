@@ -1,11 +1,11 @@
 // polusd's socket and its requests (server.h).
 #include "server.h"
-#include "thread_set.h"
+#include "cancel_watch.h"
+#include "worker_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -22,16 +22,15 @@
 #include <spdlog/spdlog.h>
 
 #include "authorise.h"
-#include "cli.h"
-#include "commands.h"
 #include "polus/stop_request.h"
-#include "targets.h"
+#include "run.h"
 
 namespace polusd {
 
 namespace {
 
-constexpr int kSdListenFdsStart = 3;  // sd_listen_fds(3): passed sockets start at fd 3
+constexpr int kSdListenFdsStart = 3;
+constexpr size_t kIdleWorkers = 4;  // connection threads kept waiting for the next request  // sd_listen_fds(3): passed sockets start at fd 3
 
 /// The socket systemd passed (socket activation), or -1: LISTEN_PID must be ours and
 /// LISTEN_FDS at least 1 (the protocol of sd_listen_fds(3), without libsystemd).
@@ -76,7 +75,7 @@ polusctl::Output refuse(const std::string& command, const std::string& why) {
 
 /// Serves one connection: authorise, run the request (watching for a cancel line meanwhile),
 /// answer.
-void serve_connection(int fd, Drivers& drivers) {
+void serve_connection(int fd, double accepted_us, CancelWatch& cancels) {
   Caller caller;
   ucred cred{};
   socklen_t len = sizeof cred;
@@ -90,10 +89,13 @@ void serve_connection(int fd, Drivers& drivers) {
     ::close(fd);
     return;
   }
+  const double read_us = polusctl::timestamp_us();
   polusctl::Output out;
   polusctl::Json request;
+  polusctl::Json timings;  // asked for by the bench (polusctl with $POLUS_TIMINGS)
   try {
     request = polusctl::Json::parse(line);
+    if (request.is_object() && request.value("timings", false)) timings = {{"accepted", accepted_us}, {"read", read_us}};
   } catch (const std::exception& e) {
     out.err = std::string("polusd: unreadable request: ") + e.what() + "\n";
     out.status = 2;
@@ -124,34 +126,13 @@ void serve_connection(int fd, Drivers& drivers) {
     request["daemon"] = true;
     // Who the engine acts for, from SO_PEERCRED: written over anything the client sent.
     request["caller"] = {{"uid", caller.uid}, {"gid", caller.gid}, {"pid", caller.pid}};
-    // A relayed Ctrl-C ({"cancel": SIGNAL}) stops this operation alone, at its next safe point.
+    // A relayed Ctrl-C ({"cancel": SIGNAL}) stops this operation alone, at its next safe point;
+    // the daemon's one cancel watcher listens for it (no thread of this request's own).
     auto cancel = std::make_shared<std::atomic<int>>(0);
-    // The watcher sleeps in poll() on the client and on `wake`, which says the request is done
-    // (no timeout to wait out: the answer goes back as soon as the command ends).
-    int wake = ::eventfd(0, EFD_CLOEXEC);
-    std::thread watcher([fd, wake, cancel, buffer]() mutable {
-      std::string cancel_line;
-      for (;;) {
-        pollfd p[2] = {{fd, POLLIN, 0}, {wake, POLLIN, 0}};
-        if (::poll(p, 2, -1) < 0) {
-          if (errno == EINTR) continue;
-          break;
-        }
-        if (p[1].revents & POLLIN) break;
-        if (!read_line(fd, buffer, cancel_line)) {
-          // The client went away: the operation goes on; wait only for its end.
-          pollfd done{wake, POLLIN, 0};
-          while (::poll(&done, 1, -1) < 0 && errno == EINTR) {
-          }
-          break;
-        }
-        try {
-          int sig = polusctl::Json::parse(cancel_line).value("cancel", 0);
-          if (sig > 0) cancel->store(sig);
-        } catch (const std::exception&) {
-        }
-      }
-    });
+    if (!cancels.watch(fd, buffer, cancel)) {
+      spdlog::warn("polusd: cannot watch the client of this {} for a Ctrl-C ({}); it runs to its end", command,
+                   std::strerror(errno));
+    }
     polus::thread_stop_flag() = cancel.get();
     // Progress goes to the client as lines before its answer; a client gone or slow to read
     // does not hold the operation up (MSG_DONTWAIT: a line that does not fit is dropped).
@@ -159,15 +140,21 @@ void serve_connection(int fd, Drivers& drivers) {
       const std::string message = polusctl::Json{{"progress", line}}.dump() + "\n";
       (void)::send(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     };
+    if (!timings.is_null()) timings["run_begin"] = polusctl::timestamp_us();
     out = polusctl::run_request(request);
+    if (!timings.is_null()) {
+      timings["run_end"] = polusctl::timestamp_us();
+      timings["engine_call"] = out.engine_call_us;
+    }
     polusctl::progress_sink() = nullptr;
     polus::thread_stop_flag() = nullptr;
-    uint64_t one = 1;
-    (void)!::write(wake, &one, sizeof one);
-    watcher.join();
-    ::close(wake);
   }
-  std::string answer = polusctl::Json{{"status", out.status}, {"out", out.out}, {"err", out.err}}.dump() + "\n";
+  polusctl::Json reply{{"status", out.status}, {"out", out.out}, {"err", out.err}};
+  if (!timings.is_null()) {
+    timings["answer"] = polusctl::timestamp_us();
+    reply["timings"] = timings;
+  }
+  std::string answer = reply.dump() + "\n";
   size_t sent = 0;
   while (sent < answer.size()) {
     ssize_t n = ::send(fd, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
@@ -175,8 +162,8 @@ void serve_connection(int fd, Drivers& drivers) {
     if (n <= 0) break;
     sent += static_cast<size_t>(n);
   }
+  cancels.forget(fd);  // (after the answer: the client is not kept waiting for it)
   ::close(fd);
-  (void)drivers;
 }
 
 }  // namespace
@@ -230,16 +217,18 @@ Listener::~Listener() {
 
 void serve(Listener& listener, Drivers& drivers) {
   polusctl::in_flight_hook() = [&drivers](pid_t pid, const polus::EngineOptions& options) { drivers.adopt(pid, options); };
-  ThreadSet connections;  // one thread per connection, joined as they finish
+  CancelWatch cancels;
+  WorkerPool workers(kIdleWorkers);
   while (!polus::stop_requested()) {
     pollfd p{listener.fd(), POLLIN, 0};
     // A bounded wait: the stop signals are blocked (they wait for us), so look at them often.
     if (::poll(&p, 1, 100) <= 0) continue;
     int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    connections.start([fd, &drivers] { serve_connection(fd, drivers); });
+    const double accepted = polusctl::timestamp_us();
+    workers.run([fd, accepted, &cancels] { serve_connection(fd, accepted, cancels); });
   }
-  connections.join_all();
+  workers.stop();
 }
 
 }  // namespace polusd

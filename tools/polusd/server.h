@@ -1,5 +1,5 @@
 // tools/polusd/server.h — polusd's socket: taking it (from systemd or by binding it), and
-// serving each connection's request on a thread of its own.
+// serving each connection's request on a thread of its own, one kept warm (worker_pool.h).
 //
 // The protocol, one connection per request: the client writes its request as one line of JSON
 // (what polusctl's command units build; see tools/polusctl/cli.h), and may later write
@@ -37,7 +37,8 @@ class Listener {
   bool from_systemd_ = false;
 };
 
-/// Accepts connections until a stop signal is pending, each served on its own thread (requests
+/// Accepts connections until a stop signal is pending, each served on a thread of its own, an
+/// idle one if there is one (requests
 /// for different processes run at once; for one process the engine's operation lock orders
 /// them). Requests that leave an update in flight hand it to `drivers`.
 void serve(Listener& listener, Drivers& drivers);

@@ -176,6 +176,54 @@ TEST_CASE("two clients at once: two polusctl start one polusd, which serves both
   CHECK(first.request("HELLO op") == "Greetings, op! (v2) #");
 }
 
+namespace {
+
+/// Runs `command` (a shell line) and returns its stdout and stderr together, then "EXIT=N".
+std::string shell(const std::string& command) {
+  std::string text;
+  FILE* pipe = popen((command + " 2>&1; echo EXIT=$?").c_str(), "r");
+  if (!pipe) return "popen failed";
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) text.append(buf, n);
+  pclose(pipe);
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("polusctl sends a command to polusd without its engine module; polusd's errors keep their status",
+          "[polusd][live]") {
+  DaemonDir dir;
+  // A polusctl alone in a directory: no engine module beside it, so only what it sends to polusd
+  // can work (a client that loaded the engine for it would fail here).
+  const std::string alone = dir.dir() + "/bin";
+  REQUIRE(mkdir(alone.c_str(), 0700) == 0);
+  REQUIRE(std::system(("cp " POLUSCTL_PATH " '" + alone + "/polusctl'").c_str()) == 0);
+  const std::string env = std::string("POLUSD=" POLUSD_PATH " POLUS_AGENT=" POLUS_AGENT_PATH " POLUS_AUDIT_LOG=") +
+                          polus::testing::test_audit_log() + " ";
+  const std::string thin = env + alone + "/polusctl ";
+  auto greeter = GreeterProcess::spawn(binary_path("greeter-v0"), 2);
+  const std::string pid = std::to_string(greeter.pid());
+  CHECK_THAT(shell(thin + "apply " + pid + " " + patch_path("greeter-v0-v1.so")),
+             Catch::StartsWith("applied greeter-v1 to process " + pid) && Catch::EndsWith("EXIT=0\n"));
+  CHECK(greeter.request("HELLO op") == "Hi there, op! (v1)");
+  // A request that fails inside polusd: the documented status and the message --no-daemon gives.
+  const std::string gone = "2147483646";
+  const std::string expected = "polusctl apply: process " + gone + " does not exist\nEXIT=3\n";
+  CHECK(shell(env + POLUSCTL_PATH " apply --no-daemon " + gone + " " + patch_path("greeter-v0-v1.so")) == expected);
+  CHECK(shell(thin + "apply " + gone + " " + patch_path("greeter-v0-v1.so")) == expected);
+  CHECK(shell(thin + "rollback " + pid + " --id 99 --json").find("EXIT=12") != std::string::npos);
+  CHECK(shell(thin + "rollback " + pid).find("EXIT=0") != std::string::npos);
+  CHECK(greeter.request("HELLO op") == "Hello, op! (v0)");
+  // A command polusctl runs itself needs the module, and says which file it looked for.
+  if (access(POLUS_INSTALLED_ENGINE, F_OK) != 0) {
+    CHECK(shell(thin + "status " + pid) ==
+          "polusctl: cannot load its engine module " POLUS_INSTALLED_ENGINE ": " POLUS_INSTALLED_ENGINE
+          ": cannot open shared object file: No such file or directory (reinstall polus; a command sent to polusd "
+          "does not need it)\nEXIT=1\n");
+  }
+}
+
 TEST_CASE("Ctrl-C of polusctl is relayed: polusd stops that operation cleanly", "[polusd][live]") {
   DaemonDir dir;
   ChildProcess target({binary_path("counter-v0")});
