@@ -112,6 +112,15 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
     sub->add_flag("--force", args.force,
                   "apply even where the patch cannot reach all the code it replaces: copies gcc made of an old function "
                   "(.constprop, .isra, .part) it does not replace, or callers the debug info shows the function inlined into");
+    if (sub->get_name() == "apply") {
+      sub->add_option("--commit", args.commit,
+                      "how a code patch's jumps are written: `pause` stops every thread at once; `trap` writes an int3 "
+                      "first and checks the threads one at a time, so no thread waits for the others (code-only patches "
+                      "that replace no function twice); `auto` (default) uses trap from " +
+                          std::to_string(polus::kTrapCommitThreads) + " threads on")
+          ->type_name("SCHEME")
+          ->check(CLI::IsMember({"auto", "pause", "trap"}));
+    }
   }
   if (which & kSignature) {
     sub->add_flag("--require-signature", args.require_signature,
@@ -144,6 +153,7 @@ Json engine_request(const EngineArgs& args) {
   e["agent"] = args.agent.empty() ? default_agent_path() : args.agent;
   e["rehearse"] = !args.no_rehearsal;
   if (args.force) e["force"] = true;
+  if (!args.commit.empty() && args.commit != "auto") e["commit"] = args.commit;
   e["debug_files"] = args.debug_files;
   e["allowed_owners"] = Json::array();
   for (const std::string& owner : args.allow_owners) e["allowed_owners"].push_back(parse_owner(owner));
@@ -184,6 +194,8 @@ polus::EngineOptions engine_options(const Json& request) {
   options.agent_path = e.value("agent", std::string());
   options.rehearse = e.value("rehearse", true);
   options.force = e.value("force", false);
+  const std::string commit = e.value("commit", std::string("auto"));
+  options.commit = commit == "pause" ? polus::CommitScheme::kPause : commit == "trap" ? polus::CommitScheme::kTrap : polus::CommitScheme::kAuto;
   for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());
   for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
   if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());

@@ -21,9 +21,10 @@ extern "C" {
 #endif
 
 #define POLUS_AGENT_MAGIC 0x544e454741534c50ull /* "PLSAGENT" */
-#define POLUS_AGENT_ABI_VERSION 4u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
+#define POLUS_AGENT_ABI_VERSION 5u /* 2: sync fault fence; 3: patch records carry the content hash, code range, applier;
                                       4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side;
-                                         polus_agent_sync_prepare */
+                                         polus_agent_sync_prepare;
+                                      5: trap sites (registry.traps), polus_agent_arm_traps */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
 #define POLUS_AGENT_LOAD_SYMBOL "polus_agent_load_patch"
 #define POLUS_AGENT_UNLOAD_SYMBOL "polus_agent_unload_patch"
@@ -39,6 +40,11 @@ extern "C" {
  * registry.last_error naming the signal and the pc; the fault never reaches the target. */
 #define POLUS_AGENT_RUN_CALLBACK_SYMBOL "polus_agent_run_callback"
 #define POLUS_CALLBACK_FAULTED (-0x7fffffffffffffffll - 1)
+/* int64_t polus_agent_arm_traps(void) (ABI 5): puts the agent's SIGTRAP handler in place for
+ * good (the previous disposition kept for chaining) and registers the process for
+ * membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE). 0, or -errno (then no trap may be
+ * written). See struct polus_trap_site. */
+#define POLUS_AGENT_ARM_TRAPS_SYMBOL "polus_agent_arm_traps"
 
 #define POLUS_MAX_PATCHES 256u
 #define POLUS_MAX_ARENAS 32u
@@ -47,6 +53,7 @@ extern "C" {
 #define POLUS_ERROR_BYTES 512u
 #define POLUS_SAVED_BYTES 16u
 #define POLUS_SHA256_BYTES 32u
+#define POLUS_MAX_TRAP_SITES 64u
 
 enum polus_patch_state {
     POLUS_STATE_EMPTY = 0,
@@ -225,6 +232,25 @@ struct polus_update_failure {
     char reason[POLUS_ERROR_BYTES]; /* names the function, the signal, and what was undone */
 };
 
+/*
+ * A jump being written without stopping every thread at once (the way the kernel's
+ * text_poke_bp changes live code): an int3 first at `site`, the jump's other four bytes, then
+ * its first byte, each step followed by a core-serialising membarrier. A thread that executes
+ * the int3 meanwhile is sent on by the agent's SIGTRAP handler: to `before` (code that runs the
+ * version being replaced) until registry.trap_switched_patch is `patch_id`, to `after` (the
+ * new function) from then on. Written by the injector before the int3 and cleared only once
+ * the int3 is gone; while an entry exists, a leftover int3 (the injector killed) still sends
+ * threads correctly, and the next command's recovery completes or undoes the commit. A trap
+ * that reaches the handler after its site was cleared finds no int3 there any more and runs
+ * the instruction that is there now.
+ */
+struct polus_trap_site {
+    uint64_t site;     /* the first byte of the jump; 0: slot free */
+    uint64_t before;   /* where a thread that hits the int3 goes before the switch */
+    uint64_t after;    /* and after it */
+    uint64_t patch_id; /* the patch whose commit placed it */
+};
+
 /* The root, a global of the agent found through its .dynsym. */
 struct polus_agent_registry {
     uint64_t magic;            /* POLUS_AGENT_MAGIC from the moment the agent is mapped (static initialiser) */
@@ -239,6 +265,9 @@ struct polus_agent_registry {
     struct polus_sync_state sync;
     char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
     struct polus_update_failure last_failure;
+    uint64_t trap_switched_patch; /* written by the injector: the patch whose trap sites send threads `after` */
+    uint64_t trap_hits;           /* written by the agent: threads its SIGTRAP handler sent on from a trap site */
+    struct polus_trap_site traps[POLUS_MAX_TRAP_SITES];
 };
 
 #if defined(__cplusplus)
@@ -255,6 +284,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_tracked_item) == 56, "tracked item must hav
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_fault) == 80, "sync fault must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 128, "sync state must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_trap_site) == 32, "trap site must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_agent_registry) == 5904, "registry must have no padding");
 
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).

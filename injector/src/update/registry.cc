@@ -45,6 +45,9 @@ AgentLocation agent_location_at(const std::string& path, uint64_t load_bias) {
   if (uint64_t run_callback = symbol_value_or_zero(object, POLUS_AGENT_RUN_CALLBACK_SYMBOL)) {
     agent.run_callback = RemoteAddr(load_bias + run_callback);
   }
+  if (uint64_t arm_traps = symbol_value_or_zero(object, POLUS_AGENT_ARM_TRAPS_SYMBOL)) {
+    agent.arm_traps = RemoteAddr(load_bias + arm_traps);
+  }
   return agent;
 }
 

@@ -32,6 +32,7 @@ struct AgentLocation {
   RemoteAddr sync_begin;    // int polus_agent_sync_begin(void)
   RemoteAddr sync_end;      // int polus_agent_sync_end(void)
   RemoteAddr run_callback;  // int64_t polus_agent_run_callback(fn, args), 0 if the agent has none
+  RemoteAddr arm_traps;     // int64_t polus_agent_arm_traps(void) (update/trap_commit.h)
 };
 
 /// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the
