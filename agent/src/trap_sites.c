@@ -3,13 +3,12 @@
  * (struct polus_trap_site in polus/agent_abi.h).
  *
  * The injector writes a jump over live code the way the kernel does in text_poke_bp
- * (arch/x86/kernel/alternative.c): an int3 over the jump's first byte, a core-serialising
- * barrier, the other four bytes, a barrier, the first byte, a barrier. A single byte store is
- * seen whole by a processor fetching it, and an int3 is one byte, so a thread reaching the site
- * meanwhile either runs the original first instruction (before the int3) or traps; no thread
- * can newly enter the bytes behind it, which the injector checks to be empty, one thread at a
- * time, before it rewrites them. The barrier is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_
- * SYNC_CORE), which the process must register for first (polus_agent_arm_traps).
+ * (arch/x86/kernel/alternative.c): an int3 over the jump's first byte, the other four bytes,
+ * then the first byte, every thread serialised between the steps (injector/src/update/
+ * trap_commit.h). A single byte store is seen whole by a processor fetching it, and an int3 is
+ * one byte, so a thread reaching the site meanwhile either runs the original first instruction
+ * (before the int3) or traps; no thread can newly enter the bytes behind it, which the injector
+ * checks to be empty, one thread at a time, before it rewrites them.
  *
  * The trap reaches us as SIGTRAP with si_code SI_KERNEL and the pc one byte past the int3
  * (arch/x86/kernel/traps.c, do_int3_user: force_sig(SIGTRAP)). The handler looks the site up
@@ -42,9 +41,6 @@
 #define POLUS_EXPORT __attribute__((visibility("default")))
 #define INT3 0xccu
 
-/* linux/membarrier.h */
-#define MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE (1 << 6)
-
 int trap_site_redirect(const siginfo_t *si, ucontext_t *uc) {
     if (si->si_code != SI_KERNEL || !__atomic_load_n(&G.traps_armed, __ATOMIC_ACQUIRE)) return 0;
     greg_t *gr = uc->uc_mcontext.gregs;
@@ -69,11 +65,9 @@ int trap_site_redirect(const siginfo_t *si, ucontext_t *uc) {
     return 1;
 }
 
-/* Our SIGTRAP handler for good, and the membarrier registration the injector's barriers need.
- * Called on a borrowed thread before the first int3 of a commit (idempotent). */
+/* Our SIGTRAP handler for good. Called on a borrowed thread before the first int3 of a commit
+ * (idempotent: the disposition chained to stays the application's). */
 POLUS_EXPORT int64_t polus_agent_arm_traps(void) {
-    long rc = RAW(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0);
-    if (rc < 0) return rc;
     int installed = install_fault_handler(SIGTRAP);
     if (installed != 0) return installed;
     __atomic_store_n(&G.traps_armed, 1, __ATOMIC_RELEASE);

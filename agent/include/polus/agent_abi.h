@@ -41,8 +41,7 @@ extern "C" {
 #define POLUS_AGENT_RUN_CALLBACK_SYMBOL "polus_agent_run_callback"
 #define POLUS_CALLBACK_FAULTED (-0x7fffffffffffffffll - 1)
 /* int64_t polus_agent_arm_traps(void) (ABI 5): puts the agent's SIGTRAP handler in place for
- * good (the previous disposition kept for chaining) and registers the process for
- * membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE). 0, or -errno (then no trap may be
+ * good (the previous disposition kept for chaining). 0, or -errno (then no trap may be
  * written). See struct polus_trap_site. */
 #define POLUS_AGENT_ARM_TRAPS_SYMBOL "polus_agent_arm_traps"
 
@@ -235,7 +234,7 @@ struct polus_update_failure {
 /*
  * A jump being written without stopping every thread at once (the way the kernel's
  * text_poke_bp changes live code): an int3 first at `site`, the jump's other four bytes, then
- * its first byte, each step followed by a core-serialising membarrier. A thread that executes
+ * its first byte, every thread serialised between the steps. A thread that executes
  * the int3 meanwhile is sent on by the agent's SIGTRAP handler: to `before` (code that runs the
  * version being replaced) until registry.trap_switched_patch is `patch_id`, to `after` (the
  * new function) from then on. Written by the injector before the int3 and cleared only once

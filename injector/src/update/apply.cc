@@ -421,7 +421,7 @@ class Applier {
     pause_parts_ = trap_cost_.parts;
     spdlog::debug("trap commit {} us, longest hold {} us, {} looks at threads ({} again)", trap_cost_.total_ns / 1000,
                   trap_cost_.longest_hold_ns / 1000, trap_cost_.threads_checked, trap_cost_.rechecks);
-    for (const PausePart& part : trap_cost_.parts) spdlog::debug("  trap commit: {}: {} us", part.what, part.ns / 1000);
+
   }
 
   void commit_with_pause() {

@@ -1,7 +1,6 @@
 #include "update/trap_commit.h"
 
 #include <signal.h>
-#include <sys/syscall.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -22,9 +21,11 @@ namespace polus {
 namespace {
 
 constexpr uint8_t kInt3 = 0xcc;
-// linux/membarrier.h
-constexpr uint64_t kMembarrierSyncCore = 1u << 5;  // MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
 constexpr uint64_t kSigtrapBit = 1ull << (SIGTRAP - 1);
+// Threads stopped together for a look. Batches of 8 (each thread held about as long as the
+// pause of an 8-thread target) were measured: the commit was hardly shorter, as most of its
+// time is the look itself (registers, mask, stack), and the longest hold grew; one at a time.
+constexpr size_t kBatch = 1;
 
 RemotePtr<uint64_t> registry_word(const AgentLocation& agent, size_t offset) {
   return RemotePtr<uint64_t>(agent.registry.address() + offset);
@@ -73,9 +74,8 @@ class TrapCommit {
         memory_.write_bytes(RemoteAddr(w.site), &kInt3, 1);
         w.trapped = true;
       }
-      sync_cores();
-      part("int3 written at every site, cores serialised");
-      check_every_thread();
+      part("int3 written at every site");
+      check_every_thread();  // each thread stopped after the int3 was written: serialised too
       part("every thread checked, one at a time");
     } catch (...) {
       take_traps_out();
@@ -90,21 +90,27 @@ class TrapCommit {
       for (const JumpWrite& slot : w.slots) memory_.write_bytes(RemoteAddr(slot.address), slot.bytes.data(), slot.bytes.size());
       memory_.write_bytes(RemoteAddr(w.site + 1), w.bytes.data() + 1, w.bytes.size() - 1);
     }
-    sync_cores();
+    part("the switch, trampoline slots and the jumps' last four bytes written");
+    serialise_every_thread();
+    part("every thread serialised, one at a time");
+    // A processor that still sees an int3 traps; once the entry is cleared, the handler finds
+    // the jump there and sends the thread to it (trap_sites.c).
     for (SiteWrite& w : writes_) memory_.write_bytes(RemoteAddr(w.site), w.bytes.data(), 1);
     on_written();
-    sync_cores();
     clear_entries();
-    part("jumps written (tail, barrier, first byte, barrier), entries cleared");
+    part("the jumps' first bytes written, entries cleared");
     cost_.total_ns = elapsed_ns(started_);
     return cost_;
   }
 
  private:
+  /// The step `what` is over: its length, and the longest hold of a thread in it.
   void part(const char* what) {
-    step_ = what;
     auto now = Clock::now();
     cost_.parts.push_back({what, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - mark_).count())});
+    spdlog::debug("trap commit: {}: {} us, longest hold of a thread {} us", what, cost_.parts.back().ns / 1000,
+                  step_longest_ns_ / 1000);
+    step_longest_ns_ = 0;
     mark_ = now;
   }
 
@@ -133,49 +139,49 @@ class TrapCommit {
     }
   }
 
-  /// Stops `tid` for a look, returning false if it exited. Counts the time it is held.
-  bool stop(pid_t tid) {
-    held_since_ = Clock::now();
-    return session_.stop_thread(tid, Clock::now() + std::chrono::milliseconds(200));
+  void note_hold(uint64_t held) {
+    step_longest_ns_ = std::max(step_longest_ns_, held);
+    cost_.longest_hold_ns = std::max(cost_.longest_hold_ns, held);
   }
-  void resume(pid_t tid) {
-    session_.resume_thread(tid);
-    uint64_t held = elapsed_ns(held_since_);
-    if (held > cost_.longest_hold_ns) {
-      cost_.longest_hold_ns = held;
-      spdlog::trace("trap commit: thread {} held {} us ({})", tid, held / 1000, step_);
+
+  /// Runs `look` on every thread of the session not in `done`, kBatch at a time: a batch is
+  /// stopped together, looked at and let go, and the next batch follows. A thread counts as
+  /// held from the moment it is asked to stop (an upper bound, as the pause's length is). Threads born meanwhile are taken too.
+  /// `look` returns whether the thread is done with.
+  void in_batches(std::set<pid_t>& done, const std::function<bool(pid_t)>& look) {
+    session_.poll_events();
+    std::vector<pid_t> todo;
+    for (pid_t tid : session_.thread_ids()) {
+      if (!done.count(tid)) todo.push_back(tid);
+    }
+    for (size_t first = 0; first < todo.size(); first += kBatch) {
+      std::vector<pid_t> batch(todo.begin() + static_cast<long>(first),
+                               todo.begin() + static_cast<long>(std::min(todo.size(), first + kBatch)));
+      const auto asked = Clock::now();
+      std::vector<pid_t> stopped = session_.stop_threads(batch, step_deadline());
+      std::vector<bool> finished(stopped.size());
+      for (size_t i = 0; i < stopped.size(); ++i) finished[i] = look(stopped[i]);
+      for (size_t i = 0; i < stopped.size(); ++i) {
+        session_.resume_thread(stopped[i]);
+        if (finished[i]) done.insert(stopped[i]);
+      }
+      note_hold(elapsed_ns(asked));
+      for (pid_t tid : batch) {
+        if (std::find(stopped.begin(), stopped.end(), tid) == stopped.end()) done.insert(tid);  // exited
+      }
+      session_.poll_events();  // a SIGTRAP stop of a thread not in the batch is passed on at once
     }
   }
 
-  /// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) made by one of the target's threads:
-  /// every thread of it runs a core-serialising instruction before it next runs user code, so
-  /// none executes bytes it fetched before the write (Intel SDM vol. 3, 8.1.3, cross-modifying
-  /// code). Any thread stopped cleanly will do; it is held only for the call.
-  void sync_cores() {
-    for (int round = 0; round < 1000; ++round) {
-      session_.poll_events();
-      for (pid_t tid : session_.thread_ids()) {
-        if (!stop(tid)) continue;
-        const ThreadState& state = session_.thread(tid);
-        std::optional<TaskStatus> status = read_task_status(target_.pid(), tid);
-        // A thread with a signal to take (our int3's SIGTRAP among them) must take it first.
-        if (state.stop != StopKind::kInterrupt || !status || (status->pending & kSigtrapBit)) {
-          resume(tid);
-          continue;
-        }
-        int64_t rc = 0;
-        {
-          BorrowedThread thread = target_.borrow(tid);
-          rc = thread.syscall(SYS_membarrier, {kMembarrierSyncCore, 0, 0});
-        }
-        resume(tid);
-        if (rc != 0) throw Error(ErrorCode::kInternal, "membarrier(SYNC_CORE) failed in the target: " + std::string(strerror(static_cast<int>(-rc))));
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+  /// Every thread goes through a ptrace-stop once, one at a time: it leaves the kernel again
+  /// before it runs any more of its code, so it executes nothing it fetched before the write
+  /// (the guarantee the pause relies on too; see "Serialising" in DESIGN.md).
+  void serialise_every_thread() {
+    std::set<pid_t> done;
+    for (size_t before = SIZE_MAX; done.size() != before;) {
+      before = done.size();
+      in_batches(done, [](pid_t) { return true; });
     }
-    throw Error(ErrorCode::kTimeout, "no thread of process " + std::to_string(target_.pid()) +
-                                         " could be stopped cleanly to serialise the cores");
   }
 
   /// force_sig(SIGTRAP) on a thread that blocks it resets the handler and kills the process
@@ -183,18 +189,21 @@ class TrapCommit {
   /// first int3, threads born meanwhile too (a new thread inherits its creator's mask).
   void unblock_sigtrap_everywhere() {
     std::set<pid_t> done;
-    for (bool found = true; found;) {
-      found = false;
+    for (size_t before = SIZE_MAX; done.size() != before;) {
+      before = done.size();
+      // Threads whose mask (SigBlk, read without stopping them) lets SIGTRAP through are left
+      // running; a thread that blocks it later runs the same risk either way.
       session_.poll_events();
       for (pid_t tid : session_.thread_ids()) {
-        if (!done.insert(tid).second) continue;
-        found = true;
-        if (!stop(tid)) continue;
+        std::optional<TaskStatus> status = read_task_status(target_.pid(), tid);
+        if (!done.count(tid) && status && !(status->blocked & kSigtrapBit)) done.insert(tid);
+      }
+      in_batches(done, [&](pid_t tid) {
         if (std::optional<uint64_t> mask = session_.signal_mask(tid); mask && (*mask & kSigtrapBit)) {
           session_.set_signal_mask(tid, *mask & ~kSigtrapBit);
         }
-        resume(tid);
-      }
+        return true;
+      });
     }
   }
 
@@ -223,12 +232,7 @@ class TrapCommit {
       for (const SiteWrite& w : writes_) {
         if (w.trapped) memory_.write_bytes(RemoteAddr(w.site), w.original.data(), 1);
       }
-      try {
-        sync_cores();
-      } catch (const std::exception& e) {
-        spdlog::warn("could not serialise the cores after taking the int3s out: {}", e.what());
-      }
-      clear_entries();
+      clear_entries();  // a trap still on its way finds the original byte and runs it
     } catch (const std::exception& e) {
       spdlog::error("could not take the int3s of an abandoned commit out ({}); the agent keeps sending threads to "
                     "the original code, and the next command undoes the apply",
@@ -255,25 +259,19 @@ class TrapCommit {
     for (;;) {
       std::vector<MappedRegion> maps = read_process_maps(target_.pid());
       bool pending = false;
-      session_.poll_events();
-      for (pid_t tid : session_.thread_ids()) {
-        if (clean.count(tid)) continue;
-        if (!stop(tid)) continue;  // exited
+      in_batches(clean, [&](pid_t tid) {
         ++cost_.threads_checked;
         ThreadSnapshot snap = snapshot_thread(memory_, maps, tid, session_.get_regs(tid));
         if (std::optional<uint64_t> mask = session_.signal_mask(tid); mask && (*mask & kSigtrapBit)) {
           session_.set_signal_mask(tid, *mask & ~kSigtrapBit);  // blocked again since the first pass
         }
         std::string why = busy_reason_of(snap);
-        resume(tid);
-        if (why.empty()) {
-          clean.insert(tid);
-        } else {
-          reason = why;
-          pending = true;
-          ++cost_.rechecks;
-        }
-      }
+        if (why.empty()) return true;
+        reason = why;
+        pending = true;
+        ++cost_.rechecks;
+        return false;
+      });
       if (!pending) {
         // Threads born during the pass were made by threads already clean or being looked at;
         // one more look at the list settles it.
@@ -303,8 +301,8 @@ class TrapCommit {
   uint64_t patch_id_;
   std::vector<SiteWrite> writes_;
   TrapCommitCost cost_;
-  Clock::time_point started_, mark_, held_since_;
-  const char* step_ = "start";
+  Clock::time_point started_, mark_;
+  uint64_t step_longest_ns_ = 0;
 };
 
 }  // namespace
@@ -313,8 +311,8 @@ void arm_trap_sites(BorrowedThread& thread, const AgentLocation& agent) {
   if (!agent.arm_traps) throw TrapsUnavailable("the agent in the target has no trap sites");
   auto rc = static_cast<int64_t>(thread.call(agent.arm_traps, {}));
   if (rc != 0) {
-    throw TrapsUnavailable("the agent could not arm trap sites (" + std::string(strerror(static_cast<int>(-rc))) +
-                           "; membarrier SYNC_CORE needs Linux 4.16)");
+    throw TrapsUnavailable("the agent could not put its SIGTRAP handler in place (" +
+                           std::string(strerror(static_cast<int>(-rc))) + ")");
   }
 }
 
