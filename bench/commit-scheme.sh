@@ -21,8 +21,11 @@ greeter-v0-v1.so applied to greeters of 8 and 250 workers (plus 5 threads of the
 with 4 clients sending requests as fast as replies come, then rolled back; \`--commit pause\` and
 \`--commit trap\` interleaved, ${reps} times each, without the rehearsal (its copy is a pause of its
 own: RELIABILITY.md). Milliseconds, medians (max in brackets). *Longest hold*: the longest time
-one thread was held stopped by the commit, counted from the moment it was asked to stop (the
-pause's whole length for \`pause\`; for \`trap\`, the longest of its looks at single threads).
+one thread was held by the commit, counted from the moment it was asked to stop (the pause's whole
+length for \`pause\`; for \`trap\`, the longest of its looks at single threads) — an upper bound, as
+it includes the time a thread ran, or waited for a CPU, before it stopped. *From stop seen*: the
+same counted from the moment the stop was seen (for \`pause\`, from the last thread's) — a lower
+bound.
 *Commit*: from the commit's first stop to its last write.
 
 EOF2

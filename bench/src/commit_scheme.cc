@@ -15,6 +15,7 @@
 
 #include "greeter.h"
 #include "polus/engine.h"
+#include "polus/error.h"
 #include "util.h"
 
 using namespace bench;
@@ -24,8 +25,9 @@ namespace {
 struct Cell {
   int workers = 0;
   bool loaded = false;
-  Samples hold_ms[2], commit_ms[2];  // [pause, trap]
+  Samples hold_ms[2], stopped_ms[2], commit_ms[2];  // [pause, trap]
   int wrong_answers = 0;
+  int failed_applies = 0;
   uint64_t load_failures = 0;
 };
 
@@ -46,9 +48,18 @@ void run_cell(Cell& cell, int reps) {
   for (int rep = 0; rep < reps; ++rep) {
     for (int scheme = 0; scheme < 2; ++scheme) {
       options.commit = scheme ? polus::CommitScheme::kTrap : polus::CommitScheme::kPause;
-      polus::PatchInfo info = polus::apply_patch(greeter.pid(), POLUS_BENCH_GREETER_PATCH, options);
+      polus::PatchInfo info;
+      try {
+        info = polus::apply_patch(greeter.pid(), POLUS_BENCH_GREETER_PATCH, options);
+      } catch (const polus::Error& e) {  // a busy machine: a thread that did not stop in time
+        std::cerr << "apply failed (" << (scheme ? "trap" : "pause") << "): " << e.what() << "\n";
+        ++cell.failed_applies;
+        if (!polus::read_status(greeter.pid()).patches.empty()) polus::rollback_patch(greeter.pid(), options);
+        continue;
+      }
       if (info.commit_scheme != (scheme ? "trap" : "pause")) throw std::runtime_error("the commit did not use " + info.commit_scheme);
       cell.hold_ms[scheme].add(info.longest_hold_ns / 1e6);
+      cell.stopped_ms[scheme].add(info.longest_stopped_ns / 1e6);
       cell.commit_ms[scheme].add(info.commit_ns / 1e6);
       if (reply_version(greeter.request("HELLO bench")) != 1) ++cell.wrong_answers;
       polus::rollback_patch(greeter.pid(), options);
@@ -70,7 +81,7 @@ int main(int argc, char** argv) {
   else spdlog::set_level(spdlog::level::warn);
   std::vector<Cell> cells;
   for (bool loaded : {false, true}) {
-    for (int workers : {8, 250}) cells.push_back(Cell{workers, loaded, {}, {}, 0, 0});
+    for (int workers : {8, 250}) cells.push_back(Cell{workers, loaded, {}, {}, {}, 0, 0, 0});
   }
   for (Cell& cell : cells) {
     std::cerr << "commit schemes: " << cell.workers << " workers, " << (cell.loaded ? "loaded" : "idle") << "\n";
@@ -82,17 +93,27 @@ int main(int argc, char** argv) {
     }
     throw std::logic_error("no cell");
   };
-  std::cout << "| threads (workers) | target | longest hold of one thread, pause | longest hold, trap | commit, pause | "
-               "commit, trap | trap hold / 8-worker pause hold |\n|---|---|---|---|---|---|---|\n";
-  bool met = true;
+  std::cout << "| threads (workers) | target | longest hold, pause | longest hold, trap | from stop seen, pause | "
+               "from stop seen, trap | commit, pause | commit, trap | trap / 8-worker pause (hold; from stop seen) |\n"
+               "|---|---|---|---|---|---|---|---|---|\n";
+  bool met = true, met_seen = true;
+  auto cell_text = [](const Samples& s) { return ms(s.median()) + " (max " + ms(s.max()) + ")"; };
   for (const Cell& c : cells) {
     const Cell& eight = find(8, c.loaded);
     double ratio = c.hold_ms[1].median() / eight.hold_ms[0].median();
-    if (c.workers == 250) met = met && ratio <= 2;
-    std::cout << "| " << c.workers + 4 << " (" << c.workers << ") | " << (c.loaded ? "loaded" : "idle") << " | "
-              << ms(c.hold_ms[0].median()) << " (max " << ms(c.hold_ms[0].max()) << ") | " << ms(c.hold_ms[1].median())
-              << " (max " << ms(c.hold_ms[1].max()) << ") | " << ms(c.commit_ms[0].median()) << " | "
-              << ms(c.commit_ms[1].median()) << " | ×" << ms(ratio) << " |\n";
+    double ratio_seen = c.stopped_ms[1].median() / eight.stopped_ms[0].median();
+    if (c.workers == 250) {
+      met = met && ratio <= 2;
+      met_seen = met_seen && ratio_seen <= 2;
+    }
+    std::cout << "| " << c.workers + 5 << " (" << c.workers << ") | " << (c.loaded ? "loaded" : "idle") << " | "
+              << cell_text(c.hold_ms[0]) << " | " << cell_text(c.hold_ms[1]) << " | " << cell_text(c.stopped_ms[0]) << " | "
+              << cell_text(c.stopped_ms[1]) << " | " << ms(c.commit_ms[0].median()) << " | " << ms(c.commit_ms[1].median())
+              << " | ×" << ms(ratio) << "; ×" << ms(ratio_seen) << " |\n";
+    if (c.failed_applies) {
+      std::cout << "\n" << c.workers << " workers, " << (c.loaded ? "loaded" : "idle") << ": " << c.failed_applies
+                << " applies failed (a thread did not stop within 5 s; the machine was overloaded) and are not counted.\n";
+    }
     if (c.wrong_answers || c.load_failures) {
       std::cout << "\n**" << c.workers << " workers, " << (c.loaded ? "loaded" : "idle") << ": " << c.wrong_answers
                 << " wrong answers, " << c.load_failures << " failed load requests.**\n";
@@ -101,6 +122,7 @@ int main(int argc, char** argv) {
   }
   std::cout << "\nTarget (issue 11): with 250 workers, idle and loaded, the median longest hold of one thread under the "
                "trap commit stays within ×2 of the 8-worker pause figure: "
-            << (met ? "met" : "MISSED") << ".\n";
+            << (met ? "met" : "MISSED") << " counted from asking the thread to stop, " << (met_seen ? "met" : "MISSED")
+            << " counted from its stop seen.\n";
   return 0;
 }

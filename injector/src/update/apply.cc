@@ -130,6 +130,11 @@ class Applier {
     info.commit_scheme = used_traps_ ? "trap" : "pause";
     info.commit_ns = commit_ns_;
     info.longest_hold_ns = used_traps_ ? trap_cost_.longest_hold_ns : pause_ns_;
+    uint64_t stopping = 0;  // the pause's first part: until every thread was seen stopped
+    for (const PausePart& part : pause_parts_) {
+      if (part.what == "stop every thread") stopping = part.ns;
+    }
+    info.longest_stopped_ns = used_traps_ ? trap_cost_.longest_stopped_ns : pause_ns_ - std::min(stopping, pause_ns_);
     return info;
   }
 

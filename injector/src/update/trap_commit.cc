@@ -159,6 +159,7 @@ class TrapCommit {
                                todo.begin() + static_cast<long>(std::min(todo.size(), first + kBatch)));
       const auto asked = Clock::now();
       std::vector<pid_t> stopped = session_.stop_threads(batch, step_deadline());
+      const auto seen = Clock::now();
       std::vector<bool> finished(stopped.size());
       for (size_t i = 0; i < stopped.size(); ++i) finished[i] = look(stopped[i]);
       for (size_t i = 0; i < stopped.size(); ++i) {
@@ -166,6 +167,7 @@ class TrapCommit {
         if (finished[i]) done.insert(stopped[i]);
       }
       note_hold(elapsed_ns(asked));
+      cost_.longest_stopped_ns = std::max(cost_.longest_stopped_ns, elapsed_ns(seen));
       for (pid_t tid : batch) {
         if (std::find(stopped.begin(), stopped.end(), tid) == stopped.end()) done.insert(tid);  // exited
       }

@@ -60,7 +60,9 @@ struct TrapJump {
 /// What a trap commit cost.
 struct TrapCommitCost {
   uint64_t total_ns = 0;         // from the first check to the entries cleared
-  uint64_t longest_hold_ns = 0;  // the longest time one thread was held stopped (from its stop seen to its resume)
+  uint64_t longest_hold_ns = 0;     // the longest time one thread was held: from asking it to stop to its resume
+  uint64_t longest_stopped_ns = 0;  // the same from its stop seen (a lower bound: it ran, or waited
+                                    // for a CPU, until it stopped)
   uint32_t threads_checked = 0;  // threads looked at (each pass counts)
   uint32_t rechecks = 0;         // threads looked at again because they were in the way
   std::vector<PausePart> parts;  // the commit, step by step
