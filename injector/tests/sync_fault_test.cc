@@ -241,24 +241,38 @@ TEST_CASE("a new -> old sync function that faults when Polus starts a rollback l
   check_every_request_counted(server, load, 1);
 }
 
-TEST_CASE("a post-update callback that faults while write tracking is on: the agent's fence stops it, the "
-          "greeter goes on and the update completes",
+TEST_CASE("a post-update callback that faults or calls abort() while write tracking is on: the greeter goes on "
+          "and the update completes",
+          "[data][live][fault]") {
+  // The callback runs on a borrowed thread whose faults go to the agent (tracked writes must
+  // reach it); without the fence its SIGSEGV went on to the greeter's default disposition.
+  // The agent also takes SIGABRT while tracking (to fence sync functions): a callback's
+  // abort() must still end as a crash of the callback, and leave no fence armed behind it.
+  for (const char* patch : {"bad-callback-abort.so", "bad-callback-fault.so"}) {
+    INFO(patch);
+    auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
+    LoadGenerator load(server.port(), 2);
+    load.start();
+    REQUIRE(load.wait_for_replies(200));
+    polus::PatchInfo applied = polus::apply_patch(server.pid(), patch_path(patch), options());
+    CHECK(applied.state == "committed");
+    REQUIRE(server.alive());
+    CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
+    long before = load.ok();
+    REQUIRE(load.wait_for_replies(before + 200));
+    CHECK(polus::read_status(server.pid()).patches.at(0).state == "committed");
+    CHECK_FALSE(polus::read_status(server.pid()).sync_active);
+    check_every_request_counted(server, load, 1);
+  }
+}
+
+TEST_CASE("apply of a patch whose rollback is syncing is refused, not reported as already applied",
           "[data][live][fault]") {
   auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
   LoadGenerator load(server.port(), 2);
   load.start();
   REQUIRE(load.wait_for_replies(200));
-  // The callback runs on a borrowed thread whose faults go to the agent (tracked writes must
-  // reach it); without the fence its SIGSEGV went on to the greeter's default disposition.
-  polus::PatchInfo applied = polus::apply_patch(server.pid(), patch_path("bad-callback-fault.so"), options());
-  CHECK(applied.state == "committed");
-  REQUIRE(server.alive());
-  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
-  long before = load.ok();
-  REQUIRE(load.wait_for_replies(before + 200));
-  CHECK(polus::read_status(server.pid()).patches.at(0).state == "committed");
-  CHECK_FALSE(polus::read_status(server.pid()).sync_active);
-  check_every_request_counted(server, load, 1);
+  REQUIRE(polus::apply_patch(server.pid(), patch_path("bad-callback-fault.so"), options()).state == "committed");
 
   // Its rollback waits for every worker to leave worker_thread (the patch says it uses the new
   // counter): it stays syncing. Applying the same patch meanwhile is refused, not reported as
@@ -305,24 +319,6 @@ TEST_CASE("a sync function that calls abort() when Polus runs it to start the up
   check_every_request_counted(server, load, 1);
 }
 
-TEST_CASE("a post-update callback that calls abort() while write tracking is on: the greeter goes on and the "
-          "update completes",
-          "[data][live][fault]") {
-  auto server = GreeterProcess::spawn(binary_path("greeter-v0"), 4);
-  LoadGenerator load(server.port(), 2);
-  load.start();
-  REQUIRE(load.wait_for_replies(200));
-  // The agent takes SIGABRT while tracking (to fence sync functions); a callback's abort() on
-  // the borrowed thread must still end as a crash of the callback, not go on to the greeter's
-  // default disposition, and leave no fence armed behind it.
-  polus::PatchInfo applied = polus::apply_patch(server.pid(), patch_path("bad-callback-abort.so"), options());
-  CHECK(applied.state == "committed");
-  REQUIRE(server.alive());
-  CHECK(server.request("HELLO ann") == "Hi there, ann! (v1)");
-  long before = load.ok();
-  REQUIRE(load.wait_for_replies(before + 200));
-  check_every_request_counted(server, load, 1);
-}
 
 TEST_CASE("a sync function that calls abort() or never returns on the thread Polus borrowed: the call ends through "
           "the agent's fence, the greeter goes on",
