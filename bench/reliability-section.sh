@@ -1,12 +1,9 @@
-# Sourced by the bench scripts that publish into RELIABILITY.md (or BENCHMARKS.md): each owns
-# one section, between its BEGIN/END markers, and rewrites only that.
+# Sourced by the bench scripts that publish into RELIABILITY.md: each owns one section,
+# between its BEGIN/END markers, and rewrites only that.
 #   write_reliability_section NAME SCRIPT SECTION_FILE
-#   write_report_section REPORT NAME SCRIPT SECTION_FILE
-# SECTION_FILE holds the section's text without the markers. polus-bench (bench/run.sh), which
-# writes BENCHMARKS.md whole, keeps such sections.
-write_reliability_section() { write_report_section RELIABILITY.md "$@"; }
-write_report_section() {
-  local report=$1 name=$2 script=$3 text=$4
+# SECTION_FILE holds the section's text without the markers.
+write_reliability_section() {
+  local name=$1 script=$2 text=$3 report=RELIABILITY.md
   local begin="<!-- BEGIN ${name} (written by ${script}: edit the script, not this section) -->"
   local end="<!-- END ${name} -->"
   local tmp

@@ -24,7 +24,6 @@ int polus_agent_sync_prepare(void);
 int polus_agent_sync_begin(void);
 int polus_agent_sync_end(void);
 void polus_agent_escape_fence(uint64_t pc, int32_t signal);
-int64_t polus_agent_arm_traps(void);
 extern struct polus_fence_watch polus_agent_fence_watch;
 uint64_t polus_agent_load_patch(const char *path);
 int polus_agent_unload_patch(uint64_t handle);
@@ -50,7 +49,6 @@ POLUS_EXPORT struct polus_agent_registry polus_agent_registry = {
             .run_callback = ADDRESS_OF(polus_agent_run_callback),
             .fence_watch = ADDRESS_OF(polus_agent_fence_watch),
             .escape_fence = ADDRESS_OF(polus_agent_escape_fence),
-            .arm_traps = ADDRESS_OF(polus_agent_arm_traps),
         },
 };
 

@@ -22,7 +22,6 @@
 #include "sync_fence.h"
 #include "sync_state.h"
 #include "tracked_pages.h"
-#include "trap_sites.h"
 
 #define TF_FLAG 0x100ull
 
@@ -205,10 +204,6 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     (void)sig;
     int saved_errno = errno;
     ucontext_t *uc = (ucontext_t *)ctx;
-    if (trap_site_redirect(si, uc)) { /* an int3 a commit placed (trap_sites.c) */
-        errno = saved_errno;
-        return;
-    }
     int tid = sys_gettid();
     /* Our single step's trap says TRAP_TRACE — or TRAP_BRKPT when the debug status register
      * lost its single-step bit, which happens under KVM here about once in 10^4 steps under
@@ -265,11 +260,8 @@ static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct
     return 0;
 }
 
-/* 1 if ours was still installed and the previous disposition is back. Our SIGTRAP handler
- * stays for good once a commit placed trap sites (trap_sites.c): a leftover int3 must never
- * reach the application's disposition; that counts as done. */
+/* 1 if ours was still installed and the previous disposition is back. */
 static int restore_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *prev) {
-    if (sig == SIGTRAP && __atomic_load_n(&G.traps_armed, __ATOMIC_ACQUIRE)) return 1;
     struct sigaction cur;
     if (sigaction(sig, NULL, &cur) != 0) return 0;
     if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fn)) return 0;

@@ -105,7 +105,6 @@ struct sync_globals {
 
     struct sigaction prev_segv;
     struct sigaction prev_trap;
-    int traps_armed;        /* trap_sites.c: our SIGTRAP handler stays for good (polus_agent_arm_traps) */
     struct sigaction prev_bus, prev_fpe, prev_ill, prev_abrt; /* sync_fence.h: only to catch sync functions' faults */
 
     /* the fence around sync functions (sync_fence.h): the lock holder's innermost one */

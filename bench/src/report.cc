@@ -747,25 +747,6 @@ std::string utc_now() {
 
 }  // namespace
 
-/// The sections other bench scripts wrote into `path` (between "<!-- BEGIN name" and
-/// "<!-- END name -->" lines, bench/reliability-section.sh), to be kept when it is rewritten.
-std::string kept_sections(const std::string& path) {
-  std::ifstream in(path);
-  std::string out, line, end;
-  while (std::getline(in, line)) {
-    if (end.empty() && line.rfind("<!-- BEGIN ", 0) == 0) {
-      std::string name = line.substr(11, line.find(' ', 11) - 11);
-      end = "<!-- END " + name + " -->";
-      out += "\n";
-    }
-    if (!end.empty()) {
-      out += line + "\n";
-      if (line == end) end.clear();
-    }
-  }
-  return out;
-}
-
 bool write_report(const Config& config, const AllResults& results, const ReportFiles& files) {
   Built built = build(config, results);
   std::string tbl = table(built);
@@ -791,8 +772,7 @@ bool write_report(const Config& config, const AllResults& results, const ReportF
                             : "")
      << tbl << "\n"
      << "![Apply time and pause across the grid, throughput ratios, alternatives](bench/benchmarks.png)\n\n"
-     << notes(config, results, built)
-     << kept_sections(files.markdown);
+     << notes(config, results, built);
   std::ofstream(files.markdown) << md.str();
   spdlog::info("wrote {}", files.markdown);
 

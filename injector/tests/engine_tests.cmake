@@ -101,6 +101,3 @@ set_tests_properties(stale_frames_test PROPERTIES TIMEOUT 120)
 
 # --- call_original_test: an OLD function's resolved slot runs the version a patch replaces ---
 polus_live_test(call_original_test TIMEOUT 120 DEPENDS polus-agent)
-
-# The trap commit on a 250-thread greeter under load: apply/rollback checked, polusctl killed.
-polus_live_test(trap_commit_test TIMEOUT 180 DEPENDS polus-agent polusctl)

@@ -69,7 +69,6 @@ struct EngineArgs {
   CLI::Option* sync_timeout_given = nullptr;  // (an empty value is checked too)
   bool no_rehearsal = false;
   bool force = false;
-  std::string commit;              // --commit: "" (auto), "pause" or "trap"
   bool require_signature = false;  // can only turn the configuration file's setting on
   std::string trusted_keys;        // "" : the configuration file's, else /etc/polus/trusted-keys
   std::string audit_log;           // "" : $POLUS_AUDIT_LOG, the configuration file's, or the default
@@ -85,7 +84,7 @@ enum EngineOptionSet : unsigned {
   kSyncTimeout = 16,  // --sync-timeout
   kSignature = 32,    // --require-signature, --trusted-keys
   kAudit = 64,        // --audit-log, --config
-  kForce = 128,       // --force (and --commit, apply's other choice)
+  kForce = 128,       // --force
 };
 
 /// Adds the engine options in `which` to `sub`, bound to `args`.

@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <limits>
 
-#include "polus/options.h"
 #include "cli.h"
 #include "commands.h"
 
@@ -125,15 +124,6 @@ void add_engine_options(CLI::App* sub, EngineArgs& args, unsigned which) {
     sub->add_flag("--force", args.force,
                   "apply even where the patch cannot reach all the code it replaces: copies gcc made of an old function "
                   "(.constprop, .isra, .part) it does not replace, or callers the debug info shows the function inlined into");
-    if (sub->get_name() == "apply") {
-      sub->add_option("--commit", args.commit,
-                      "how a code patch's jumps are written: `pause` stops every thread at once; `trap` writes an int3 "
-                      "first and checks the threads one at a time, so no thread waits for the others (code-only patches "
-                      "that replace no function twice); `auto` (default) uses trap from " +
-                          std::to_string(polus::kTrapCommitThreads) + " threads on")
-          ->type_name("SCHEME")
-          ->check(CLI::IsMember({"auto", "pause", "trap"}));
-    }
   }
   if (which & kSignature) {
     sub->add_flag("--require-signature", args.require_signature,
@@ -166,7 +156,6 @@ Json engine_request(const EngineArgs& args) {
   e["agent"] = args.agent.empty() ? default_agent_path() : args.agent;
   e["rehearse"] = !args.no_rehearsal;
   if (args.force) e["force"] = true;
-  if (!args.commit.empty() && args.commit != "auto") e["commit"] = args.commit;
   e["debug_files"] = args.debug_files;
   e["allowed_owners"] = Json::array();
   for (const std::string& owner : args.allow_owners) e["allowed_owners"].push_back(parse_owner(owner));

@@ -55,8 +55,6 @@ polus::EngineOptions engine_options(const Json& request) {
   options.agent_path = e.value("agent", std::string());
   options.rehearse = e.value("rehearse", true);
   options.force = e.value("force", false);
-  const std::string commit = e.value("commit", std::string("auto"));
-  options.commit = commit == "pause" ? polus::CommitScheme::kPause : commit == "trap" ? polus::CommitScheme::kTrap : polus::CommitScheme::kAuto;
   for (const auto& f : e.value("debug_files", Json::array())) options.symbols.debug_files.push_back(f.get<std::string>());
   for (const auto& o : e.value("allowed_owners", Json::array())) options.allowed_owners.push_back(o.get<uid_t>());
   if (e.contains("timeout_ms")) options.timeout = std::chrono::milliseconds(e["timeout_ms"].get<uint64_t>());

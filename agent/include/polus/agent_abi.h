@@ -25,8 +25,7 @@ extern "C" {
                                       4: polus_tracked_item.side carries POLUS_ITEM_* flags above the side;
                                          polus_agent_sync_prepare;
                                       5: the registry says where the entry points are (polus_agent_entries):
-                                         the agent is loaded from a memfd and found without its file;
-                                         trap sites (registry.traps), polus_agent_arm_traps */
+                                         the agent is loaded from a memfd and found without its file */
 /* The agent's exported names. Since ABI 5 the injector finds every entry point through the
  * registry (struct polus_agent_entries); the names stay for patches and debuggers. */
 #define POLUS_AGENT_REGISTRY_SYMBOL "polus_agent_registry"
@@ -54,10 +53,6 @@ extern "C" {
  * thread borrowed by the injector raised inside a sync function). */
 #define POLUS_AGENT_FENCE_WATCH_SYMBOL "polus_agent_fence_watch"
 #define POLUS_AGENT_ESCAPE_FENCE_SYMBOL "polus_agent_escape_fence"
-/* int64_t polus_agent_arm_traps(void) (ABI 5): puts the agent's SIGTRAP handler in place for
- * good (the previous disposition kept for chaining). 0, or -errno (then no trap may be
- * written). See struct polus_trap_site. */
-#define POLUS_AGENT_ARM_TRAPS_SYMBOL "polus_agent_arm_traps"
 
 #define POLUS_MAX_PATCHES 256u
 #define POLUS_MAX_ARENAS 32u
@@ -66,7 +61,6 @@ extern "C" {
 #define POLUS_ERROR_BYTES 512u
 #define POLUS_SAVED_BYTES 16u
 #define POLUS_SHA256_BYTES 32u
-#define POLUS_MAX_TRAP_SITES 64u
 
 enum polus_patch_state {
     POLUS_STATE_EMPTY = 0,
@@ -252,8 +246,7 @@ struct polus_agent_entries {
     uint64_t run_callback;
     uint64_t fence_watch;   /* struct polus_fence_watch * */
     uint64_t escape_fence;
-    uint64_t arm_traps;     /* POLUS_AGENT_ARM_TRAPS_SYMBOL */
-    uint64_t reserved[5];
+    uint64_t reserved[6];
 };
 
 /* The write-through machinery's state, part of the registry (read by status). */
@@ -283,25 +276,6 @@ struct polus_update_failure {
     char reason[POLUS_ERROR_BYTES]; /* names the function, the signal, and what was undone */
 };
 
-/*
- * A jump being written without stopping every thread at once (the way the kernel's
- * text_poke_bp changes live code): an int3 first at `site`, the jump's other four bytes, then
- * its first byte, every thread serialised between the steps. A thread that executes
- * the int3 meanwhile is sent on by the agent's SIGTRAP handler: to `before` (code that runs the
- * version being replaced) until registry.trap_switched_patch is `patch_id`, to `after` (the
- * new function) from then on. Written by the injector before the int3 and cleared only once
- * the int3 is gone; while an entry exists, a leftover int3 (the injector killed) still sends
- * threads correctly, and the next command's recovery completes or undoes the commit. A trap
- * that reaches the handler after its site was cleared finds no int3 there any more and runs
- * the instruction that is there now.
- */
-struct polus_trap_site {
-    uint64_t site;     /* the first byte of the jump; 0: slot free */
-    uint64_t before;   /* where a thread that hits the int3 goes before the switch */
-    uint64_t after;    /* and after it */
-    uint64_t patch_id; /* the patch whose commit placed it */
-};
-
 /* The root, a global of the agent found through its .dynsym. */
 struct polus_agent_registry {
     uint64_t magic;            /* POLUS_AGENT_MAGIC from the moment the agent is mapped (static initialiser) */
@@ -317,9 +291,6 @@ struct polus_agent_registry {
     char last_error[POLUS_ERROR_BYTES]; /* dlerror() text of the last failed load */
     struct polus_update_failure last_failure;
     struct polus_agent_entries entries;
-    uint64_t trap_switched_patch; /* written by the injector: the patch whose trap sites send threads `after` */
-    uint64_t trap_hits;           /* written by the agent: threads its SIGTRAP handler sent on from a trap site */
-    struct polus_trap_site traps[POLUS_MAX_TRAP_SITES];
 };
 
 #if defined(__cplusplus)
@@ -338,9 +309,8 @@ POLUS_ABI_ASSERT(sizeof(struct polus_sync_state) == 128, "sync state must have n
 POLUS_ABI_ASSERT(sizeof(struct polus_update_failure) == 600, "update failure must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch_slot) == 16, "fence watch slot must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_agent_entries) == 128, "agent entries must have no padding");
+POLUS_ABI_ASSERT(sizeof(struct polus_agent_registry) == 3968, "registry must have no padding");
 POLUS_ABI_ASSERT(sizeof(struct polus_fence_watch) == 8 + 16 * POLUS_FENCE_WATCH_SLOTS, "fence watch must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_trap_site) == 32, "trap site must have no padding");
-POLUS_ABI_ASSERT(sizeof(struct polus_agent_registry) == 6032, "registry must have no padding");
 
 /*
  * Entry points the injector calls inside the target (through a borrowed thread).

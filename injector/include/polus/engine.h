@@ -78,13 +78,6 @@ struct PatchInfo {
   std::vector<TrackedItemInfo> items; // while syncing: the protected items and their sync counts
   std::string fault;        // a sync function of the update in flight faulted: which, where, how ("" if none)
   std::vector<PausePart> commit_pause_parts;  // apply: the commit pause, part by part, in order (not kept in the registry)
-  // apply only, not kept in the registry:
-  std::string commit_scheme;      // "pause" (every thread stopped at once) or "trap" (one at a time)
-  uint64_t commit_ns = 0;         // the commit, from its first stop to its last write
-  uint64_t longest_hold_ns = 0;   // the longest time one thread was held by the commit, from asking it to stop
-                                  // (an upper bound: pause_ns for a pause)
-  uint64_t longest_stopped_ns = 0;  // the same from its stop seen (a lower bound: for a pause, from the
-                                    // moment the last thread was seen stopped)
 };
 
 /// An update Polus abandoned because the patch's code faulted in the target.

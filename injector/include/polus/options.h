@@ -70,18 +70,6 @@ struct SyncProgress {
   std::vector<Holder> holders;
 };
 
-/// How an apply writes a code patch's jumps (DESIGN.md, "An apply, step by step", 4).
-enum class CommitScheme {
-  kAuto,   // kTrap for a target of kTrapCommitThreads threads or more when the patch allows it, else kPause
-  kPause,  // every thread stopped at once while they are checked and the jumps written
-  kTrap,   // int3 first, threads checked one at a time, then the jump (falls back to kPause where
-           // the patch does not allow it: data, pre-update callbacks, stacking, a function that
-           // must be inactive)
-};
-/// From how many threads kAuto chooses kTrap: below it, stopping them all costs less than a
-/// millisecond.
-inline constexpr int kTrapCommitThreads = 32;
-
 /// Options of one engine operation (apply, rollback, finish).
 struct EngineOptions {
   SymbolOptions symbols;
@@ -95,8 +83,6 @@ struct EngineOptions {
   /// debug information shows it inlined into (update/reach_checks.h). Off: such a patch is
   /// refused, naming them.
   bool force = false;
-  /// How apply commits a code patch (CommitScheme).
-  CommitScheme commit = CommitScheme::kAuto;
   /// How long to wait for threads to leave the bytes being rewritten, stop, or be safe to borrow.
   std::chrono::milliseconds timeout{10000};
   /// How long apply/rollback/finish wait for a data update's sync phase to end before

@@ -314,37 +314,6 @@ bool PtraceSession::stop_thread(pid_t tid, Clock::time_point deadline) {
   }
 }
 
-std::vector<pid_t> PtraceSession::stop_threads(const std::vector<pid_t>& tids, Clock::time_point deadline) {
-  for (pid_t tid : tids) {
-    auto it = threads_.find(tid);
-    if (it == threads_.end()) continue;
-    it->second.held = true;
-    if (it->second.stop == StopKind::kNone && ::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0 && errno != ESRCH) {
-      throw_errno("PTRACE_INTERRUPT of thread " + std::to_string(tid), errno);
-    }
-  }
-  std::vector<pid_t> stopped;
-  for (pid_t tid : tids) {
-    for (;;) {
-      auto found = threads_.find(tid);
-      if (found == threads_.end()) break;  // exited
-      if (found->second.stop != StopKind::kNone) {
-        stopped.push_back(tid);
-        break;
-      }
-      if (process_exited_) {
-        throw Error(ErrorCode::kTargetDied, "process " + std::to_string(pid_) + " exited while Polus held it");
-      }
-      if (Clock::now() >= deadline) {
-        throw Error(ErrorCode::kTimeout, "thread " + std::to_string(tid) + " of process " + std::to_string(pid_) +
-                                             " did not stop in time (uninterruptible sleep?)");
-      }
-      wait_event(deadline);
-    }
-  }
-  return stopped;
-}
-
 void PtraceSession::stop_all(Clock::time_point deadline) {
   for (auto& [tid, t] : threads_) {
     t.held = true;

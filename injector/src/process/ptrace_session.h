@@ -87,10 +87,6 @@ class PtraceSession {
   /// thread exited meanwhile. Throws kTimeout / kTargetDied.
   bool stop_thread(pid_t tid, Clock::time_point deadline);
 
-  /// Interrupts the threads `tids` together and waits until each is in a ptrace-stop; returns
-  /// those stopped (not the ones that exited). Throws kTimeout / kTargetDied.
-  std::vector<pid_t> stop_threads(const std::vector<pid_t>& tids, Clock::time_point deadline);
-
   /// Interrupts every thread and waits until all are stopped (threads born meanwhile too).
   void stop_all(Clock::time_point deadline);
 

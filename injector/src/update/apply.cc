@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -38,7 +37,6 @@
 #include "update/reach_checks.h"
 #include "update/rehearsal.h"
 #include "update/seccomp_check.h"
-#include "update/trap_commit.h"
 #include "update/engine_internal.h"
 #include "update/plan.h"
 
@@ -129,14 +127,6 @@ class Applier {
     }
     PatchInfo info = info_from_record(record_view_);
     info.commit_pause_parts = pause_parts_;
-    info.commit_scheme = used_traps_ ? "trap" : "pause";
-    info.commit_ns = commit_ns_;
-    info.longest_hold_ns = used_traps_ ? trap_cost_.longest_hold_ns : pause_ns_;
-    uint64_t stopping = 0;  // the pause's first part: until every thread was seen stopped
-    for (const PausePart& part : pause_parts_) {
-      if (part.what == "stop every thread") stopping = part.ns;
-    }
-    info.longest_stopped_ns = used_traps_ ? trap_cost_.longest_stopped_ns : pause_ns_ - std::min(stopping, pause_ns_);
     return info;
   }
 
@@ -237,7 +227,6 @@ class Applier {
       target_.memory().write(RemotePtr<uint64_t>(patch_bias_ + slot), value);
     }
     for (PlannedRedirect& plan : plans_) prepare_redirect(thread, plan);
-    choose_commit_scheme(thread);
     if (has_data_) {
       data_ = plan_data_update(patch_, target_.symbols(), patch_bias_, POLUS_UPDATE_APPLY);
       install_tracked_items(thread, target_.memory(), *agent_, data_);
@@ -351,88 +340,6 @@ class Applier {
   /// the whole target is stopped; it reads /proc/PID/maps for the stack checks but no symbol tables.
   void commit() {
     commit_started_ = Clock::now();
-    if (use_traps_) {
-      try {
-        commit_with_traps();
-        commit_ns_ = elapsed_ns(commit_started_);
-        return;
-      } catch (const TrapsUnavailable& e) {
-        spdlog::info("process {}: committing with every thread stopped: {}", target_.pid(), e.what());
-      }
-    }
-    commit_with_pause();
-    commit_ns_ = elapsed_ns(commit_started_);
-  }
-
-  /// Number of threads of the target now (/proc/PID/task), for the choice of a commit scheme.
-  size_t thread_count() const {
-    std::error_code error;
-    size_t n = 0;
-    for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(target_.pid()) + "/task", error);
-         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
-      ++n;
-    }
-    return n;
-  }
-
-  /// Whether the jumps are written with a trap commit (update/trap_commit.h), decided while the
-  /// load's borrowed thread can still make the stubs a thread at an int3 is sent to before the
-  /// switch: the version being replaced (update/call_original.h).
-  void choose_commit_scheme(BorrowedThread& thread) {
-    use_traps_ = false;
-    if (options_.commit == CommitScheme::kPause || plans_.empty()) return;
-    const bool auto_mode = options_.commit == CommitScheme::kAuto;
-    std::string why_not;
-    if (auto_mode && thread_count() < static_cast<size_t>(kTrapCommitThreads)) return;
-    if (has_data_) {
-      why_not = "a data patch starts write tracking with every thread stopped";
-    } else if (std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(),
-                           [](const polus_callback& c) { return c.kind == POLUS_CB_PRE_UPDATE; })) {
-      why_not = "its pre-update callbacks run with every thread stopped";
-    } else if (std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) { return p.stacked_on != nullptr; })) {
-      why_not = "it replaces a function an older patch redirects";
-    } else if (std::any_of(plans_.begin(), plans_.end(), [](const PlannedRedirect& p) { return p.analysis.requires_inactive_function; })) {
-      why_not = "a function it replaces must be inactive at the commit";
-    } else {
-      why_not = trap_sites_unavailable(*agent_, target_.memory().read(agent_->registry), plans_.size());
-    }
-    if (why_not.empty()) {
-      try {
-        trap_before_.clear();
-        for (const PlannedRedirect& plan : plans_) {
-          trap_before_.push_back(replaced_version_entry(target_, thread, plan.old_symbol, plan.analysis, nullptr));
-        }
-        arm_trap_sites(thread, *agent_);
-      } catch (const Error& e) {
-        why_not = e.what();
-      }
-    }
-    if (!why_not.empty()) {
-      if (!auto_mode) spdlog::warn("process {}: committing with every thread stopped: {}", target_.pid(), why_not);
-      return;
-    }
-    use_traps_ = true;
-  }
-
-  /// The jumps written one site at a time, with an int3 first (update/trap_commit.h).
-  void commit_with_traps() {
-    std::vector<TrapJump> jumps;
-    for (size_t i = 0; i < plans_.size(); ++i) jumps.push_back(TrapJump{&plans_[i], trap_before_[i]});
-    trap_cost_ = trap_commit(target_, *agent_, record_view_.header.id, borrower_, jumps, [&] {
-      past_switch_ = true;
-    }, [&] {
-      write_record_state(target_.memory(), record_view_, POLUS_STATE_COMMITTED);
-      committed_ = true;
-    });
-    used_traps_ = true;
-    pause_ns_ = 0;  // no moment with every thread stopped
-    pause_parts_ = trap_cost_.parts;
-    spdlog::debug("trap commit {} us, longest hold {} us, {} looks at threads ({} again)", trap_cost_.total_ns / 1000,
-                  trap_cost_.longest_hold_ns / 1000, trap_cost_.threads_checked, trap_cost_.rechecks);
-
-  }
-
-  void commit_with_pause() {
     const bool run_code = has_data_ || std::any_of(patch_.callbacks.begin(), patch_.callbacks.end(), [](const polus_callback& c) {
       return c.kind == POLUS_CB_PRE_UPDATE;
     });
@@ -591,9 +498,7 @@ class Applier {
 
   /// Puts the target back as it was after a failure between load and commit.
   void undo_load() noexcept {
-    // Past a trap commit's switch, int3s may send threads into the patch: it stays, recorded
-    // `applying`, and the next command undoes it (its retirement checks no thread is inside).
-    if (committed_ || past_switch_) return;
+    if (committed_) return;
     try {
       const std::vector<uint64_t>& new_arenas = target_.arena().new_arenas();
       if (patch_handle_ == 0 && agent_handle_ == 0 && new_arenas.empty() && !record_view_.address) return;
@@ -634,12 +539,6 @@ class Applier {
   std::vector<PausePart> pause_parts_;
   RehearsalCost rehearsal_;
   bool committed_ = false;
-  bool use_traps_ = false;   // the commit is a trap commit (choose_commit_scheme)
-  bool used_traps_ = false;  // and it was
-  bool past_switch_ = false; // a trap commit passed its switch: the patch is not unloaded on failure
-  std::vector<uint64_t> trap_before_;  // per plan: where a thread at its int3 goes before the switch
-  TrapCommitCost trap_cost_;
-  uint64_t commit_ns_ = 0;
   bool listed_ = false;  // the record is in the registry
   bool failure_recorded_ = false;  // patch code faulted: the agent, loaded or not by us, stays for status
 };

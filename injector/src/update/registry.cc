@@ -73,7 +73,6 @@ AgentLocation agent_at_registry(ProcessMemory& memory, uint64_t registry, const 
     agent.fence_watch = RemotePtr<polus_fence_watch>(e.fence_watch);
     agent.escape_fence = RemoteAddr(e.escape_fence);
   }
-  agent.arm_traps = RemoteAddr(e.arm_traps);
   return agent;
 }
 

@@ -35,7 +35,6 @@ struct AgentLocation {
   RemoteAddr run_callback;  // int64_t polus_agent_run_callback(fn, args), 0 if the agent has none
   RemotePtr<polus_fence_watch> fence_watch;  // the sync functions running (update/sync_watchdog.h), 0 if none
   RemoteAddr escape_fence;                   // void polus_agent_escape_fence(pc, signal), 0 if none
-  RemoteAddr arm_traps;     // int64_t polus_agent_arm_traps(void) (update/trap_commit.h)
 };
 
 /// Writes the injector-owned parts of the registry (patch list, ids, arenas) — never the

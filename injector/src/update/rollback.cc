@@ -23,7 +23,6 @@
 #include "update/patch_memfd.h"
 #include "update/patch_trust.h"
 #include "update/redirects.h"
-#include "update/trap_commit.h"
 
 namespace polus {
 
@@ -316,17 +315,9 @@ std::optional<PatchInfo> recover_in(TargetContext& target, RegistryContext& ctx,
   // update at a time): the data rollback protocol takes it from there. A committed data patch
   // whose rollback was cut short before tracking began needs that protocol from the start.
   if (has_data && (sync_active || !applying)) return rollback_data_patch(target, ctx, record, *patch, options, started);
-  // A trap commit cut short (update/trap_commit.h) may have left int3s whose entries send
-  // threads to the new functions: back to the version replaced first, as the bytes will be.
-  if (applying && ctx.registry.registry.trap_switched_patch == record.header.id) {
-    target.memory().write(RemotePtr<uint64_t>(ctx.agent.registry.address() + offsetof(polus_agent_registry, trap_switched_patch)),
-                          uint64_t{0});
-  }
   // An apply cut short before tracking began wrote no jump yet (they are written after it);
   // putting the saved bytes back is harmless either way, and needs no rolling-back intent.
-  PatchInfo info = rollback_code_patch(target, ctx, record, started, /*write_intent=*/!applying);
-  clear_stale_trap_sites(target.memory(), ctx.agent);  // the saved bytes are back: no int3 is left
-  return info;
+  return rollback_code_patch(target, ctx, record, started, /*write_intent=*/!applying);
 }
 
 /// Abandons the update in flight if one of its sync functions faulted while nothing drove it
