@@ -206,13 +206,11 @@ static uint8_t *lane_save_area(struct lane *L, uint32_t depth, uint64_t size) {
 
 static int lane_run_sync(struct lane *L, polus_sync_fn fn, uint32_t i, uint64_t offset, int tid) {
     if (fence_disabled((uint64_t)(uintptr_t)fn)) return -1;
-    struct polus_tracked_item *it = &items()[i];
-    const uint32_t c = it->counterpart;
-    const int has_cp = c != NO_ITEM && c < G.count;
-    uint8_t *const cp_view = has_cp ? view_of(items()[c].address, items()[c].size) : NULL;
-    struct polus_sync_args args = {(void *)(uintptr_t)it->address,
-                                   cp_view ? (void *)cp_view : has_cp ? (void *)(uintptr_t)items()[c].address : NULL,
-                                   offset, (uint64_t)tid};
+    struct sync_call call;
+    sync_call_prepare(&call, i, offset, tid);
+    const uint32_t c = call.c;
+    const int has_cp = call.has_cp;
+    uint8_t *const cp_view = call.cp_view;
     struct sync_fence fence;
     memset(&fence, 0, sizeof fence);
     fence.prev = L->fence;
@@ -231,7 +229,7 @@ static int lane_run_sync(struct lane *L, polus_sync_fn fn, uint32_t i, uint64_t 
             *saved = 1;
         }
         fence_ready(&fence, 1u + (uint32_t)(L - lanes), (uint64_t)(uintptr_t)fn, tid);
-        fn(&args);
+        fn(&call.args);
     } else {
         /* Back from fast_unwind_if_fenced or polus_agent_escape_fence: what the nested levels
          * held is let go. */

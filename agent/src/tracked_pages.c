@@ -522,15 +522,11 @@ static uint32_t restore_counterpart(uint32_t c, const uint8_t *save) {
  * writes fault and are emulated. 0, or -1 if the function faulted (or faulted before). */
 int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int windowed, int tid) {
     if (fence_disabled((uint64_t)(uintptr_t)fn)) return -1;
-    struct polus_tracked_item *it = &items()[i];
-    const uint32_t c = it->counterpart;
-    const int has_cp = c != NO_ITEM && c < G.count;
-    /* The counterpart through its writable view (page_views.c) when it has one: the sync
-     * function's stores then do not fault, and nothing needs opening. */
-    uint8_t *const cp_view = has_cp ? view_of(items()[c].address, items()[c].size) : NULL;
-    struct polus_sync_args args = {(void *)(uintptr_t)it->address,
-                                   cp_view ? (void *)cp_view : has_cp ? (void *)(uintptr_t)items()[c].address : NULL,
-                                   offset, (uint64_t)tid};
+    struct sync_call call;
+    sync_call_prepare(&call, i, offset, tid);
+    const uint32_t c = call.c;
+    const int has_cp = call.has_cp;
+    uint8_t *const cp_view = call.cp_view;
     const uint32_t saved_item = G.sync_item, saved_cp = G.sync_counterpart;
     G.sync_item = i;
     G.sync_counterpart = has_cp ? c : NO_ITEM;
@@ -550,7 +546,7 @@ int run_sync(polus_sync_fn fn, uint32_t i, uint64_t offset, uint32_t kind, int w
             *saved = 1;
         }
         fence_ready(&fence, 0, (uint64_t)(uintptr_t)fn, tid);
-        fn(&args);
+        fn(&call.args);
     } else {
         /* Back from fence_unwind (the function faulted) or polus_agent_escape_fence (it did
          * not return). Nothing it left half-done stays: the

@@ -85,6 +85,26 @@ uint32_t scan_written(uint64_t lo, uint64_t hi, int by_sync);
  * the others put on the work list. Returns how many items changed. */
 uint32_t scan_page(uint32_t idx, uint32_t absorb_item, uint64_t absorb_addr, int absorb_at_addr);
 
+/* What a sync function of item i is called with: its counterpart (NO_ITEM if none) and, when
+ * the counterpart has a writable view (page_views.c), the view, so that the function's stores
+ * do not fault and nothing needs opening. Shared by run_sync and the fast path's lanes. */
+struct sync_call {
+    uint32_t c;
+    int has_cp;
+    uint8_t *cp_view;
+    struct polus_sync_args args;
+};
+static inline void sync_call_prepare(struct sync_call *s, uint32_t i, uint64_t offset, int tid) {
+    const struct polus_tracked_item *it = &items()[i];
+    s->c = it->counterpart;
+    s->has_cp = s->c != NO_ITEM && s->c < G.count;
+    s->cp_view = s->has_cp ? view_of(items()[s->c].address, items()[s->c].size) : NULL;
+    s->args.written = (void *)(uintptr_t)it->address;
+    s->args.counterpart = s->cp_view ? (void *)s->cp_view : s->has_cp ? (void *)(uintptr_t)items()[s->c].address : NULL;
+    s->args.offset = offset;
+    s->args.thread_id = (uint64_t)tid;
+}
+
 /* Runs sync function fn (kind: POLUS_SYNC_FAULT_POST / _PRE) for item i (written at
  * `offset`) on thread tid, inside a fence (sync_fence.h): if it faults, the counterpart's
  * bytes are put back, the fault is recorded and fn is never run again in this update.
